@@ -1,0 +1,38 @@
+# Set-up and everyday commands.  `make run` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+C_SOURCES := $(wildcard _tarsum/*.c _tarsum/*.h)
+
+.PHONY: run test test-fast bench fuzz system-deps clean
+
+$(STAMP): pyproject.toml setup.py build_ext.py $(C_SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Debian packages the real-client tests need (docker.io, skopeo, podman,
+# the reference registry, redis).  Idempotent; a no-op once installed.
+system-deps:
+	bash scripts/install-system-deps.sh
+
+run: $(STAMP)
+	mkdir -p var/registry
+	$(VENV)/bin/twistd -n registry
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not clients" tests
+
+bench: $(STAMP)
+	$(PY) -m registry.bench all
+
+fuzz:
+	bash fuzz/run.sh
+
+clean:
+	rm -rf build *.egg-info registry/_hashing*.so registry/_hashing.c

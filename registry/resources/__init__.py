@@ -1,0 +1,1 @@
+"""twisted.web resources: thin HTTP layer over registry.storage."""

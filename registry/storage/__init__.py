@@ -1,0 +1,1 @@
+"""The registry data model on top of a storage driver."""

@@ -1,0 +1,203 @@
+"""The storage driver contract: the one interface every backend implements.
+
+A driver is a filesystem-like store of byte objects addressed by paths. It
+knows paths and bytes only — never digests, manifests or repositories; the
+registry's data model (``registry.storage``) is built on top of it.
+
+Every method returns a ``Deferred``. Failures are the typed errors below;
+``registry.storage.base.StorageDriverWrapper`` validates paths and turns any
+other exception a driver raises into ``DriverError``, so callers only ever see
+``StorageError`` subclasses.
+
+Paths
+-----
+A path is ``/`` followed by one or more segments joined by ``/``. A segment is
+one or more of ``A-Z a-z 0-9 . _ : -``, and is never ``.`` or ``..``. No empty
+segments, no trailing slash, no NUL, nothing outside ASCII. The root ``/`` is
+accepted only by ``list``, ``walk`` and ``delete`` (never by methods that name
+an object).
+
+Directories are implicit, as in an object store: a directory exists exactly
+while some object exists below it. Deleting or moving the last object out of
+a directory makes the directory (and emptied ancestors) disappear.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from zope.interface import Attribute, Interface
+
+# --- errors -----------------------------------------------------------------
+
+
+class StorageError(Exception):
+    """Base class of every error a storage driver reports."""
+
+    driver: str = ""
+
+
+class PathNotFoundError(StorageError):
+    """The path names no object (or, for ``list``/``walk``, no directory)."""
+
+    def __init__(self, path: str, driver: str = "") -> None:
+        super().__init__(f"{driver or 'storage'}: path not found: {path}")
+        self.path = path
+        self.driver = driver
+
+
+class InvalidPathError(StorageError):
+    """The path is outside the grammar of safe paths (see module docstring)."""
+
+    def __init__(self, path: str, driver: str = "", reason: str = "") -> None:
+        detail = f" ({reason})" if reason else ""
+        super().__init__(f"{driver or 'storage'}: invalid path {path!r}{detail}")
+        self.path = path
+        self.driver = driver
+        self.reason = reason
+
+
+class InvalidOffsetError(StorageError):
+    """A reader was asked to start past the end of the object, or below 0."""
+
+    def __init__(self, path: str, offset: int, driver: str = "") -> None:
+        super().__init__(f"{driver or 'storage'}: invalid offset {offset} for {path}")
+        self.path = path
+        self.offset = offset
+        self.driver = driver
+
+
+class DriverError(StorageError):
+    """Anything else that went wrong inside a driver; names the driver."""
+
+    def __init__(self, driver: str, detail: str) -> None:
+        super().__init__(f"{driver}: {detail}")
+        self.driver = driver
+        self.detail = detail
+
+
+# --- path grammar -----------------------------------------------------------
+
+_SEGMENT = r"[A-Za-z0-9._:-]+"
+_PATH_RE = re.compile(rf"^(?:/{_SEGMENT})+$")
+
+
+def check_path(path: object, allow_root: bool = False) -> str:
+    """Return ``path`` if it is a valid driver path, else raise ``InvalidPathError``.
+
+    Pure function; the wrapper calls it for every path argument.
+    """
+    if not isinstance(path, str):
+        raise InvalidPathError(repr(path), reason="not a string")
+    if allow_root and path == "/":
+        return path
+    if not _PATH_RE.match(path):
+        raise InvalidPathError(path, reason="must be /segment[/segment...] of A-Z a-z 0-9 . _ : -")
+    for seg in path.split("/")[1:]:
+        if seg in (".", ".."):
+            raise InvalidPathError(path, reason="'.' and '..' segments are not allowed")
+    return path
+
+
+# --- values -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What ``stat`` and ``walk`` report about one path."""
+
+    path: str
+    size: int  # bytes for objects; 0 for directories
+    mod_time: float  # seconds since the epoch
+    is_dir: bool
+
+
+# --- interfaces -------------------------------------------------------------
+
+
+class IFileReader(Interface):
+    """A sequential reader over one object, from the offset it was opened at."""
+
+    def read(max_bytes: int) -> "Deferred[bytes]":  # type: ignore[misc,name-defined]
+        """Fire with the next chunk: at least 1 and at most ``max_bytes`` bytes,
+        or ``b""`` at the end of the object. Pull-based: the caller asks for the
+        next chunk only when it can take it, which is the backpressure."""
+
+    def close() -> "Deferred[None]":  # type: ignore[misc,name-defined]
+        """Release what the reader holds. Idempotent."""
+
+
+class IFileWriter(Interface):
+    """A writer that appends to one object and then commits or cancels it.
+
+    Bytes written are not visible to readers of the path until ``commit``
+    (drivers may make them visible earlier; callers must not rely on either).
+    A writer opened with ``append=True`` on a path whose earlier writer was
+    ``close``d continues at its end — possibly in another process.
+    """
+
+    size = Attribute("Total bytes in the object so far, appended ones included.")
+
+    def write(data: bytes) -> "Deferred[None]":  # type: ignore[misc,name-defined]
+        """Append ``data``. Fires when the writer can take more; callers wait
+        for it before the next ``write`` (this is the backpressure). Fails with
+        ``DriverError`` if the writer was committed, cancelled or closed."""
+
+    def close() -> "Deferred[None]":  # type: ignore[misc,name-defined]
+        """Flush and release, keeping what was written for a later append."""
+
+    def commit() -> "Deferred[None]":  # type: ignore[misc,name-defined]
+        """Flush and make the object final and durable at its path."""
+
+    def cancel() -> "Deferred[None]":  # type: ignore[misc,name-defined]
+        """Discard the object being written; nothing is left at the path."""
+
+
+class IStorageDriver(Interface):
+    """A filesystem-like store of byte objects. See the module docstring."""
+
+    name = Attribute("The driver's registered name, e.g. 'filesystem'.")
+
+    def get_content(path: str) -> "Deferred[bytes]":  # type: ignore[misc,name-defined]
+        """Fire with the whole object (meant for small objects: links, states,
+        manifests). Fails with ``PathNotFoundError``."""
+
+    def put_content(path: str, data: bytes) -> "Deferred[None]":  # type: ignore[misc,name-defined]
+        """Store ``data`` at ``path`` atomically: a concurrent or later reader
+        sees the old or the new content, never a mix. Creates parents."""
+
+    def reader(path: str, offset: int = 0) -> "Deferred[IFileReader]":  # type: ignore[misc,name-defined]
+        """Fire with a reader positioned at ``offset``. ``offset`` equal to the
+        size gives a reader at EOF. Fails with ``PathNotFoundError`` or
+        ``InvalidOffsetError`` (negative or past the end)."""
+
+    def writer(path: str, append: bool = False) -> "Deferred[IFileWriter]":  # type: ignore[misc,name-defined]
+        """Fire with a writer. ``append=False`` starts a new, empty object;
+        ``append=True`` continues after the bytes already at ``path``
+        (``PathNotFoundError`` if there are none)."""
+
+    def stat(path: str) -> "Deferred[FileInfo]":  # type: ignore[misc,name-defined]
+        """Fire with the ``FileInfo`` of an object or directory, or fail with
+        ``PathNotFoundError``."""
+
+    def list(path: str) -> "Deferred[list[str]]":  # type: ignore[misc,name-defined]
+        """Fire with the full paths of the direct children of directory
+        ``path``, sorted. ``PathNotFoundError`` if it is not a directory."""
+
+    def move(source: str, dest: str) -> "Deferred[None]":  # type: ignore[misc,name-defined]
+        """Move an object, replacing whatever is at ``dest`` (atomically where
+        the backend allows). ``PathNotFoundError`` if ``source`` is absent."""
+
+    def delete(path: str) -> "Deferred[None]":  # type: ignore[misc,name-defined]
+        """Delete an object or a whole directory tree. ``PathNotFoundError`` if
+        nothing is there."""
+
+    def walk(path: str) -> "Deferred[list[FileInfo]]":  # type: ignore[misc,name-defined]
+        """Fire with every object and directory below ``path`` (not ``path``
+        itself), depth-first in sorted order. ``PathNotFoundError`` if
+        ``path`` is not a directory."""
+
+    def redirect_url(path: str, method: str = "GET") -> "Deferred[str | None]":  # type: ignore[misc,name-defined]
+        """Fire with a URL the client may fetch the object from directly
+        (a signed URL), or ``None`` when the driver cannot or will not."""

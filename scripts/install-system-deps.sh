@@ -1,5 +1,111 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite drives for real.  Idempotent.
-# Filled in as the real-client tests arrive; today nothing is required.
-set -euo pipefail
+# Installs the Debian packages that the real-client tests (tests/clients/)
+# drive for real: the docker daemon and CLI (docker.io, which brings
+# containerd and runc), skopeo, podman, CNCF Distribution 2.8 (the reference
+# registry, package docker-registry) and redis-server.
+#
+# Idempotent and fast when everything is present: only missing packages are
+# installed, `apt-get update` runs at most once.  No service is started: a
+# temporary /usr/sbin/policy-rc.d answers 101 ("action forbidden") while
+# packages are configured, so postinst scripts neither start daemons nor fail
+# on a machine without systemd.  The tests start every daemon themselves.
+#
+# Never fails the build because a package cannot be had: what is missing is
+# reported loudly, and the tests that need it skip with a reason naming it.
+# Set SYSTEM_DEPS_STRICT=1 to make a missing package an error instead.
+set -uo pipefail
+
+# command that proves the package works -> Debian package that provides it
+declare -A WANTED=(
+    [dockerd]=docker.io
+    [skopeo]=skopeo
+    [podman]=podman
+    [docker-registry]=docker-registry
+    [redis-server]=redis-server
+)
+# Not needed here: podman and skopeo use the vfs storage driver as root, so
+# fuse-overlayfs, uidmap and slirp4netns (all only "Recommends") stay out.
+
+log() { printf 'install-system-deps: %s\n' "$*" >&2; }
+
+installed() {
+    # A package counts only when dpkg reports it fully configured.
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
+}
+
+missing=()
+for cmd in "${!WANTED[@]}"; do
+    pkg=${WANTED[$cmd]}
+    if command -v "$cmd" >/dev/null 2>&1 && installed "$pkg"; then
+        continue
+    fi
+    missing+=("$pkg")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    log "all present: ${WANTED[*]}"
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    log "WARNING: not root, cannot install: ${missing[*]} (the tests that need them will skip)"
+    [ "${SYSTEM_DEPS_STRICT:-0}" = 1 ] && exit 1
+    exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    log "WARNING: no apt-get, cannot install: ${missing[*]} (the tests that need them will skip)"
+    [ "${SYSTEM_DEPS_STRICT:-0}" = 1 ] && exit 1
+    exit 0
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+APT_OPTS=(-y -q --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+
+# Keep services from starting during configuration; restore whatever was there.
+POLICY=/usr/sbin/policy-rc.d
+policy_backup=""
+if [ -e "$POLICY" ]; then
+    policy_backup=$(mktemp)
+    cp -p "$POLICY" "$policy_backup"
+fi
+restore_policy() {
+    if [ -n "$policy_backup" ]; then
+        cp -p "$policy_backup" "$POLICY"
+        rm -f "$policy_backup"
+    else
+        rm -f "$POLICY"
+    fi
+}
+trap restore_policy EXIT
+printf '#!/bin/sh\n# written by install-system-deps.sh while it installs\nexit 101\n' >"$POLICY"
+chmod 0755 "$POLICY"
+
+# Finish whatever an earlier interrupted run left half-configured.
+dpkg --configure -a >/dev/null 2>&1 || log "dpkg --configure -a reported a problem (continuing)"
+
+start=$(date +%s)
+log "installing: ${missing[*]}"
+apt-get update -qq || log "apt-get update failed (continuing with the lists there are)"
+
+if ! apt-get install "${APT_OPTS[@]}" "${missing[@]}" >/tmp/install-system-deps.log 2>&1; then
+    log "installing all at once failed (log: /tmp/install-system-deps.log); trying one by one"
+    for pkg in "${missing[@]}"; do
+        apt-get install "${APT_OPTS[@]}" "$pkg" >>/tmp/install-system-deps.log 2>&1 \
+            || log "WARNING: could not install $pkg"
+    done
+fi
+dpkg --configure -a >/dev/null 2>&1 || true
+
+failed=()
+for cmd in "${!WANTED[@]}"; do
+    pkg=${WANTED[$cmd]}
+    if ! { command -v "$cmd" >/dev/null 2>&1 && installed "$pkg"; }; then
+        failed+=("$pkg")
+    fi
+done
+log "done in $(( $(date +%s) - start )) s"
+if [ ${#failed[@]} -ne 0 ]; then
+    log "WARNING: NOT INSTALLED: ${failed[*]} -- the real-client tests needing them will be SKIPPED"
+    [ "${SYSTEM_DEPS_STRICT:-0}" = 1 ] && exit 1
+fi
 exit 0

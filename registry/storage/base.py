@@ -1,0 +1,277 @@
+"""The one wrapper every storage driver goes through.
+
+``StorageDriverWrapper`` does, once, what every driver would otherwise repeat
+(the role of Distribution's ``driver/base``):
+
+* validates every path argument with ``check_path`` before the driver sees it,
+  and rejects negative reader offsets;
+* turns every exception that is not a ``StorageError`` — raised synchronously
+  or delivered through the Deferred — into ``DriverError`` naming the driver,
+  and fills in the driver name on typed errors that lack one;
+* wraps readers and writers in guards that turn misuse (a ``write`` before the
+  previous one fired, any use after ``close``/``commit``/``cancel``, a
+  ``read`` while another is pending, ``max_bytes < 1``) into ``DriverError``
+  instead of undefined driver behaviour.
+
+Drivers therefore receive only valid paths and may raise plain ``OSError`` and
+friends; callers only ever see ``StorageError`` subclasses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from registry.storage.driver import (
+    DriverError,
+    FileInfo,
+    IFileReader,
+    IFileWriter,
+    IStorageDriver,
+    InvalidOffsetError,
+    StorageError,
+    check_path,
+)
+
+T = TypeVar("T")
+
+
+def _normalise(driver_name: str) -> Callable[[Failure], Failure]:
+    """Return an errback mapping any failure to a ``StorageError`` failure."""
+
+    def errback(failure: Failure) -> Failure:
+        exc = failure.value
+        if isinstance(exc, StorageError):
+            if not exc.driver:
+                exc.driver = driver_name
+            return failure
+        detail = f"{type(exc).__name__}: {exc}"
+        return Failure(DriverError(driver_name, detail))
+
+    return errback
+
+
+def _call(driver_name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+    """Call ``fn`` and normalise its (sync or async) failure."""
+    d: Deferred[Any] = maybeDeferred(fn, *args, **kwargs)
+    d.addErrback(_normalise(driver_name))
+    return d
+
+
+def _invalid(driver_name: str, exc: StorageError) -> Deferred[Any]:
+    if not exc.driver:
+        exc.driver = driver_name
+    return fail(exc)
+
+
+@implementer(IFileReader)
+class GuardedReader:
+    """An ``IFileReader`` that enforces the reader protocol on a driver's reader."""
+
+    def __init__(self, driver_name: str, inner: IFileReader) -> None:
+        self._driver = driver_name
+        self._inner = inner
+        self._closed = False
+        self._pending = False
+
+    def read(self, max_bytes: int) -> Deferred[bytes]:
+        """Fire with 1..``max_bytes`` bytes, or ``b""`` at EOF.
+
+        Fails with ``DriverError`` on misuse (closed reader, concurrent read,
+        ``max_bytes < 1``) or when the driver breaks the size promise.
+        """
+        if self._closed:
+            return fail(DriverError(self._driver, "read() on a closed reader"))
+        if self._pending:
+            return fail(DriverError(self._driver, "read() before the previous read fired"))
+        if not isinstance(max_bytes, int) or max_bytes < 1:
+            return fail(DriverError(self._driver, f"read(): max_bytes must be >= 1, got {max_bytes!r}"))
+        self._pending = True
+
+        def check(data: bytes) -> bytes:
+            if not isinstance(data, bytes) or len(data) > max_bytes:
+                raise DriverError(
+                    self._driver, f"reader returned {len(data)} bytes for read({max_bytes})"
+                )
+            return data
+
+        def done(result: Any) -> Any:
+            self._pending = False
+            return result
+
+        d = _call(self._driver, self._inner.read, max_bytes)
+        d.addCallback(check)
+        d.addErrback(_normalise(self._driver))
+        d.addBoth(done)
+        return d
+
+    def close(self) -> Deferred[None]:
+        """Close the driver's reader once; later calls fire at once."""
+        if self._closed:
+            return succeed(None)
+        self._closed = True
+        return _call(self._driver, self._inner.close)
+
+
+@implementer(IFileWriter)
+class GuardedWriter:
+    """An ``IFileWriter`` that enforces the writer protocol on a driver's writer.
+
+    After ``close``, ``commit`` or ``cancel`` has been called the writer is
+    finished: ``write``, ``commit`` and ``cancel`` fail with ``DriverError``
+    and ``close`` is a no-op (so ``finally: yield w.close()`` is always safe).
+    A ``write``, ``close``, ``commit`` or ``cancel`` issued while an earlier
+    ``write`` has not fired fails with ``DriverError``.
+    """
+
+    def __init__(self, driver_name: str, inner: IFileWriter) -> None:
+        self._driver = driver_name
+        self._inner = inner
+        self._state: str | None = None  # None, "closed", "committed", "cancelled"
+        self._writing = False
+
+    @property
+    def size(self) -> int:
+        """Total bytes in the object so far (from the driver's writer)."""
+        return int(self._inner.size)
+
+    def _misuse(self, op: str) -> Deferred[None] | None:
+        if self._state is not None:
+            return fail(DriverError(self._driver, f"{op}() on a {self._state} writer"))
+        if self._writing:
+            return fail(DriverError(self._driver, f"{op}() before the previous write fired"))
+        return None
+
+    def write(self, data: bytes) -> Deferred[None]:
+        """Append ``data``; fires when the writer can take more."""
+        bad = self._misuse("write")
+        if bad is not None:
+            return bad
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            return fail(DriverError(self._driver, f"write() takes bytes, not {type(data).__name__}"))
+        self._writing = True
+
+        def done(result: Any) -> Any:
+            self._writing = False
+            return result
+
+        d = _call(self._driver, self._inner.write, bytes(data) if not isinstance(data, bytes) else data)
+        d.addBoth(done)
+        return d
+
+    def _finish(self, op: str, state: str, fn: Callable[[], Deferred[None]]) -> Deferred[None]:
+        if op == "close" and self._state is not None and not self._writing:
+            return succeed(None)
+        bad = self._misuse(op)
+        if bad is not None:
+            return bad
+        self._state = state
+        return _call(self._driver, fn)
+
+    def close(self) -> Deferred[None]:
+        """Flush and release, keeping the bytes for a later append."""
+        return self._finish("close", "closed", self._inner.close)
+
+    def commit(self) -> Deferred[None]:
+        """Flush and make the object final and durable."""
+        return self._finish("commit", "committed", self._inner.commit)
+
+    def cancel(self) -> Deferred[None]:
+        """Discard the object; nothing is left at the path."""
+        return self._finish("cancel", "cancelled", self._inner.cancel)
+
+
+@implementer(IStorageDriver)
+class StorageDriverWrapper:
+    """Validate paths, normalise errors and guard readers/writers of ``driver``."""
+
+    def __init__(self, driver: IStorageDriver) -> None:
+        self._driver = driver
+        self.name: str = str(driver.name)
+
+    @property
+    def wrapped(self) -> IStorageDriver:
+        """The driver inside (for driver-specific tests and tools)."""
+        return self._driver
+
+    def _run(self, method: str, paths: list[tuple[Any, bool]], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        for path, allow_root in paths:
+            try:
+                check_path(path, allow_root=allow_root)
+            except StorageError as exc:
+                return _invalid(self.name, exc)
+        return _call(self.name, getattr(self._driver, method), *args, **kwargs)
+
+    def get_content(self, path: str) -> Deferred[bytes]:
+        """See ``IStorageDriver.get_content``."""
+        d = self._run("get_content", [(path, False)], path)
+
+        def check(data: Any) -> bytes:
+            if not isinstance(data, bytes):
+                raise DriverError(self.name, f"get_content returned {type(data).__name__}")
+            return data
+
+        d.addCallback(check)
+        return d
+
+    def put_content(self, path: str, data: bytes) -> Deferred[None]:
+        """See ``IStorageDriver.put_content``."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            return fail(DriverError(self.name, f"put_content takes bytes, not {type(data).__name__}"))
+        return self._run("put_content", [(path, False)], path, bytes(data))
+
+    def reader(self, path: str, offset: int = 0) -> Deferred[IFileReader]:
+        """See ``IStorageDriver.reader``; the reader is a ``GuardedReader``."""
+        if not isinstance(offset, int) or offset < 0:
+            try:
+                check_path(path)
+            except StorageError as exc:
+                return _invalid(self.name, exc)
+            return fail(InvalidOffsetError(path, offset if isinstance(offset, int) else -1, self.name))
+        d = self._run("reader", [(path, False)], path, offset)
+        d.addCallback(lambda r: GuardedReader(self.name, r))
+        return d
+
+    def writer(self, path: str, append: bool = False) -> Deferred[IFileWriter]:
+        """See ``IStorageDriver.writer``; the writer is a ``GuardedWriter``."""
+        d = self._run("writer", [(path, False)], path, bool(append))
+        d.addCallback(lambda w: GuardedWriter(self.name, w))
+        return d
+
+    def stat(self, path: str) -> Deferred[FileInfo]:
+        """See ``IStorageDriver.stat``."""
+        return self._run("stat", [(path, False)], path)
+
+    def list(self, path: str) -> Deferred[list[str]]:
+        """See ``IStorageDriver.list``."""
+        return self._run("list", [(path, True)], path)
+
+    def move(self, source: str, dest: str) -> Deferred[None]:
+        """See ``IStorageDriver.move``."""
+        return self._run("move", [(source, False), (dest, False)], source, dest)
+
+    def delete(self, path: str) -> Deferred[None]:
+        """See ``IStorageDriver.delete``."""
+        return self._run("delete", [(path, True)], path)
+
+    def walk(self, path: str) -> Deferred[list[FileInfo]]:
+        """See ``IStorageDriver.walk``."""
+        return self._run("walk", [(path, True)], path)
+
+    def redirect_url(self, path: str, method: str = "GET") -> Deferred[str | None]:
+        """See ``IStorageDriver.redirect_url``."""
+        return self._run("redirect_url", [(path, False)], path, method)
+
+    def close(self) -> Deferred[None]:
+        """Release the driver's resources (thread pools, child processes).
+
+        Not part of ``IStorageDriver``: drivers that hold resources provide a
+        ``close()``; for the others this fires at once.
+        """
+        closer = getattr(self._driver, "close", None)
+        if closer is None:
+            return succeed(None)
+        return _call(self.name, closer)

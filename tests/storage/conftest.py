@@ -1,0 +1,50 @@
+"""Fixtures for the storage driver tests.
+
+``DRIVERS`` maps a test id to a function building a fresh, wrapped driver
+over a scratch directory; every test of the conformance suite runs once per
+entry. Adding a driver to the suite is one line here (two with a comment).
+``IN_PROCESS_MEMORY`` names the drivers whose objects live in this process's
+memory, so the bounded-memory test allows for the object itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+import pytest_twisted
+
+from registry.storage.driver import IStorageDriver
+from registry.storage.factory import create_driver
+
+DriverMaker = Callable[[Path], IStorageDriver]
+
+DRIVERS: dict[str, DriverMaker] = {
+    "inmemory": lambda root: create_driver("inmemory", {}),
+}
+
+IN_PROCESS_MEMORY = {"inmemory"}
+
+
+@pytest.fixture(params=sorted(DRIVERS))
+def driver_name(request: pytest.FixtureRequest) -> str:
+    """The id of the driver under test."""
+    name: str = request.param
+    return name
+
+
+@pytest_twisted.async_yield_fixture
+async def driver(driver_name: str, tmp_path: Path) -> AsyncIterator[IStorageDriver]:
+    """A fresh driver; after the test, the store must be empty again."""
+    root = tmp_path / "store"
+    root.mkdir()
+    made = DRIVERS[driver_name](root)
+    try:
+        yield made
+        left = await made.walk("/")
+        assert left == [], f"test left objects behind: {[i.path for i in left]}"
+    finally:
+        closer: Any = getattr(made, "close", None)
+        if closer is not None:
+            await closer()

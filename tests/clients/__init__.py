@@ -1,0 +1,1 @@
+"""Real-client tests: docker, skopeo and podman against a running registry."""

@@ -79,9 +79,15 @@ typedef void (*blocks_fn)(uint32_t h[8], const uint8_t *p, size_t nblocks);
 static blocks_fn active_blocks = 0;
 static int active_impl = 0;
 
+/* CPUID traps to the hypervisor on a VM (microseconds), so ask once.
+ * Racing first callers compute and store the same value. */
+static int has_shani = -1;
+
 int rh_sha256_cpu_has_shani(void) {
 #if defined(RH_HAVE_SHANI)
-    return rh_sha256_shani_supported();
+    if (has_shani < 0)
+        has_shani = rh_sha256_shani_supported();
+    return has_shani;
 #else
     return 0;
 #endif
@@ -96,7 +102,7 @@ int rh_sha256_set_impl(int impl) {
         return impl;
     }
 #if defined(RH_HAVE_SHANI)
-    if (impl == RH_SHA256_IMPL_SHANI && rh_sha256_shani_supported()) {
+    if (impl == RH_SHA256_IMPL_SHANI && rh_sha256_cpu_has_shani()) {
         active_blocks = rh_sha256_blocks_shani;
         active_impl = impl;
         return impl;
@@ -184,6 +190,8 @@ int rh_sha256_unmarshal(rh_sha256_ctx *ctx, const uint8_t *in, size_t n) {
     if (in[0] != 's' || in[1] != 'h' || in[2] != 'a' || in[3] != 0x03)
         return RH_SHA256_E_MAGIC;
     len = load_be64(in + 100);
+    if (len >> 61)                 /* len * 8 must fit the 64-bit length */
+        return RH_SHA256_E_TOO_LONG;
     used = (size_t)(len & 63);
     for (i = used; i < 64; i++)
         if (in[36 + i] != 0)

@@ -26,8 +26,10 @@ void rh_sha256_update(rh_sha256_ctx *ctx, const uint8_t *data, size_t n);
 void rh_sha256_final(const rh_sha256_ctx *ctx, uint8_t *out32);
 /* out must hold RH_SHA256_STATE_SIZE (108) bytes. */
 void rh_sha256_marshal(const rh_sha256_ctx *ctx, uint8_t *out108);
-/* Returns 0 on success, a negative RH_SHA256_E* code on a malformed state;
- * ctx is left untouched on failure. */
+/* Returns 0 on success, a negative RH_SHA256_E* code on a malformed state
+ * (wrong length, wrong magic, non-zero bytes past the buffered count, or a
+ * byte count of 2^61 or more, whose bit length SHA-256 cannot encode);
+ * ctx is left untouched on failure.  Never reads past in[n-1]. */
 int rh_sha256_unmarshal(rh_sha256_ctx *ctx, const uint8_t *in, size_t n);
 /* Select the block function; returns the implementation now active
  * (AUTO picks SHA-NI when the CPU has it).  Asking for SHANI on a CPU
@@ -40,3 +42,4 @@ int rh_sha256_cpu_has_shani(void);
 #define RH_SHA256_E_LENGTH -1
 #define RH_SHA256_E_MAGIC -2
 #define RH_SHA256_E_INCONSISTENT -3
+#define RH_SHA256_E_TOO_LONG -4

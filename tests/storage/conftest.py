@@ -22,6 +22,7 @@ DriverMaker = Callable[[Path], IStorageDriver]
 
 DRIVERS: dict[str, DriverMaker] = {
     "inmemory": lambda root: create_driver("inmemory", {}),
+    "filesystem": lambda root: create_driver("filesystem", {"rootdirectory": str(root)}),
 }
 
 IN_PROCESS_MEMORY = {"inmemory"}

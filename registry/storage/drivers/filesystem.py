@@ -1,0 +1,736 @@
+"""The filesystem storage driver: the embedded default.
+
+Objects are regular files below ``rootdirectory`` at their driver path
+(``/a/b`` is ``<root>/a/b``), so a Distribution registry's storage can be
+served as is. Directories are implicit: they are created for an object and
+removed again (up to the root) when delete, move or cancel empties them.
+
+Durability and atomicity
+  * ``put_content`` writes ``<name>~put~<random>`` in the same directory,
+    fsyncs it, renames it over ``<name>`` and fsyncs the directory: after a
+    crash at any moment the object is its old or its new content. Temporary
+    names contain ``~``, which no valid path segment does, so ``list`` and
+    ``walk`` never show them (a crash may leave one behind, invisible).
+  * ``move`` is one ``rename`` (atomic), then fsyncs both directories.
+  * A writer writes the file in place at its path: this is what resumable
+    uploads need (``close`` at the end of each request, ``writer(path,
+    append=True)`` later, possibly from another process). ``commit`` fsyncs
+    the file and its directory. After a crash, a written file holds a prefix
+    of what was written to it, never bytes that were not.
+
+Threads
+  All blocking file work runs in the driver's own bounded
+  ``twisted.python.threadpool.ThreadPool`` (``maxthreads``, default 16),
+  started with the reactor and stopped at reactor shutdown or ``close()``.
+  Bytes move in ~1 MiB chunks: a writer gathers small writes into a 1 MiB
+  buffer and returns an already-fired Deferred while the buffer has room, and
+  hands full buffers to the pool one at a time (so one buffer is being written
+  while the next one fills); a reader reads 1 MiB ahead.
+
+Containment
+  Paths are resolved one segment at a time from a descriptor of the root with
+  ``O_NOFOLLOW``; a symlink is followed only if its real target lies inside
+  the root, otherwise the call fails with ``InvalidPathError``. ``list`` and
+  ``walk`` hide symlinks that lead outside and do not descend into symlinked
+  directories.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import stat as statmod
+from collections.abc import Mapping
+from typing import Any, Callable, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from registry.storage.driver import (
+    FileInfo,
+    IFileReader,
+    IFileWriter,
+    IStorageDriver,
+    InvalidOffsetError,
+    InvalidPathError,
+    PathNotFoundError,
+    _PATH_RE,
+)
+
+NAME = "filesystem"
+CHUNK = 1 << 20  # bytes moved per thread-pool call
+DEFAULT_MAXTHREADS = 16
+_CREATE_RETRIES = 5
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NOFOLLOW = os.O_NOFOLLOW
+
+T = TypeVar("T")
+
+
+def _valid_name(name: str) -> bool:
+    """True if ``name`` is a valid path segment (temp files are not)."""
+    return name not in (".", "..") and _PATH_RE.match("/" + name) is not None
+
+
+def _segments(path: str) -> list[str]:
+    return [] if path == "/" else path[1:].split("/")
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    """Write every byte of ``chunks`` at the file position (one syscall usually)."""
+    total = sum(len(c) for c in chunks)
+    done = os.writev(fd, chunks) if len(chunks) > 1 else os.write(fd, chunks[0])
+    if done < total:
+        rest = memoryview(b"".join(chunks))[done:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
+
+
+class _Tree:
+    """Blocking, descriptor-based path operations below one root directory."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    # -- resolution ------------------------------------------------------------
+
+    def _inside(self, real: str) -> bool:
+        return real == self.root or real.startswith(self.root + os.sep)
+
+    def _follow(self, dirfd: int, name: str, path: str) -> str:
+        """``name`` in ``dirfd`` is a symlink: return its real target if inside
+        the root, else raise ``InvalidPathError``."""
+        here = os.readlink(f"/proc/self/fd/{dirfd}")
+        real = os.path.realpath(os.path.join(here, name))
+        if not self._inside(real):
+            raise InvalidPathError(path, NAME, "symlink leads outside the root directory")
+        return real
+
+    def _is_link(self, dirfd: int, name: str) -> bool:
+        try:
+            return statmod.S_ISLNK(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+
+    def chain(self, segments: list[str], path: str, create: bool = False) -> list[int]:
+        """Open root and each directory of ``segments``; return all their fds
+        (the caller closes them). ``create`` makes missing directories."""
+        fds = [os.open(self.root, _DIR_FLAGS)]
+        try:
+            for seg in segments:
+                fd = fds[-1]
+                try:
+                    fds.append(os.open(seg, _DIR_FLAGS | _NOFOLLOW, dir_fd=fd))
+                    continue
+                except FileNotFoundError:
+                    if not create:
+                        raise PathNotFoundError(path, NAME) from None
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    if not self._is_link(fd, seg):
+                        if exc.errno == errno.ENOTDIR and not create:
+                            raise PathNotFoundError(path, NAME) from None
+                        raise
+                    fds.append(os.open(self._follow(fd, seg, path), _DIR_FLAGS))
+                    continue
+                try:
+                    os.mkdir(seg, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                fds.append(os.open(seg, _DIR_FLAGS | _NOFOLLOW, dir_fd=fd))
+            return fds
+        except BaseException:
+            _close_all(fds)
+            raise
+
+    def parent(self, path: str, create: bool = False) -> tuple[list[int], str]:
+        """Fds of the directories above ``path``'s last segment, and that segment."""
+        segs = _segments(path)
+        return self.chain(segs[:-1], path, create), segs[-1]
+
+    def open_file(self, dirfd: int, name: str, path: str, flags: int, mode: int = 0o644) -> int:
+        """Open ``name`` in ``dirfd`` without following a symlink out of the root."""
+        try:
+            return os.open(name, flags | _NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dirfd)
+        except FileNotFoundError:
+            raise PathNotFoundError(path, NAME) from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+        return os.open(self._follow(dirfd, name, path), flags | os.O_CLOEXEC, mode)
+
+    def stat_at(self, dirfd: int, name: str, path: str) -> os.stat_result:
+        """lstat ``name``; a symlink inside the root reports its target."""
+        try:
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            if statmod.S_ISLNK(st.st_mode):
+                st = os.stat(self._follow(dirfd, name, path))
+            return st
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFoundError(path, NAME) from None
+
+    def prune(self, fds: list[int], segments: list[str]) -> None:
+        """Remove emptied directories ``segments`` bottom-up (never the root).
+
+        ``fds[i]`` is the directory holding ``segments[i]``.
+        """
+        for i in range(len(segments) - 1, -1, -1):
+            try:
+                os.rmdir(segments[i], dir_fd=fds[i])
+            except OSError:
+                return
+
+    # -- operations --------------------------------------------------------------
+
+    def get_content(self, path: str) -> bytes:
+        fds, name = self.parent(path)
+        try:
+            fd = self.open_file(fds[-1], name, path, os.O_RDONLY)
+        finally:
+            _close_all(fds)
+        try:
+            st = os.fstat(fd)
+            if statmod.S_ISDIR(st.st_mode):
+                raise PathNotFoundError(path, NAME)
+            parts = []
+            while True:
+                data = os.read(fd, max(st.st_size, CHUNK))
+                if not data:
+                    return b"".join(parts)
+                parts.append(data)
+        finally:
+            os.close(fd)
+
+    def put_content(self, path: str, data: bytes) -> None:
+        segs = _segments(path)
+        for attempt in range(_CREATE_RETRIES):
+            fds = self.chain(segs[:-1], path, create=True)
+            try:
+                try:
+                    self._put_in(fds[-1], segs[-1], data)
+                    return
+                except FileNotFoundError:
+                    # The directory was pruned by a concurrent delete between
+                    # creating and using it: create it again.
+                    if attempt == _CREATE_RETRIES - 1:
+                        raise
+            finally:
+                _close_all(fds)
+
+    def _put_in(self, dirfd: int, name: str, data: bytes) -> None:
+        tmp = f"{name}~put~{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dirfd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view[: 64 * CHUNK]) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dirfd)
+            except OSError:
+                pass
+            raise
+        os.fsync(dirfd)
+
+    def open_reader(self, path: str, offset: int) -> int:
+        fds, name = self.parent(path)
+        try:
+            fd = self.open_file(fds[-1], name, path, os.O_RDONLY)
+        finally:
+            _close_all(fds)
+        try:
+            st = os.fstat(fd)
+            if statmod.S_ISDIR(st.st_mode):
+                raise PathNotFoundError(path, NAME)
+            if offset > st.st_size:
+                raise InvalidOffsetError(path, offset, NAME)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def open_writer(self, path: str, append: bool) -> tuple[int, int, list[int], list[str]]:
+        """Open the file for a writer; return (fd, size, directory fds, segments)."""
+        segs = _segments(path)
+        flags = os.O_WRONLY if append else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        for attempt in range(_CREATE_RETRIES):
+            fds = self.chain(segs[:-1], path, create=not append)
+            try:
+                fd = self.open_file(fds[-1], segs[-1], path, flags)
+            except PathNotFoundError:
+                _close_all(fds)
+                if append or attempt == _CREATE_RETRIES - 1:
+                    raise
+                continue
+            except BaseException:
+                _close_all(fds)
+                raise
+            size = os.lseek(fd, 0, os.SEEK_END)
+            return fd, size, fds, segs
+        raise AssertionError("unreachable")
+
+    def stat(self, path: str) -> FileInfo:
+        fds, name = self.parent(path)
+        try:
+            st = self.stat_at(fds[-1], name, path)
+        finally:
+            _close_all(fds)
+        if statmod.S_ISDIR(st.st_mode):
+            return FileInfo(path, 0, st.st_mtime, True)
+        return FileInfo(path, st.st_size, st.st_mtime, False)
+
+    def list(self, path: str) -> list[str]:
+        fds = self._dir_chain(path)
+        try:
+            prefix = "/" if path == "/" else path + "/"
+            with os.scandir(fds[-1]) as entries:
+                names = [e.name for e in entries if _valid_name(e.name)]
+            return sorted(prefix + n for n in names if self._visible(fds[-1], n, prefix + n))
+        finally:
+            _close_all(fds)
+
+    def _visible(self, dirfd: int, name: str, path: str) -> bool:
+        if not self._is_link(dirfd, name):
+            return True
+        try:
+            self._follow(dirfd, name, path)
+            return True
+        except (InvalidPathError, OSError):
+            return False
+
+    def _dir_chain(self, path: str) -> list[int]:
+        try:
+            return self.chain(_segments(path), path)
+        except NotADirectoryError:
+            raise PathNotFoundError(path, NAME) from None
+
+    def move(self, source: str, dest: str) -> None:
+        sfds, sname = self.parent(source)
+        try:
+            st = self.stat_at(sfds[-1], sname, source)
+            if statmod.S_ISDIR(st.st_mode):
+                raise PathNotFoundError(source, NAME)
+            if source == dest:
+                return
+            dsegs = _segments(dest)
+            for attempt in range(_CREATE_RETRIES):
+                dfds = self.chain(dsegs[:-1], dest, create=True)
+                try:
+                    try:
+                        os.rename(sname, dsegs[-1], src_dir_fd=sfds[-1], dst_dir_fd=dfds[-1])
+                    except FileNotFoundError:
+                        if attempt == _CREATE_RETRIES - 1 or self._missing(sfds[-1], sname):
+                            raise
+                        continue
+                    os.fsync(dfds[-1])
+                    os.fsync(sfds[-1])
+                    break
+                finally:
+                    _close_all(dfds)
+            self.prune(sfds, _segments(source)[:-1])
+        finally:
+            _close_all(sfds)
+
+    def _missing(self, dirfd: int, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            return False
+        except FileNotFoundError:
+            return True
+
+    def delete(self, path: str) -> None:
+        if path == "/":
+            fd = os.open(self.root, _DIR_FLAGS)
+            try:
+                with os.scandir(fd) as entries:
+                    names = [e.name for e in entries]
+                for name in names:
+                    self._remove(fd, name)
+            finally:
+                os.close(fd)
+            return
+        fds, name = self.parent(path)
+        try:
+            try:
+                self._remove(fds[-1], name)
+            except (FileNotFoundError, NotADirectoryError):
+                raise PathNotFoundError(path, NAME) from None
+            self.prune(fds, _segments(path)[:-1])
+        finally:
+            _close_all(fds)
+
+    def _remove(self, dirfd: int, name: str) -> None:
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        if statmod.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=dirfd)
+        else:
+            os.unlink(name, dir_fd=dirfd)
+
+    def walk(self, path: str) -> list[FileInfo]:
+        fds = self._dir_chain(path)
+        out: list[FileInfo] = []
+        try:
+            self._walk(fds[-1], "/" if path == "/" else path + "/", out)
+        finally:
+            _close_all(fds)
+        return out
+
+    def _walk(self, dirfd: int, prefix: str, out: list[FileInfo]) -> None:
+        with os.scandir(dirfd) as it:
+            entries = sorted((e for e in it if _valid_name(e.name)), key=lambda e: e.name)
+        for entry in entries:
+            full = prefix + entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+                link = statmod.S_ISLNK(st.st_mode)
+                if link:
+                    st = os.stat(self._follow(dirfd, entry.name, full))
+            except (OSError, InvalidPathError):
+                continue
+            if statmod.S_ISDIR(st.st_mode):
+                out.append(FileInfo(full, 0, st.st_mtime, True))
+                if link:
+                    continue
+                try:
+                    sub = os.open(entry.name, _DIR_FLAGS | _NOFOLLOW, dir_fd=dirfd)
+                except FileNotFoundError:
+                    continue
+                try:
+                    self._walk(sub, full + "/", out)
+                finally:
+                    os.close(sub)
+            elif statmod.S_ISREG(st.st_mode):
+                out.append(FileInfo(full, st.st_size, st.st_mtime, False))
+
+
+@implementer(IFileReader)
+class FilesystemReader:
+    """Reads a file in 1 MiB chunks off the reactor thread, one chunk ahead."""
+
+    def __init__(self, driver: FilesystemDriver, fd: int, offset: int) -> None:
+        self._driver = driver
+        self._fd = fd
+        self._pos = offset  # file offset of the next chunk to fetch
+        self._buf = b""
+        self._bpos = 0
+        self._ahead: Deferred[bytes] | None = None
+        self._closed = False
+
+    def _fetch(self) -> Deferred[bytes]:
+        pos = self._pos
+        self._pos += CHUNK  # corrected when the chunk arrives short
+        d = self._driver._run(os.pread, self._fd, CHUNK, pos)
+
+        def got(data: bytes) -> bytes:
+            self._pos = pos + len(data)
+            return data
+
+        d.addCallback(got)
+        return d
+
+    def _take(self, max_bytes: int) -> bytes:
+        start = self._bpos
+        if start == 0 and max_bytes >= len(self._buf):
+            chunk = self._buf
+        else:
+            chunk = self._buf[start : start + max_bytes]
+        self._bpos = start + len(chunk)
+        return chunk
+
+    def read(self, max_bytes: int) -> Deferred[bytes]:
+        """Fire with up to ``max_bytes`` bytes (at most 1 MiB), ``b""`` at the end."""
+        if self._bpos < len(self._buf):
+            return succeed(self._take(max_bytes))
+        if self._ahead is not None:
+            d, self._ahead = self._ahead, None
+        else:
+            d = self._fetch()
+
+        def filled(data: bytes) -> bytes:
+            self._buf, self._bpos = data, 0
+            if len(data) == CHUNK and not self._closed:
+                # Read the next chunk while the caller consumes this one.
+                self._ahead = self._fetch()
+            return self._take(max_bytes)
+
+        d.addCallback(filled)
+        return d
+
+    def close(self) -> Deferred[None]:
+        """Close the file once any read-ahead in flight has finished."""
+        if self._closed:
+            return succeed(None)
+        self._closed = True
+        ahead, self._ahead = self._ahead, None
+
+        def shut(_: object) -> None:
+            os.close(self._fd)
+
+        if ahead is None:
+            shut(None)
+            return succeed(None)
+        d: Deferred[None] = ahead.addBoth(shut)
+        return d
+
+
+@implementer(IFileWriter)
+class FilesystemWriter:
+    """Appends to a file in place, gathering small writes into 1 MiB buffers."""
+
+    def __init__(
+        self, driver: FilesystemDriver, fd: int, size: int, dirfds: list[int], segments: list[str]
+    ) -> None:
+        self._driver = driver
+        self._fd = fd
+        self._dirfds = dirfds
+        self._segments = segments
+        self.size = size
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._inflight = False
+        self._waiters: list[Deferred[None]] = []
+        self._error: BaseException | None = None
+
+    # -- background writing ----------------------------------------------------
+
+    def _start(self, chunks: list[bytes]) -> None:
+        self._inflight = True
+        d = self._driver._run(_write_all, self._fd, chunks)
+
+        def settle(result: object) -> None:
+            if isinstance(result, Failure):
+                self._error = result.value
+            self._inflight = False
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                w.callback(None)
+
+        d.addBoth(settle)
+
+    def _idle(self) -> Deferred[None]:
+        """Fire when no buffer is being written."""
+        if not self._inflight:
+            return succeed(None)
+        w: Deferred[None] = Deferred()
+        self._waiters.append(w)
+        return w
+
+    def _take_buffer(self) -> list[bytes]:
+        chunks, self._chunks, self._buffered = self._chunks, [], 0
+        return chunks
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # -- IFileWriter -------------------------------------------------------------
+
+    def write(self, data: bytes) -> Deferred[None]:
+        """Buffer ``data``; once 1 MiB is buffered, hand it to the pool. Fires at
+        once while a buffer can still be filled, else when the previous one is
+        written. Fails with the ``OSError`` of an earlier background write."""
+        if self._error is not None:
+            return fail(self._error)
+        if not data:
+            return succeed(None)
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self.size += len(data)
+        if self._buffered < CHUNK:
+            return succeed(None)
+        chunks = self._take_buffer()
+        if not self._inflight:
+            self._start(chunks)
+            return succeed(None)
+
+        def next_buffer(_: object) -> None:
+            self._raise_error()
+            self._start(chunks)
+
+        return self._idle().addCallback(next_buffer)
+
+    def _flush(self, sync: bool) -> Deferred[None]:
+        """Write out everything buffered (and fsync if ``sync``)."""
+
+        def finish(_: object) -> Deferred[None]:
+            self._raise_error()
+            chunks = self._take_buffer()
+
+            def work() -> None:
+                if chunks:
+                    _write_all(self._fd, chunks)
+                if sync:
+                    os.fsync(self._fd)
+                    os.fsync(self._dirfds[-1])
+
+            return self._driver._run(work)
+
+        return self._idle().addCallback(finish)
+
+    def _release(self, result: T) -> T:
+        os.close(self._fd)
+        _close_all(self._dirfds)
+        return result
+
+    def close(self) -> Deferred[None]:
+        """Write out the buffer and close; the bytes stay for a later append."""
+        return self._flush(sync=False).addBoth(self._release)
+
+    def commit(self) -> Deferred[None]:
+        """Write out the buffer, fsync the file and its directory, close."""
+        return self._flush(sync=True).addBoth(self._release)
+
+    def cancel(self) -> Deferred[None]:
+        """Drop the buffer, remove the file and any directories it emptied."""
+        self._take_buffer()
+
+        def remove(_: object) -> Deferred[None]:
+            def work() -> None:
+                try:
+                    os.unlink(self._segments[-1], dir_fd=self._dirfds[-1])
+                except FileNotFoundError:
+                    pass
+                self._driver._tree.prune(self._dirfds, self._segments[:-1])
+
+            return self._driver._run(work)
+
+        return self._idle().addCallback(remove).addBoth(self._release)
+
+
+@implementer(IStorageDriver)
+class FilesystemDriver:
+    """Objects as files below a root directory. See the module docstring."""
+
+    name = NAME
+
+    def __init__(self, rootdirectory: str, maxthreads: int = DEFAULT_MAXTHREADS, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        os.makedirs(rootdirectory, exist_ok=True)
+        self._tree = _Tree(os.path.realpath(rootdirectory))
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=0, maxthreads=maxthreads, name=f"storage-{NAME}")
+        self._closed = False
+        reactor.callWhenRunning(self._pool.start)
+        self._shutdown_trigger = reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
+
+    @property
+    def root(self) -> str:
+        """The real path of the root directory."""
+        return self._tree.root
+
+    def _stop_pool(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.stop()
+
+    def close(self) -> Deferred[None]:
+        """Stop the thread pool (waiting for work in progress). Not part of
+        ``IStorageDriver``; the reactor's shutdown does the same."""
+        if not self._closed:
+            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            # ThreadPool.stop joins its threads: do it off the reactor thread.
+            pool = self._pool
+            self._closed = True
+            return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), pool.stop)
+        return succeed(None)
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        return deferToThreadPool(self._reactor, self._pool, fn, *args)
+
+    # -- IStorageDriver ----------------------------------------------------------
+
+    def get_content(self, path: str) -> Deferred[bytes]:
+        """Fire with the file's bytes; ``PathNotFoundError`` if absent."""
+        return self._run(self._tree.get_content, path)
+
+    def put_content(self, path: str, data: bytes) -> Deferred[None]:
+        """Atomically replace the file (temp file, fsync, rename, fsync dir)."""
+        return self._run(self._tree.put_content, path, data)
+
+    def reader(self, path: str, offset: int = 0) -> Deferred[IFileReader]:
+        """Fire with a ``FilesystemReader`` at ``offset``."""
+        d = self._run(self._tree.open_reader, path, offset)
+        return d.addCallback(lambda fd: FilesystemReader(self, fd, offset))
+
+    def writer(self, path: str, append: bool = False) -> Deferred[IFileWriter]:
+        """Fire with a ``FilesystemWriter`` on the file in place."""
+        d = self._run(self._tree.open_writer, path, append)
+        return d.addCallback(lambda opened: FilesystemWriter(self, *opened))
+
+    def stat(self, path: str) -> Deferred[FileInfo]:
+        """Fire with the ``FileInfo`` of a file or directory."""
+        return self._run(self._tree.stat, path)
+
+    def list(self, path: str) -> Deferred[list[str]]:
+        """Fire with the sorted full paths of the directory's entries."""
+        return self._run(self._tree.list, path)
+
+    def move(self, source: str, dest: str) -> Deferred[None]:
+        """Rename ``source`` over ``dest`` (atomic), creating and pruning dirs."""
+        return self._run(self._tree.move, source, dest)
+
+    def delete(self, path: str) -> Deferred[None]:
+        """Remove a file or a directory tree, then emptied parents."""
+        return self._run(self._tree.delete, path)
+
+    def walk(self, path: str) -> Deferred[list[FileInfo]]:
+        """Fire with everything below ``path``, depth-first, sorted per level."""
+        return self._run(self._tree.walk, path)
+
+    def redirect_url(self, path: str, method: str = "GET") -> Deferred[str | None]:
+        """Local files have no URL."""
+        return succeed(None)
+
+
+def _parse_maxthreads(value: Any) -> int:
+    key = "storage.filesystem.maxthreads"
+    if isinstance(value, bool):
+        raise ValueError(f"{key}: must be an integer >= 1, got {value!r}")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key}: must be an integer >= 1, got {value!r}")
+    return value
+
+
+def create(params: Mapping[str, Any], reactor: Any = None) -> FilesystemDriver:
+    """Build the driver from ``rootdirectory`` (required, absolute; created if
+    missing) and ``maxthreads`` (default 16). Raises ``ValueError`` naming the
+    parameter."""
+    from registry.storage.factory import warn_unknown_params
+
+    warn_unknown_params(NAME, params, known=("rootdirectory", "maxthreads"))
+    root = params.get("rootdirectory")
+    key = "storage.filesystem.rootdirectory"
+    if root is None:
+        raise ValueError(f"{key}: required")
+    if not isinstance(root, str) or not os.path.isabs(root):
+        raise ValueError(f"{key}: must be an absolute path, got {root!r}")
+    maxthreads = _parse_maxthreads(params.get("maxthreads", DEFAULT_MAXTHREADS))
+    try:
+        return FilesystemDriver(root, maxthreads, reactor)
+    except OSError as exc:
+        raise ValueError(f"{key}: cannot use {root!r}: {exc.strerror or exc}") from None

@@ -46,6 +46,7 @@ _log = Logger()
 _BUILTIN: dict[str, str | DriverFactory] = {
     "inmemory": "registry.storage.drivers.inmemory:create",
     "filesystem": "registry.storage.drivers.filesystem:create",
+    "outofprocess": "registry.storage.drivers.outofprocess:create_explicit",
 }
 
 
@@ -93,12 +94,13 @@ def _out_of_process_factory(name: str) -> DriverFactory | None:
     calls ``outofprocess.create(executable, name, params, reactor)``; that
     function starts and supervises the child and returns an ``IStorageDriver``.
     """
-    executable = shutil.which(EXECUTABLE_PREFIX + name)
-    if executable is None:
-        return None
     try:
         outofprocess = importlib.import_module("registry.storage.drivers.outofprocess")
     except ImportError:
+        return None
+    # On PATH, or next to sys.executable (a venv's bin need not be on PATH).
+    executable = outofprocess.find_executable(name)
+    if executable is None:
         return None
     create = outofprocess.create
 

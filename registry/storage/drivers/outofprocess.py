@@ -127,20 +127,20 @@ def create_outofprocess_driver(
         return OutOfProcessDriver(exe, params, name=name, reactor=reactor)
     unknown = set(params) - {"executable", "params", "name"}
     if unknown:
-        raise ValueError(f"outofprocess: unknown parameter(s): {', '.join(sorted(unknown))}")
+        raise ValueError(f"storage.outofprocess.{sorted(unknown)[0]}: unknown parameter")
     executable = params.get("executable")
     if not isinstance(executable, str) or not executable:
-        raise ValueError("outofprocess: parameter 'executable' must be a non-empty string")
+        raise ValueError("storage.outofprocess.executable: must be a non-empty string")
     child_params = params.get("params", {})
     if not isinstance(child_params, dict):
-        raise ValueError("outofprocess: parameter 'params' must be a mapping")
+        raise ValueError("storage.outofprocess.params: must be a mapping")
     if os.sep not in executable:
         found = find_executable(executable) if not executable.startswith(EXECUTABLE_PREFIX) else shutil.which(executable)
         if found is None:
-            raise ValueError(f"outofprocess: parameter 'executable': no {EXECUTABLE_PREFIX}{executable} found")
+            raise ValueError(f"storage.outofprocess.executable: no {EXECUTABLE_PREFIX}{executable} found")
         executable = found
     elif not os.access(executable, os.X_OK):
-        raise ValueError(f"outofprocess: parameter 'executable': {executable} is not an executable file")
+        raise ValueError(f"storage.outofprocess.executable: {executable} is not an executable file")
     label = params.get("name")
     if label is None:
         base = os.path.basename(executable)
@@ -207,6 +207,11 @@ class _ChildProtocol(ProcessProtocol):
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid  # type: ignore[union-attr]
+        pipes = getattr(self.transport, "pipes", {})
+        if 1 in pipes:
+            P.tune_pipe_reader(pipes[1])
+        if 0 in pipes:
+            P.enlarge_pipe(pipes[0].fileno())
         self.amp.makeConnection(_StdinTransport(self.transport))
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -231,11 +236,13 @@ class _ChildProtocol(ProcessProtocol):
             self._log_line(self._stderr)
             self._stderr = b""
         self.ended = reason
+        # The driver learns of the death before the calls in flight fail, so
+        # a caller reacting to the failure already gets a fresh child.
+        self._on_ended(self, reason)
         self.amp.connectionLost(reason)
         waiters, self._ended_waiters = self._ended_waiters, []
         for d in waiters:
             d.callback(None)
-        self._on_ended(self, reason)
 
     def when_ended(self) -> Deferred[None]:
         """Fire (with None) once the process has exited and been reaped."""
@@ -775,7 +782,10 @@ def serve(driver_name: str, make_driver: Callable[[dict[str, Any]], IStorageDriv
             reactor.stop()  # type: ignore[attr-defined]
 
     protocol = P.DriverServer(driver_name, make_driver, on_lost)
-    StandardIO(protocol, stdin=0, stdout=stdout_fd, reactor=reactor)
+    stdio = StandardIO(protocol, stdin=0, stdout=stdout_fd, reactor=reactor)
+    reader = getattr(stdio, "_reader", None)
+    if reader is not None:
+        P.tune_pipe_reader(reader)
     reactor.run()  # type: ignore[attr-defined]
 
 

@@ -1,0 +1,343 @@
+"""Quirks of the out-of-process driver that the conformance suite cannot see.
+
+Real child processes throughout: the installed ``registry-storage-inmemory``
+console script, and small Python scripts written to ``tmp_path`` that serve
+the in-memory driver while claiming another protocol version (or printing to
+stderr). The conformance suite itself runs against filesystem-over-AMP via
+``conftest.DRIVERS``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
+from twisted.protocols import amp
+from zope.interface.verify import verifyObject
+
+from registry.storage import amp_protocol as P
+from registry.storage.base import StorageDriverWrapper
+from registry.storage.driver import (
+    DriverError,
+    FileInfo,
+    InvalidOffsetError,
+    InvalidPathError,
+    IStorageDriver,
+    PathNotFoundError,
+)
+from registry.storage.drivers.outofprocess import OutOfProcessDriver, find_executable
+from registry.storage.factory import create_driver
+
+INMEMORY = find_executable("inmemory")
+pytestmark = pytest.mark.skipif(INMEMORY is None, reason="registry-storage-inmemory not installed")
+
+# A child that serves the in-memory driver but reports the protocol version
+# given as argv[1], argv[2] and says hello on stderr first.
+FAKE_CHILD = """\
+#!{python}
+import sys
+print("fake child says hello on stderr", file=sys.stderr, flush=True)
+from registry.storage import amp_protocol
+amp_protocol.PROTOCOL_MAJOR = int(sys.argv[1])
+amp_protocol.PROTOCOL_MINOR = int(sys.argv[2])
+from registry.storage.drivers.outofprocess import serve
+serve("inmemory")
+"""
+
+
+@pytest.fixture
+def fake_child(tmp_path: Path) -> str:
+    """Path of an executable fake child script (see ``FAKE_CHILD``)."""
+    script = tmp_path / "registry-storage-fake"
+    script.write_text(FAKE_CHILD.format(python=sys.executable))
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """Formatted text of every log event emitted during the test."""
+    from twisted.logger import formatEvent
+
+    lines: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    yield lines
+    globalLogPublisher.removeObserver(observer)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def wait_for(predicate: Any, what: str, timeout: float = 20.0) -> None:
+    """Poll ``predicate`` on the reactor until true (fails after ``timeout``)."""
+    waited = 0.0
+    while not predicate():
+        if waited > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        await deferLater(reactor, 0.02, lambda: None)
+        waited += 0.02
+
+
+# --- pure parts of the protocol ------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, P.FRAME_BYTES - 1, P.FRAME_BYTES, P.FRAME_BYTES + 1, 3 * P.FRAME_BYTES + 7])
+def test_large_bytes_round_trip(size: int) -> None:
+    value = os.urandom(size)
+    box = P.PutContent.makeArguments({"path": "/a", "data": value}, None)
+    # Every AMP value respects the 65535-byte limit.
+    assert all(len(v) <= amp.MAX_VALUE_LENGTH for v in box.values())
+    wire = box.serialize()
+    parsed = amp.parse(__import__("io").BytesIO(wire))[0]
+    assert P.PutContent.parseArguments(parsed, None) == {"path": "/a", "data": value}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PathNotFoundError("/a/b", "filesystem"),
+        InvalidPathError("/a/../b", "filesystem", "dots"),
+        InvalidOffsetError("/a", 99, "filesystem"),
+        DriverError("filesystem", "disk on fire"),
+    ],
+)
+def test_errors_keep_their_type_across_the_wire(error: Exception) -> None:
+    back = P.error_from_json(P.error_to_json(error, "other"), "other")
+    assert type(back) is type(error)
+    assert str(back) == str(error)
+
+
+def test_untyped_error_becomes_driver_error_naming_the_driver() -> None:
+    back = P.error_from_json(P.error_to_json(KeyError("x"), "inmemory"), "client")
+    assert isinstance(back, DriverError) and back.driver == "inmemory" and "KeyError" in str(back)
+    assert isinstance(P.error_from_json("not json", "client"), DriverError)
+
+
+# --- handshake ---------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_factory_finds_the_console_script_and_handshakes() -> None:
+    driver = create_driver("outofprocess", {"executable": "inmemory"})
+    try:
+        verifyObject(IStorageDriver, driver)
+        assert driver.name == "inmemory"
+        await driver.put_content("/x/y", b"hello")
+        assert await driver.get_content("/x/y") == b"hello"
+        inner = driver.wrapped  # type: ignore[attr-defined]
+        assert isinstance(inner, OutOfProcessDriver)
+        assert inner.child_version == (P.PROTOCOL_MAJOR, P.PROTOCOL_MINOR)
+        assert inner.child_pid is not None and inner.child_pid != os.getpid()
+        with pytest.raises(PathNotFoundError) as info:
+            await driver.stat("/nothing")
+        assert info.value.path == "/nothing" and info.value.driver == "inmemory"
+        await driver.delete("/x")
+    finally:
+        await driver.close()
+
+
+def test_factory_rejects_bad_parameters() -> None:
+    with pytest.raises(ValueError, match="storage.outofprocess.executable"):
+        create_driver("outofprocess", {"executable": "no-such-driver-here"})
+    with pytest.raises(ValueError, match="storage.outofprocess.bogus"):
+        create_driver("outofprocess", {"executable": "inmemory", "bogus": 1})
+
+
+@pytest_twisted.ensureDeferred
+async def test_newer_minor_is_accepted(fake_child: str) -> None:
+    inner = OutOfProcessDriver(fake_child, {}, name="fake", args=[str(P.PROTOCOL_MAJOR), str(P.PROTOCOL_MINOR + 3)])
+    driver = StorageDriverWrapper(inner)
+    try:
+        await driver.put_content("/a", b"1")
+        assert inner.child_version == (P.PROTOCOL_MAJOR, P.PROTOCOL_MINOR + 3)
+        await driver.delete("/a")
+    finally:
+        await driver.close()
+
+
+@pytest.mark.parametrize("version", [(P.PROTOCOL_MAJOR + 1, 0), (P.PROTOCOL_MAJOR - 1, 9)])
+@pytest_twisted.ensureDeferred
+async def test_major_mismatch_is_a_clear_driver_error(fake_child: str, version: tuple[int, int]) -> None:
+    inner = OutOfProcessDriver(fake_child, {}, name="fake", args=[str(version[0]), str(version[1])])
+    driver = StorageDriverWrapper(inner)
+    try:
+        with pytest.raises(DriverError) as info:
+            await driver.get_content("/a")
+        message = str(info.value)
+        assert message.startswith("fake: ")
+        assert f"{version[0]}.{version[1]}" in message
+        assert f"{P.PROTOCOL_MAJOR}.{P.PROTOCOL_MINOR}" in message
+        assert inner.child_version is None
+        # The refused child does not linger, and a second call fails the same way.
+        with pytest.raises(DriverError, match="speaks storage protocol"):
+            await driver.stat("/a")
+    finally:
+        await driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_child_stderr_is_logged_with_driver_name(fake_child: str, log_lines: list[str]) -> None:
+    inner = OutOfProcessDriver(fake_child, {}, name="fake", args=[str(P.PROTOCOL_MAJOR), str(P.PROTOCOL_MINOR)])
+    try:
+        await inner.list("/")
+        pid = inner.child_pid
+        await wait_for(lambda: any("fake child says hello on stderr" in line for line in log_lines), "the stderr line")
+        line = next(line for line in log_lines if "fake child says hello on stderr" in line)
+        assert "fake" in line and f"pid {pid}" in line
+    finally:
+        await inner.close()
+
+
+# --- the child dying -----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_child_killed_mid_write_then_restarted() -> None:
+    inner = OutOfProcessDriver(INMEMORY, {}, name="inmemory")  # type: ignore[arg-type]
+    driver = StorageDriverWrapper(inner)
+    try:
+        writer = await driver.writer("/big")
+        chunk = os.urandom(1 << 20)
+        for _ in range(3):
+            await writer.write(chunk)
+        first_pid = inner.child_pid
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        with pytest.raises(DriverError) as info:
+            for _ in range(50):  # the writes in flight, then the next ones, fail
+                await writer.write(chunk)
+            await writer.commit()
+        message = str(info.value)
+        assert message.startswith("inmemory: ")
+        assert f"child process {first_pid}" in message and "signal 9" in message
+        await writer.close()  # releasing a dead handle is harmless
+        # Later calls work against a fresh child (the in-memory store is new).
+        await driver.put_content("/after", b"ok")
+        assert await driver.get_content("/after") == b"ok"
+        assert inner.child_pid not in (None, first_pid)
+        assert inner.restarts == 1
+        assert not pid_alive(first_pid)
+        with pytest.raises(PathNotFoundError):
+            await driver.stat("/big")
+        await driver.delete("/after")
+    finally:
+        await driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_child_killed_mid_read_then_restarted() -> None:
+    inner = OutOfProcessDriver(INMEMORY, {}, name="inmemory")  # type: ignore[arg-type]
+    driver = StorageDriverWrapper(inner)
+    try:
+        data = os.urandom(8 << 20)
+        await driver.put_content("/obj", data)
+        reader = await driver.reader("/obj")
+        first = await reader.read(1 << 16)
+        assert first == data[: len(first)]
+        pid = inner.child_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        got = len(first)
+        with pytest.raises(DriverError, match=f"child process {pid} was killed by signal 9"):
+            while True:  # what was prefetched may still arrive; then the error
+                piece = await reader.read(1 << 16)
+                assert piece, "a killed child's reader must not look like EOF"
+                assert piece == data[got : got + len(piece)]
+                got += len(piece)
+        assert got < len(data)
+        await reader.close()
+        await driver.put_content("/obj", b"again")
+        assert await driver.get_content("/obj") == b"again"
+        await driver.delete("/obj")
+    finally:
+        await driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_child_is_restarted_without_a_call() -> None:
+    inner = OutOfProcessDriver(INMEMORY, {}, name="inmemory")  # type: ignore[arg-type]
+    try:
+        await inner.list("/")
+        pid = inner.child_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await wait_for(lambda: inner.child_pid not in (None, pid), "the eager restart")
+        assert inner.restarts == 1
+        assert await inner.walk("/") == []
+    finally:
+        await inner.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_stops_the_child_and_later_calls_fail() -> None:
+    inner = OutOfProcessDriver(INMEMORY, {}, name="inmemory")  # type: ignore[arg-type]
+    driver = StorageDriverWrapper(inner)
+    await driver.put_content("/a", b"1")
+    writer = await driver.writer("/w")  # an open handle must not keep the child alive
+    await writer.write(b"abc")
+    pid = inner.child_pid
+    assert pid is not None
+    await driver.close()
+    assert not pid_alive(pid)
+    with pytest.raises(DriverError, match="closed"):
+        await driver.get_content("/a")
+
+
+# --- values crossing the wire ----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_listing_and_stat_cross_intact() -> None:
+    driver = create_driver("outofprocess", {"executable": "inmemory"})
+    try:
+        # A listing far above one AMP value (65535 bytes) still arrives whole.
+        names = [f"/d/{'n' * 200}{i:05d}" for i in range(600)]
+        for name in names:
+            await driver.put_content(name, b"x")
+        assert await driver.list("/d") == sorted(names)
+        walked = await driver.walk("/")
+        assert len(walked) == 601 and all(isinstance(i, FileInfo) for i in walked)
+        info = await driver.stat("/d")
+        assert info.is_dir and info.path == "/d"
+        assert await driver.redirect_url(names[0]) is None
+        await driver.delete("/d")
+    finally:
+        await driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_writer_window_bounds_unacknowledged_bytes() -> None:
+    from registry.storage.drivers import outofprocess
+
+    inner = OutOfProcessDriver(INMEMORY, {}, name="inmemory")  # type: ignore[arg-type]
+    try:
+        writer: Any = await inner.writer("/w")
+        done: Deferred[None] = writer.write(os.urandom(16 << 20))
+        # 16 MiB cannot all be in flight: the write waits for acknowledgements.
+        assert not done.called
+        assert writer._unacked > outofprocess.WRITE_WINDOW
+        await done
+        assert writer._unacked <= outofprocess.WRITE_WINDOW
+        await writer.commit()
+        assert (await inner.stat("/w")).size == 16 << 20
+        await inner.delete("/w")
+    finally:
+        await inner.close()

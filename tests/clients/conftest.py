@@ -25,6 +25,7 @@ from tests.clients.harness import (
     Podman,
     Registry,
     Skopeo,
+    SystemLeftovers,
     new_workdir,
     remove_tree,
     start_our_registry,
@@ -40,12 +41,18 @@ def _skip_missing(error: MissingTool) -> NoReturn:
 
 @pytest.fixture(scope="session")
 def clients_root() -> Iterator[Path]:
-    """One temp directory holding every client fixture's state; removed at the end."""
+    """One temp directory holding every client fixture's state; removed at the end.
+
+    Files the clients create outside it (see ``SYSTEM_LEFTOVERS``) are removed
+    too, when the session created them.
+    """
+    leftovers = SystemLeftovers()
     root = new_workdir("registry-clients-")
     try:
         yield root
     finally:
         remove_tree(root)
+        leftovers.remove()
 
 
 @pytest.fixture(scope="session")

@@ -182,6 +182,31 @@ def mounts_under(path: Path) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
+# Paths outside the fixtures' temp dirs that the clients create whatever
+# their options say: dockerd's trust key and plugin socket dir, and the blob
+# info cache that skopeo (as root) keeps in /var/lib/containers/cache.
+SYSTEM_LEFTOVERS = (
+    Path("/etc/docker/key.json"),
+    Path("/run/docker"),
+    Path("/var/lib/containers"),
+)
+
+
+class SystemLeftovers:
+    """Remembers which of :data:`SYSTEM_LEFTOVERS` are absent, to remove them later."""
+
+    def __init__(self, paths: Sequence[Path] = SYSTEM_LEFTOVERS) -> None:
+        self.absent = [path for path in paths if not os.path.lexists(path)]
+
+    def remove(self) -> None:
+        """Remove those that the session created (nothing that was there before)."""
+        for path in self.absent:
+            if path.is_dir() and not path.is_symlink():
+                remove_tree(path)
+            elif os.path.lexists(path):
+                path.unlink()
+
+
 class ManagedProcess:
     """A long-running child in its own session, output appended to a log file."""
 
@@ -630,7 +655,8 @@ class Podman:
         root = workdir / "root"
         runroot = workdir / "runroot"
         libpod_tmp = workdir / "libpod-tmp"
-        for directory in (root, runroot, libpod_tmp):
+        network_config = workdir / "networks"
+        for directory in (root, runroot, libpod_tmp, network_config):
             directory.mkdir(exist_ok=True)
         # containers.conf of our own, so the host's (if any) changes nothing.
         containers_conf = workdir / "containers.conf"
@@ -642,16 +668,19 @@ class Podman:
             "--storage-driver", "vfs",
             "--cgroup-manager", "cgroupfs",
             "--events-backend", "none",
+            "--network-config-dir", str(network_config),
         ]  # fmt: skip
         self.env = {
             "CONTAINERS_REGISTRIES_CONF": config["CONTAINERS_REGISTRIES_CONF"],
             "REGISTRY_AUTH_FILE": config["REGISTRY_AUTH_FILE"],
             "TMPDIR": config["TMPDIR"],
             "CONTAINERS_CONF": str(containers_conf),
-            # An empty storage.conf: --root/--runroot/--storage-driver say it all.
+            # Our own storage.conf, saying what the command-line options say.
             "CONTAINERS_STORAGE_CONF": str(workdir / "storage.conf"),
         }
-        (workdir / "storage.conf").write_text('[storage]\ndriver = "vfs"\n')
+        (workdir / "storage.conf").write_text(
+            f'[storage]\ndriver = "vfs"\nrunroot = "{runroot}"\ngraphroot = "{root}"\n'
+        )
         self.policy = config["policy"]
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

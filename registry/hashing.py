@@ -113,7 +113,7 @@ class Sha256:
         ctx = _new(_CTX_P)
         _init(ctx)
         self._ctx = ctx
-        if data:
+        if data or type(data) is not bytes:  # type-check every non-bytes value
             self.update(data)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:

@@ -1,0 +1,37 @@
+"""Benchmarks of the registry: ``python -m registry.bench <section> [--json]``.
+
+Benchmarks are not tests: they print figures and never pass or fail on them.
+``make bench`` runs ``python -m registry.bench all``.
+
+Sections
+--------
+Each section is a module ``registry.bench.<section>`` exposing::
+
+    def run(args: argparse.Namespace) -> dict[str, Any]: ...
+
+``run`` does its measurements, prints human-readable lines as it goes, and
+returns its figures as a JSON-serialisable dict.  ``args`` carries the
+dispatcher's options (``args.section``, ``args.json``, ``args.mib``: the data
+volume per measurement in MiB, ``None`` for the section's default) plus any
+options the dispatcher did not recognise in ``args.extra`` (a list of
+strings) for the section to parse itself.  A section must not print JSON:
+with ``--json`` the dispatcher prints one object ``{section: figures, ...}``
+after every section has run.
+
+The known sections, run in this order by ``all``:
+
+* ``hashing`` (``registry/bench/hashing.py``): SHA-256 and tarsum throughput,
+  state export/import cost, thread scaling;
+* ``storage`` (``registry/bench/storage.py``): driver write/read throughput;
+* ``registry`` (``registry/bench/registry.py``): the HTTP registry end to end.
+
+``all`` runs every section whose module exists and says which do not exist
+yet.  Throughput figures are in MB/s with MB = 2**20 bytes.
+"""
+
+from __future__ import annotations
+
+#: Section names in the order ``all`` runs them.
+SECTIONS: tuple[str, ...] = ("hashing", "storage", "registry")
+
+MiB = 1 << 20

@@ -96,7 +96,9 @@ class Options(usage.Options):
     synopsis = "[--config FILE] [--listen ENDPOINT]"
     longdesc = (
         "Run the container image registry.  The configuration is CNCF Distribution's "
-        "YAML (version 0.1) with REGISTRY_<SECTION>_<KEY> environment overrides."
+        "YAML (version 0.1) with REGISTRY_<SECTION>_<KEY> environment overrides.  "
+        "Without a file, the built-in configuration stores blobs under ./var/registry "
+        "and listens on 127.0.0.1:5000."
     )
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -107,17 +109,14 @@ class Options(usage.Options):
         self["registry_config"] = None
 
     def opt_config(self, path: str) -> None:
-        """Distribution-style YAML configuration file
-        [default: $REGISTRY_CONFIGURATION_PATH, else the embedded default:
-        filesystem storage under ./var/registry, 127.0.0.1:5000]"""
+        """YAML config file (Distribution's keys) [default: $REGISTRY_CONFIGURATION_PATH, else built-in]"""
         _check_readable("--config", path)
         self["config"] = path
 
     opt_c = opt_config
 
     def opt_listen(self, description: str) -> None:
-        """Twisted server endpoint string to listen on, replacing http.addr
-        and http.tls (e.g. tcp:5000:interface=0.0.0.0, unix:/run/registry.sock)"""
+        """Twisted endpoint to listen on instead of http.addr/http.tls, e.g. tcp:5000"""
         from twisted.internet import reactor
         from twisted.internet.endpoints import serverFromString
 

@@ -22,7 +22,10 @@ from twisted.internet import reactor, ssl
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver
 from twisted.python import usage
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
@@ -184,6 +187,32 @@ def test_service_listen_option_wins() -> None:
         response = yield treq.get(f"http://127.0.0.1:{listening.getHost().port}/v2/")
         assert response.code == 200
         yield response.content()
+    finally:
+        yield service.stopService()
+
+
+@implementer(IAgentEndpointFactory)
+class UnixSocketEndpoints:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def endpointForURI(self, uri: Any) -> UNIXClientEndpoint:
+        return UNIXClientEndpoint(reactor, str(self.path))
+
+
+@pytest_twisted.inlineCallbacks
+def test_service_listens_on_a_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "registry.sock"
+    options = parse([], {"REGISTRY_HTTP_NET": "unix", "REGISTRY_HTTP_ADDR": str(sock), "REGISTRY_STORAGE": "inmemory"})
+    service = makeService(options, site_factory=StandIn())
+    service.startService()
+    try:
+        yield service.when_listening()
+        assert sock.is_socket()
+        client = treq.client.HTTPClient(Agent.usingEndpointFactory(reactor, UnixSocketEndpoints(sock)))
+        response = yield client.get("http://registry/v2/")
+        assert response.code == 200
+        assert (yield response.content()) == b"{}"
     finally:
         yield service.stopService()
 

@@ -310,10 +310,11 @@ def http_request(
     *,
     method: str = "GET",
     headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
     timeout: float = 10,
 ) -> HTTPResponse:
     """Send one request (no proxy) and return the answer, error statuses included."""
-    request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
+    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=timeout) as response:
@@ -407,17 +408,20 @@ def distribution_config(port: int, storage: Path) -> str:
     )
 
 
-def start_reference_registry(workdir: Path, timeout: float = 30) -> Registry:
+def start_reference_registry(
+    workdir: Path, timeout: float = 30, storage: Path | None = None
+) -> Registry:
     """Start CNCF Distribution 2.8 (``docker-registry serve``) on a free port.
 
     Raises :class:`MissingTool` when the package is not installed and
     :class:`StartupFailed` (with the registry's output) if ``GET /v2/`` does
-    not answer 200 within ``timeout`` seconds.
+    not answer 200 within ``timeout`` seconds.  ``storage`` is the storage root
+    directory (default: ``<workdir>/storage``).
     """
     binary = require("docker-registry", "docker-registry")
     workdir.mkdir(parents=True, exist_ok=True)
-    storage = workdir / "storage"
-    storage.mkdir(exist_ok=True)
+    storage = storage or workdir / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "config.yml"
     config.write_text(distribution_config(port, storage))
@@ -441,15 +445,18 @@ def twistd_path() -> str:
     return require("twistd", "python Twisted (make .venv/.installed-stamp)")
 
 
-def start_our_registry(workdir: Path, timeout: float = 30) -> Registry:
+def start_our_registry(
+    workdir: Path, timeout: float = 30, storage: Path | None = None
+) -> Registry:
     """Start this project's registry: ``twistd -n --pidfile= registry --config``.
 
     Raises :class:`StartupFailed` (with the process's output) if ``GET /v2/``
-    does not answer 200 within ``timeout`` seconds.
+    does not answer 200 within ``timeout`` seconds.  ``storage`` is the storage
+    root directory (default: ``<workdir>/storage``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    storage = workdir / "storage"
-    storage.mkdir(exist_ok=True)
+    storage = storage or workdir / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "config.yml"
     config.write_text(distribution_config(port, storage))

@@ -178,9 +178,10 @@ def test_inspect_and_list_tags(
     for tag in ("v1", "v2", "latest"):
         skopeo.copy(layout.reference, registry_under_test.docker_ref(repo, tag))
 
-    assert sorted(skopeo.list_tags(f"docker://{registry_under_test.host}/{repo}")) == [
-        "latest", "v1", "v2"
-    ]  # fmt: skip
+    tags = skopeo.list_tags(f"docker://{registry_under_test.host}/{repo}")
+    if registry_under_test.kind == "reference":
+        tags = sorted(tags)  # Distribution 2.8 lists tags in directory order
+    assert tags == ["latest", "v1", "v2"]
     info = skopeo.inspect(registry_under_test.docker_ref(repo, "v2"))
     assert info["Digest"] == layout.digest
     assert info["Layers"] == [layer.digest for layer in image.layers]

@@ -43,6 +43,7 @@ from tests.clients.harness import (
     MEDIA_DOCKER_MANIFEST,
     Registry,
     Skopeo,
+    SystemLeftovers,
     http_request,
     make_image,
     new_workdir,
@@ -97,7 +98,17 @@ def _start_unfinished_upload(registry: Registry, repo: str) -> dict[str, object]
 
 def main() -> None:
     """Generate the fixture tree and ``contents.json`` (replacing any old one)."""
+    leftovers = SystemLeftovers()
     work = new_workdir("distribution-fixture-")
+    try:
+        generate(work)
+    finally:
+        remove_tree(work)
+        leftovers.remove()
+
+
+def generate(work: Path) -> None:
+    """Fill a reference registry under ``work`` and copy its tree into the fixture."""
     registry = start_reference_registry(work / "registry")
     try:
         skopeo = Skopeo(work / "skopeo")
@@ -158,7 +169,6 @@ def main() -> None:
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
     (FIXTURE_DIR / "contents.json").write_text(json.dumps(contents, indent=2, sort_keys=True) + "\n")
-    remove_tree(work)
     size = sum(p.stat().st_size for p in storage.rglob("*") if p.is_file())
     print(f"wrote {storage} ({size} bytes) and contents.json")
     print(json.dumps(contents, indent=2, sort_keys=True))

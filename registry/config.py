@@ -409,18 +409,31 @@ class _Loader:
             self._override(name, [p.upper() for p in parts], self.environ[name])
 
     def _override(self, name: str, parts: list[str], payload: str) -> None:
-        node: dict[Any, Any] = self.tree
+        node: Any = self.tree
         path: list[str] = []
         for i, part in enumerate(parts):
-            key = next((k for k in node if isinstance(k, str) and k.upper() == part), part.lower())
-            path.append(key)
-            if i == len(parts) - 1:
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                # A list element by index; the index one past the end appends
+                # (Distribution's rule for e.g. notifications.endpoints).
+                if not part.isdigit() or int(part) > len(node):
+                    self.warnings.append(
+                        f"ignoring environment variable {name}: {_dotted(path)} has no element {part}"
+                    )
+                    return
+                key: Any = int(part)
+                if key == len(node):
+                    node.append(None)
+            else:
+                key = next((k for k in node if isinstance(k, str) and k.upper() == part), part.lower())
+            path.append(str(key))
+            if last:
                 node[key] = self._env_value(name, path, payload)
                 if path == ["storage"] and isinstance(node[key], str):
                     node[key] = {node[key]: {}}
             else:
-                child = node.get(key)
-                if not isinstance(child, dict):
+                child = node[key] if isinstance(node, list) else node.get(key)
+                if not isinstance(child, (dict, list)):
                     child = {}
                     node[key] = child
                 node = child

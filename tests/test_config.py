@@ -521,3 +521,18 @@ def test_parse_go_duration(text: str, seconds: float) -> None:
 def test_parse_go_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_go_duration(text)
+
+
+def test_override_list_elements_by_index() -> None:
+    text = MINIMAL + "notifications:\n  endpoints:\n    - name: a\n      url: http://a\n"
+    env = {
+        "REGISTRY_NOTIFICATIONS_ENDPOINTS_0_URL": "http://changed",
+        "REGISTRY_NOTIFICATIONS_ENDPOINTS_1_NAME": "b",
+        "REGISTRY_NOTIFICATIONS_ENDPOINTS_5_NAME": "too far",
+    }
+    config = load(text, env)
+    assert config.raw["notifications"]["endpoints"] == [
+        {"name": "a", "url": "http://changed"},
+        {"name": "b"},
+    ]
+    assert any("REGISTRY_NOTIFICATIONS_ENDPOINTS_5_NAME" in w and "no element 5" in w for w in config.warnings)

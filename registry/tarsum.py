@@ -554,10 +554,10 @@ class TarSum:
             raise TarSumError("tar data ends inside a header", int(ctx.offset - ctx.hdr_fill))
         self._drain()
         sums = self._sums
-        hexes = [sums[i:i + 32].hex() for i in range(0, len(sums), 32)]
+        allhex = sums.hex()
+        hexes = [allhex[i:i + 64] for i in range(0, len(allhex), 64)]
         h = hashlib.sha256(self._extra)
-        for x in _moby_order(hexes, self._names):
-            h.update(x.encode())
+        h.update("".join(_moby_order(hexes, self._names)).encode())
         return "%s+sha256:%s" % (VERSIONS[self._version], h.hexdigest())
 
     # -- state --
@@ -689,7 +689,8 @@ def _clean_name(name: bytes) -> bytes:
 
 def _moby_order(sums: list[str], names: list[bytes]) -> list[str]:
     """The per-entry hex sums in the order moby's SortBySums leaves them."""
-    keys = [_clean_name(n) for n in names]
+    keys = [_clean_name(n) if (n[:1] in b"/." or n[-1:] == b"/" or b"//" in n or b"/." in n)
+            else n for n in names]
     if len(set(keys)) == len(keys):
         return sorted(sums)
     items = list(zip(sums, keys, range(len(sums))))

@@ -127,11 +127,11 @@ class Sha256:
             # cffi passes a bytes object's own storage: no copy.
             _update(self._ctx, data, len(data))
             return
-        if isinstance(data, str):
-            raise TypeError("Strings must be encoded before hashing")
         try:
             view = _from_buffer(_BYTES_T, data)
         except TypeError:
+            if isinstance(data, str):
+                raise TypeError("Strings must be encoded before hashing") from None
             raise TypeError(
                 "object supporting the buffer API required, not %s" % type(data).__name__
             ) from None

@@ -23,6 +23,8 @@ DriverMaker = Callable[[Path], IStorageDriver]
 DRIVERS: dict[str, DriverMaker] = {
     "inmemory": lambda root: create_driver("inmemory", {}),
     "filesystem": lambda root: create_driver("filesystem", {"rootdirectory": str(root)}),
+    # Out-of-process: the filesystem driver served by registry-storage-filesystem over AMP.
+    "filesystem-amp": lambda root: create_driver("outofprocess", {"executable": "filesystem", "params": {"rootdirectory": str(root)}}),
 }
 
 IN_PROCESS_MEMORY = {"inmemory"}

@@ -88,7 +88,7 @@ def _timestamp(event: LogEvent) -> str:
 
 def _level_name(event: LogEvent) -> str:
     level = event.get("log_level")
-    return level.name if level in _PRIORITY else "info"
+    return str(level.name) if level is not None and level in _PRIORITY else "info"
 
 
 def _message(event: LogEvent) -> str:

@@ -24,7 +24,7 @@ import os
 import sys
 from typing import IO, Any, Callable, Mapping
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
@@ -299,8 +299,8 @@ def makeService(
     options: Options,
     site_factory: SiteFactory | None = None,
     reactor: IReactorCore | None = None,
-) -> IService:
-    """Build the registry service from parsed ``options``.
+) -> RegistryService:
+    """Build the registry service (an ``IService``) from parsed ``options``.
 
     ``site_factory(config, reactor)`` makes the ``twisted.web`` site; it
     defaults to ``registry.app.make_site``.  The service listens on
@@ -312,7 +312,7 @@ def makeService(
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor  # type: ignore[assignment]
+        reactor = global_reactor
     config: Config | None = options["registry_config"]
     if config is None:
         raise usage.UsageError("options were not parsed")

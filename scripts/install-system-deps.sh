@@ -28,18 +28,25 @@ declare -A WANTED=(
 
 log() { printf 'install-system-deps: %s\n' "$*" >&2; }
 
-installed() {
-    # A package counts only when dpkg reports it fully configured.
-    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
+# needs_install CMD PKG: true when CMD is missing, or when dpkg knows PKG in
+# a broken state (unpacked, half-configured...).  A CMD that comes from
+# elsewhere (say Docker's own docker-ce) counts as present.
+needs_install() {
+    local status
+    status=$(dpkg-query -W -f='${Status}' "$2" 2>/dev/null || true)
+    case "$status" in
+        "install ok installed" | "" | *not-installed | *config-files)
+            ! command -v "$1" >/dev/null 2>&1 ;;
+        *) return 0 ;;
+    esac
 }
 
 missing=()
 for cmd in "${!WANTED[@]}"; do
     pkg=${WANTED[$cmd]}
-    if command -v "$cmd" >/dev/null 2>&1 && installed "$pkg"; then
-        continue
+    if needs_install "$cmd" "$pkg"; then
+        missing+=("$pkg")
     fi
-    missing+=("$pkg")
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
@@ -99,13 +106,15 @@ dpkg --configure -a >/dev/null 2>&1 || true
 failed=()
 for cmd in "${!WANTED[@]}"; do
     pkg=${WANTED[$cmd]}
-    if ! { command -v "$cmd" >/dev/null 2>&1 && installed "$pkg"; }; then
+    if needs_install "$cmd" "$pkg"; then
         failed+=("$pkg")
     fi
 done
 log "done in $(( $(date +%s) - start )) s"
 if [ ${#failed[@]} -ne 0 ]; then
     log "WARNING: NOT INSTALLED: ${failed[*]} -- the real-client tests needing them will be SKIPPED"
+    log "last lines of /tmp/install-system-deps.log:"
+    tail -n 15 /tmp/install-system-deps.log >&2 || true
     [ "${SYSTEM_DEPS_STRICT:-0}" = 1 ] && exit 1
 fi
 exit 0

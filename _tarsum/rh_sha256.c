@@ -131,6 +131,8 @@ void rh_sha256_init(rh_sha256_ctx *ctx) {
 
 void rh_sha256_update(rh_sha256_ctx *ctx, const uint8_t *data, size_t n) {
     size_t used = (size_t)(ctx->len & 63);
+    if (n == 0)                    /* data may be NULL then (an empty buffer) */
+        return;
     ctx->len += n;
     if (used) {
         size_t take = 64 - used;

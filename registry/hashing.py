@@ -84,7 +84,8 @@ class _OutBuffers(threading.local):
     the C call itself; reusing one per thread leaves a marshal call plus one
     bytes copy.  Per thread, because the C call releases the GIL: a buffer
     shared between threads could be overwritten between the C call and the
-    copy.
+    copy.  (On one thread only a signal handler that itself exported a state
+    between those two steps could interleave; the registry installs none.)
     """
 
     def __init__(self) -> None:

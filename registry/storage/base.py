@@ -90,23 +90,23 @@ class GuardedReader:
         if not isinstance(max_bytes, int) or max_bytes < 1:
             return fail(DriverError(self._driver, f"read(): max_bytes must be >= 1, got {max_bytes!r}"))
         self._pending = True
+        try:
+            d = self._inner.read(max_bytes)
+        except BaseException:
+            d = fail()
+        # One callback pair per read: this is the hot path of every download.
+        return d.addCallbacks(self._read_done, self._read_failed, callbackArgs=(max_bytes,))
 
-        def check(data: bytes) -> bytes:
-            if not isinstance(data, bytes) or len(data) > max_bytes:
-                raise DriverError(
-                    self._driver, f"reader returned {len(data)} bytes for read({max_bytes})"
-                )
-            return data
+    def _read_done(self, data: Any, max_bytes: int) -> bytes:
+        self._pending = False
+        if type(data) is not bytes or len(data) > max_bytes:
+            size = len(data) if isinstance(data, (bytes, bytearray)) else type(data).__name__
+            raise DriverError(self._driver, f"reader returned {size} bytes for read({max_bytes})")
+        return data
 
-        def done(result: Any) -> Any:
-            self._pending = False
-            return result
-
-        d = _call(self._driver, self._inner.read, max_bytes)
-        d.addCallback(check)
-        d.addErrback(_normalise(self._driver))
-        d.addBoth(done)
-        return d
+    def _read_failed(self, failure: Failure) -> Failure:
+        self._pending = False
+        return _normalise(self._driver)(failure)
 
     def close(self) -> Deferred[None]:
         """Close the driver's reader once; later calls fire at once."""
@@ -153,14 +153,19 @@ class GuardedWriter:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             return fail(DriverError(self._driver, f"write() takes bytes, not {type(data).__name__}"))
         self._writing = True
+        try:
+            d = self._inner.write(data if type(data) is bytes else bytes(data))
+        except BaseException:
+            d = fail()
+        # One callback pair per write: this is the hot path of every upload.
+        return d.addCallbacks(self._write_done, self._write_failed)
 
-        def done(result: Any) -> Any:
-            self._writing = False
-            return result
+    def _write_done(self, result: Any) -> None:
+        self._writing = False
 
-        d = _call(self._driver, self._inner.write, bytes(data) if not isinstance(data, bytes) else data)
-        d.addBoth(done)
-        return d
+    def _write_failed(self, failure: Failure) -> Failure:
+        self._writing = False
+        return _normalise(self._driver)(failure)
 
     def _finish(self, op: str, state: str, fn: Callable[[], Deferred[None]]) -> Deferred[None]:
         if op == "close" and self._state is not None and not self._writing:

@@ -42,10 +42,11 @@ import os
 import secrets
 import shutil
 import stat as statmod
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, Callable, TypeVar
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -425,28 +426,41 @@ class _Tree:
 
 @implementer(IFileReader)
 class FilesystemReader:
-    """Reads a file in 1 MiB chunks off the reactor thread, one chunk ahead."""
+    """Reads a file in 1 MiB chunks off the reactor thread, reading ahead.
+
+    The first chunk is read on demand; once a full chunk has arrived, up to
+    ``READ_AHEAD`` further chunks are requested while the caller consumes it,
+    so the thread hop is hidden behind the caller's work. A short chunk (the
+    end of the file at that moment) discards the chunks requested beyond it,
+    so a file that grows meanwhile is still read without gaps.
+    """
+
+    READ_AHEAD = 2
 
     def __init__(self, driver: FilesystemDriver, fd: int, offset: int) -> None:
         self._driver = driver
         self._fd = fd
-        self._pos = offset  # file offset of the next chunk to fetch
+        self._next = offset  # file offset of the next chunk to request
+        self._queue: deque[tuple[int, Deferred[bytes]]] = deque()
+        self._inflight: set[Deferred[Any]] = set()
         self._buf = b""
         self._bpos = 0
-        self._ahead: Deferred[bytes] | None = None
         self._closed = False
 
-    def _fetch(self) -> Deferred[bytes]:
-        pos = self._pos
-        self._pos += CHUNK  # corrected when the chunk arrives short
+    def _request(self) -> None:
+        pos = self._next
+        self._next += CHUNK
         d = self._driver._run(os.pread, self._fd, CHUNK, pos)
+        done: Deferred[Any] = Deferred()
+        self._inflight.add(done)
 
-        def got(data: bytes) -> bytes:
-            self._pos = pos + len(data)
-            return data
+        def settle(result: Any) -> Any:
+            self._inflight.discard(done)
+            done.callback(None)
+            return result
 
-        d.addCallback(got)
-        return d
+        d.addBoth(settle)
+        self._queue.append((pos, d))
 
     def _take(self, max_bytes: int) -> bytes:
         start = self._bpos
@@ -461,36 +475,42 @@ class FilesystemReader:
         """Fire with up to ``max_bytes`` bytes (at most 1 MiB), ``b""`` at the end."""
         if self._bpos < len(self._buf):
             return succeed(self._take(max_bytes))
-        if self._ahead is not None:
-            d, self._ahead = self._ahead, None
-        else:
-            d = self._fetch()
+        if not self._queue:
+            self._request()
+        pos, d = self._queue.popleft()
 
         def filled(data: bytes) -> bytes:
             self._buf, self._bpos = data, 0
-            if len(data) == CHUNK and not self._closed:
-                # Read the next chunk while the caller consumes this one.
-                self._ahead = self._fetch()
+            if len(data) == CHUNK:
+                while len(self._queue) < self.READ_AHEAD and not self._closed:
+                    self._request()
+            else:
+                # End of the file as it is now: forget chunks asked beyond it.
+                for _, later in self._queue:
+                    later.addErrback(lambda f: None)
+                self._queue.clear()
+                self._next = pos + len(data)
             return self._take(max_bytes)
 
-        d.addCallback(filled)
-        return d
+        return d.addCallback(filled)
 
     def close(self) -> Deferred[None]:
-        """Close the file once any read-ahead in flight has finished."""
+        """Close the file once the reads in flight have finished."""
         if self._closed:
             return succeed(None)
         self._closed = True
-        ahead, self._ahead = self._ahead, None
+        for _, later in self._queue:
+            later.addErrback(lambda f: None)
+        self._queue.clear()
+        pending = list(self._inflight)
 
         def shut(_: object) -> None:
             os.close(self._fd)
 
-        if ahead is None:
+        if not pending:
             shut(None)
             return succeed(None)
-        d: Deferred[None] = ahead.addBoth(shut)
-        return d
+        return DeferredList(pending).addCallback(shut)
 
 
 @implementer(IFileWriter)

@@ -41,7 +41,7 @@ from registry.bench import MiB
 from registry.hashing import Sha256
 
 DEFAULT_MIB = 256
-TRIALS = 3
+TRIALS = 5
 CHUNKS = {"64k": 64 * 1024, "1m": MiB}
 
 TARGET_SHA256_RATIO = 0.95

@@ -76,7 +76,7 @@ PROTOCOL_MINOR = 0
 #: Largest single AMP value we send (AMP's hard limit is 65535).
 FRAME_BYTES = 60 * 1024
 #: Largest payload of one ``Read`` answer or one ``Write`` command.
-STREAM_BYTES = 4 * FRAME_BYTES
+STREAM_BYTES = 8 * FRAME_BYTES
 
 _log = Logger()
 

@@ -75,9 +75,9 @@ from registry.storage.driver import (
 _log = Logger()
 
 #: Pieces a reader keeps in flight ahead of the caller.
-READ_AHEAD = 4
+READ_AHEAD = 8
 #: Unacknowledged bytes after which a writer's ``write`` waits.
-WRITE_WINDOW = 4 * P.STREAM_BYTES
+WRITE_WINDOW = 8 * P.STREAM_BYTES
 #: Seconds the child has to answer the handshake.
 HANDSHAKE_TIMEOUT = 30.0
 #: Seconds ``close()`` waits for the child to exit before SIGKILL.
@@ -379,7 +379,12 @@ class _RemoteReader:
 
 @implementer(IFileWriter)
 class _RemoteWriter:
-    """A writer handle in the child; ``write`` returns once the window has room."""
+    """A writer handle in the child.
+
+    Small writes gather into pieces of ``STREAM_BYTES``; ``write`` fires once
+    at most ``WRITE_WINDOW`` bytes are unacknowledged; ``close``/``commit``
+    send what is gathered first.
+    """
 
     def __init__(self, driver: "OutOfProcessDriver", child: _ChildProtocol, handle: int, size: int) -> None:
         self._driver = driver
@@ -391,6 +396,8 @@ class _RemoteWriter:
         self._waiter: Deferred[None] | None = None
         self._drained: list[Deferred[None]] = []
         self._done: str | None = None
+        self._buffer: list[bytes] = []
+        self._buffered = 0
 
     def _acked(self, _: Any, n: int) -> None:
         self._unacked -= n
@@ -412,8 +419,8 @@ class _RemoteWriter:
                 d.callback(None)
 
     def write(self, data: bytes) -> Deferred[None]:
-        """Send ``data`` in pieces; fire when at most ``WRITE_WINDOW`` bytes
-        are unacknowledged. Fails with the first error the child reported for
+        """Gather ``data`` and send it in pieces of ``STREAM_BYTES``; fire when
+        at most ``WRITE_WINDOW`` bytes are unacknowledged. Fails with the first error the child reported for
         any earlier piece, or ``DriverError`` when the child died."""
         if self._done is not None:
             return fail(DriverError(self._driver.name, f"write() on a {self._done} writer"))
@@ -421,20 +428,43 @@ class _RemoteWriter:
             return fail(self._error)
         if self._waiter is not None:
             return fail(DriverError(self._driver.name, "write() before the previous write fired"))
+        self.size += len(data)
+        if self._buffered + len(data) < P.STREAM_BYTES:
+            # Small writes gather into one piece: one command per STREAM_BYTES.
+            if data:
+                self._buffer.append(bytes(data))
+                self._buffered += len(data)
+            return succeed(None)
+        if self._buffer:
+            self._buffer.append(bytes(data))
+            data = b"".join(self._buffer)
+            self._buffer, self._buffered = [], 0
         view = memoryview(data)
-        for start in range(0, len(view), P.STREAM_BYTES):
-            piece = bytes(view[start : start + P.STREAM_BYTES]) if len(view) > P.STREAM_BYTES else data
-            n = len(piece)
-            self._unacked += n
-            self.size += n
-            d = self._driver._remote(self._child, P.Write, handle=self._handle, data=piece)
-            d.addCallbacks(self._acked, self._failed, callbackArgs=(n,), errbackArgs=(n,))
+        whole = len(view) - len(view) % P.STREAM_BYTES
+        for start in range(0, whole, P.STREAM_BYTES):
+            self._send(bytes(view[start : start + P.STREAM_BYTES]))
+        if whole < len(view):
+            self._buffer.append(bytes(view[whole:]))
+            self._buffered = len(view) - whole
         if self._error is not None:
             return fail(self._error)
         if self._unacked <= WRITE_WINDOW:
             return succeed(None)
         self._waiter = Deferred()
         return self._waiter
+
+    def _send(self, piece: bytes) -> None:
+        n = len(piece)
+        self._unacked += n
+        d = self._driver._remote(self._child, P.Write, handle=self._handle, data=piece)
+        d.addCallbacks(self._acked, self._failed, callbackArgs=(n,), errbackArgs=(n,))
+
+    def _flush(self) -> None:
+        """Send what small writes left gathered."""
+        if self._buffer:
+            piece = b"".join(self._buffer)
+            self._buffer, self._buffered = [], 0
+            self._send(piece)
 
     def _drain(self) -> Deferred[None]:
         """Fire once every piece sent so far has been acknowledged."""
@@ -453,6 +483,10 @@ class _RemoteWriter:
         self._done = state
         if self._child.ended is not None and state != "committed":
             return succeed(None)  # the child's death released the handle
+        if state == "cancelled":
+            self._buffer, self._buffered = [], 0
+        else:
+            self._flush()
         if state != "committed":
             # The child runs commands on one handle in order, so close and
             # cancel can follow the unacknowledged writes at once.

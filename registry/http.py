@@ -1,0 +1,162 @@
+"""HTTP plumbing under the resources: a Request that streams upload bodies
+instead of spooling them, a channel that answers a TLS ClientHello on the
+plain port, and the Site that ties them to the registry's root resource.
+
+Twisted's ``Request`` spools the whole body (BytesIO, then a temp file)
+before ``render`` runs. For upload routes this Request asks the root resource,
+once the headers are in, for a *body sink*; body chunks then go straight to
+the sink as they arrive, and the sink pauses the transport while storage is
+behind. ``render`` still runs when the body is complete and reads the sink's
+outcome. Other routes get a bounded buffer (manifests) or the default.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any, Protocol
+
+from twisted.python.failure import Failure
+from twisted.web import http, server
+
+# What a client that sends a TLS ClientHello to the plain port gets back
+# (see CLIENTS.md: docker/skopeo/podman probe TLS first, then fall back).
+TLS_PROBE_RESPONSE = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class BodySink(Protocol):
+    """Receives a request body as it arrives (see ``registry.resources.uploads``)."""
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def body_complete(self) -> None: ...
+
+    def connection_lost(self, reason: Failure) -> None: ...
+
+
+class LimitedBody:
+    """Marker telling the request to buffer at most ``limit`` bytes of body;
+    past that the rest is dropped and ``request.body_too_large`` is set."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
+class RegistryRequest(server.Request):
+    """A Request that can hand its body to a sink while it arrives."""
+
+    body_sink: BodySink | None = None
+    body_limit: int | None = None
+    body_too_large = False
+    _body_paused = False
+    _body_done = False
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.started = time.monotonic()
+        self.log_fields: dict[str, Any] = {}
+
+    # -- body routing ------------------------------------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        site = getattr(self.channel, "site", None)
+        root = getattr(site, "resource", None)
+        chooser = getattr(root, "body_handling", None)
+        # The channel keeps the request line privately until the body is
+        # complete; we need it now to route the body.
+        command = getattr(self.channel, "_command", b"")
+        path = getattr(self.channel, "_path", b"")
+        decision = chooser(self, command, path, length) if chooser is not None else None
+        if isinstance(decision, LimitedBody):
+            self.body_limit = decision.limit
+            self.content = io.BytesIO()
+            if length is not None and length > decision.limit:
+                self.body_too_large = True
+        elif decision is not None:
+            self.body_sink = decision
+            self.content = io.BytesIO()
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_sink is not None:
+            self.body_sink.data_received(data)
+        elif self.body_limit is not None:
+            if self.body_too_large or self.content.tell() + len(data) > self.body_limit:
+                self.body_too_large = True
+            else:
+                self.content.write(data)
+        else:
+            super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._body_done = True
+        if self.body_sink is not None:
+            self.resume_body()
+            self.body_sink.body_complete()
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.body_sink is not None and not self._body_done:
+            self._body_done = True
+            self.body_sink.connection_lost(reason)
+        super().connectionLost(reason)
+
+    def pause_body(self) -> None:
+        """Stop reading the body from the network (storage is behind)."""
+        if not self._body_paused and not self._body_done and self.channel is not None:
+            self._body_paused = True
+            self.channel.transport.pauseProducing()
+
+    def resume_body(self) -> None:
+        if self._body_paused and self.channel is not None:
+            self._body_paused = False
+            self.channel.transport.resumeProducing()
+
+    # -- helpers -----------------------------------------------------------
+
+    @property
+    def gone(self) -> bool:
+        """True once the response was finished or the client went away."""
+        return bool(self.finished or self._disconnected)
+
+    def all_header_values(self, name: bytes) -> list[str]:
+        """Every value of a header that may arrive as several lines (Accept),
+        split on commas."""
+        values: list[str] = []
+        for raw in self.requestHeaders.getRawHeaders(name, []):
+            for part in raw.decode("latin-1").split(","):
+                part = part.strip()
+                if part:
+                    values.append(part)
+        return values
+
+
+class RegistryChannel(http.HTTPChannel):
+    """HTTP/1.1 channel that answers a TLS ClientHello with 400 and closes."""
+
+    _first_bytes_seen = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._first_bytes_seen and data:
+            self._first_bytes_seen = True
+            if data[:1] == b"\x16":
+                self.transport.write(TLS_PROBE_RESPONSE)
+                self.transport.loseConnection()
+                return
+        super().dataReceived(data)
+
+
+class RegistrySite(server.Site):
+    """Site using the streaming request and the TLS-probe-aware channel;
+    logs one structured line per request through ``registry.logs``."""
+
+    protocol = RegistryChannel  # type: ignore[assignment]
+    requestFactory = RegistryRequest  # type: ignore[assignment]
+    displayTracebacks = False
+
+    def log(self, request: server.Request) -> None:
+        from registry import logs
+
+        duration = time.monotonic() - getattr(request, "started", time.monotonic())
+        logs.log_request(request, duration, getattr(request, "log_fields", {}))

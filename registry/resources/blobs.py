@@ -1,0 +1,160 @@
+"""``GET|HEAD|DELETE /v2/<name>/blobs/<digest>``: blobs streamed from the
+driver with backpressure, single-range requests, redirects where the driver
+can sign a URL."""
+
+from __future__ import annotations
+
+import re
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+from registry import errors
+from registry.digest import Digest
+from registry.errors import RegistryError
+from registry.http import RegistryRequest
+from registry.resources.base import empty_response
+from registry.resources.context import Context
+from registry.storage.driver import IFileReader
+
+READ_CHUNK = 256 * 1024
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class RangeNotSatisfiable(ValueError):
+    pass
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive byte range ``(start, end)`` a ``Range`` header asks of an
+    object of ``size`` bytes, or None to send it whole (no header, another
+    unit, or several ranges — which a server may ignore).
+
+    Raises ``RangeNotSatisfiable`` for a syntactically valid single range
+    that selects nothing, ``ValueError`` for a malformed one."""
+    if header is None:
+        return None
+    header = header.strip()
+    if not header.startswith("bytes="):
+        return None
+    if "," in header:
+        return None
+    m = _RANGE_RE.match(header)
+    if not m or (m.group(1) == "" and m.group(2) == ""):
+        raise ValueError(f"malformed Range {header[:100]!r}")
+    first, last = m.group(1), m.group(2)
+    if first == "":
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable(header)
+        return max(size - suffix, 0), size - 1
+    start = int(first)
+    end = int(last) if last != "" else size - 1
+    if end < start:
+        raise ValueError(f"malformed Range {header[:100]!r}: the end is before the start")
+    if start >= size:
+        raise RangeNotSatisfiable(header)
+    return start, min(end, size - 1)
+
+
+@implementer(IPushProducer)
+class ReaderProducer:
+    """Copies ``length`` bytes from a driver reader to a request, pausing
+    while the transport is full. ``run()`` fires when done."""
+
+    def __init__(self, request: RegistryRequest, reader: IFileReader, length: int) -> None:
+        self.request = request
+        self.reader = reader
+        self.remaining = length
+        self._paused = False
+        self._stopped = False
+        self._resume: Deferred[None] | None = None
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._resume is not None:
+            d, self._resume = self._resume, None
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self.resumeProducing()
+
+    async def run(self) -> None:
+        self.request.registerProducer(self, True)
+        try:
+            while self.remaining > 0 and not self._stopped:
+                if self._paused:
+                    self._resume = Deferred()
+                    await self._resume
+                    continue
+                chunk = await self.reader.read(min(READ_CHUNK, self.remaining))
+                if not chunk:
+                    raise RegistryError(errors.UNKNOWN, "blob is shorter than its recorded size")
+                if self._stopped or self.request.gone:
+                    break
+                self.remaining -= len(chunk)
+                self.request.write(chunk)
+        finally:
+            if not self.request.gone:
+                self.request.unregisterProducer()
+            await self.reader.close()
+
+
+class BlobResource:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def GET(self, request: RegistryRequest, name: str, digest: str) -> None:
+        d = Digest.parse(digest)
+        request.log_fields.update(repository=name, digest=str(d))
+        size = await self.ctx.registry.blobs.repo_size(name, d)
+        etag = f'"{d}"'
+        request.setHeader(b"Docker-Content-Digest", str(d).encode())
+        request.setHeader(b"ETag", etag.encode())
+        request.setHeader(b"Accept-Ranges", b"bytes")
+        request.setHeader(b"Cache-Control", b"max-age=31536000")
+        inm = request.getHeader(b"if-none-match")
+        if inm is not None and etag in [v.strip() for v in inm.decode("latin-1").split(",")]:
+            empty_response(request, 304)
+            return
+        raw_range = request.getHeader(b"range")
+        try:
+            rng = parse_range(raw_range.decode("latin-1") if raw_range else None, size)
+        except RangeNotSatisfiable:
+            raise RegistryError(
+                errors.RANGE_INVALID,
+                f"Range {raw_range!r} selects nothing of this {size}-byte blob",
+                headers={"Content-Range": f"bytes */{size}"},
+            ) from None
+        except ValueError as e:
+            raise RegistryError(errors.RANGE_INVALID, str(e), headers={"Content-Range": f"bytes */{size}"}) from None
+        if request.method == b"GET" and rng is None:
+            url = await self.ctx.registry.blobs.redirect_url(d)
+            if url:
+                empty_response(request, 307, {"Location": url})
+                return
+        start, end = rng if rng is not None else (0, size - 1)
+        length = end - start + 1 if size else 0
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"Content-Length", str(length).encode())
+        if rng is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"Content-Range", f"bytes {start}-{end}/{size}".encode())
+        if request.method == b"HEAD" or length == 0:
+            return
+        reader = await self.ctx.registry.blobs.open(d, start)
+        await ReaderProducer(request, reader, length).run()
+
+    HEAD = GET
+
+    async def DELETE(self, request: RegistryRequest, name: str, digest: str) -> None:
+        self.ctx.check_delete()
+        d = Digest.parse(digest)
+        request.log_fields.update(repository=name, digest=str(d))
+        await self.ctx.registry.blobs.unlink(name, d)
+        empty_response(request, 202, {"Docker-Content-Digest": str(d)})

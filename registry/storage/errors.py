@@ -1,0 +1,54 @@
+"""Errors of the registry's data model (layer 4). The HTTP layer maps each to
+an OCI error code in one table (``registry.resources.base``)."""
+
+from __future__ import annotations
+
+
+class RegistryStorageError(Exception):
+    """Base class of data-model errors."""
+
+
+class BlobUnknown(RegistryStorageError):
+    def __init__(self, digest: object, name: str | None = None) -> None:
+        where = f" in repository {name!r}" if name else ""
+        super().__init__(f"blob {digest} is not known{where}")
+        self.digest = digest
+        self.name = name
+
+
+class UploadUnknown(RegistryStorageError):
+    def __init__(self, name: str, upload_id: str) -> None:
+        super().__init__(
+            f"upload {upload_id!r} is not in progress in repository {name!r} "
+            "(it was finished, cancelled, purged, or never started): start a new upload with POST"
+        )
+        self.name = name
+        self.upload_id = upload_id
+
+
+class DigestMismatch(RegistryStorageError):
+    def __init__(self, expected: object, actual: object, size: int) -> None:
+        super().__init__(
+            f"the uploaded content ({size} bytes) has digest {actual}, not the {expected} given; nothing was committed"
+        )
+        self.expected = expected
+        self.actual = actual
+        self.size = size
+
+
+class UploadOffsetMismatch(RegistryStorageError):
+    """A chunk did not start where the upload ends (out of order or retried)."""
+
+    def __init__(self, start: int, offset: int) -> None:
+        super().__init__(
+            f"chunk starts at byte {start} but the upload holds {offset} bytes: "
+            f"send the next chunk starting at {offset} (GET the upload URL for its status)"
+        )
+        self.start = start
+        self.offset = offset
+
+
+class NameUnknown(RegistryStorageError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"repository {name!r} is not known to this registry")
+        self.name = name

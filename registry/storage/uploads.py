@@ -1,0 +1,268 @@
+"""Resumable blob uploads whose whole state lives in the storage driver.
+
+An upload is ``_uploads/<id>/`` with ``data`` (the bytes so far),
+``startedat`` and ``hashstates/sha256/<offset>`` — the SHA-256 state after
+``offset`` bytes, in Go's MarshalBinary format, as Distribution writes it.
+Every request that appends bytes stores the state at its new offset, so any
+instance sharing the storage (or this one after a crash) continues the
+upload, and finishing verifies the digest from the stored state without
+re-reading the data.
+
+After a crash the data may hold bytes past the newest stored state (the
+process died between writing data and writing state). ``resume_point``
+repairs that: it hashes only the tail past the newest usable state and stores
+the state at the data's size, so the offset it reports is always one the
+upload can really be finished from.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, DeferredLock
+
+from registry.digest import Digest
+from registry.hashing import Sha256
+from registry.storage import paths
+from registry.storage.blobs import BlobStore
+from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
+from registry.storage.errors import DigestMismatch, UploadUnknown
+
+READ_CHUNK = 1 << 20
+
+
+def new_upload_id() -> str:
+    return str(uuid.uuid4())
+
+
+class _Locks:
+    """Per-upload DeferredLocks, dropped when idle (this process only;
+    instances sharing storage rely on clients not racing one upload)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], DeferredLock] = {}
+
+    async def acquire(self, key: tuple[str, str]) -> Callable[[], None]:
+        lock = self._locks.setdefault(key, DeferredLock())
+        await lock.acquire()
+
+        def release() -> None:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(key, None)
+
+        return release
+
+
+class UploadAppender:
+    """Appends one request's bytes to an upload, hashing as they pass.
+
+    Obtained from ``UploadStore.open_appender`` holding the upload's lock;
+    ``finish`` (or ``fail``) must be called exactly once to release it."""
+
+    def __init__(
+        self,
+        store: "UploadStore",
+        name: str,
+        upload_id: str,
+        writer: IFileWriter,
+        hasher: Sha256,
+        release: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.upload_id = upload_id
+        self.start_offset = hasher.bytes_hashed
+        self._writer = writer
+        self._hasher = hasher
+        self._release: Callable[[], None] | None = release
+
+    @property
+    def offset(self) -> int:
+        """Bytes in the upload, including those appended so far."""
+        return self._hasher.bytes_hashed
+
+    def write(self, data: bytes) -> "Deferred[None]":
+        """Hash and append ``data``; the Deferred fires when the driver can
+        take more (backpressure)."""
+        self._hasher.update(data)
+        return self._writer.write(data)
+
+    async def finish(self) -> int:
+        """Close the writer and store the hash state at the new offset, so
+        the upload continues from here. Returns the new offset."""
+        try:
+            await self._writer.close()
+            await self.store.driver.put_content(
+                paths.upload_hashstate(self.name, self.upload_id, self.offset), self._hasher.state()
+            )
+            return self.offset
+        finally:
+            self._done()
+
+    async def fail(self) -> None:
+        """The request failed in storage: release without storing a state;
+        the next ``resume_point`` re-derives the state from the data."""
+        try:
+            await self._writer.close()
+        except Exception:
+            pass
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
+
+
+class UploadStore:
+    """Starts, appends to, inspects, finishes and cancels uploads."""
+
+    def __init__(self, driver: IStorageDriver, blobs: BlobStore, now: Callable[[], datetime] | None = None) -> None:
+        self.driver = driver
+        self.blobs = blobs
+        self._now = now or (lambda: datetime.now(timezone.utc))
+        self._locks = _Locks()
+
+    async def create(self, name: str) -> str:
+        """Start an upload in repository ``name``; returns its id."""
+        upload_id = new_upload_id()
+        started = self._now().strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+        await self.driver.put_content(paths.upload_startedat(name, upload_id), started)
+        await self.driver.put_content(paths.upload_data(name, upload_id), b"")
+        return upload_id
+
+    async def started_at(self, name: str, upload_id: str) -> bytes:
+        try:
+            return await self.driver.get_content(paths.upload_startedat(name, upload_id))
+        except PathNotFoundError:
+            raise UploadUnknown(name, upload_id) from None
+
+    async def status(self, name: str, upload_id: str) -> int:
+        """The offset the client can continue from (repairing a torn tail)."""
+        release = await self._locks.acquire((name, upload_id))
+        try:
+            offset, _ = await self._resume_point(name, upload_id)
+            return offset
+        finally:
+            release()
+
+    async def open_appender(self, name: str, upload_id: str, expect_start: int | None = None) -> UploadAppender:
+        """Lock the upload and return an appender positioned at its end.
+
+        ``expect_start`` is the first byte of a client's ``Content-Range``;
+        if it is not the upload's offset, raises ``UploadOffsetMismatch``."""
+        from registry.storage.errors import UploadOffsetMismatch
+
+        release = await self._locks.acquire((name, upload_id))
+        try:
+            offset, hasher = await self._resume_point(name, upload_id)
+            if expect_start is not None and expect_start != offset:
+                raise UploadOffsetMismatch(expect_start, offset)
+            writer = await self.driver.writer(paths.upload_data(name, upload_id), append=True)
+            if writer.size != offset:
+                await writer.close()
+                raise UploadOffsetMismatch(writer.size, offset)
+            return UploadAppender(self, name, upload_id, writer, hasher, release)
+        except BaseException:
+            release()
+            raise
+
+    async def commit(self, name: str, upload_id: str, expected: Digest) -> int:
+        """Verify the upload against ``expected`` from its stored state and
+        move it into the blob store, linked into ``name``. Returns the size.
+
+        Raises ``DigestMismatch`` (nothing committed; the upload stays so the
+        client may inspect or cancel it) or ``UploadUnknown``."""
+        release = await self._locks.acquire((name, upload_id))
+        try:
+            size, hasher = await self._resume_point(name, upload_id)
+            actual = Digest("sha256", hasher.hexdigest())
+            if actual != expected:
+                raise DigestMismatch(expected, actual, size)
+            data_path = paths.upload_data(name, upload_id)
+            if await self.blobs.size(expected) is None:
+                # Make the bytes durable before they become the blob.
+                writer = await self.driver.writer(data_path, append=True)
+                await writer.commit()
+                await self.driver.move(data_path, paths.blob_data(expected))
+            await self.blobs.link(name, expected)
+            await self.driver.delete(paths.upload_dir(name, upload_id))
+            return size
+        finally:
+            release()
+
+    async def cancel(self, name: str, upload_id: str) -> None:
+        release = await self._locks.acquire((name, upload_id))
+        try:
+            await self.started_at(name, upload_id)
+            await self.driver.delete(paths.upload_dir(name, upload_id))
+        finally:
+            release()
+
+    async def _resume_point(self, name: str, upload_id: str) -> tuple[int, Sha256]:
+        """(offset, hasher at offset) the upload can be continued from.
+
+        Uses the newest stored state at or below the data's size, hashes any
+        tail past it and stores the state at the data's size. States above
+        the data's size (data lost after its state was stored) are dropped,
+        so they can never be matched against different bytes later."""
+        await self.started_at(name, upload_id)
+        data_path = paths.upload_data(name, upload_id)
+        try:
+            size = (await self.driver.stat(data_path)).size
+        except PathNotFoundError:
+            await self.driver.put_content(data_path, b"")
+            size = 0
+        states_dir = paths.upload_hashstates_dir(name, upload_id)
+        try:
+            entries = await self.driver.list(states_dir)
+        except PathNotFoundError:
+            entries = []
+        offsets: list[int] = []
+        for entry in entries:
+            base = entry.rsplit("/", 1)[-1]
+            if base.isdigit():
+                offsets.append(int(base))
+        hasher: Sha256 | None = None
+        for off in sorted(offsets, reverse=True):
+            state_path = paths.upload_hashstate(name, upload_id, off)
+            if off > size:
+                await _delete_quietly(self.driver, state_path)
+                continue
+            try:
+                candidate = Sha256.from_state(await self.driver.get_content(state_path))
+            except (ValueError, PathNotFoundError):
+                await _delete_quietly(self.driver, state_path)
+                continue
+            if candidate.bytes_hashed != off:
+                await _delete_quietly(self.driver, state_path)
+                continue
+            hasher = candidate
+            break
+        if hasher is None:
+            hasher = Sha256()
+        if hasher.bytes_hashed < size:
+            reader = await self.driver.reader(data_path, hasher.bytes_hashed)
+            try:
+                while hasher.bytes_hashed < size:
+                    chunk = await reader.read(min(READ_CHUNK, size - hasher.bytes_hashed))
+                    if not chunk:
+                        break
+                    hasher.update(chunk)
+            finally:
+                await reader.close()
+            await self.driver.put_content(
+                paths.upload_hashstate(name, upload_id, hasher.bytes_hashed), hasher.state()
+            )
+        return hasher.bytes_hashed, hasher
+
+
+async def _delete_quietly(driver: IStorageDriver, path: str) -> Any:
+    try:
+        await driver.delete(path)
+    except PathNotFoundError:
+        pass

@@ -341,3 +341,48 @@ async def test_writer_window_bounds_unacknowledged_bytes() -> None:
         await inner.delete("/w")
     finally:
         await inner.close()
+
+
+# --- filesystem over AMP -----------------------------------------------------------------
+
+FILESYSTEM = find_executable("filesystem")
+needs_filesystem = pytest.mark.skipif(FILESYSTEM is None, reason="registry-storage-filesystem not installed")
+
+
+@needs_filesystem
+@pytest_twisted.ensureDeferred
+async def test_bad_child_parameters_fail_naming_the_key(log_lines: list[str]) -> None:
+    driver = create_driver("outofprocess", {"executable": "filesystem", "params": {}})
+    inner: Any = driver.wrapped  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(DriverError, match="rootdirectory") as info:
+            await driver.list("/")
+        assert info.value.driver == "filesystem"
+        # A refused configuration is not retried in a loop.
+        await deferLater(reactor, 0.3, lambda: None)
+        assert inner.child_pid is None and inner.restarts == 0
+    finally:
+        await driver.close()
+
+
+@needs_filesystem
+@pytest_twisted.ensureDeferred
+async def test_open_writer_is_closed_not_lost_when_the_registry_stops(tmp_path: Path) -> None:
+    from registry.storage.amp_protocol import STREAM_BYTES
+
+    params = {"executable": "filesystem", "params": {"rootdirectory": str(tmp_path)}}
+    data = os.urandom(2 * STREAM_BYTES)  # whole pieces: nothing gathered client-side
+    first = create_driver("outofprocess", params)
+    writer = await first.writer("/upload/data")
+    await writer.write(data)
+    await first.close()  # without closing the writer: the child closes it
+    second = create_driver("outofprocess", params)
+    try:
+        resumed = await second.writer("/upload/data", append=True)
+        assert resumed.size == len(data)
+        await resumed.write(b"tail")
+        await resumed.commit()
+        assert await second.get_content("/upload/data") == data + b"tail"
+        await second.delete("/upload")
+    finally:
+        await second.close()

@@ -16,7 +16,7 @@ Reads come from the page cache for the raw figure and the drivers alike.
 It prints one human-readable line per figure and returns the figures as a
 dict (``{"size_bytes", "raw": {...}, "drivers": {name: {...}}, "ratios"}``).
 ``args`` is an ``argparse.Namespace``; ``args.json`` is accepted (the
-dispatcher prints JSON itself), ``args.storage_mib`` (optional) changes the
+dispatcher prints JSON itself), ``args.mib`` (optional, MiB) changes the
 size.
 
 The drivers need a running reactor: if none is running, this starts the
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the storage benchmark; print one line per figure and return them."""
     from twisted.internet import reactor
 
-    size = int(getattr(args, "storage_mib", None) or DEFAULT_MIB) * MiB
+    size = int(getattr(args, "mib", None) or DEFAULT_MIB) * MiB
     block = _block()
     base = tempfile.mkdtemp(prefix="registry-bench-storage-")
     results: dict[str, Any] = {"size_bytes": size, "drivers": {}, "ratios": {}}

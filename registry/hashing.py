@@ -24,9 +24,12 @@ best the CPU has); it exists so tests can exercise both.
 from __future__ import annotations
 
 import threading
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from registry._hashing import ffi, lib
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # any object with the buffer protocol
 
 __all__ = [
     "STATE_SIZE",
@@ -110,14 +113,14 @@ class Sha256:
     block_size: Final = 64
     name: Final = "sha256"
 
-    def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
+    def __init__(self, data: Buffer = b"") -> None:
         ctx = _new(_CTX_P)
         _init(ctx)
         self._ctx = ctx
         if data or type(data) is not bytes:  # type-check every non-bytes value
             self.update(data)
 
-    def update(self, data: bytes | bytearray | memoryview) -> None:
+    def update(self, data: Buffer) -> None:
         """Feed ``data`` into the hash without copying it.
 
         Accepts bytes, bytearray, memoryview and any other C-contiguous
@@ -142,7 +145,8 @@ class Sha256:
         """Return the 32-byte digest of everything fed so far; the hash can continue."""
         out = _out
         _final(self._ctx, out.digest)
-        return out.digest_bytes[:]
+        digest: bytes = out.digest_bytes[:]
+        return digest
 
     def hexdigest(self) -> str:
         """Return the digest as 64 lowercase hex characters."""
@@ -165,10 +169,11 @@ class Sha256:
         """Return the hash state: 108 bytes in Go's ``crypto/sha256`` MarshalBinary format."""
         out = _out
         _marshal(self._ctx, out.state)
-        return out.state_bytes[:]
+        state: bytes = out.state_bytes[:]
+        return state
 
     @classmethod
-    def from_state(cls, state: bytes | bytearray | memoryview) -> Sha256:
+    def from_state(cls, state: Buffer) -> Sha256:
         """Return a hash resumed from ``state`` (as written by ``state()`` or by Go).
 
         Raises ValueError naming the problem when ``state`` is the wrong

@@ -100,7 +100,7 @@ def sha256_vs_hashlib(data: memoryview, expected: bytes) -> dict[str, Any]:
         chunks = _chunks(data, size)
         best = {"sha256": _Best(), "hashlib": _Best()}
         for trial in range(TRIALS):
-            order = [("sha256", Sha256), ("hashlib", hashlib.sha256)]
+            order: list[tuple[str, Callable[[], Any]]] = [("sha256", Sha256), ("hashlib", hashlib.sha256)]
             if trial % 2:
                 order.reverse()
             for name, factory in order:

@@ -40,3 +40,64 @@ def test_round_trip_and_errors():  # type: ignore[no-untyped-def]
         yield w.write(b"y")
     yield d.delete("/a")
     assert (yield d.walk("/")) == []
+
+
+def _make_faulty(params, reactor):  # type: ignore[no-untyped-def]
+    """A driver whose get_content raises a plain exception and whose writers
+    never finish a write, to exercise the wrapper's normalisation and guards."""
+    from twisted.internet.defer import Deferred, succeed
+    from zope.interface import implementer
+
+    from registry.storage.drivers.inmemory import InMemoryDriver, InMemoryWriter, _Object
+
+    class Slow(InMemoryWriter):
+        def write(self, data: bytes) -> Deferred[None]:
+            return Deferred()  # never fires
+
+    @implementer(IStorageDriver)
+    class Faulty(InMemoryDriver):
+        name = "faulty"
+
+        def get_content(self, path: str) -> Deferred[bytes]:
+            raise RuntimeError("disk on fire")
+
+        def writer(self, path: str, append: bool = False):  # type: ignore[no-untyped-def]
+            return succeed(Slow(self, path, self._objects.setdefault(path, _Object())))
+
+    return Faulty()
+
+
+@pytest_twisted.inlineCallbacks
+def test_wrapper_normalises_errors_and_guards_writers():  # type: ignore[no-untyped-def]
+    from registry.storage.factory import register_driver
+
+    register_driver("faulty", _make_faulty)
+    d = create_driver("faulty", {})
+    with pytest.raises(DriverError) as info:
+        yield d.get_content("/x")
+    assert info.value.driver == "faulty" and "RuntimeError: disk on fire" in str(info.value)
+    w = yield d.writer("/x")
+    pending = w.write(b"a")
+    assert not pending.called
+    with pytest.raises(DriverError, match="before the previous write fired"):
+        yield w.write(b"b")
+    with pytest.raises(DriverError, match="before the previous write fired"):
+        yield w.commit()
+    yield d.delete("/x")
+
+
+def test_unknown_params_warned_not_fatal() -> None:
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    seen: list[str] = []
+
+    def observer(event: dict) -> None:  # type: ignore[type-arg]
+        if event.get("log_level") == LogLevel.warn:
+            seen.append(f"storage.{event.get('driver')}.{event.get('key')}")
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        create_driver("inmemory", {"bogus": 1})
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert seen == ["storage.inmemory.bogus"]

@@ -183,15 +183,19 @@ class IStorageDriver(Interface):
 
     def list(path: str) -> "Deferred[list[str]]":  # type: ignore[misc,name-defined]
         """Fire with the full paths of the direct children of directory
-        ``path``, sorted. ``PathNotFoundError`` if it is not a directory."""
+        ``path``, sorted. ``PathNotFoundError`` if it is not a directory
+        (``/`` always is one; an empty store lists as ``[]``)."""
 
     def move(source: str, dest: str) -> "Deferred[None]":  # type: ignore[misc,name-defined]
         """Move an object, replacing whatever is at ``dest`` (atomically where
-        the backend allows). ``PathNotFoundError`` if ``source`` is absent."""
+        the backend allows). ``PathNotFoundError`` if ``source`` is absent or
+        is a directory (only objects move); ``DriverError`` if ``dest`` is a
+        directory or lies below an object. Moving onto itself is a no-op."""
 
     def delete(path: str) -> "Deferred[None]":  # type: ignore[misc,name-defined]
         """Delete an object or a whole directory tree. ``PathNotFoundError`` if
-        nothing is there."""
+        nothing is there, except for ``/``, which always exists: deleting it
+        empties the store."""
 
     def walk(path: str) -> "Deferred[list[FileInfo]]":  # type: ignore[misc,name-defined]
         """Fire with every object and directory below ``path`` (not ``path``

@@ -343,6 +343,31 @@ async def test_writer_window_bounds_unacknowledged_bytes() -> None:
         await inner.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_reader_read_ahead_is_bounded_for_a_slow_consumer() -> None:
+    from registry.storage.drivers import outofprocess
+
+    inner = OutOfProcessDriver(INMEMORY, {}, name="inmemory")  # type: ignore[arg-type]
+    try:
+        data = os.urandom(16 << 20)
+        await inner.put_content("/o", data)
+        reader: Any = await inner.reader("/o", offset=5)
+        assert await reader.read(3) == data[5:8]
+        # Give the prefetch every chance to run ahead of a consumer that stalls.
+        await wait_for(lambda: reader._in_flight == 0, "the read-ahead to settle")
+        buffered = sum(len(b) for b in reader._buffer)
+        assert len(reader._buffer) <= outofprocess.READ_AHEAD
+        assert buffered <= outofprocess.READ_AHEAD * P.STREAM_BYTES
+        got = [data[5:8]]
+        while piece := await reader.read(100_003):  # odd sizes across piece borders
+            got.append(piece)
+        assert b"".join(got) == data[5:]
+        await reader.close()
+        await inner.delete("/o")
+    finally:
+        await inner.close()
+
+
 # --- filesystem over AMP -----------------------------------------------------------------
 
 FILESYSTEM = find_executable("filesystem")

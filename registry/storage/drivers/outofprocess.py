@@ -286,6 +286,7 @@ class _RemoteReader:
         self._child = child
         self._handle = handle
         self._buffer: deque[bytes] = deque()
+        self._head = 0  # bytes of self._buffer[0] already returned
         self._in_flight = 0
         self._eof = False
         self._error: Failure | None = None
@@ -293,13 +294,22 @@ class _RemoteReader:
         self._closed = False
 
     def _prefetch(self) -> None:
-        while not self._eof and self._error is None and self._in_flight < READ_AHEAD and not self._closed:
+        # Pieces buffered count against the read-ahead, so a slow consumer
+        # holds at most READ_AHEAD pieces in memory.
+        while (
+            not self._eof
+            and self._error is None
+            and not self._closed
+            and self._in_flight + len(self._buffer) < READ_AHEAD
+        ):
             self._in_flight += 1
             d = self._driver._remote(self._child, P.Read, handle=self._handle, max_bytes=P.STREAM_BYTES)
             d.addCallbacks(self._got, self._failed)
 
     def _got(self, response: dict[str, Any]) -> None:
         self._in_flight -= 1
+        if self._closed:
+            return
         data = response["data"]
         if data:
             self._buffer.append(data)
@@ -315,17 +325,24 @@ class _RemoteReader:
         self._wake()
 
     def _take(self, max_bytes: int) -> bytes:
-        first = self._buffer.popleft()
-        if len(first) > max_bytes:
-            self._buffer.appendleft(first[max_bytes:])
-            return first[:max_bytes]
-        parts = [first]
-        size = len(first)
+        """Remove and return up to ``max_bytes`` buffered bytes (at least 1)."""
+        first = self._buffer[0]
+        start = self._head
+        if len(first) - start > max_bytes:
+            self._head = start + max_bytes
+            return first[start : start + max_bytes]
+        self._buffer.popleft()
+        self._head = 0
+        part = first[start:] if start else first
+        if not self._buffer or len(part) + len(self._buffer[0]) > max_bytes:
+            return part
+        parts = [part]
+        size = len(part)
         while self._buffer and size + len(self._buffer[0]) <= max_bytes:
             chunk = self._buffer.popleft()
             parts.append(chunk)
             size += len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return b"".join(parts)
 
     def _wake(self) -> None:
         if self._waiter is None:
@@ -370,6 +387,7 @@ class _RemoteReader:
             return succeed(None)
         self._closed = True
         self._buffer.clear()
+        self._head = 0
         if self._child.ended is not None:
             return succeed(None)  # the child's death released it
         d = self._driver._remote(self._child, P.CloseHandle, handle=self._handle)

@@ -145,7 +145,14 @@ def render_async(request: RegistryRequest, handler: Callable[[], Awaitable[None]
         if not request.gone:
             request.finish()
 
+    def release_body(result: object) -> object:
+        release = getattr(request.body_sink, "release", None)
+        if release is not None:
+            release()
+        return result
+
     d = ensureDeferred(handler())
+    d.addBoth(release_body)
     d.addErrback(failed)
     d.addCallback(done)
     d.addErrback(lambda f: log.failure("while finishing a response", f))

@@ -64,6 +64,18 @@ class UploadBody:
             assert open_appender is not None
             ensureDeferred(open_appender()).addCallbacks(self._opened, self._failed)
 
+    def outcome(self) -> "Deferred[int]":
+        """The body's outcome (see ``done``), claimed by the handler."""
+        self._claimed = True
+        return self.done
+
+    def release(self) -> None:
+        """The response is decided without the outcome: let an error that
+        nobody will read pass silently instead of as an unhandled failure."""
+        if not getattr(self, "_claimed", False):
+            self._claimed = True
+            self.done.addErrback(lambda _: None)
+
     # -- BodySink ------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
@@ -231,7 +243,7 @@ class UploadStartResource:
         sink = request.body_sink
         if not isinstance(sink, UploadBody):
             raise RegistryError(errors.BLOB_UPLOAD_INVALID, "the request body could not be received")
-        offset = await sink.done
+        offset = await sink.outcome()
         assert sink.upload_id is not None
         request.log_fields["upload"] = sink.upload_id
         if "digest" in q:
@@ -316,7 +328,7 @@ class UploadResource:
         if not isinstance(sink, UploadBody):
             raise RegistryError(errors.BLOB_UPLOAD_INVALID, "the request body could not be received")
         try:
-            return await sink.done
+            return await sink.outcome()
         except RegistryError as e:
             if e.code is errors.RANGE_INVALID and "Range" not in e.headers:
                 offset = await self.ctx.registry.uploads.status(name, upload_id)

@@ -21,6 +21,7 @@ from registry import errors
 from registry.digest import DigestError
 from registry.errors import RegistryError
 from registry.http import RegistryRequest
+from registry.manifest_types import ManifestError
 from registry.reference import NameError_, TagError
 from registry.storage import errors as model
 from registry.storage.driver import InvalidPathError, StorageError
@@ -55,6 +56,10 @@ def _name_unknown(e: model.NameUnknown) -> RegistryError:
     return RegistryError(errors.NAME_UNKNOWN, str(e), {"name": e.name})
 
 
+def _manifest_blob_unknown(e: model.ManifestBlobUnknown) -> RegistryError:
+    return RegistryError(errors.MANIFEST_BLOB_UNKNOWN, str(e), {"digest": str(e.digest), "missing": [str(d) for d in e.missing]})
+
+
 def _digest_error(e: DigestError) -> RegistryError:
     return RegistryError(errors.DIGEST_INVALID, str(e))
 
@@ -71,6 +76,10 @@ ERROR_TABLE: list[tuple[type[BaseException], Callable[[Any], RegistryError]]] = 
     (model.DigestMismatch, _digest_mismatch),
     (model.UploadOffsetMismatch, _offset_mismatch),
     (model.NameUnknown, _name_unknown),
+    (model.ManifestUnknown, lambda e: RegistryError(errors.MANIFEST_UNKNOWN, str(e), {"name": e.name, "reference": e.reference})),
+    (model.ManifestBlobUnknown, _manifest_blob_unknown),
+    (model.ManifestInvalid, lambda e: RegistryError(errors.MANIFEST_INVALID, str(e))),
+    (ManifestError, lambda e: RegistryError(errors.MANIFEST_INVALID, str(e))),
     (DigestError, _digest_error),
     (NameError_, lambda e: RegistryError(errors.NAME_INVALID, str(e))),
     (TagError, lambda e: RegistryError(errors.TAG_INVALID, str(e))),

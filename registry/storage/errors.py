@@ -52,3 +52,31 @@ class NameUnknown(RegistryStorageError):
     def __init__(self, name: str) -> None:
         super().__init__(f"repository {name!r} is not known to this registry")
         self.name = name
+
+
+class ManifestUnknown(RegistryStorageError):
+    """No manifest under this tag or digest in the repository."""
+
+    def __init__(self, name: str, reference: str) -> None:
+        kind = "tag" if ":" not in reference else "digest"
+        super().__init__(f"manifest {kind} {reference!r} is not known in repository {name!r}")
+        self.name = name
+        self.reference = reference
+
+
+class ManifestBlobUnknown(RegistryStorageError):
+    """A manifest refers to blobs (or, for an index, manifests) that are not
+    in the repository; ``missing`` lists every such digest."""
+
+    def __init__(self, name: str, missing: list[object], what: str = "blob") -> None:
+        shown = ", ".join(str(d) for d in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        push = "push the child manifests by digest first" if what == "manifest" else "upload (or mount) them first"
+        super().__init__(f"the manifest refers to {what}(s) not in repository {name!r}: {shown}; {push}")
+        self.name = name
+        self.missing = missing
+        self.digest = missing[0]
+
+
+class ManifestInvalid(RegistryStorageError):
+    """A manifest is well-formed but inconsistent with the stored content
+    (e.g. a descriptor's size differs from the blob's)."""

@@ -6,7 +6,10 @@ from __future__ import annotations
 from registry.digest import Digest
 from registry.reference import check_name
 from registry.storage.blobs import BlobStore
+from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver
+from registry.storage.manifests import ManifestStore
+from registry.storage.tags import TagStore
 from registry.storage.uploads import UploadStore
 
 
@@ -15,6 +18,9 @@ class Registry:
         self.driver = driver
         self.blobs = BlobStore(driver)
         self.uploads = UploadStore(driver, self.blobs)
+        self.tags = TagStore(driver)
+        self.manifests = ManifestStore(driver, self.blobs, self.tags)
+        self.catalog = Catalog(driver)
 
     async def try_mount(self, name: str, d: Digest, source: str | None) -> bool:
         """Link blob ``d`` into ``name`` without an upload, if possible.

@@ -1,0 +1,24 @@
+"""``GET /v2/_catalog``: every repository, sorted, with the same ``n``/``last``
+pagination and ``Link`` header as tag lists."""
+
+from __future__ import annotations
+
+from registry.http import RegistryRequest
+from registry.resources.base import write_json
+from registry.resources.context import Context, query_values
+from registry.resources.tags import next_link, page, parse_page
+
+
+class CatalogResource:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def GET(self, request: RegistryRequest) -> None:
+        n, last = parse_page(query_values(request))
+        names = await self.ctx.registry.catalog.repositories()
+        selected, more = page(names, n, last)
+        if more and n:
+            request.setHeader(b"Link", next_link(self.ctx, "/v2/_catalog", n, selected[-1]).encode())
+        write_json(request, {"repositories": selected})
+
+    HEAD = GET

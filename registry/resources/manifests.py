@@ -1,0 +1,155 @@
+"""``PUT|GET|HEAD|DELETE /v2/<name>/manifests/<reference>`` (a tag or a
+digest), and ``handlers(ctx)``: every handler of this part of the API
+(manifests, tags, catalog, referrers) for the route table.
+
+PUT bodies are received by a ``ManifestBody`` sink that keeps at most
+``MANIFEST_MAX`` bytes; a larger body is answered 413 ``MANIFEST_INVALID``.
+GET and HEAD serve the exact bytes pushed with their media type, after
+checking the client's ``Accept`` header lines (all of them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python.failure import Failure
+
+from registry import errors
+from registry.digest import Digest, sha256_digest
+from registry.errors import RegistryError
+from registry.http import LimitedBody, RegistryRequest
+from registry.manifest_types import is_acceptable, media_type_of, parse_manifest
+from registry.reference import check_tag
+from registry.resources.base import empty_response
+from registry.resources.context import Context
+
+MANIFEST_MAX = 4 * 1024 * 1024
+SMALL_BODY = 64 * 1024
+
+
+class ManifestBody:
+    """A body sink keeping up to ``limit`` bytes; past that it drops the rest
+    and sets ``too_large`` (the request is then refused without storing)."""
+
+    def __init__(self, limit: int, length: int | None) -> None:
+        self.limit = limit
+        self.buffer = bytearray()
+        self.too_large = length is not None and length > limit
+
+    def data_received(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        if len(self.buffer) + len(data) > self.limit:
+            self.too_large = True
+            self.buffer = bytearray()
+            return
+        self.buffer += data
+
+    def body_complete(self) -> None:
+        pass
+
+    def connection_lost(self, reason: Failure) -> None:
+        self.buffer = bytearray()
+
+
+def parse_reference(reference: str) -> tuple[str | None, Digest | None]:
+    """``(tag, None)`` or ``(None, digest)``; raises ``TagError`` /
+    ``DigestError`` for a reference that is neither."""
+    if ":" in reference:
+        return None, Digest.parse(reference)
+    return check_tag(reference), None
+
+
+class ManifestResource:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def body_handling(
+        self, request: RegistryRequest, method: bytes, params: dict[str, str], query: dict[str, list[str]], length: int | None
+    ) -> object:
+        if method == b"PUT":
+            return ManifestBody(MANIFEST_MAX, length)
+        return LimitedBody(SMALL_BODY)
+
+    async def GET(self, request: RegistryRequest, name: str, reference: str) -> None:
+        tag, digest = parse_reference(reference)
+        request.log_fields.update(repository=name, reference=reference)
+        manifests = self.ctx.registry.manifests
+        d = digest if digest is not None else await manifests.tags.resolve(name, reference)
+        body = await manifests.get(name, d)
+        media_type = media_type_of(body)
+        accept = request.all_header_values(b"accept")
+        if not is_acceptable(media_type, accept):
+            raise RegistryError(
+                errors.MANIFEST_UNKNOWN,
+                f"manifest {reference!r} of {name!r} is a {media_type}, which the request's Accept header "
+                f"does not allow ({', '.join(accept)[:300]}); add {media_type} to Accept to fetch it",
+                {"name": name, "reference": reference, "mediaType": media_type},
+            )
+        request.setHeader(b"Content-Type", media_type.encode())
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        request.setHeader(b"Docker-Content-Digest", str(d).encode())
+        request.setHeader(b"ETag", f'"{d}"'.encode())
+        if request.method != b"HEAD":
+            request.write(body)
+
+    HEAD = GET
+
+    async def PUT(self, request: RegistryRequest, name: str, reference: str) -> None:
+        self.ctx.check_writable()
+        request.log_fields.update(repository=name, reference=reference)
+        sink = request.body_sink
+        if not isinstance(sink, ManifestBody):  # pragma: no cover - routing guarantees it
+            raise RegistryError(errors.UNKNOWN, "manifest body was not received")
+        if sink.too_large:
+            raise RegistryError(
+                errors.MANIFEST_INVALID,
+                f"the manifest is larger than this registry accepts ({MANIFEST_MAX} bytes); "
+                "split a large index or move data out of annotations",
+                status=413,
+            )
+        tag, digest = parse_reference(reference)
+        body = bytes(sink.buffer)
+        manifest = parse_manifest(body, request.getHeader(b"content-type").decode("latin-1") if request.getHeader(b"content-type") else None)
+        actual = sha256_digest(body)
+        if digest is not None and digest != actual:
+            raise RegistryError(
+                errors.DIGEST_INVALID,
+                f"the manifest body has digest {actual}, not the {digest} in the URL; "
+                "push the exact bytes whose digest you name (no re-serialisation)",
+                {"expected": str(digest), "actual": str(actual)},
+            )
+        await self.ctx.registry.manifests.put(name, body, manifest, actual, tag)
+        headers = {
+            "Location": self.ctx.url(f"/v2/{name}/manifests/{actual}"),
+            "Docker-Content-Digest": str(actual),
+        }
+        if manifest.subject is not None:
+            headers["OCI-Subject"] = str(manifest.subject.digest)
+        empty_response(request, 201, headers)
+
+    async def DELETE(self, request: RegistryRequest, name: str, reference: str) -> None:
+        self.ctx.check_delete()
+        tag, digest = parse_reference(reference)
+        request.log_fields.update(repository=name, reference=reference)
+        if tag is not None:
+            await self.ctx.registry.tags.untag(name, tag)
+            empty_response(request, 202)
+            return
+        assert digest is not None
+        await self.ctx.registry.manifests.delete(name, digest)
+        empty_response(request, 202, {"Docker-Content-Digest": str(digest)})
+
+
+def handlers(ctx: Context) -> dict[str, Any]:
+    """The handlers this module family adds to the route table."""
+    from registry.resources.catalog import CatalogResource
+    from registry.resources.referrers import ReferrersResource
+    from registry.resources.tags import TagsResource
+
+    return {
+        "manifests": ManifestResource(ctx),
+        "tags": TagsResource(ctx),
+        "catalog": CatalogResource(ctx),
+        "referrers": ReferrersResource(ctx),
+    }

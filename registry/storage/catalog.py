@@ -1,0 +1,48 @@
+"""The catalog: every repository in the storage, found by walking
+``repositories/`` one directory level at a time.
+
+A directory is a repository when it holds ``_manifests`` or ``_layers``
+(Distribution's rule). Name components never start with ``_``, so the walk
+descends into every other child, which finds nested repositories such as
+``a/b`` below ``a``. Only name directories are listed, never the contents of
+a repository.
+"""
+
+from __future__ import annotations
+
+from registry.storage import paths
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+
+_MARKERS = ("_manifests", "_layers")
+
+
+class Catalog:
+    """Lists repositories through a storage driver."""
+
+    def __init__(self, driver: IStorageDriver) -> None:
+        self.driver = driver
+
+    async def repositories(self) -> list[str]:
+        """Fire with every repository name, sorted lexically."""
+        found: list[str] = []
+        pending = [paths.REPOSITORIES]
+        prefix = paths.REPOSITORIES + "/"
+        while pending:
+            directory = pending.pop()
+            try:
+                children = await self.driver.list(directory)
+            except PathNotFoundError:
+                continue
+            names = [child.rsplit("/", 1)[-1] for child in children]
+            if directory != paths.REPOSITORIES and any(n in _MARKERS for n in names):
+                found.append(directory[len(prefix) :])
+            pending.extend(child for child, n in zip(children, names) if not n.startswith("_"))
+        return sorted(found)
+
+    async def exists(self, name: str) -> bool:
+        """True if ``name`` is a repository (has manifests or layers)."""
+        try:
+            children = await self.driver.list(paths.repository(name))
+        except PathNotFoundError:
+            return False
+        return any(child.rsplit("/", 1)[-1] in _MARKERS for child in children)

@@ -1,0 +1,167 @@
+"""Manifests and the referrers index, in Distribution's layout.
+
+A manifest's bytes are stored as a blob (``blobs/<alg>/<xx>/<hex>/data``)
+and made part of a repository by ``_manifests/revisions/<alg>/<hex>/link``.
+A manifest with a ``subject`` is also recorded under
+``_referrers/<subject alg>/<subject hex>/<alg>/<hex>/link`` (this registry's
+referrers index; Distribution ignores the directory).
+
+Every check runs before the first write, so a refused manifest changes
+nothing. The OCI empty descriptor's blob (``{}``,
+``sha256:44136fa3...``) is the one exception to "every referenced blob must
+already be in the repository": its content is fixed, so a manifest that
+references it with size 2 is accepted and the blob is stored and linked
+with the manifest (clients that GET the config blob then find it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registry.digest import Digest, DigestError
+from registry.manifest_types import (
+    OCI_EMPTY_CONTENT,
+    OCI_EMPTY_DIGEST,
+    Manifest,
+    ManifestError,
+    media_type_of,
+    parse_manifest,
+)
+from registry.storage import paths
+from registry.storage.blobs import BlobStore, link_content, parse_link
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.errors import BlobUnknown, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
+from registry.storage.tags import TagStore
+
+
+class ManifestStore:
+    """Stores, reads and deletes manifests of repositories."""
+
+    def __init__(self, driver: IStorageDriver, blobs: BlobStore, tags: TagStore) -> None:
+        self.driver = driver
+        self.blobs = blobs
+        self.tags = tags
+
+    async def exists(self, name: str, d: Digest) -> bool:
+        """True if manifest ``d`` is a revision of repository ``name``."""
+        try:
+            await self.driver.stat(paths.manifest_revision_link(name, d))
+        except PathNotFoundError:
+            return False
+        return True
+
+    async def get(self, name: str, d: Digest) -> bytes:
+        """Fire with the exact bytes of manifest ``d`` of ``name``; fails with
+        ``ManifestUnknown`` if it is not a revision there or its blob is gone."""
+        if not await self.exists(name, d):
+            raise ManifestUnknown(name, str(d))
+        try:
+            return await self.blobs.get_content(d)
+        except BlobUnknown:
+            raise ManifestUnknown(name, str(d)) from None
+
+    async def resolve(self, name: str, reference: str) -> Digest:
+        """The digest a tag or digest reference names (a digest is returned
+        as is; existence is checked by ``get``)."""
+        if ":" in reference:
+            return Digest.parse(reference)
+        return await self.tags.resolve(name, reference)
+
+    async def _check_references(self, name: str, manifest: Manifest) -> bool:
+        """Raise unless every blob and child ``manifest`` names is in ``name``.
+        Returns True when the empty blob must be stored with the manifest."""
+        store_empty = False
+        missing: list[Digest] = []
+        for desc in manifest.blobs:
+            linked = await self.blobs.is_linked(name, desc.digest)
+            size = await self.blobs.size(desc.digest) if linked else None
+            if size is None:
+                if desc.digest == OCI_EMPTY_DIGEST and desc.size == len(OCI_EMPTY_CONTENT):
+                    store_empty = True
+                    continue
+                missing.append(desc.digest)
+            elif size != desc.size:
+                raise ManifestInvalid(
+                    f"the descriptor of blob {desc.digest} says size {desc.size}, "
+                    f"but the blob in the repository is {size} bytes"
+                )
+        if missing:
+            raise ManifestBlobUnknown(name, list(dict.fromkeys(missing)), "blob")
+        missing_children = [c.digest for c in manifest.children if not await self.exists(name, c.digest)]
+        if missing_children:
+            raise ManifestBlobUnknown(name, list(dict.fromkeys(missing_children)), "manifest")
+        return store_empty
+
+    async def put(self, name: str, body: bytes, manifest: Manifest, d: Digest, tag: str | None = None) -> None:
+        """Store the validated ``manifest`` (``body`` with digest ``d``) in
+        ``name``, tagging it ``tag`` if given. Fails with
+        ``ManifestBlobUnknown`` / ``ManifestInvalid`` before writing anything."""
+        store_empty = await self._check_references(name, manifest)
+        if store_empty:
+            await self.blobs.put_content(OCI_EMPTY_DIGEST, OCI_EMPTY_CONTENT)
+            await self.blobs.link(name, OCI_EMPTY_DIGEST)
+        await self.blobs.put_content(d, body)
+        await self.driver.put_content(paths.manifest_revision_link(name, d), link_content(d))
+        if manifest.subject is not None:
+            await self.driver.put_content(paths.referrer_link(name, manifest.subject.digest, d), link_content(d))
+        if tag is not None:
+            await self.tags.tag(name, tag, d)
+
+    async def delete(self, name: str, d: Digest) -> list[str]:
+        """Remove manifest ``d`` from ``name`` with every tag pointing at it
+        and its referrers entry. Fires with the removed tags; fails with
+        ``ManifestUnknown`` if it is not there."""
+        if not await self.exists(name, d):
+            raise ManifestUnknown(name, str(d))
+        subject: Digest | None = None
+        try:
+            subject_desc = parse_manifest(await self.blobs.get_content(d), None).subject
+            subject = subject_desc.digest if subject_desc is not None else None
+        except (BlobUnknown, ManifestError):
+            pass
+        removed = await self.tags.tags_of(name, d)
+        for tag in removed:
+            try:
+                await self.tags.untag(name, tag)
+            except ManifestUnknown:
+                pass
+        if subject is not None:
+            try:
+                await self.driver.delete(paths.referrer_link(name, subject, d))
+            except PathNotFoundError:
+                pass
+        try:
+            await self.driver.delete(paths.manifest_revision_link(name, d))
+        except PathNotFoundError:
+            raise ManifestUnknown(name, str(d)) from None
+        return removed
+
+    async def referrers(self, name: str, subject: Digest) -> list[dict[str, Any]]:
+        """Descriptors of the manifests of ``name`` whose subject is
+        ``subject``, sorted by digest: ``mediaType``, ``digest``, ``size``
+        and, when known, ``artifactType`` and ``annotations``."""
+        base = paths.referrers_dir(name, subject)
+        try:
+            algorithms = await self.driver.list(base)
+        except PathNotFoundError:
+            return []
+        found: list[dict[str, Any]] = []
+        for alg_dir in algorithms:
+            try:
+                entries = await self.driver.list(alg_dir)
+            except PathNotFoundError:
+                continue
+            for entry in entries:
+                try:
+                    d = parse_link(await self.driver.get_content(f"{entry}/link"))
+                    body = await self.get(name, d)
+                    manifest = parse_manifest(body, None)
+                except (PathNotFoundError, DigestError, ManifestUnknown, ManifestError):
+                    continue  # deleted meanwhile, or an entry someone else wrote badly
+                desc: dict[str, Any] = {"mediaType": media_type_of(body), "digest": str(d), "size": len(body)}
+                if manifest.effective_artifact_type:
+                    desc["artifactType"] = manifest.effective_artifact_type
+                if manifest.annotations:
+                    desc["annotations"] = manifest.annotations
+                found.append(desc)
+        return found

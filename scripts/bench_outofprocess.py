@@ -6,13 +6,15 @@ Usage: .venv/bin/python scripts/bench_outofprocess.py [--mib 256] [--chunk-kib 1
 For each driver it measures, in one run: writing ``--mib`` MiB through
 ``writer().write()`` in ``--chunk-kib`` pieces then ``commit``, and reading it
 back with ``reader().read(chunk)``; first in-process (``create_driver(name)``)
-then through ``registry-storage-<name>`` (``OutOfProcessDriver``). Not a test.
+then through ``registry-storage-<name>`` (``OutOfProcessDriver``), printing
+MB/s and the CPU seconds this process and the child spent. Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from typing import Any
@@ -24,9 +26,24 @@ from registry.storage.drivers.outofprocess import OutOfProcessDriver, find_execu
 from registry.storage.factory import create_driver
 
 
+def cpu_seconds(pid: int | None) -> tuple[float, float]:
+    """(this process, child ``pid``) user+system CPU seconds so far (Linux)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    child = 0.0
+    if pid is not None:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        child = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return me.ru_utime + me.ru_stime, child
+
+
 @defer.inlineCallbacks
-def run_one(driver: Any, total: int, chunk: int) -> Any:
+def run_one(driver: Any, total: int, chunk: int, pid_of: Any = lambda: None) -> Any:
+    """Fire with ((write MB/s, parent CPU s, child CPU s), (read ...))."""
     data = os.urandom(chunk)
+    yield driver.list("/").addErrback(lambda _: None)  # start a child before timing
+    pid = pid_of()
+    c0 = cpu_seconds(pid)
     t0 = time.perf_counter()
     w = yield driver.writer("/bench/object")
     written = 0
@@ -35,6 +52,7 @@ def run_one(driver: Any, total: int, chunk: int) -> Any:
         written += chunk
     yield w.commit()
     t1 = time.perf_counter()
+    c1 = cpu_seconds(pid)
     r = yield driver.reader("/bench/object")
     got = 0
     while True:
@@ -44,10 +62,22 @@ def run_one(driver: Any, total: int, chunk: int) -> Any:
         got += len(piece)
     yield r.close()
     t2 = time.perf_counter()
+    c2 = cpu_seconds(pid)
     assert got == written, (got, written)
     yield driver.delete("/bench")
     mib = written / (1 << 20)
-    return mib / (t1 - t0), mib / (t2 - t1)
+    return (
+        (mib / (t1 - t0), c1[0] - c0[0], c1[1] - c0[1]),
+        (mib / (t2 - t1), c2[0] - c1[0], c2[1] - c1[1]),
+    )
+
+
+def show(label: str, result: Any) -> None:
+    (w, wp, wc), (r, rp, rc) = result
+    print(
+        f"{label:27s} write {w:7.1f} MB/s (cpu parent {wp:5.2f}s child {wc:5.2f}s)"
+        f"  read {r:7.1f} MB/s (cpu parent {rp:5.2f}s child {rc:5.2f}s)"
+    )
 
 
 @defer.inlineCallbacks
@@ -58,15 +88,14 @@ def main(reactor: Any, args: argparse.Namespace) -> Any:
         with tempfile.TemporaryDirectory(dir=args.dir) as root:
             params = {"rootdirectory": root} if name == "filesystem" else {}
             inproc = create_driver(name, params)
-            w, r = yield run_one(inproc, total, chunk)
+            show(f"{name} in-process", (yield run_one(inproc, total, chunk)))
             yield inproc.close()
-            print(f"{name:11s} in-process     write {w:7.1f} MB/s  read {r:7.1f} MB/s")
             exe = find_executable(name)
             assert exe, f"registry-storage-{name} not installed"
-            oop = StorageDriverWrapper(OutOfProcessDriver(exe, params, name=name))
-            w, r = yield run_one(oop, total, chunk)
+            child = OutOfProcessDriver(exe, params, name=name)
+            oop = StorageDriverWrapper(child)
+            show(f"{name} out-of-process", (yield run_one(oop, total, chunk, lambda: child.child_pid)))
             yield oop.close()
-            print(f"{name:11s} out-of-process write {w:7.1f} MB/s  read {r:7.1f} MB/s")
 
 
 if __name__ == "__main__":

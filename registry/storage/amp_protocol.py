@@ -141,16 +141,15 @@ class LargeBytes(amp.Argument):
         objects[str(name, "ascii")] = value
 
     def toBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any], proto: Any) -> None:
+        # Any bytes-like value (a memoryview is framed without a copy first).
         value = objects[str(name, "ascii")]
-        if not isinstance(value, bytes):
-            value = bytes(value)
         if len(value) <= FRAME_BYTES:
             strings[name] = b"1"
-            strings[name + b".0"] = value
+            strings[name + b".0"] = value if isinstance(value, bytes) else bytes(value)
             return
-        view = memoryview(value)
+        view = memoryview(value).cast("B")
         count = 0
-        for start in range(0, len(value), FRAME_BYTES):
+        for start in range(0, len(view), FRAME_BYTES):
             strings[b"%s.%d" % (name, count)] = bytes(view[start : start + FRAME_BYTES])
             count += 1
         strings[name] = b"%d" % count

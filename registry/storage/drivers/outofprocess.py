@@ -453,14 +453,18 @@ class _RemoteWriter:
                 self._buffer.append(bytes(data))
                 self._buffered += len(data)
             return succeed(None)
+        # Pieces are framed straight from memoryviews of ``data`` (AMP copies
+        # them into frames synchronously, inside callRemote).
+        view = memoryview(data).cast("B")
+        pos = 0
         if self._buffer:
-            self._buffer.append(bytes(data))
-            data = b"".join(self._buffer)
+            pos = P.STREAM_BYTES - self._buffered
+            self._buffer.append(bytes(view[:pos]))
+            self._send(b"".join(self._buffer))
             self._buffer, self._buffered = [], 0
-        view = memoryview(data)
-        whole = len(view) - len(view) % P.STREAM_BYTES
-        for start in range(0, whole, P.STREAM_BYTES):
-            self._send(bytes(view[start : start + P.STREAM_BYTES]))
+        whole = pos + (len(view) - pos) // P.STREAM_BYTES * P.STREAM_BYTES
+        for start in range(pos, whole, P.STREAM_BYTES):
+            self._send(view[start : start + P.STREAM_BYTES])
         if whole < len(view):
             self._buffer.append(bytes(view[whole:]))
             self._buffered = len(view) - whole
@@ -471,7 +475,7 @@ class _RemoteWriter:
         self._waiter = Deferred()
         return self._waiter
 
-    def _send(self, piece: bytes) -> None:
+    def _send(self, piece: bytes | memoryview) -> None:
         n = len(piece)
         self._unacked += n
         d = self._driver._remote(self._child, P.Write, handle=self._handle, data=piece)

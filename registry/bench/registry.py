@@ -1,0 +1,167 @@
+"""Registry benchmark: a live ``twistd registry`` on loopback (filesystem
+storage), a 256 MiB blob uploaded monolithically and in 8 MiB chunks and
+downloaded, next to a plain file copy of the same bytes in the same run.
+
+Client side: curl streams the monolithic upload (``-T``) and the download
+(``-o /dev/null``); chunks go over raw sockets from a memory map. MB = 2**20.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import mmap
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+MIB = 1 << 20
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _twistd() -> str:
+    candidate = Path(sys.executable).with_name("twistd")
+    return str(candidate) if candidate.exists() else "twistd"
+
+
+class _Server:
+    def __init__(self, workdir: Path) -> None:
+        self.port = _free_port()
+        storage = workdir / "storage"
+        storage.mkdir()
+        config = workdir / "config.yml"
+        config.write_text(
+            "version: 0.1\nlog:\n  level: warn\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
+        )
+        self.log = open(workdir / "registry.log", "wb")
+        self.proc = subprocess.Popen(
+            [_twistd(), "-n", "--pidfile=", "registry", "--config", str(config)],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/v2/", timeout=2).read()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"registry did not start; see {workdir / 'registry.log'}")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def _http(port: int, head: bytes, body: memoryview | bytes = b"") -> tuple[int, dict[str, str]]:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(head)
+        if body:
+            s.sendall(body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = s.recv(65536)
+            if not more:
+                break
+            data += more
+    lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(lines[0].split()[1]), headers
+
+
+def _curl(*args: str) -> None:
+    subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", *args], check=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    size_mib = getattr(args, "mib", None) or 256
+    size = size_mib * MIB
+    chunk = 8 * MIB
+    figures: dict[str, Any] = {"size_mib": size_mib}
+    if shutil.which("curl") is None:
+        print("registry: curl is not installed; skipped")
+        return {"skipped": "curl not installed"}
+    with tempfile.TemporaryDirectory(prefix="registry-bench-") as tmp:
+        work = Path(tmp)
+        src = work / "blob"
+        h = hashlib.sha256()
+        with open(src, "wb") as f:
+            block = os.urandom(16 * MIB)
+            for i in range(size // len(block)):
+                piece = block[i:] + block[:i]  # distinct blocks, cheaply
+                h.update(piece)
+                f.write(piece)
+        digest = "sha256:" + h.hexdigest()
+
+        t = time.perf_counter()
+        shutil.copyfile(src, work / "copy")
+        with open(work / "copy", "rb+") as f:
+            os.fsync(f.fileno())
+        copy_s = time.perf_counter() - t
+        os.unlink(work / "copy")
+        figures["file_copy_mbps"] = size_mib / copy_s
+        print(f"registry: plain file copy (with fsync)        {figures['file_copy_mbps']:8.0f} MB/s  (reference)")
+
+        server = _Server(work)
+        try:
+            t = time.perf_counter()
+            _curl("-X", "POST", "-T", str(src), "-H", "Content-Type: application/octet-stream",
+                  f"{server.url}/v2/bench/mono/blobs/uploads?digest={digest}")
+            mono_s = time.perf_counter() - t
+            figures["upload_monolithic_mbps"] = size_mib / mono_s
+
+            with open(src, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                t = time.perf_counter()
+                status, hdrs = _http(server.port, b"POST /v2/bench/chunked/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                assert status == 202, status
+                location = hdrs["location"]
+                for start in range(0, size, chunk):
+                    piece = view[start : start + chunk]
+                    head = (f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                            f"Content-Range: {start}-{start + len(piece) - 1}\r\nContent-Length: {len(piece)}\r\n\r\n").encode()
+                    status, hdrs = _http(server.port, head, piece)
+                    assert status == 202, status
+                    location = hdrs["location"]
+                status, _ = _http(server.port, f"PUT {location}?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+                assert status == 201, status
+                chunked_s = time.perf_counter() - t
+                del piece, view
+            figures["upload_chunked_8mib_mbps"] = size_mib / chunked_s
+
+            t = time.perf_counter()
+            _curl(f"{server.url}/v2/bench/mono/blobs/{digest}")
+            get_s = time.perf_counter() - t
+            figures["download_mbps"] = size_mib / get_s
+        finally:
+            server.stop()
+
+    ref = figures["file_copy_mbps"]
+    for key, label in (("upload_monolithic_mbps", "upload, monolithic POST"), ("upload_chunked_8mib_mbps", "upload, 8 MiB PATCH chunks"),
+                       ("download_mbps", "download (GET)")):
+        figures[key.replace("_mbps", "_ratio")] = figures[key] / ref
+        print(f"registry: {label:36s} {figures[key]:8.0f} MB/s  {figures[key] / ref:5.2f}x file copy")
+    return figures

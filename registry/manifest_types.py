@@ -243,7 +243,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
     obj = _load(body)
     schema_version = obj.get("schemaVersion")
     declared = obj.get("mediaType")
-    if schema_version == 1 or declared in SCHEMA1_TYPES:
+    if (schema_version == 1 and not isinstance(schema_version, bool)) or declared in SCHEMA1_TYPES:
         raise Schema1Error()
     if schema_version != 2 or isinstance(schema_version, bool):
         raise ManifestError(f"schemaVersion must be 2, not {json.dumps(schema_version)[:40]}")

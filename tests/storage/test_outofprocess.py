@@ -41,16 +41,25 @@ INMEMORY = find_executable("inmemory")
 pytestmark = pytest.mark.skipif(INMEMORY is None, reason="registry-storage-inmemory not installed")
 
 # A child that serves the in-memory driver but reports the protocol version
-# given as argv[1], argv[2] and says hello on stderr first.
+# given as argv[1], argv[2] and says hello on stderr first. argv[3] "junk":
+# write non-AMP bytes to stdout first; "print": the driver factory print()s.
 FAKE_CHILD = """\
 #!{python}
-import sys
+import os, sys
 print("fake child says hello on stderr", file=sys.stderr, flush=True)
 from registry.storage import amp_protocol
 amp_protocol.PROTOCOL_MAJOR = int(sys.argv[1])
 amp_protocol.PROTOCOL_MINOR = int(sys.argv[2])
+mode = sys.argv[3] if len(sys.argv) > 3 else ""
+if mode == "junk":
+    os.write(1, b"oops, not AMP\\n")
 from registry.storage.drivers.outofprocess import serve
-serve("inmemory")
+from registry.storage.factory import create_driver
+def make(params):
+    if mode == "print":
+        print("a driver printing to stdout")
+    return create_driver("inmemory", params)
+serve("inmemory", make)
 """
 
 
@@ -202,6 +211,33 @@ async def test_child_stderr_is_logged_with_driver_name(fake_child: str, log_line
         await wait_for(lambda: any("fake child says hello on stderr" in line for line in log_lines), "the stderr line")
         line = next(line for line in log_lines if "fake child says hello on stderr" in line)
         assert "fake" in line and f"pid {pid}" in line
+    finally:
+        await inner.close()
+
+
+VERSION_ARGS = [str(P.PROTOCOL_MAJOR), str(P.PROTOCOL_MINOR)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_child_writing_junk_to_stdout_fails_the_handshake_clearly(fake_child: str) -> None:
+    inner = OutOfProcessDriver(fake_child, {}, name="fake", args=[*VERSION_ARGS, "junk"])
+    try:
+        with pytest.raises(DriverError) as info:
+            await inner.list("/")
+        message = str(info.value)
+        assert message.startswith("fake: ") and "child process" in message and "handshake" in message
+    finally:
+        await inner.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_prints_in_the_child_go_to_stderr_not_the_protocol(fake_child: str, log_lines: list[str]) -> None:
+    inner = OutOfProcessDriver(fake_child, {}, name="fake", args=[*VERSION_ARGS, "print"])
+    try:
+        await inner.put_content("/a", b"still works")
+        assert await inner.get_content("/a") == b"still works"
+        await wait_for(lambda: any("a driver printing to stdout" in line for line in log_lines), "the print")
+        await inner.delete("/a")
     finally:
         await inner.close()
 

@@ -47,7 +47,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sys
 from collections import deque
 from pathlib import Path
@@ -89,6 +88,8 @@ RESTART_DELAY_MAX = 5.0
 HEALTHY_UPTIME = 10.0
 
 EXECUTABLE_PREFIX = "registry-storage-"
+#: A stderr "line" longer than this is logged in pieces.
+_STDERR_LINE_MAX = 64 * 1024
 
 
 # --- locating executables ----------------------------------------------------
@@ -216,10 +217,19 @@ class _ChildProtocol(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == 1:
-            self.amp.dataReceived(data)
+            try:
+                self.amp.dataReceived(data)
+            except Exception:
+                # Not AMP on stdout (a stray print, a broken child): this
+                # conversation cannot continue; the restart logic takes over.
+                _log.failure("storage driver {driver} (pid {pid}) broke the protocol", driver=self.driver_name, pid=self.pid)
+                self.kill()
         elif childFD == 2:
             self._stderr += data
             *lines, self._stderr = self._stderr.split(b"\n")
+            if len(self._stderr) > _STDERR_LINE_MAX:
+                lines.append(self._stderr)
+                self._stderr = b""
             for line in lines:
                 self._log_line(line)
 
@@ -264,12 +274,13 @@ class _ChildProtocol(ProcessProtocol):
             if value.signal is not None:
                 return f"child process {self.pid} was killed by signal {value.signal}"
             return f"child process {self.pid} exited with status {value.exitCode}"
-        return f"child process {self.pid} exited"
+        return f"child process {self.pid} exited with status 0"
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
+    def kill(self) -> None:
+        """SIGKILL the child unless it has already exited."""
         if self.ended is None and self.pid is not None:
             try:
-                self.transport.signalProcess("KILL" if sig == signal.SIGKILL else sig)  # type: ignore[union-attr]
+                self.transport.signalProcess("KILL")  # type: ignore[union-attr]
             except ierror.ProcessExitedAlready:
                 pass
 
@@ -681,7 +692,7 @@ class OutOfProcessDriver:
         self._child = None
         if self._ready is not None:
             self._ready = None
-            self._release(Failure(DriverError(self.name, f"{how} during the handshake")))
+            self._release(Failure(DriverError(self.name, f"{how} during the handshake (its stderr is in the log)")))
             return
         if self._closed:
             return

@@ -449,25 +449,30 @@ def test_two_threads_hash_correctly_at_the_same_time() -> None:
 
 
 def test_update_releases_the_gil() -> None:
-    """Another thread runs Python code while one thread is inside a single update call.
+    """Another thread runs Python code while one thread is inside update calls.
 
     The switch interval is raised to one second, so a thread holding the GIL
     is not asked to give it up in the time this test takes.  If update held
-    the GIL, the worker would run from ``started.set()`` through the whole
-    call to ``done.append`` without the main thread getting in, and the main
+    the GIL, the worker would run from ``started.set()`` through all its
+    calls to ``done.append`` without the main thread getting in, and the main
     loop would see ``done`` at once (zero spins).  With the GIL released, the
-    main thread takes it as soon as the C call starts and keeps it: it spins
-    to the limit before ``join`` lets the worker return.  No clock is read.
+    main thread takes it during one of the C calls (64 of them, so a main
+    thread slow to be scheduled on a busy machine still finds one) and keeps
+    it: it spins to the limit before ``join`` lets the worker go on.  No
+    clock is read.
     """
-    data = bytes(8 * 1024 * 1024)
+    data = bytes(64 * 1024 * 1024)  # calloc'd zero pages: cheap to make and to read
     started = threading.Event()
     done: list[str] = []
     limit = 200_000
 
     def work() -> None:
         h = Sha256()
+        view = memoryview(data)
+        chunks = [view[off : off + (1 << 20)] for off in range(0, len(data), 1 << 20)]
         started.set()
-        h.update(data)
+        for chunk in chunks:
+            h.update(chunk)
         done.append(h.hexdigest())
 
     old_interval = sys.getswitchinterval()

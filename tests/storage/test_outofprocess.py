@@ -242,6 +242,21 @@ async def test_prints_in_the_child_go_to_stderr_not_the_protocol(fake_child: str
         await inner.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_silent_child_times_out_and_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "registry-storage-silent"
+    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(120)\n")
+    script.chmod(0o755)
+    inner = OutOfProcessDriver(str(script), {}, handshake_timeout=0.5)
+    try:
+        with pytest.raises(DriverError, match="did not answer the handshake in 0.5s") as info:
+            await inner.list("/")
+        assert info.value.driver == "silent"
+        assert inner.child_pid is None
+    finally:
+        await inner.close()
+
+
 # --- the child dying -----------------------------------------------------------------
 
 

@@ -556,7 +556,17 @@ class _RemoteWriter:
 
 @implementer(IStorageDriver)
 class OutOfProcessDriver:
-    """``IStorageDriver`` served by a ``registry-storage-<name>`` child process."""
+    """``IStorageDriver`` served by a ``registry-storage-<name>`` child process.
+
+    ``executable`` is run with ``args``, in ``env`` (default: this process's
+    environment); ``params`` (JSON-serialisable) go to the child's driver in
+    the ``Configure`` command; ``name`` names the driver in errors (default:
+    the executable's name without ``registry-storage-``). A refused handshake
+    (version mismatch, bad parameters, no answer within
+    ``handshake_timeout`` seconds) fails the waiting calls with
+    ``DriverError``; it is not retried in the background, but the next call
+    tries a fresh child (so replacing the executable needs no restart).
+    """
 
     def __init__(
         self,
@@ -566,6 +576,7 @@ class OutOfProcessDriver:
         reactor: Any = None,
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -575,6 +586,7 @@ class OutOfProcessDriver:
         self.executable = executable
         self._args = list(args)
         self._env = env
+        self._handshake_timeout = handshake_timeout
         self.params = dict(params)
         json.dumps(self.params)  # fail early on parameters that cannot cross the wire
         base = os.path.basename(executable)
@@ -583,7 +595,7 @@ class OutOfProcessDriver:
         self.child_version: tuple[int, int] | None = None
         self.restarts = 0
         self._child: _ChildProtocol | None = None
-        self._ready: Deferred[_ChildProtocol] | None = None
+        self._starting = False  # a child is spawned but not yet through the handshake
         self._waiting: list[Deferred[_ChildProtocol]] = []
         self._closed = False
         self._failures_in_a_row = 0
@@ -604,11 +616,11 @@ class OutOfProcessDriver:
         if self._closed:
             return fail(DriverError(self.name, "driver is closed"))
         child = self._child
-        if child is not None and child.ended is None and self._ready is None:
+        if child is not None and child.ended is None and not self._starting:
             return succeed(child)
         d: Deferred[_ChildProtocol] = Deferred()
         self._waiting.append(d)
-        if self._ready is None:
+        if not self._starting:
             self._start()
         return d
 
@@ -620,8 +632,7 @@ class OutOfProcessDriver:
             self._shutdown_trigger = self._reactor.addSystemEventTrigger("before", "shutdown", self.close)
         child = _ChildProtocol(self.name, self._child_ended, self._reactor)
         self._child = child
-        ready: Deferred[_ChildProtocol] = Deferred()
-        self._ready = ready
+        self._starting = True
         try:
             IReactorProcess(self._reactor).spawnProcess(
                 child,
@@ -632,13 +643,24 @@ class OutOfProcessDriver:
             )
         except Exception as exc:  # e.g. the executable vanished
             self._child = None
-            self._ready = None
+            self._starting = False
             self._release(Failure(DriverError(self.name, f"cannot start {self.executable}: {exc}")))
             return
         _log.info("storage driver {driver}: started {exe} (pid {pid})", driver=self.name, exe=self.executable, pid=child.pid)
+        timer = self._reactor.callLater(self._handshake_timeout, self._handshake_timed_out, child)
+
+        def stop_timer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
         d = self._handshake(child)
-        d.addTimeout(HANDSHAKE_TIMEOUT, self._reactor)
+        d.addBoth(stop_timer)
         d.addCallbacks(self._handshake_done, self._handshake_failed, callbackArgs=(child,), errbackArgs=(child,))
+
+    def _handshake_timed_out(self, child: _ChildProtocol) -> None:
+        error = DriverError(self.name, f"{self.executable} did not answer the handshake in {self._handshake_timeout:g}s")
+        self._handshake_failed(Failure(error), child)
 
     def _handshake(self, child: _ChildProtocol) -> Deferred[Any]:
         d = self._remote(child, P.Hello, major=P.PROTOCOL_MAJOR, minor=P.PROTOCOL_MINOR)
@@ -661,7 +683,7 @@ class OutOfProcessDriver:
     def _handshake_done(self, _: Any, child: _ChildProtocol) -> None:
         if child is not self._child or child.ended is not None:
             return  # it died meanwhile; _child_ended has failed the waiters
-        self._ready = None
+        self._starting = False
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(child)
@@ -669,14 +691,13 @@ class OutOfProcessDriver:
     def _handshake_failed(self, failure: Failure, child: _ChildProtocol) -> None:
         if child is not self._child:
             return
-        if failure.check(ierror.TimeoutError):
-            failure = Failure(DriverError(self.name, f"{self.executable} did not answer the handshake in {HANDSHAKE_TIMEOUT:g}s"))
-        elif not failure.check(StorageError):
+        if not failure.check(StorageError):
             failure = Failure(DriverError(self.name, f"handshake with {self.executable} failed: {failure.getErrorMessage()}"))
         _log.error("storage driver {driver}: {error}", driver=self.name, error=failure.getErrorMessage())
-        self._ready = None
+        self._starting = False
         self._child = None
-        child.amp.transport.loseConnection() if child.amp.transport is not None else None
+        if child.amp.transport is not None:
+            child.amp.transport.loseConnection()
         child.kill()
         self._release(failure)
 
@@ -690,8 +711,8 @@ class OutOfProcessDriver:
             return  # a child we already gave up on (failed handshake)
         how = child.describe_end()
         self._child = None
-        if self._ready is not None:
-            self._ready = None
+        if self._starting:
+            self._starting = False
             self._release(Failure(DriverError(self.name, f"{how} during the handshake (its stderr is in the log)")))
             return
         if self._closed:

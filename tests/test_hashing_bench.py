@@ -40,6 +40,7 @@ def test_hashing_section_reports_every_figure() -> None:
     assert figures["portable"]["mbps"] > 0
     assert figures["state"]["export_import_us"] > 0
     assert figures["threads"]["two_threads_mbps"] > 0
+    assert figures["threads"]["parallelism"] > 0
     tarsum = figures["tarsum"]
     if "unavailable" in tarsum:  # registry.tarsum not importable: said so, no figure made up
         assert "tarsum: figure unavailable" in proc.stdout

@@ -39,4 +39,23 @@ def make_site(config: Any, reactor: Any = None) -> RegistrySite:
     )
     site = RegistrySite(root)
     site.registry_driver = driver  # type: ignore[attr-defined]
+    site.background_services = background_services(config, driver)  # type: ignore[attr-defined]
     return site
+
+
+def background_services(config: Any, driver: IStorageDriver) -> list[Any]:
+    """Services that run beside the listener (the tap attaches them)."""
+    from twisted.application.internet import TimerService
+    from twisted.internet.defer import ensureDeferred
+
+    from registry.config import parse_go_duration
+    from registry.storage.purge import purge_uploads
+
+    services: list[Any] = []
+    purging = config.storage.uploadpurging
+    if purging.get("enabled") and not config.storage.readonly:
+        age = parse_go_duration(str(purging["age"]))
+        interval = parse_go_duration(str(purging["interval"]))
+        dry_run = bool(purging.get("dryrun"))
+        services.append(TimerService(interval, lambda: ensureDeferred(purge_uploads(driver, age, dry_run))))
+    return services

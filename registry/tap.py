@@ -325,4 +325,7 @@ def makeService(
     endpoint = serverFromString(reactor, description)
     out = _log_output(options)
     observer = make_observer(config.log, out) if out is not None else None
-    return RegistryService(config, _ListenerService(endpoint, site, description), observer)
+    service = RegistryService(config, _ListenerService(endpoint, site, description), observer)
+    for background in getattr(site, "background_services", []):
+        background.setServiceParent(service)
+    return service

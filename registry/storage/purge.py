@@ -1,0 +1,71 @@
+"""Upload purging (``storage.maintenance.uploadpurging``): remove uploads
+that were started longer ago than a maximum age and never finished, as
+Distribution does, so abandoned data does not accumulate."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Callable
+
+from twisted.logger import Logger
+
+from registry.storage import paths
+from registry.storage.driver import IStorageDriver, PathNotFoundError
+
+log = Logger(namespace="registry.purge")
+
+
+def parse_started_at(text: str) -> datetime | None:
+    """Parse an RFC 3339 ``startedat`` (Distribution writes Go's format, with
+    up to nine fractional digits); None when it is not a time."""
+    text = text.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    if "." in text:
+        head, _, rest = text.partition(".")
+        digits = ""
+        while rest and rest[0].isdigit():
+            digits, rest = digits + rest[0], rest[1:]
+        text = f"{head}.{(digits + '000000')[:6]}{rest}"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+async def purge_uploads(
+    driver: IStorageDriver, max_age_s: float, dry_run: bool = False, now: Callable[[], datetime] | None = None
+) -> list[str]:
+    """Delete every upload directory older than ``max_age_s``; returns their
+    paths (the ones that would go, with ``dry_run``). An upload whose
+    ``startedat`` is missing or unreadable is judged by its modification time."""
+    current = (now or (lambda: datetime.now(timezone.utc)))()
+    try:
+        entries = await driver.walk(paths.REPOSITORIES)
+    except PathNotFoundError:
+        return []
+    purged: list[str] = []
+    for info in entries:
+        parts = info.path.rsplit("/", 2)
+        if not info.is_dir or len(parts) < 3 or parts[1] != "_uploads":
+            continue
+        started: datetime | None = None
+        try:
+            started = parse_started_at((await driver.get_content(info.path + "/startedat")).decode("ascii", "replace"))
+        except PathNotFoundError:
+            pass
+        if started is None:
+            started = datetime.fromtimestamp(info.mod_time, timezone.utc)
+        if (current - started).total_seconds() <= max_age_s:
+            continue
+        purged.append(info.path)
+        if dry_run:
+            log.info("upload purging (dry run): would remove {path}", path=info.path)
+            continue
+        try:
+            await driver.delete(info.path)
+        except PathNotFoundError:
+            continue
+        log.info("upload purging: removed {path} (started {started})", path=info.path, started=started.isoformat())
+    return purged

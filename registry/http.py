@@ -162,6 +162,7 @@ class RegistrySite(server.Site):
     protocol = RegistryChannel  # type: ignore[assignment]
     requestFactory = RegistryRequest  # type: ignore[assignment]
     displayTracebacks = False
+    noisy = False  # no "Starting factory" lines; the tap announces the listener
 
     def log(self, request: server.Request) -> None:
         from registry import logs

@@ -20,7 +20,7 @@ system-deps:
 
 run: $(STAMP)
 	mkdir -p var/registry
-	$(VENV)/bin/twistd -n registry
+	$(VENV)/bin/twistd -n --pidfile var/twistd.pid registry
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q tests

@@ -171,6 +171,25 @@ def test_factory_rejects_bad_parameters() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_factory_finds_unknown_driver_names_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "registry-storage-elsewhere"
+    script.write_text(FAKE_CHILD.format(python=sys.executable))
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    driver = create_driver("elsewhere", {})
+    try:
+        inner: Any = driver.wrapped  # type: ignore[attr-defined]
+        assert isinstance(inner, OutOfProcessDriver) and inner.executable == str(script)
+        assert driver.name == "elsewhere"
+        # The fake child takes its version from argv; without it, it crashes at
+        # once, which must come back as a clear error naming the driver.
+        with pytest.raises(DriverError, match=r"^elsewhere: child process \d+ exited with status 1"):
+            await driver.list("/")
+    finally:
+        await driver.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_newer_minor_is_accepted(fake_child: str) -> None:
     inner = OutOfProcessDriver(fake_child, {}, name="fake", args=[str(P.PROTOCOL_MAJOR), str(P.PROTOCOL_MINOR + 3)])
     driver = StorageDriverWrapper(inner)

@@ -58,22 +58,30 @@ class Server:
         return int(self.port.getHost().port)
 
     async def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str | list[str]] | None = None
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str | list[str]] | None = None,
+        chunked: bool = False,
     ) -> Response:
         """One HTTP request on its own connection, made with ``http.client`` in
-        a thread (every header line is sent and seen as is, HEAD included)."""
-        return await deferToThread(self._request_blocking, method, path, body, headers or {})
+        a thread (every header line is sent and seen as is, HEAD included).
+        ``chunked`` sends the body with ``Transfer-Encoding: chunked``."""
+        return await deferToThread(self._request_blocking, method, path, body, headers or {}, chunked)
 
-    def _request_blocking(self, method: str, path: str, body: bytes | None, headers: dict[str, str | list[str]]) -> Response:
+    def _request_blocking(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str | list[str]], chunked: bool
+    ) -> Response:
         conn = http.client.HTTPConnection("127.0.0.1", self.port_number, timeout=30)
         try:
             conn.putrequest(method, path, skip_accept_encoding=True)
             for k, v in headers.items():
                 for value in [v] if isinstance(v, str) else v:
                     conn.putheader(k, value)
-            if body is not None:
-                conn.putheader("Content-Length", str(len(body)))
-            conn.endheaders(body)
+            if body is not None and chunked:
+                conn.putheader("Transfer-Encoding", "chunked")
+                conn.endheaders(iter([body[i : i + 65536] for i in range(0, len(body), 65536)]), encode_chunked=True)
+            else:
+                if body is not None:
+                    conn.putheader("Content-Length", str(len(body)))
+                conn.endheaders(body)
             resp = conn.getresponse()
             content = resp.read()
             out: dict[str, list[str]] = {}
@@ -95,9 +103,11 @@ class Server:
         assert done.status == 201, done.body
         return {"digest": d, "size": len(data)}
 
-    async def put_manifest(self, name: str, reference: str, body: bytes, content_type: str | None) -> Response:
-        headers = {"Content-Type": content_type} if content_type else {}
-        return await self.request("PUT", f"/v2/{name}/manifests/{reference}", body, headers)
+    async def put_manifest(
+        self, name: str, reference: str, body: bytes, content_type: str | None, chunked: bool = False
+    ) -> Response:
+        headers: dict[str, str | list[str]] = {"Content-Type": content_type} if content_type else {}
+        return await self.request("PUT", f"/v2/{name}/manifests/{reference}", body, headers, chunked)
 
     async def snapshot(self) -> dict[str, bytes]:
         """Every object in the store, path -> bytes (to show nothing changed)."""

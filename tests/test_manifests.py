@@ -43,11 +43,11 @@ def check_served(r: Response, body: bytes, media_type: str, head: bool = False) 
 
 
 async def assert_refused(srv: Server, name: str, reference: str, body: bytes, ct: str | None,
-                         status: int, code: str, message: str) -> dict[str, Any]:
+                         status: int, code: str, message: str, chunked: bool = False) -> dict[str, Any]:
     """PUT that must fail with ``status``/``code`` and a message matching
     ``message``, leaving every stored byte as it was."""
     before = await srv.snapshot()
-    r = await srv.put_manifest(name, reference, body, ct)
+    r = await srv.put_manifest(name, reference, body, ct, chunked)
     assert r.status == status, r.body
     err = r.error()
     assert err["code"] == code
@@ -233,6 +233,36 @@ async def test_oversize_manifest(server: Server) -> None:
     assert len(fits) == limit
     assert (await server.put_manifest("big", "max", fits, OCI_MANIFEST)).status == 201
     await assert_refused(server, "big", "over", fits + b" ", OCI_MANIFEST, 413, "MANIFEST_INVALID", "larger than")
+    # Without a Content-Length (chunked), the limit holds as the bytes arrive.
+    await assert_refused(server, "big", "over", fits + b" ", OCI_MANIFEST, 413, "MANIFEST_INVALID", "larger than", chunked=True)
+    r = await server.put_manifest("big", "chunked", fits, OCI_MANIFEST, chunked=True)
+    assert r.status == 201, r.body
+    check_served(await server.request("GET", "/v2/big/manifests/chunked"), fits, OCI_MANIFEST)
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_only_registry_refuses_pushes() -> None:
+    from registry.app import make_root
+    from registry.http import RegistrySite
+    from twisted.internet import reactor
+
+    writer = await start_server()
+    try:
+        body, _ = await image(writer, "ro")
+        assert (await writer.put_manifest("ro", "v1", body, OCI_MANIFEST)).status == 201
+    finally:
+        await writer.port.stopListening()
+    site = RegistrySite(make_root(writer.driver, delete_enabled=True, readonly=True))
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+    srv = Server(writer.driver, f"http://127.0.0.1:{port.getHost().port}", port)
+    try:
+        await assert_refused(srv, "ro", "v2", body, OCI_MANIFEST, 405, "UNSUPPORTED", "read-only")
+        check_served(await srv.request("GET", "/v2/ro/manifests/v1"), body, OCI_MANIFEST)
+        before = await srv.snapshot()
+        assert (await srv.request("DELETE", "/v2/ro/manifests/v1")).status == 405
+        assert await srv.snapshot() == before
+    finally:
+        await port.stopListening()
 
 
 @pytest.mark.parametrize(

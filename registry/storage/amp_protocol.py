@@ -122,6 +122,63 @@ def tune_pipe_reader(reader: Any) -> None:
     reader.doRead = doRead
 
 
+# --- box parsing -------------------------------------------------------------
+
+
+class FrameParsingAMP(amp.AMP):
+    """``amp.AMP`` with a box parser that copies each key and value once.
+
+    ``Int16StringReceiver.dataReceived`` concatenates every incoming chunk
+    to the unparsed rest and then slices each string out of the result: two
+    copies of every byte. This parser slices strings straight out of the
+    chunk and only carries the one string split across two chunks. Boxes,
+    states and limits are AMP's own (``stringReceived``/``MAX_LENGTH``).
+    """
+
+    _carry: bytearray | None = None
+
+    def dataReceived(self, data: bytes) -> None:  # type: ignore[override]
+        if self.innerProtocol is not None or self._locked:
+            super().dataReceived(data)
+            return
+        n = len(data)
+        pos = 0
+        carry = self._carry
+        if carry:
+            # Finish the string that the previous chunk left incomplete.
+            if len(carry) < 2:
+                take = min(2 - len(carry), n)
+                carry += data[:take]
+                pos = take
+                if len(carry) < 2:
+                    return
+            length = (carry[0] << 8) | carry[1]
+            if length > self.MAX_LENGTH:
+                self.lengthLimitExceeded(length)
+                return
+            need = 2 + length - len(carry)
+            if n - pos < need:
+                carry += data[pos:]
+                return
+            carry += data[pos : pos + need]
+            pos += need
+            self._carry = None
+            self.stringReceived(bytes(carry[2:]))
+        while n - pos >= 2:
+            length = (data[pos] << 8) | data[pos + 1]
+            if length > self.MAX_LENGTH:
+                self.lengthLimitExceeded(length)
+                return
+            start = pos + 2
+            stop = start + length
+            if stop > n:
+                break
+            pos = stop
+            self.stringReceived(data[start:stop])
+        if pos < n:
+            self._carry = bytearray(data[pos:])
+
+
 # --- values -----------------------------------------------------------------
 
 
@@ -388,7 +445,7 @@ class _Handle:
         self.queue = _SerialQueue()
 
 
-class DriverServer(amp.AMP):
+class DriverServer(FrameParsingAMP):
     """Serves one ``IStorageDriver`` to one client over AMP.
 
     ``make_driver(params)`` builds the driver when ``Configure`` arrives (it

@@ -119,6 +119,49 @@ def test_large_bytes_round_trip(size: int) -> None:
     assert P.PutContent.parseArguments(parsed, None) == {"path": "/a", "data": value}
 
 
+class _RecordingAMP(P.FrameParsingAMP):
+    def __init__(self) -> None:
+        super().__init__()
+        self.boxes: list[dict[bytes, bytes]] = []
+
+    def ampBoxReceived(self, box: Any) -> None:
+        self.boxes.append(dict(box))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_frame_parser_matches_amp_for_any_chunking(seed: int) -> None:
+    import random
+
+    from twisted.internet.testing import StringTransport
+
+    rng = random.Random(seed)
+    boxes = [
+        {b"k": b"", b"v" * 255: b"x"},
+        {b"data": os.urandom(65535), b"data.1": os.urandom(rng.randrange(0, 70000) % 65536)},
+        {b"a": b"1"},
+    ]
+    wire = b"".join(amp.AmpBox(b).serialize() for b in boxes) * 3
+    expected = [dict(b) for b in amp.parseString(wire)]
+    proto = _RecordingAMP()
+    proto.makeConnection(StringTransport())
+    pos = 0
+    while pos < len(wire):
+        step = rng.choice([1, 2, 3, 100, 65537, 200_000])
+        proto.dataReceived(wire[pos : pos + step])
+        pos += step
+    assert proto.boxes == expected
+
+
+def test_frame_parser_refuses_an_overlong_key() -> None:
+    from twisted.internet.testing import StringTransport
+
+    proto = _RecordingAMP()
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(b"\x01\x00" + b"k" * 256)  # keys are at most 255 bytes
+    assert transport.disconnecting and proto.boxes == []
+
+
 @pytest.mark.parametrize(
     "error",
     [

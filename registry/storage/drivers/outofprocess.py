@@ -197,7 +197,7 @@ class _ChildProtocol(ProcessProtocol):
 
     def __init__(self, driver_name: str, on_ended: Callable[["_ChildProtocol", Failure], None], clock: IReactorTime) -> None:
         self.driver_name = driver_name
-        self.amp = amp.AMP()
+        self.amp = P.FrameParsingAMP()
         self.pid: int | None = None
         self.ended: Failure | None = None
         self.started_at = clock.seconds()

@@ -20,6 +20,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
 from zope.interface.verify import verifyObject
@@ -412,6 +413,49 @@ async def test_close_stops_the_child_and_later_calls_fail() -> None:
     assert not pid_alive(pid)
     with pytest.raises(DriverError, match="closed"):
         await driver.get_content("/a")
+
+
+PARENT_SCRIPT = """\
+import sys
+from twisted.internet import task
+from twisted.internet.defer import ensureDeferred
+from registry.storage.drivers.outofprocess import OutOfProcessDriver
+
+async def main(reactor):
+    driver = OutOfProcessDriver(sys.argv[1], {})
+    await driver.list("/")
+    print(driver.child_pid, flush=True)
+    await task.deferLater(reactor, 120, lambda: None)
+
+task.react(lambda reactor: ensureDeferred(main(reactor)))
+"""
+
+
+def pid_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie nobody reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_child_exits_when_the_registry_is_killed() -> None:
+    import subprocess
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT_SCRIPT, str(INMEMORY)], stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        line = await deferToThread(parent.stdout.readline)
+        child_pid = int(line)
+        assert not pid_gone(child_pid)
+        parent.kill()  # SIGKILL: no chance to stop the child
+        await deferToThread(parent.wait)
+        await wait_for(lambda: pid_gone(child_pid), "the orphaned child to exit on stdin EOF")
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 # --- values crossing the wire ----------------------------------------------------------

@@ -50,7 +50,7 @@ import os
 from collections import deque
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -479,9 +479,6 @@ class DriverServer(FrameParsingAMP):
         for d in ds:
             d.addErrback(lambda f: _log.failure("closing a handle after the client left", f))
         closer = getattr(self.driver, "close", None)
-
-        from twisted.internet.defer import DeferredList
-
         dl = DeferredList(ds)
         if closer is not None:
             dl.addCallback(lambda _: closer())

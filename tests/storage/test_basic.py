@@ -62,7 +62,9 @@ def _make_faulty(params, reactor):  # type: ignore[no-untyped-def]
             raise RuntimeError("disk on fire")
 
         def writer(self, path: str, append: bool = False):  # type: ignore[no-untyped-def]
-            return succeed(Slow(self, path, self._objects.setdefault(path, _Object())))
+            obj = self._objects.get(path) or _Object()
+            self._store(path, obj)
+            return succeed(Slow(self, path, obj))
 
     return Faulty()
 

@@ -97,7 +97,7 @@ class InMemoryWriter:
     def cancel(self) -> Deferred[None]:
         """Remove the object, unless something else replaced it meanwhile."""
         if self._driver._objects.get(self._path) is self._obj:
-            del self._driver._objects[self._path]
+            self._driver._remove(self._path)
         return succeed(None)
 
 
@@ -109,20 +109,70 @@ def _prefix(path: str) -> str:
     return "/" if path == "/" else path + "/"
 
 
+def _ancestry(path: str) -> list[tuple[str, str]]:
+    """(directory, child segment) pairs from the root down to ``path``."""
+    segments = path.split("/")[1:]
+    out = []
+    directory = "/"
+    for seg in segments:
+        out.append((directory, seg))
+        directory = _prefix(directory) + seg
+    return out
+
+
 @implementer(IStorageDriver)
 class InMemoryDriver:
-    """A process-local store of byte objects. See the module docstring."""
+    """A process-local store of byte objects. See the module docstring.
+
+    Besides the objects, a directory index maps each directory to its child
+    segments and how many objects lie below each, so a directory exists
+    exactly while that count is positive and every operation costs the size
+    of the subtree it touches, not of the whole store."""
 
     name = NAME
 
     def __init__(self) -> None:
         self._objects: dict[str, _Object] = {}
+        self._children: dict[str, dict[str, int]] = {}
+
+    # -- index ---------------------------------------------------------------
+
+    def _store(self, path: str, obj: _Object) -> None:
+        if path not in self._objects:
+            for directory, seg in _ancestry(path):
+                children = self._children.setdefault(directory, {})
+                children[seg] = children.get(seg, 0) + 1
+        self._objects[path] = obj
+
+    def _remove(self, path: str) -> None:
+        del self._objects[path]
+        for directory, seg in _ancestry(path):
+            children = self._children[directory]
+            children[seg] -= 1
+            if not children[seg]:
+                del children[seg]
+                if not children:
+                    del self._children[directory]
+
+    def _keys_under(self, directory: str) -> list[str]:
+        """Every object path below ``directory``, depth-first, sorted."""
+        out: list[str] = []
+        stack = [directory]
+        while stack:
+            current = stack.pop()
+            base = _prefix(current)
+            for seg in sorted(self._children.get(current, {}), reverse=True):
+                full = base + seg
+                if full in self._objects:
+                    out.append(full)
+                else:
+                    stack.append(full)
+        return out
 
     # -- helpers -------------------------------------------------------------
 
     def _is_dir(self, path: str) -> bool:
-        prefix = _prefix(path)
-        return any(key.startswith(prefix) for key in self._objects)
+        return path in self._children
 
     def _check_placeable(self, path: str) -> None:
         """Raise ``DriverError`` unless an object may be stored at ``path``."""
@@ -152,7 +202,7 @@ class InMemoryDriver:
     def put_content(self, path: str, data: bytes) -> Deferred[None]:
         """Replace the object at ``path`` in one step."""
         self._check_placeable(path)
-        self._objects[path] = _Object(data)
+        self._store(path, _Object(data))
         return succeed(None)
 
     def reader(self, path: str, offset: int = 0) -> Deferred[IFileReader]:
@@ -169,7 +219,7 @@ class InMemoryDriver:
         else:
             self._check_placeable(path)
             obj = _Object()
-            self._objects[path] = obj
+            self._store(path, obj)
         return succeed(InMemoryWriter(self, path, obj))
 
     def stat(self, path: str) -> Deferred[FileInfo]:
@@ -177,23 +227,20 @@ class InMemoryDriver:
         obj = self._objects.get(path)
         if obj is not None:
             return succeed(FileInfo(path, len(obj.data), obj.mod_time, False))
-        prefix = _prefix(path)
-        times = [o.mod_time for k, o in self._objects.items() if k.startswith(prefix)]
-        if not times:
+        if not self._is_dir(path):
             raise PathNotFoundError(path, NAME)
-        return succeed(FileInfo(path, 0, max(times), True))
+        newest = max(self._objects[k].mod_time for k in self._keys_under(path))
+        return succeed(FileInfo(path, 0, newest, True))
 
     def list(self, path: str) -> Deferred[list[str]]:
         """Fire with the sorted full paths of the direct children."""
-        prefix = _prefix(path)
-        children = {
-            prefix + key[len(prefix) :].split("/", 1)[0]
-            for key in self._objects
-            if key.startswith(prefix)
-        }
-        if not children and path != "/":
-            raise PathNotFoundError(path, NAME)
-        return succeed(sorted(children))
+        children = self._children.get(path)
+        if children is None:
+            if path != "/":
+                raise PathNotFoundError(path, NAME)
+            return succeed([])
+        base = _prefix(path)
+        return succeed([base + seg for seg in sorted(children)])
 
     def move(self, source: str, dest: str) -> Deferred[None]:
         """Move an object, replacing the destination object."""
@@ -201,54 +248,49 @@ class InMemoryDriver:
         if source == dest:
             return succeed(None)
         self._check_placeable(dest)
-        del self._objects[source]
-        self._objects[dest] = obj
+        self._remove(source)
+        self._store(dest, obj)
         return succeed(None)
 
     def delete(self, path: str) -> Deferred[None]:
         """Delete an object or every object below a directory."""
         if path in self._objects:
-            del self._objects[path]
+            self._remove(path)
             return succeed(None)
-        prefix = _prefix(path)
-        doomed = [key for key in self._objects if key.startswith(prefix)]
-        if not doomed and path != "/":
-            raise PathNotFoundError(path, NAME)
-        for key in doomed:
-            del self._objects[key]
+        if not self._is_dir(path):
+            if path != "/":
+                raise PathNotFoundError(path, NAME)
+            return succeed(None)
+        for key in self._keys_under(path):
+            self._remove(key)
         return succeed(None)
 
     def walk(self, path: str) -> Deferred[list[FileInfo]]:
         """Fire with everything below ``path``, depth-first, sorted per level."""
-        prefix = _prefix(path)
-        below = {k: o for k, o in self._objects.items() if k.startswith(prefix)}
-        if not below and path != "/":
-            raise PathNotFoundError(path, NAME)
-        # Build the tree of segments, then emit it depth-first.
-        tree: dict[str, Any] = {}
-        for key in below:
-            node = tree
-            for seg in key[len(prefix) :].split("/"):
-                node = node.setdefault(seg, {})
+        if not self._is_dir(path):
+            if path != "/":
+                raise PathNotFoundError(path, NAME)
+            return succeed([])
         out: list[FileInfo] = []
 
-        def emit(node: dict[str, Any], base: str) -> float:
+        def emit(directory: str) -> float:
             newest = 0.0
-            for seg in sorted(node):
+            base = _prefix(directory)
+            for seg in sorted(self._children.get(directory, {})):
                 full = base + seg
-                obj = below.get(full)
+                obj = self._objects.get(full)
                 if obj is not None:
                     out.append(FileInfo(full, len(obj.data), obj.mod_time, False))
                     newest = max(newest, obj.mod_time)
                 else:
                     index = len(out)
                     out.append(FileInfo(full, 0, 0.0, True))
-                    mod_time = emit(node[seg], full + "/")
+                    mod_time = emit(full)
                     out[index] = FileInfo(full, 0, mod_time, True)
                     newest = max(newest, mod_time)
             return newest
 
-        emit(tree, prefix)
+        emit(path)
         return succeed(out)
 
     def redirect_url(self, path: str, method: str = "GET") -> Deferred[str | None]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from twisted.web.resource import Resource
 
@@ -59,7 +59,9 @@ class RegistryRoot(Resource):
             m = route.regex.match(text)
             if m is None:
                 continue
-            params = m.groupdict()
+            # Route on the raw path (an encoded '/' must not split a name),
+            # then decode each parameter: clients may send sha256%3A<hex>.
+            params = {k: unquote(v) for k, v in m.groupdict().items()}
             if "name" in params:
                 check_name(params["name"])
             if "digest" in params:

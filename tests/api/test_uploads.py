@@ -276,6 +276,10 @@ async def test_blob_get_head_and_ranges(server: Server) -> None:
     assert r.code == 200 and await r.content() == data
     r = await treq.get(url, headers={"If-None-Match": f'"{digest}"'})
     assert r.code == 304
+    r = await treq.get(url.replace("sha256:", "sha256%3A"))
+    assert r.code == 200 and await r.content() == data
+    r = await treq.get(url.replace("/ranges/", "/ran%67es/"))
+    assert r.code == 200
 
 
 @pytest_twisted.ensureDeferred

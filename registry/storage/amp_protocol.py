@@ -207,7 +207,9 @@ class LargeBytes(amp.Argument):
         view = memoryview(value).cast("B")
         count = 0
         for start in range(0, len(view), FRAME_BYTES):
-            strings[b"%s.%d" % (name, count)] = bytes(view[start : start + FRAME_BYTES])
+            # A view, not a copy: AmpBox.serialize joins the frames into the
+            # wire bytes at once (synchronously, while ``value`` is alive).
+            strings[b"%s.%d" % (name, count)] = view[start : start + FRAME_BYTES]  # type: ignore[assignment]
             count += 1
         strings[name] = b"%d" % count
 

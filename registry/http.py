@@ -35,11 +35,14 @@ class BodySink(Protocol):
 
 
 class LimitedBody:
-    """Marker telling the request to buffer at most ``limit`` bytes of body;
-    past that the rest is dropped and ``request.body_too_large`` is set."""
+    """Tells the request to buffer at most ``limit`` bytes of body; past that
+    the rest is dropped and ``request.body_too_large`` is set. ``too_large``
+    is the exception the handler's route answers with then (None: the
+    router's default)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, too_large: Exception | None = None) -> None:
         self.limit = limit
+        self.too_large = too_large
 
 
 class RegistryRequest(server.Request):
@@ -47,6 +50,7 @@ class RegistryRequest(server.Request):
 
     body_sink: BodySink | None = None
     body_limit: int | None = None
+    body_too_large_error: Exception | None = None
     body_too_large = False
     _body_paused = False
     _body_done = False
@@ -69,6 +73,7 @@ class RegistryRequest(server.Request):
         decision = chooser(self, command, path, length) if chooser is not None else None
         if isinstance(decision, LimitedBody):
             self.body_limit = decision.limit
+            self.body_too_large_error = decision.too_large
             self.content = io.BytesIO()
             if length is not None and length > decision.limit:
                 self.body_too_large = True

@@ -2,8 +2,8 @@
 digest), and ``handlers(ctx)``: every handler of this part of the API
 (manifests, tags, catalog, referrers) for the route table.
 
-PUT bodies are received by a ``ManifestBody`` sink that keeps at most
-``MANIFEST_MAX`` bytes; a larger body is answered 413 ``MANIFEST_INVALID``.
+PUT bodies are buffered up to ``MANIFEST_MAX`` bytes; a larger body is
+answered 413 ``MANIFEST_INVALID`` without being stored.
 GET and HEAD serve the exact bytes pushed with their media type, after
 checking the client's ``Accept`` header lines (all of them).
 """
@@ -11,8 +11,6 @@ checking the client's ``Accept`` header lines (all of them).
 from __future__ import annotations
 
 from typing import Any
-
-from twisted.python.failure import Failure
 
 from registry import errors
 from registry.digest import Digest, sha256_digest
@@ -25,31 +23,6 @@ from registry.resources.context import Context
 
 MANIFEST_MAX = 4 * 1024 * 1024
 SMALL_BODY = 64 * 1024
-
-
-class ManifestBody:
-    """A body sink keeping up to ``limit`` bytes; past that it drops the rest
-    and sets ``too_large`` (the request is then refused without storing)."""
-
-    def __init__(self, limit: int, length: int | None) -> None:
-        self.limit = limit
-        self.buffer = bytearray()
-        self.too_large = length is not None and length > limit
-
-    def data_received(self, data: bytes) -> None:
-        if self.too_large:
-            return
-        if len(self.buffer) + len(data) > self.limit:
-            self.too_large = True
-            self.buffer = bytearray()
-            return
-        self.buffer += data
-
-    def body_complete(self) -> None:
-        pass
-
-    def connection_lost(self, reason: Failure) -> None:
-        self.buffer = bytearray()
 
 
 def parse_reference(reference: str) -> tuple[str | None, Digest | None]:
@@ -68,7 +41,15 @@ class ManifestResource:
         self, request: RegistryRequest, method: bytes, params: dict[str, str], query: dict[str, list[str]], length: int | None
     ) -> object:
         if method == b"PUT":
-            return ManifestBody(MANIFEST_MAX, length)
+            return LimitedBody(
+                MANIFEST_MAX,
+                RegistryError(
+                    errors.MANIFEST_INVALID,
+                    f"the manifest is larger than this registry accepts ({MANIFEST_MAX} bytes); "
+                    "split a large index or move data out of annotations",
+                    status=413,
+                ),
+            )
         return LimitedBody(SMALL_BODY)
 
     async def GET(self, request: RegistryRequest, name: str, reference: str) -> None:
@@ -98,18 +79,8 @@ class ManifestResource:
     async def PUT(self, request: RegistryRequest, name: str, reference: str) -> None:
         self.ctx.check_writable()
         request.log_fields.update(repository=name, reference=reference)
-        sink = request.body_sink
-        if not isinstance(sink, ManifestBody):  # pragma: no cover - routing guarantees it
-            raise RegistryError(errors.UNKNOWN, "manifest body was not received")
-        if sink.too_large:
-            raise RegistryError(
-                errors.MANIFEST_INVALID,
-                f"the manifest is larger than this registry accepts ({MANIFEST_MAX} bytes); "
-                "split a large index or move data out of annotations",
-                status=413,
-            )
         tag, digest = parse_reference(reference)
-        body = bytes(sink.buffer)
+        body = request.content.getvalue()
         manifest = parse_manifest(body, request.getHeader(b"content-type").decode("latin-1") if request.getHeader(b"content-type") else None)
         actual = sha256_digest(body)
         if digest is not None and digest != actual:

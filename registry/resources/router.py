@@ -102,6 +102,8 @@ class RegistryRoot(Resource):
                     headers={"Allow": ", ".join(allowed)},
                 )
             if request.body_too_large:
+                if request.body_too_large_error is not None:
+                    raise request.body_too_large_error
                 raise RegistryError(
                     errors.SIZE_INVALID, f"the request body is larger than this endpoint accepts ({request.body_limit} bytes)", status=413
                 )

@@ -43,7 +43,8 @@ pytestmark = pytest.mark.skipif(INMEMORY is None, reason="registry-storage-inmem
 
 # A child that serves the in-memory driver but reports the protocol version
 # given as argv[1], argv[2] and says hello on stderr first. argv[3] "junk":
-# write non-AMP bytes to stdout first; "print": the driver factory print()s.
+# write non-AMP bytes to stdout first; "print": the driver factory print()s;
+# "fulldisk": writers fail with ENOSPC after 1 MiB.
 FAKE_CHILD = """\
 #!{python}
 import os, sys
@@ -56,10 +57,34 @@ if mode == "junk":
     os.write(1, b"oops, not AMP\\n")
 from registry.storage.drivers.outofprocess import serve
 from registry.storage.factory import create_driver
+from registry.storage.base import StorageDriverWrapper
+from registry.storage.driver import IStorageDriver
+from twisted.python.components import proxyForInterface
+
+class FullDiskWriter:
+    def __init__(self, inner):
+        self.inner, self.written = inner, 0
+    size = property(lambda self: self.inner.size)
+    def write(self, data):
+        self.written += len(data)
+        if self.written > 1 << 20:
+            raise OSError(28, "No space left on device")
+        return self.inner.write(data)
+    def close(self): return self.inner.close()
+    def commit(self): return self.inner.commit()
+    def cancel(self): return self.inner.cancel()
+
+class FullDisk(proxyForInterface(IStorageDriver, "inner")):
+    def writer(self, path, append=False):
+        return self.inner.writer(path, append).addCallback(FullDiskWriter)
+
 def make(params):
     if mode == "print":
         print("a driver printing to stdout")
-    return create_driver("inmemory", params)
+    driver = create_driver("inmemory", params)
+    if mode == "fulldisk":
+        return StorageDriverWrapper(FullDisk(driver.wrapped))
+    return driver
 serve("inmemory", make)
 """
 
@@ -318,6 +343,34 @@ async def test_silent_child_times_out_and_is_killed(tmp_path: Path) -> None:
         assert inner.child_pid is None
     finally:
         await inner.close()
+
+
+@pytest.mark.parametrize("finish", ["commit", "close"])
+@pytest_twisted.ensureDeferred
+async def test_failed_write_in_the_child_is_reported_and_never_committed(fake_child: str, finish: str) -> None:
+    inner = OutOfProcessDriver(fake_child, {}, name="fake", args=[*VERSION_ARGS, "fulldisk"])
+    driver = StorageDriverWrapper(inner)
+    try:
+        from registry.storage.drivers import outofprocess
+
+        writer = await driver.writer("/upload")
+        # 1.5 MiB fits the write window: every write() fires at once, before
+        # the child has answered, so the failure surfaces on commit/close.
+        assert 24 * 64 * 1024 < outofprocess.WRITE_WINDOW
+        for _ in range(24):
+            await writer.write(os.urandom(64 * 1024))
+        with pytest.raises(DriverError, match="No space left on device") as info:
+            await getattr(writer, finish)()
+        assert info.value.driver == "inmemory"
+        await writer.close()  # finished writers close as a no-op
+        if finish == "commit":
+            with pytest.raises(PathNotFoundError):
+                await driver.stat("/upload")
+        else:
+            await driver.delete("/upload")
+        assert inner.restarts == 0  # a driver error is not a crash
+    finally:
+        await driver.close()
 
 
 # --- the child dying -----------------------------------------------------------------

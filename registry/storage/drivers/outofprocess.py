@@ -522,9 +522,16 @@ class _RemoteWriter:
             self._flush()
         if state != "committed":
             # The child runs commands on one handle in order, so close and
-            # cancel can follow the unacknowledged writes at once.
+            # cancel can follow the unacknowledged writes at once; by the
+            # time their answer arrives, every write's answer has too.
             d = self._driver._remote(self._child, command, handle=self._handle)
-            return d.addCallback(lambda _: None)
+
+            def report(_: Any) -> Failure | None:
+                if state == "closed" and self._error is not None:
+                    return self._error  # a write failed: say so on close too
+                return None
+
+            return d.addCallback(report)
 
         # Commit only once every write is known to have succeeded: a failed
         # write must never be followed by committing what the child has.

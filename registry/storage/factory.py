@@ -24,7 +24,6 @@ Unknown parameters are ignored with a warning naming them
 from __future__ import annotations
 
 import importlib
-import shutil
 from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Callable

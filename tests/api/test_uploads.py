@@ -13,7 +13,6 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 from twisted.web.iweb import IBodyProducer
 
-from registry.storage import paths
 from registry.digest import Digest
 from tests.api.conftest import Server, error_code, sha
 

@@ -29,7 +29,6 @@ from registry.storage.driver import (
     InvalidPathError,
     IStorageDriver,
     PathNotFoundError,
-    StorageError,
 )
 
 MiB = 1 << 20

@@ -198,7 +198,9 @@ class _Tree:
 
     # -- operations --------------------------------------------------------------
 
-    def get_content(self, path: str) -> bytes:
+    def open_object(self, path: str) -> tuple[int, os.stat_result]:
+        """Open the object at ``path`` for reading: (fd, its stat). A
+        directory there is no object (``PathNotFoundError``)."""
         fds, name = self.parent(path)
         try:
             fd = self.open_file(fds[-1], name, path, os.O_RDONLY)
@@ -208,6 +210,14 @@ class _Tree:
             st = os.fstat(fd)
             if statmod.S_ISDIR(st.st_mode):
                 raise PathNotFoundError(path, NAME)
+            return fd, st
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def get_content(self, path: str) -> bytes:
+        fd, st = self.open_object(path)
+        try:
             parts = []
             while True:
                 data = os.read(fd, max(st.st_size, CHUNK))
@@ -254,21 +264,11 @@ class _Tree:
         os.fsync(dirfd)
 
     def open_reader(self, path: str, offset: int) -> int:
-        fds, name = self.parent(path)
-        try:
-            fd = self.open_file(fds[-1], name, path, os.O_RDONLY)
-        finally:
-            _close_all(fds)
-        try:
-            st = os.fstat(fd)
-            if statmod.S_ISDIR(st.st_mode):
-                raise PathNotFoundError(path, NAME)
-            if offset > st.st_size:
-                raise InvalidOffsetError(path, offset, NAME)
-            return fd
-        except BaseException:
+        fd, st = self.open_object(path)
+        if offset > st.st_size:
             os.close(fd)
-            raise
+            raise InvalidOffsetError(path, offset, NAME)
+        return fd
 
     def open_writer(self, path: str, append: bool) -> tuple[int, int, list[int], list[str]]:
         """Open the file for a writer; return (fd, size, directory fds, segments)."""

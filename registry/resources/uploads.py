@@ -324,19 +324,19 @@ class UploadResource:
         empty_response(request, 204)
 
     async def _body_outcome(self, request: RegistryRequest, name: str, upload_id: str) -> int:
+        """The new offset after the request body, or the error it met. A range
+        error always tells the client where the upload really stands."""
         sink = request.body_sink
         if not isinstance(sink, UploadBody):
             raise RegistryError(errors.BLOB_UPLOAD_INVALID, "the request body could not be received")
         try:
             return await sink.outcome()
-        except RegistryError as e:
-            if e.code is errors.RANGE_INVALID and "Range" not in e.headers:
-                offset = await self.ctx.registry.uploads.status(name, upload_id)
-                e.headers.update(upload_headers(self.ctx, name, upload_id, offset))
-            raise
         except Exception as e:
             err = to_registry_error(e)
             if err.code is errors.RANGE_INVALID:
+                if "Range" not in err.headers:
+                    offset = await self.ctx.registry.uploads.status(name, upload_id)
+                    err.headers["Range"] = range_header(offset)
                 err.headers.update({"Location": upload_location(self.ctx, name, upload_id), "Docker-Upload-UUID": upload_id})
             raise err from e
 

@@ -28,7 +28,7 @@ from registry.hashing import Sha256
 from registry.storage import paths
 from registry.storage.blobs import BlobStore
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
-from registry.storage.errors import DigestMismatch, UploadUnknown
+from registry.storage.errors import DigestMismatch, UploadOffsetMismatch, UploadUnknown
 
 READ_CHUNK = 1 << 20
 
@@ -155,8 +155,6 @@ class UploadStore:
 
         ``expect_start`` is the first byte of a client's ``Content-Range``;
         if it is not the upload's offset, raises ``UploadOffsetMismatch``."""
-        from registry.storage.errors import UploadOffsetMismatch
-
         release = await self._locks.acquire((name, upload_id))
         try:
             offset, hasher = await self._resume_point(name, upload_id)

@@ -12,9 +12,25 @@ from registry.storage.driver import IStorageDriver
 from registry.storage.registry import Registry
 
 
-def make_root(driver: IStorageDriver, delete_enabled: bool = False, readonly: bool = False, base_url: str = "") -> RegistryRoot:
+def make_root(
+    driver: IStorageDriver,
+    delete_enabled: bool = False,
+    readonly: bool = False,
+    base_url: str = "",
+    prefix: str = "/",
+    relative_urls: bool = False,
+    extra_headers: dict[str, list[str]] | None = None,
+) -> RegistryRoot:
     """The root resource over ``driver`` (tests use this with any driver)."""
-    ctx = Context(Registry(driver), delete_enabled=delete_enabled, readonly=readonly, base_url=base_url)
+    ctx = Context(
+        Registry(driver),
+        delete_enabled=delete_enabled,
+        readonly=readonly,
+        base_url=base_url,
+        prefix=prefix,
+        relative_urls=relative_urls,
+        extra_headers=dict(extra_headers or {}),
+    )
     extra: dict[str, Any] = {}
     try:
         from registry.resources import manifests
@@ -22,7 +38,7 @@ def make_root(driver: IStorageDriver, delete_enabled: bool = False, readonly: bo
         pass
     else:
         extra.update(manifests.handlers(ctx))
-    return RegistryRoot(build_routes(ctx, extra))
+    return RegistryRoot(build_routes(ctx, extra), ctx.extra_headers)
 
 
 def make_site(config: Any, reactor: Any = None) -> RegistrySite:
@@ -36,6 +52,9 @@ def make_site(config: Any, reactor: Any = None) -> RegistrySite:
         delete_enabled=config.storage.delete_enabled,
         readonly=config.storage.readonly,
         base_url=config.http.host or "",
+        prefix=config.http.prefix,
+        relative_urls=config.http.relativeurls,
+        extra_headers=config.http.headers,
     )
     site = RegistrySite(root)
     site.registry_driver = driver  # type: ignore[attr-defined]

@@ -3,7 +3,7 @@ configuration sets (deletes, read-only mode, external URL)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 from registry import errors
@@ -22,9 +22,19 @@ class Context:
     delete_enabled: bool = False
     readonly: bool = False
     base_url: str = ""  # http.host: absolute URLs in Location when set
+    prefix: str = "/"  # http.prefix: the path before v2/, with both slashes
+    relative_urls: bool = False  # http.relativeurls: never absolute URLs
+    extra_headers: dict[str, list[str]] = field(default_factory=dict)  # http.headers
 
     def url(self, path: str) -> str:
-        return f"{self.base_url.rstrip('/')}{path}" if self.base_url else path
+        """The URL clients use for the API path ``path`` (``/v2/...``): under
+        the prefix, and absolute on ``http.host`` unless relative URLs are
+        asked for. Without ``http.host`` it is relative (clients resolve it
+        against the URL they used, which stays right behind proxies)."""
+        full = self.prefix.rstrip("/") + path
+        if self.base_url and not self.relative_urls:
+            return self.base_url.rstrip("/") + full
+        return full
 
     def check_writable(self) -> None:
         if self.readonly:

@@ -44,10 +44,6 @@ class RegistryRoot(Resource):
 
     isLeaf = True
 
-    def __init__(self, routes: list[Route]) -> None:
-        super().__init__()
-        self.routes = routes
-
     def match(self, path: bytes) -> tuple[Any, dict[str, str]]:
         """(handler, params) for ``path``; raises RegistryError for unknown
         endpoints and invalid names or digests."""
@@ -87,8 +83,15 @@ class RegistryRoot(Resource):
         q = parse_qs(query.decode("latin-1"), keep_blank_values=True)
         return hook(request, command.upper(), params, q, length)
 
+    def __init__(self, routes: list[Route], extra_headers: dict[str, list[str]] | None = None) -> None:
+        super().__init__()
+        self.routes = routes
+        self.extra_headers = extra_headers or {}
+
     def render(self, request: RegistryRequest) -> object:  # type: ignore[override]
         request.setHeader(*API_VERSION_HEADER)
+        for header, values in self.extra_headers.items():
+            request.responseHeaders.setRawHeaders(header, values)
         method = request.method.upper()
 
         async def handle() -> None:
@@ -119,21 +122,22 @@ def build_routes(ctx: Any, extra: dict[str, Any] | None = None) -> list[Route]:
     from registry.resources.uploads import UploadResource, UploadStartResource
 
     extra = extra or {}
+    v2 = "^" + re.escape(getattr(ctx, "prefix", "/")) + "v2"
     name = r"(?P<name>.+)"
-    routes = [Route(r"^/v2/?$", BaseResource())]
+    routes = [Route(rf"{v2}/?$", BaseResource())]
     if "catalog" in extra:
-        routes.append(Route(r"^/v2/_catalog$", extra["catalog"]))
+        routes.append(Route(rf"{v2}/_catalog$", extra["catalog"]))
     if "tags" in extra:
-        routes.append(Route(rf"^/v2/{name}/tags/list$", extra["tags"]))
+        routes.append(Route(rf"{v2}/{name}/tags/list$", extra["tags"]))
     if "manifests" in extra:
-        routes.append(Route(rf"^/v2/{name}/manifests/(?P<reference>[^/]+)$", extra["manifests"]))
+        routes.append(Route(rf"{v2}/{name}/manifests/(?P<reference>[^/]+)$", extra["manifests"]))
     routes += [
-        Route(rf"^/v2/{name}/blobs/uploads/?$", UploadStartResource(ctx)),
-        Route(rf"^/v2/{name}/blobs/uploads/(?P<upload_id>[^/]+)$", UploadResource(ctx)),
-        Route(rf"^/v2/{name}/blobs/(?P<digest>[^/]+)$", BlobResource(ctx)),
+        Route(rf"{v2}/{name}/blobs/uploads/?$", UploadStartResource(ctx)),
+        Route(rf"{v2}/{name}/blobs/uploads/(?P<upload_id>[^/]+)$", UploadResource(ctx)),
+        Route(rf"{v2}/{name}/blobs/(?P<digest>[^/]+)$", BlobResource(ctx)),
     ]
     if "referrers" in extra:
-        routes.append(Route(rf"^/v2/{name}/referrers/(?P<digest>[^/]+)$", extra["referrers"]))
+        routes.append(Route(rf"{v2}/{name}/referrers/(?P<digest>[^/]+)$", extra["referrers"]))
     return routes
 
 

@@ -66,14 +66,38 @@ static size_t put_dec(uint8_t *o, uint64_t v) {
     return n;
 }
 
+/* moby's path.Join(".", path.Join("/", name)) of in[0..n) into out (room
+ * for max(n, 1) bytes): empty and "." components dropped, ".." drops the
+ * previous one, "." if nothing is left.  Returns the length written.  Each
+ * byte written matches an input byte already read, so o <= i <= n. */
+static size_t clean_name(const uint8_t *in, size_t n, uint8_t *out) {
+    size_t i = 0, o = 0;
+    while (i < n) {
+        size_t j = i, len;
+        while (j < n && in[j] != '/') j++;
+        len = j - i;
+        if (len == 2 && in[i] == '.' && in[i + 1] == '.') {
+            while (o > 0 && out[o - 1] != '/') o--;
+            if (o > 0) o--;
+        } else if (len > 1 || (len == 1 && in[i] != '.')) {
+            if (o > 0) out[o++] = '/';
+            memcpy(out + o, in + i, len);
+            o += len;
+        }
+        i = j + 1;
+    }
+    if (o == 0) out[o++] = '.';
+    return o;
+}
+
 /* Handle ctx->hdr if it is a plain ustar or GNU header of an ordinary entry:
  * hash its fields and set up the body.  Returns 1 if handled, 0 to hand the
  * header to the caller.  The caller guarantees a free slot in sums. */
 static int fast_header(rh_tarsum_ctx *ctx) {
     const uint8_t *h = ctx->hdr;
     uint64_t chk, mode, uid, gid, size, mtime, dmaj, dmin, body;
-    uint32_t usum = 0;
-    int32_t ssum = 0;
+    uint32_t usum = 0, high = 0;
+    int64_t ssum;
     int ustar;
     size_t i, nlen, plen = 0, llen;
     uint8_t f[800];
@@ -89,12 +113,20 @@ static int fast_header(rh_tarsum_ctx *ctx) {
     else
         return 0;
     if (plain_octal(h + 148, 8, &chk)) return 0;
+    /* The checksum field counts as eight spaces.  Summed as unsigned bytes
+     * and as signed ones (old writers): a signed byte is 256 less when the
+     * top bit is set.  Plain loops over the block, which compilers vectorise. */
     for (i = 0; i < BLOCK; i++) {
-        uint8_t c = (i >= 148 && i < 156) ? (uint8_t)' ' : h[i];
-        usum += c;
-        ssum += (int8_t)c;
+        usum += h[i];
+        high += h[i] >> 7;
     }
-    if (chk != usum && (int64_t)chk != (int64_t)ssum) return 0;
+    for (i = 148; i < 156; i++) {
+        usum -= h[i];
+        high -= h[i] >> 7;
+    }
+    usum += 8u * ' ';
+    ssum = (int64_t)usum - 256 * (int64_t)high;
+    if (chk != usum && (int64_t)chk != ssum) return 0;
     if (plain_octal(h + 100, 8, &mode) || plain_octal(h + 108, 8, &uid) ||
         plain_octal(h + 116, 8, &gid) || plain_octal(h + 124, 12, &size) ||
         plain_octal(h + 136, 12, &mtime) || plain_octal(h + 329, 8, &dmaj) ||
@@ -128,8 +160,8 @@ static int fast_header(rh_tarsum_ctx *ctx) {
 
     rh_sha256_init(&ctx->file);
     rh_sha256_update(&ctx->file, f, o);
+    /* Bytes of name past name_len are never read (export copies name_len). */
     ctx->name_len = (uint32_t)(plen ? plen + 1 + nlen : nlen);
-    memset(ctx->name, 0, sizeof ctx->name);
     memcpy(ctx->name, f + 4, ctx->name_len);
     /* Links, devices, directories and FIFOs carry no body whatever size says. */
     body = (type == '0' || type == '7') ? size : 0;
@@ -154,10 +186,10 @@ void rh_tarsum_file_begin(rh_tarsum_ctx *ctx, const uint8_t *fields, size_t n,
                           const uint8_t *name, size_t name_len) {
     rh_sha256_init(&ctx->file);
     rh_sha256_update(&ctx->file, fields, n);
-    memset(ctx->name, 0, sizeof ctx->name);
     if (name_len > RH_TARSUM_NAME_MAX) {
         ctx->name_len = RH_TARSUM_NAME_LONG;
     } else {
+        name_len = cstr_len(name, name_len);
         ctx->name_len = (uint32_t)name_len;
         if (name_len) memcpy(ctx->name, name, name_len);
     }
@@ -165,15 +197,61 @@ void rh_tarsum_file_begin(rh_tarsum_ctx *ctx, const uint8_t *fields, size_t n,
 
 int rh_tarsum_file_end(rh_tarsum_ctx *ctx) {
     uint8_t *slot;
-    uint32_t len = ctx->name_len;
-    if (ctx->nsums >= RH_TARSUM_SUMS_CAP) return RH_TARSUM_E_FULL;
+    size_t len = ctx->name_len;
+    /* A drained batch (nsums set to 0) starts names[] afresh.  Each of the
+     * nsums keys so far took at most RH_TARSUM_NAME_SLOT bytes, so with
+     * nsums < cap a whole slot is free; checked anyway. */
+    if (ctx->nsums == 0) ctx->names_len = 0;
+    if (ctx->nsums >= RH_TARSUM_SUMS_CAP ||
+        ctx->names_len > sizeof ctx->names - RH_TARSUM_NAME_SLOT)
+        return RH_TARSUM_E_FULL;
     rh_sha256_final(&ctx->file, ctx->sums + 32u * ctx->nsums);
-    slot = ctx->names + RH_TARSUM_NAME_SLOT * ctx->nsums;
-    if (len > RH_TARSUM_NAME_MAX) len = RH_TARSUM_NAME_LONG;
-    put_be16(slot, len);
-    if (len != RH_TARSUM_NAME_LONG) memcpy(slot + 2, ctx->name, len);
+    slot = ctx->names + ctx->names_len;
+    len = len > RH_TARSUM_NAME_MAX ? 0 : clean_name(ctx->name, cstr_len(ctx->name, len), slot);
+    slot[len] = 0;
+    ctx->names_len += (uint32_t)len + 1;
     ctx->nsums++;
     return 0;
+}
+
+static int digest_le(const uint8_t *a, const uint8_t *b) {
+    return memcmp(a, b, 32) <= 0;
+}
+
+void rh_tarsum_sort_digests(uint8_t *digests, uint8_t *scratch, size_t n) {
+    uint8_t *src = digests, *dst = scratch, *t;
+    size_t run = 8, lo, i, j;
+    /* Insertion-sort runs of 8, then merge runs bottom-up, back and forth
+     * between the two buffers.  Stable; O(n log n); indices stay below n,
+     * and 32 * n bytes exist, so lo + 2 * run cannot overflow. */
+    for (lo = 0; lo < n; lo += run) {
+        size_t hi = n - lo < run ? n : lo + run;
+        for (i = lo + 1; i < hi; i++) {
+            uint8_t tmp[32];
+            memcpy(tmp, src + 32 * i, 32);
+            for (j = i; j > lo && !digest_le(src + 32 * (j - 1), tmp); j--)
+                memcpy(src + 32 * j, src + 32 * (j - 1), 32);
+            memcpy(src + 32 * j, tmp, 32);
+        }
+    }
+    for (; run < n; run *= 2) {
+        for (lo = 0; lo < n; lo += 2 * run) {
+            size_t mid = n - lo < run ? n : lo + run;
+            size_t hi = n - mid < run ? n : mid + run;
+            size_t a = lo, b = mid, o = lo;
+            while (a < mid && b < hi) {
+                if (digest_le(src + 32 * a, src + 32 * b)) {
+                    memcpy(dst + 32 * o++, src + 32 * a++, 32);
+                } else {
+                    memcpy(dst + 32 * o++, src + 32 * b++, 32);
+                }
+            }
+            if (a < mid) memcpy(dst + 32 * o, src + 32 * a, 32 * (mid - a));
+            if (b < hi) memcpy(dst + 32 * o, src + 32 * b, 32 * (hi - b));
+        }
+        t = src; src = dst; dst = t;
+    }
+    if (src != digests) memcpy(digests, src, 32 * n);
 }
 
 int rh_tarsum_feed(rh_tarsum_ctx *ctx, const uint8_t *data, size_t n, size_t *consumed) {
@@ -321,6 +399,7 @@ int rh_tarsum_import(rh_tarsum_ctx *ctx, const uint8_t *in, size_t n) {
     if (name_len > RH_TARSUM_NAME_MAX && name_len != RH_TARSUM_NAME_LONG)
         return RH_TARSUM_E_INCONSISTENT;
     name_used = name_len == RH_TARSUM_NAME_LONG ? 0 : name_len;
+    if (memchr(name, 0, name_used)) return RH_TARSUM_E_INCONSISTENT;
     for (i = name_used; i < RH_TARSUM_NAME_MAX; i++)
         if (name[i]) return RH_TARSUM_E_INCONSISTENT;
     switch (mode) {

@@ -19,10 +19,13 @@
  *   u16 current entry's name length (or RH_TARSUM_NAME_LONG), 256-byte name
  *   (bytes past the length zero).
  *
- * Each finished entry leaves its digest in sums[] and its name (as in the
- * header, ustar prefix joined) in names[]: u16 big-endian length, then up
- * to 256 bytes; RH_TARSUM_NAME_LONG means the caller holds a longer name.
- * Docker orders entries with duplicate names by position, so names count.
+ * Each finished entry leaves its digest in sums[] and its duplicate key in
+ * names[]: the name as in the header (ustar prefix joined) cleaned the way
+ * moby cleans it (path.Join(".", path.Join("/", name)): empty and "."
+ * components dropped, ".." pops, "." when nothing is left), followed by a
+ * NUL; names_len bytes in all.  An entry whose name is longer than
+ * RH_TARSUM_NAME_MAX leaves an empty key (just the NUL): the caller holds
+ * that name.  Docker orders entries with duplicate keys by position.
  */
 
 typedef struct {
@@ -35,15 +38,16 @@ typedef struct {
     uint32_t flags;         /* RH_TARSUM_F_* */
     uint32_t nsums;         /* finished entry digests waiting in sums */
     uint32_t name_len;      /* the current entry's name, for names[] */
+    uint32_t names_len;     /* bytes of NUL-terminated keys waiting in names */
     uint8_t name[256];
     uint8_t hdr[512];       /* the header being gathered / just completed */
-    uint8_t sums[2048];     /* RH_TARSUM_SUMS_CAP raw 32-byte digests */
-    uint8_t names[16512];   /* RH_TARSUM_SUMS_CAP slots of RH_TARSUM_NAME_SLOT */
+    uint8_t sums[8192];     /* RH_TARSUM_SUMS_CAP raw 32-byte digests */
+    uint8_t names[65792];   /* RH_TARSUM_SUMS_CAP keys of at most RH_TARSUM_NAME_SLOT */
 } rh_tarsum_ctx;
 
-#define RH_TARSUM_SUMS_CAP 64
+#define RH_TARSUM_SUMS_CAP 256
 #define RH_TARSUM_NAME_MAX 256
-#define RH_TARSUM_NAME_SLOT 258
+#define RH_TARSUM_NAME_SLOT 257
 #define RH_TARSUM_NAME_LONG 65535
 #define RH_TARSUM_STATE_SIZE 902
 
@@ -82,16 +86,19 @@ void rh_tarsum_init(rh_tarsum_ctx *ctx, uint32_t flags);
  *   HEADER     a header the C path did not handle is in hdr (it ends at
  *              offset); the caller must answer before feeding again;
  *   META       the *consumed bytes data[0..*consumed) are metadata body;
- *   SUMS_FULL  sums[] is full; drain it (set nsums = 0) and feed again. */
+ *   SUMS_FULL  sums[] is full; drain it and feed again.
+ * Draining: read nsums digests from sums and names_len bytes from names,
+ * then set nsums = 0 (names[] starts afresh with the next key). */
 int rh_tarsum_feed(rh_tarsum_ctx *ctx, const uint8_t *data, size_t n, size_t *consumed);
 
 /* Start an entry's hash: init, then hash the selected header fields.  The
  * entry's name is recorded for names[] (RH_TARSUM_NAME_LONG if longer than
- * RH_TARSUM_NAME_MAX: the caller keeps it). */
+ * RH_TARSUM_NAME_MAX: the caller keeps it); a NUL ends it early. */
 void rh_tarsum_file_begin(rh_tarsum_ctx *ctx, const uint8_t *fields, size_t n,
                           const uint8_t *name, size_t name_len);
 
-/* Finish the entry's hash into sums[nsums++].  0 or RH_TARSUM_E_FULL. */
+/* Finish the entry's hash into sums[nsums++] and its key into names[].
+ * 0 or RH_TARSUM_E_FULL. */
 int rh_tarsum_file_end(rh_tarsum_ctx *ctx);
 
 /* After a HEADER event (mode HEADER, hdr_fill 0): the next `size` bytes are
@@ -102,10 +109,16 @@ int rh_tarsum_file_end(rh_tarsum_ctx *ctx);
  * Returns 0 or a negative RH_TARSUM_E_* code (nothing changed). */
 int rh_tarsum_expect(rh_tarsum_ctx *ctx, uint32_t mode, uint64_t size);
 
+/* Sort n 32-byte digests in place, in memcmp order (the order of their hex
+ * strings).  scratch must hold 32 * n bytes; its contents are undefined
+ * afterwards.  No allocation. */
+void rh_tarsum_sort_digests(uint8_t *digests, uint8_t *scratch, size_t n);
+
 /* Writes RH_TARSUM_STATE_SIZE bytes.  0, or RH_TARSUM_E_STATE if sums are
  * waiting (drain first). */
 int rh_tarsum_export(const rh_tarsum_ctx *ctx, uint8_t *out);
 
-/* Validates and loads an exported state; ctx untouched on failure.
+/* Validates and loads an exported state (a NUL in the name is refused);
+ * ctx untouched on failure.
  * 0 or a negative RH_TARSUM_E_* code. */
 int rh_tarsum_import(rh_tarsum_ctx *ctx, const uint8_t *in, size_t n);

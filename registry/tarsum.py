@@ -76,7 +76,6 @@ _STATE_MAGIC: Final = b"RHTS"
 _STATE_FORMAT: Final = 1
 _C_STATE: Final = lib.RH_TARSUM_STATE_SIZE
 _NAME_MAX: Final = lib.RH_TARSUM_NAME_MAX
-_NAME_SLOT: Final = lib.RH_TARSUM_NAME_SLOT
 _NAME_LONG: Final = lib.RH_TARSUM_NAME_LONG
 
 _EV_NEED_MORE: Final = lib.RH_TARSUM_EV_NEED_MORE
@@ -94,6 +93,7 @@ _feed = lib.rh_tarsum_feed
 _expect = lib.rh_tarsum_expect
 _file_begin = lib.rh_tarsum_file_begin
 _file_end = lib.rh_tarsum_file_end
+_sort_digests = lib.rh_tarsum_sort_digests
 _from_buffer = ffi.from_buffer
 _buffer = ffi.buffer
 _CTX_P = ffi.typeof("rh_tarsum_ctx *")
@@ -332,7 +332,7 @@ class TarSum:
     hashed before the per-file sums (Docker passes the image JSON).
     """
 
-    __slots__ = ("_ctx", "_consumed", "_version", "_extra", "_sums", "_names",
+    __slots__ = ("_ctx", "_consumed", "_version", "_extra", "_sums", "_keys", "_long_keys",
                  "_cur_long_name", "_zero_seen",
                  "_meta_kind", "_meta_header", "_meta_expected", "_meta_buf", "_pax",
                  "_pax_raw", "_long_name", "_long_link", "_failed")
@@ -346,8 +346,13 @@ class TarSum:
         self._consumed = ffi.new(_SIZE_P)
         flags = (_F_MTIME if version == "v0" else 0) | (0 if _fast else _F_NOFAST)
         lib.rh_tarsum_init(self._ctx, flags)
+        # Per finished entry: its digest (32 bytes each) in _sums, and its
+        # duplicate key (cleaned name) NUL-terminated in _keys, as the C core
+        # leaves them; an entry whose name was too long for the C core has
+        # an empty key there and its real key in _long_keys[entry index].
         self._sums = bytearray()
-        self._names: list[bytes] = []
+        self._keys = bytearray()
+        self._long_keys: dict[int, bytes] = {}
         self._cur_long_name = b""
         self._zero_seen = False
         self._meta_kind = 0
@@ -414,12 +419,9 @@ class TarSum:
         k = ctx.nsums
         if k:
             self._sums += _buffer(ctx.sums, 32 * k)
-            raw = _buffer(ctx.names, _NAME_SLOT * k)[:]
-            names = self._names
-            for o in range(0, _NAME_SLOT * k, _NAME_SLOT):
-                n = (raw[o] << 8) | raw[o + 1]
-                names.append(self._cur_long_name if n == _NAME_LONG else raw[o + 2:o + 2 + n])
+            self._keys += _buffer(ctx.names, ctx.names_len)
             ctx.nsums = 0
+            ctx.names_len = 0
 
     def _sync_slow(self) -> None:
         ctx = self._ctx
@@ -495,6 +497,7 @@ class TarSum:
         """Start an entry handled here (sums already drained)."""
         if len(name) > _NAME_MAX:
             self._cur_long_name = name
+            self._long_keys[len(self._sums) // 32 + self._ctx.nsums] = _clean_name(name)
         _file_begin(self._ctx, fields, len(fields), name, len(name))
 
     def _meta_complete(self) -> None:
@@ -553,12 +556,32 @@ class TarSum:
         if mode == _MODE_HEADER and ctx.hdr_fill:
             raise TarSumError("tar data ends inside a header", int(ctx.offset - ctx.hdr_fill))
         self._drain()
-        sums = self._sums
-        allhex = sums.hex()
-        hexes = [allhex[i:i + 64] for i in range(0, len(allhex), 64)]
+        keys = self._entry_keys()
+        sums = bytearray(self._sums)  # sorted below; the object stays as it is
+        n = len(keys)
+        if len(set(keys)) == n:
+            # No duplicate paths: moby's order is plain order by sum, and raw
+            # digests sort as their hex strings do.
+            if n > 1:
+                _sort_digests(_from_buffer(_BYTES_T, sums), _from_buffer(_BYTES_T, bytearray(32 * n)), n)
+            text = sums.hex()
+        else:
+            text = "".join(_moby_order(sums, keys))
         h = hashlib.sha256(self._extra)
-        h.update("".join(_moby_order(hexes, self._names)).encode())
+        h.update(text.encode())
         return "%s+sha256:%s" % (VERSIONS[self._version], h.hexdigest())
+
+    def _entry_keys(self) -> list[bytes]:
+        """Each finished entry's duplicate key, in archive order (sums drained)."""
+        keys = bytes(self._keys).split(b"\0")
+        keys.pop()  # the empty piece after the last NUL (or of no keys at all)
+        n = len(keys)
+        for i, key in self._long_keys.items():
+            if i < n:  # else the entry is still in progress
+                keys[i] = key
+        if n != len(self._sums) // 32:
+            raise AssertionError("tarsum: %d keys for %d sums" % (n, len(self._sums) // 32))  # pragma: no cover
+        return keys
 
     # -- state --
 
@@ -574,7 +597,9 @@ class TarSum:
         pending GNU long name, the same for the long link, u32 + extra,
         u32 + the current entry's name when it is too long for the C
         state, u32 count + the 32-byte sums so far, then each entry's name
-        as u32 + bytes.
+        as u32 + bytes.  The names are stored as duplicate keys (cleaned the
+        way moby cleans them); cleaning is idempotent, so a state holding the
+        names as in the archive restores to the same result.
         """
         if self._failed is not None:
             raise self._failed
@@ -594,8 +619,8 @@ class TarSum:
         cur_long = self._cur_long_name if self._ctx.name_len == _NAME_LONG else b""
         out += [struct.pack(">I", len(cur_long)), cur_long]
         out += [struct.pack(">I", len(self._sums) // 32), bytes(self._sums)]
-        for name in self._names:
-            out += [struct.pack(">I", len(name)), name]
+        for key in self._entry_keys():
+            out += [struct.pack(">I", len(key)), key]
         return b"".join(out)
 
     @classmethod
@@ -663,7 +688,16 @@ class TarSum:
         self._long_name, self._long_link = long_name, long_link
         self._extra = extra
         self._sums = bytearray(sums)
-        self._names = names
+        inline: list[bytes] = []
+        for i, name in enumerate(names):
+            key = _clean_name(name)
+            if 0 in key:  # cannot sit in the NUL-separated keys
+                self._long_keys[i] = key
+                key = b""
+            inline.append(key)
+        self._keys = bytearray(b"".join(k + b"\0" for k in inline))
+        if mode == _MODE_BODY and ctx.name_len == _NAME_LONG:  # that entry is in progress
+            self._long_keys[nsums] = _clean_name(cur_long)
         self._cur_long_name = cur_long
         slow = bool(ctx.flags & _F_SLOW)
         self._sync_slow()
@@ -687,13 +721,13 @@ def _clean_name(name: bytes) -> bytes:
     return b"/".join(out) or b"."
 
 
-def _moby_order(sums: list[str], names: list[bytes]) -> list[str]:
-    """The per-entry hex sums in the order moby's SortBySums leaves them."""
-    keys = [_clean_name(n) if (n[:1] in b"/." or n[-1:] == b"/" or b"//" in n or b"/." in n)
-            else n for n in names]
+def _moby_order(sums: bytes | bytearray, keys: list[bytes]) -> list[str]:
+    """The per-entry hex sums (``sums``: 32 bytes each) in the order moby's
+    SortBySums leaves them, given each entry's key (cleaned name)."""
+    hexes = [sums[i:i + 32].hex() for i in range(0, len(sums), 32)]
     if len(set(keys)) == len(keys):
-        return sorted(sums)
-    items = list(zip(sums, keys, range(len(sums))))
+        return sorted(hexes)
+    items = list(zip(hexes, keys, range(len(hexes))))
 
     def less(i: int, j: int) -> bool:
         a, b = items[i], items[j]

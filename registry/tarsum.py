@@ -45,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-from typing import Final
+from typing import Callable, Final, TypeVar
 
 from registry._hashing import ffi, lib
 
@@ -769,18 +769,21 @@ class _Reader:
 # exact sequence of Less/Swap calls of Go's pdqsort (Go >= 1.19) reproduces
 # its result.  This follows that algorithm operation for operation.
 
+_T = TypeVar("_T")
+_Less = Callable[[int, int], bool]  # Go's Less(i, j) over indices into data
 
-def _go_sort(data: list, less) -> None:  # type: ignore[type-arg,no-untyped-def]
+
+def _go_sort(data: list[_T], less: _Less) -> None:
     n = len(data)
     if n > 1:
         _pdqsort(data, less, 0, n, n.bit_length())
 
 
-def _swap(data: list, i: int, j: int) -> None:  # type: ignore[type-arg]
+def _swap(data: list[_T], i: int, j: int) -> None:
     data[i], data[j] = data[j], data[i]
 
 
-def _insertion_sort(data, less, a, b):  # type: ignore[no-untyped-def]
+def _insertion_sort(data: list[_T], less: _Less, a: int, b: int) -> None:
     for i in range(a + 1, b):
         j = i
         while j > a and less(j, j - 1):
@@ -788,7 +791,7 @@ def _insertion_sort(data, less, a, b):  # type: ignore[no-untyped-def]
             j -= 1
 
 
-def _sift_down(data, less, lo, hi, first):  # type: ignore[no-untyped-def]
+def _sift_down(data: list[_T], less: _Less, lo: int, hi: int, first: int) -> None:
     root = lo
     while True:
         child = 2 * root + 1
@@ -802,7 +805,7 @@ def _sift_down(data, less, lo, hi, first):  # type: ignore[no-untyped-def]
         root = child
 
 
-def _heap_sort(data, less, a, b):  # type: ignore[no-untyped-def]
+def _heap_sort(data: list[_T], less: _Less, a: int, b: int) -> None:
     hi = b - a
     for i in range((hi - 1) // 2, -1, -1):
         _sift_down(data, less, i, hi, a)
@@ -815,7 +818,7 @@ _UNKNOWN, _INCREASING, _DECREASING = 0, 1, 2
 _MASK64 = (1 << 64) - 1
 
 
-def _pdqsort(data, less, a, b, limit):  # type: ignore[no-untyped-def]
+def _pdqsort(data: list[_T], less: _Less, a: int, b: int, limit: int) -> None:
     was_balanced = was_partitioned = True
     while True:
         length = b - a
@@ -856,7 +859,7 @@ def _pdqsort(data, less, a, b, limit):  # type: ignore[no-untyped-def]
             b = mid
 
 
-def _partition(data, less, a, b, pivot):  # type: ignore[no-untyped-def]
+def _partition(data: list[_T], less: _Less, a: int, b: int, pivot: int) -> tuple[int, bool]:
     _swap(data, a, pivot)
     i, j = a + 1, b - 1
     while i <= j and less(i, a):
@@ -883,7 +886,7 @@ def _partition(data, less, a, b, pivot):  # type: ignore[no-untyped-def]
     return j, False
 
 
-def _partition_equal(data, less, a, b, pivot):  # type: ignore[no-untyped-def]
+def _partition_equal(data: list[_T], less: _Less, a: int, b: int, pivot: int) -> int:
     _swap(data, a, pivot)
     i, j = a + 1, b - 1
     while True:
@@ -898,7 +901,7 @@ def _partition_equal(data, less, a, b, pivot):  # type: ignore[no-untyped-def]
         j -= 1
 
 
-def _partial_insertion_sort(data, less, a, b):  # type: ignore[no-untyped-def]
+def _partial_insertion_sort(data: list[_T], less: _Less, a: int, b: int) -> bool:
     i = a + 1
     for _ in range(5):
         while i < b and not less(i, i - 1):
@@ -925,7 +928,7 @@ def _partial_insertion_sort(data, less, a, b):  # type: ignore[no-untyped-def]
     return False
 
 
-def _break_patterns(data, a, b):  # type: ignore[no-untyped-def]
+def _break_patterns(data: list[_T], a: int, b: int) -> None:
     length = b - a
     if length >= 8:
         r = length
@@ -940,7 +943,7 @@ def _break_patterns(data, a, b):  # type: ignore[no-untyped-def]
             _swap(data, idx, a + other)
 
 
-def _choose_pivot(less, a, b):  # type: ignore[no-untyped-def]
+def _choose_pivot(less: _Less, a: int, b: int) -> tuple[int, int]:
     n = b - a
     swaps = [0]
     i, j, k = a + n // 4, a + n // 4 * 2, a + n // 4 * 3

@@ -52,6 +52,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -137,7 +138,7 @@ class FrameParsingAMP(amp.AMP):
 
     _carry: bytearray | None = None
 
-    def dataReceived(self, data: bytes) -> None:  # type: ignore[override]
+    def dataReceived(self, data: bytes) -> None:
         if self.innerProtocol is not None or self._locked:
             super().dataReceived(data)
             return
@@ -209,7 +210,7 @@ class LargeBytes(amp.Argument):
         for start in range(0, len(view), FRAME_BYTES):
             # A view, not a copy: AmpBox.serialize joins the frames into the
             # wire bytes at once (synchronously, while ``value`` is alive).
-            strings[b"%s.%d" % (name, count)] = view[start : start + FRAME_BYTES]  # type: ignore[assignment]
+            strings[b"%s.%d" % (name, count)] = view[start : start + FRAME_BYTES]  # type: ignore[assignment]  # typed bytes; join takes views
             count += 1
         strings[name] = b"%d" % count
 
@@ -322,7 +323,7 @@ class GetContent(_Command):
 
 class PutContent(_Command):
     arguments = [(b"path", amp.Unicode()), (b"data", LargeBytes())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
 
 
 class OpenReader(_Command):
@@ -346,24 +347,24 @@ class Write(_Command):
     """Append ``data`` (at most ``STREAM_BYTES``) to a writer; answered once written."""
 
     arguments = [(b"handle", amp.Integer()), (b"data", LargeBytes())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
 
 
 class CloseHandle(_Command):
     """Close a reader, or close a writer keeping its bytes for an append."""
 
     arguments = [(b"handle", amp.Integer())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
 
 
 class Commit(_Command):
     arguments = [(b"handle", amp.Integer())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
 
 
 class Cancel(_Command):
     arguments = [(b"handle", amp.Integer())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
 
 
 class Stat(_Command):
@@ -378,12 +379,12 @@ class List(_Command):
 
 class Move(_Command):
     arguments = [(b"source", amp.Unicode()), (b"dest", amp.Unicode())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
 
 
 class Delete(_Command):
     arguments = [(b"path", amp.Unicode())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
 
 
 class Walk(_Command):
@@ -472,7 +473,7 @@ class DriverServer(FrameParsingAMP):
 
     # connection ------------------------------------------------------------
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Close every open handle, release the driver, then call ``on_lost``."""
         super().connectionLost(reason)
         handles = list(self._handles.values())

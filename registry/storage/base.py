@@ -19,6 +19,7 @@ friends; callers only ever see ``StorageError`` subclasses.
 
 from __future__ import annotations
 
+import builtins
 from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -262,7 +263,7 @@ class StorageDriverWrapper:
         """See ``IStorageDriver.delete``."""
         return self._run("delete", [(path, True)], path)
 
-    def walk(self, path: str) -> Deferred[list[FileInfo]]:
+    def walk(self, path: str) -> Deferred[builtins.list[FileInfo]]:
         """See ``IStorageDriver.walk``."""
         return self._run("walk", [(path, True)], path)
 

@@ -24,10 +24,15 @@ a directory makes the directory (and emptied ancestors) disappear.
 
 from __future__ import annotations
 
+import builtins
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 # --- errors -----------------------------------------------------------------
 
@@ -119,12 +124,12 @@ class FileInfo:
 class IFileReader(Interface):
     """A sequential reader over one object, from the offset it was opened at."""
 
-    def read(max_bytes: int) -> "Deferred[bytes]":  # type: ignore[misc,name-defined]
+    def read(max_bytes: int) -> "Deferred[bytes]":
         """Fire with the next chunk: at least 1 and at most ``max_bytes`` bytes,
         or ``b""`` at the end of the object. Pull-based: the caller asks for the
         next chunk only when it can take it, which is the backpressure."""
 
-    def close() -> "Deferred[None]":  # type: ignore[misc,name-defined]
+    def close() -> "Deferred[None]":
         """Release what the reader holds. Idempotent."""
 
 
@@ -139,18 +144,18 @@ class IFileWriter(Interface):
 
     size = Attribute("Total bytes in the object so far, appended ones included.")
 
-    def write(data: bytes) -> "Deferred[None]":  # type: ignore[misc,name-defined]
+    def write(data: bytes) -> "Deferred[None]":
         """Append ``data``. Fires when the writer can take more; callers wait
         for it before the next ``write`` (this is the backpressure). Fails with
         ``DriverError`` if the writer was committed, cancelled or closed."""
 
-    def close() -> "Deferred[None]":  # type: ignore[misc,name-defined]
+    def close() -> "Deferred[None]":
         """Flush and release, keeping what was written for a later append."""
 
-    def commit() -> "Deferred[None]":  # type: ignore[misc,name-defined]
+    def commit() -> "Deferred[None]":
         """Flush and make the object final and durable at its path."""
 
-    def cancel() -> "Deferred[None]":  # type: ignore[misc,name-defined]
+    def cancel() -> "Deferred[None]":
         """Discard the object being written; nothing is left at the path."""
 
 
@@ -159,49 +164,49 @@ class IStorageDriver(Interface):
 
     name = Attribute("The driver's registered name, e.g. 'filesystem'.")
 
-    def get_content(path: str) -> "Deferred[bytes]":  # type: ignore[misc,name-defined]
+    def get_content(path: str) -> "Deferred[bytes]":
         """Fire with the whole object (meant for small objects: links, states,
         manifests). Fails with ``PathNotFoundError``."""
 
-    def put_content(path: str, data: bytes) -> "Deferred[None]":  # type: ignore[misc,name-defined]
+    def put_content(path: str, data: bytes) -> "Deferred[None]":
         """Store ``data`` at ``path`` atomically: a concurrent or later reader
         sees the old or the new content, never a mix. Creates parents."""
 
-    def reader(path: str, offset: int = 0) -> "Deferred[IFileReader]":  # type: ignore[misc,name-defined]
+    def reader(path: str, offset: int = 0) -> "Deferred[IFileReader]":
         """Fire with a reader positioned at ``offset``. ``offset`` equal to the
         size gives a reader at EOF. Fails with ``PathNotFoundError`` or
         ``InvalidOffsetError`` (negative or past the end)."""
 
-    def writer(path: str, append: bool = False) -> "Deferred[IFileWriter]":  # type: ignore[misc,name-defined]
+    def writer(path: str, append: bool = False) -> "Deferred[IFileWriter]":
         """Fire with a writer. ``append=False`` starts a new, empty object;
         ``append=True`` continues after the bytes already at ``path``
         (``PathNotFoundError`` if there are none)."""
 
-    def stat(path: str) -> "Deferred[FileInfo]":  # type: ignore[misc,name-defined]
+    def stat(path: str) -> "Deferred[FileInfo]":
         """Fire with the ``FileInfo`` of an object or directory, or fail with
         ``PathNotFoundError``."""
 
-    def list(path: str) -> "Deferred[list[str]]":  # type: ignore[misc,name-defined]
+    def list(path: str) -> "Deferred[list[str]]":
         """Fire with the full paths of the direct children of directory
         ``path``, sorted. ``PathNotFoundError`` if it is not a directory
         (``/`` always is one; an empty store lists as ``[]``)."""
 
-    def move(source: str, dest: str) -> "Deferred[None]":  # type: ignore[misc,name-defined]
+    def move(source: str, dest: str) -> "Deferred[None]":
         """Move an object, replacing whatever is at ``dest`` (atomically where
         the backend allows). ``PathNotFoundError`` if ``source`` is absent or
         is a directory (only objects move); ``DriverError`` if ``dest`` is a
         directory or lies below an object. Moving onto itself is a no-op."""
 
-    def delete(path: str) -> "Deferred[None]":  # type: ignore[misc,name-defined]
+    def delete(path: str) -> "Deferred[None]":
         """Delete an object or a whole directory tree. ``PathNotFoundError`` if
         nothing is there, except for ``/``, which always exists: deleting it
         empties the store."""
 
-    def walk(path: str) -> "Deferred[list[FileInfo]]":  # type: ignore[misc,name-defined]
+    def walk(path: str) -> "Deferred[builtins.list[FileInfo]]":
         """Fire with every object and directory below ``path`` (not ``path``
         itself), depth-first in sorted order. ``PathNotFoundError`` if
         ``path`` is not a directory."""
 
-    def redirect_url(path: str, method: str = "GET") -> "Deferred[str | None]":  # type: ignore[misc,name-defined]
+    def redirect_url(path: str, method: str = "GET") -> "Deferred[str | None]":
         """Fire with a URL the client may fetch the object from directly
         (a signed URL), or ``None`` when the driver cannot or will not."""

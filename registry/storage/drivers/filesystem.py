@@ -37,6 +37,7 @@ Containment
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import secrets
@@ -218,7 +219,7 @@ class _Tree:
     def get_content(self, path: str) -> bytes:
         fd, st = self.open_object(path)
         try:
-            parts = []
+            parts: list[bytes] = []
             while True:
                 data = os.read(fd, max(st.st_size, CHUNK))
                 if not data:
@@ -319,7 +320,7 @@ class _Tree:
         except (InvalidPathError, OSError):
             return False
 
-    def _dir_chain(self, path: str) -> list[int]:
+    def _dir_chain(self, path: str) -> builtins.list[int]:
         try:
             return self.chain(_segments(path), path)
         except NotADirectoryError:
@@ -387,7 +388,7 @@ class _Tree:
         else:
             os.unlink(name, dir_fd=dirfd)
 
-    def walk(self, path: str) -> list[FileInfo]:
+    def walk(self, path: str) -> builtins.list[FileInfo]:
         fds = self._dir_chain(path)
         out: list[FileInfo] = []
         try:
@@ -396,7 +397,7 @@ class _Tree:
             _close_all(fds)
         return out
 
-    def _walk(self, dirfd: int, prefix: str, out: list[FileInfo]) -> None:
+    def _walk(self, dirfd: int, prefix: str, out: builtins.list[FileInfo]) -> None:
         with os.scandir(dirfd) as it:
             entries = sorted((e for e in it if _valid_name(e.name)), key=lambda e: e.name)
         for entry in entries:
@@ -716,7 +717,7 @@ class FilesystemDriver:
         """Remove a file or a directory tree, then emptied parents."""
         return self._run(self._tree.delete, path)
 
-    def walk(self, path: str) -> Deferred[list[FileInfo]]:
+    def walk(self, path: str) -> Deferred[builtins.list[FileInfo]]:
         """Fire with everything below ``path``, depth-first, sorted per level."""
         return self._run(self._tree.walk, path)
 

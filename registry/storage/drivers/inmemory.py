@@ -17,6 +17,7 @@ contract's behaviour:
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -265,7 +266,7 @@ class InMemoryDriver:
             self._remove(key)
         return succeed(None)
 
-    def walk(self, path: str) -> Deferred[list[FileInfo]]:
+    def walk(self, path: str) -> Deferred[builtins.list[FileInfo]]:
         """Fire with everything below ``path``, depth-first, sorted per level."""
         if not self._is_dir(path):
             if path != "/":

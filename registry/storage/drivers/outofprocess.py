@@ -53,6 +53,7 @@ than the in-process driver's page-cache speed.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import shutil
@@ -216,7 +217,8 @@ class _ChildProtocol(ProcessProtocol):
         self._ended_waiters: list[Deferred[None]] = []
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
+        assert self.transport is not None  # makeConnection set it
+        self.pid = self.transport.pid
         pipes = getattr(self.transport, "pipes", {})
         if 1 in pipes:
             P.tune_pipe_reader(pipes[1])
@@ -288,8 +290,9 @@ class _ChildProtocol(ProcessProtocol):
     def kill(self) -> None:
         """SIGKILL the child unless it has already exited."""
         if self.ended is None and self.pid is not None:
+            assert self.transport is not None  # a pid means connectionMade ran
             try:
-                self.transport.signalProcess("KILL")  # type: ignore[union-attr]
+                self.transport.signalProcess("KILL")
             except ierror.ProcessExitedAlready:
                 pass
 
@@ -549,7 +552,7 @@ class _RemoteWriter:
                 error = self._error
                 cancel = self._driver._remote(self._child, P.Cancel, handle=self._handle)
                 cancel.addErrback(lambda f: None)
-                return cancel.addCallback(lambda _: error)  # type: ignore[no-any-return]
+                return cancel.addCallback(lambda _: error)
             return self._driver._remote(self._child, command, handle=self._handle).addCallback(lambda _: None)
 
         return self._drain().addCallback(send)
@@ -769,7 +772,8 @@ class OutOfProcessDriver:
         if child is None or child.ended is not None:
             return succeed(None)
         try:
-            child.transport.closeStdin()  # type: ignore[union-attr]
+            if child.transport is not None:
+                child.transport.closeStdin()
         except Exception:
             pass
         killer = self._reactor.callLater(STOP_TIMEOUT, child.kill)
@@ -806,9 +810,10 @@ class OutOfProcessDriver:
         return d
 
     def _call(self, command: type[amp.Command], **kwargs: Any) -> Deferred[tuple[_ChildProtocol, dict[str, Any]]]:
-        d = self._get_child()
-        d.addCallback(lambda child: self._remote(child, command, **kwargs).addCallback(lambda r: (child, r)))
-        return d
+        def call(child: _ChildProtocol) -> Deferred[tuple[_ChildProtocol, dict[str, Any]]]:
+            return self._remote(child, command, **kwargs).addCallback(lambda r: (child, r))
+
+        return self._get_child().addCallback(call)
 
     def get_content(self, path: str) -> Deferred[bytes]:
         """Fire with the whole object; ``PathNotFoundError``, ``DriverError``."""
@@ -844,7 +849,7 @@ class OutOfProcessDriver:
         """Delete an object or tree in the child."""
         return self._call(P.Delete, path=path).addCallback(lambda _: None)
 
-    def walk(self, path: str) -> Deferred[list[FileInfo]]:
+    def walk(self, path: str) -> Deferred[builtins.list[FileInfo]]:
         """Fire with every ``FileInfo`` below ``path``."""
         return self._call(P.Walk, path=path).addCallback(lambda cr: [P.fileinfo_from_json(o) for o in cr[1]["infos"]])
 
@@ -879,18 +884,20 @@ def serve(driver_name: str, make_driver: Callable[[dict[str, Any]], IStorageDriv
         def make_driver(params: dict[str, Any]) -> IStorageDriver:
             from registry.storage.factory import create_driver
 
-            return create_driver(driver_name, params, reactor=reactor)  # type: ignore[no-any-return]
+            return create_driver(driver_name, params, reactor=reactor)
 
     def on_lost() -> None:
-        if reactor.running:  # type: ignore[attr-defined]
-            reactor.stop()  # type: ignore[attr-defined]
+        if reactor.running:
+            reactor.stop()
 
     protocol = P.DriverServer(driver_name, make_driver, on_lost)
-    stdio = StandardIO(protocol, stdin=0, stdout=stdout_fd, reactor=reactor)
+    # mypy resolves twisted.internet.stdio to the Windows StandardIO; the POSIX
+    # one this runs on takes stdin/stdout descriptors.
+    stdio = StandardIO(protocol, stdin=0, stdout=stdout_fd, reactor=reactor)  # type: ignore[call-arg]
     reader = getattr(stdio, "_reader", None)
     if reader is not None:
         P.tune_pipe_reader(reader)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 def main_filesystem() -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any, Protocol
+from typing import IO, Any, Protocol, cast
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
@@ -48,6 +49,9 @@ class LimitedBody:
 class RegistryRequest(server.Request):
     """A Request that can hand its body to a sink while it arrives."""
 
+    # Twisted declares ``content = None`` bare; it holds the body file once
+    # gotLength has run (ours below, or Twisted's).
+    content: IO[bytes] | None = None  # type: ignore[assignment]  # Twisted infers None
     body_sink: BodySink | None = None
     body_limit: int | None = None
     body_too_large_error: Exception | None = None
@@ -87,6 +91,7 @@ class RegistryRequest(server.Request):
         if self.body_sink is not None:
             self.body_sink.data_received(data)
         elif self.body_limit is not None:
+            assert self.content is not None  # gotLength set a buffer with the limit
             if self.body_too_large or self.content.tell() + len(data) > self.body_limit:
                 self.body_too_large = True
             else:
@@ -111,12 +116,20 @@ class RegistryRequest(server.Request):
         """Stop reading the body from the network (storage is behind)."""
         if not self._body_paused and not self._body_done and self.channel is not None:
             self._body_paused = True
-            self.channel.transport.pauseProducing()
+            self._producer().pauseProducing()
 
     def resume_body(self) -> None:
         if self._body_paused and self.channel is not None:
             self._body_paused = False
-            self.channel.transport.resumeProducing()
+            self._producer().resumeProducing()
+
+    def _producer(self) -> IPushProducer:
+        """The connection's transport, as the push producer of the body."""
+        assert self.channel is not None
+        transport = self.channel.transport
+        assert transport is not None  # a channel with a live request is connected
+        # ITransport does not say it; TCP, TLS and in-memory transports all are.
+        return cast(IPushProducer, transport)
 
     # -- helpers -----------------------------------------------------------
 
@@ -147,13 +160,15 @@ class RegistryChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = self.read_size
+        transport = self.transport
+        if transport is not None and hasattr(transport, "bufferSize"):
+            transport.bufferSize = self.read_size
 
     def dataReceived(self, data: bytes) -> None:
         if not self._first_bytes_seen and data:
             self._first_bytes_seen = True
             if data[:1] == b"\x16":
+                assert self.transport is not None  # data arrives on a connection
                 self.transport.write(TLS_PROBE_RESPONSE)
                 self.transport.loseConnection()
                 return
@@ -164,12 +179,14 @@ class RegistrySite(server.Site):
     """Site using the streaming request and the TLS-probe-aware channel;
     logs one structured line per request through ``registry.logs``."""
 
+    # Twisted types this as a factory of its HTTP/1.1-or-2 wrapper; a plain
+    # HTTP/1.1 channel is what we build (buildProtocol just calls it).
     protocol = RegistryChannel  # type: ignore[assignment]
-    requestFactory = RegistryRequest  # type: ignore[assignment]
+    requestFactory = RegistryRequest
     displayTracebacks = False
     noisy = False  # no "Starting factory" lines; the tap announces the listener
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         from registry import logs
 
         duration = time.monotonic() - getattr(request, "started", time.monotonic())

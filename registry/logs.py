@@ -23,6 +23,7 @@ from typing import IO, Any, Mapping
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogEvent,
     LogLevel,
@@ -32,6 +33,7 @@ from twisted.logger import (
     formatEvent,
     globalLogPublisher,
 )
+from zope.interface import provider
 
 from registry.config import LogConfig
 
@@ -173,6 +175,7 @@ def make_observer(log_config: LogConfig, out: IO[Any] | None = None) -> ILogObse
             return format_text_event(event)
         return format_json_event(event, static_fields, logstash=formatter == "logstash")
 
+    @provider(ILogFilterPredicate)
     def wanted(event: LogEvent) -> PredicateResult:
         if _PRIORITY.get(event.get("log_level"), 1) < threshold:
             return PredicateResult.no

@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred
 
@@ -170,13 +170,14 @@ def _outofprocess_driver(root: str, reactor: Any) -> IStorageDriver | None:
 def _in_reactor(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     """Run the coroutine ``make()`` on the global reactor and return its result."""
     from twisted.internet import reactor
+    from twisted.internet.interfaces import IReactorFromThreads
     from twisted.internet.threads import blockingCallFromThread
 
-    if not reactor.running:  # type: ignore[attr-defined]
+    if not reactor.running:
         started = threading.Event()
-        reactor.callWhenRunning(started.set)  # type: ignore[attr-defined]
+        reactor.callWhenRunning(started.set)
         thread = threading.Thread(
-            target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True  # type: ignore[attr-defined]
+            target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True
         )
         thread.start()
         started.wait()
@@ -184,7 +185,9 @@ def _in_reactor(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     def call() -> Deferred[Any]:
         return ensureDeferred(make())
 
-    return blockingCallFromThread(reactor, call)
+    # Twisted types the global reactor by the interfaces every reactor has;
+    # the installed one also runs calls from threads.
+    return blockingCallFromThread(cast(IReactorFromThreads, reactor), call)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

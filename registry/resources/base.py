@@ -10,7 +10,7 @@ exceptions become a logged 500 whose body has no traceback.
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.logger import Logger
@@ -133,7 +133,7 @@ def empty_response(request: RegistryRequest, status: int, headers: dict[str, str
     request.setHeader(b"Content-Length", b"0")
 
 
-def render_async(request: RegistryRequest, handler: Callable[[], Awaitable[None]]) -> object:
+def render_async(request: RegistryRequest, handler: Callable[[], Coroutine[Any, Any, None]]) -> object:
     """Run ``handler`` and finish the request; errors go down one path.
 
     Mutating handlers are not cancelled when the client goes away (a commit

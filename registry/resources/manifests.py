@@ -10,6 +10,7 @@ checking the client's ``Accept`` header lines (all of them).
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from registry import errors
@@ -80,8 +81,11 @@ class ManifestResource:
         self.ctx.check_writable()
         request.log_fields.update(repository=name, reference=reference)
         tag, digest = parse_reference(reference)
-        body = request.content.getvalue()
-        manifest = parse_manifest(body, request.getHeader(b"content-type").decode("latin-1") if request.getHeader(b"content-type") else None)
+        content = request.content
+        assert isinstance(content, io.BytesIO)  # body_handling gave PUT a LimitedBody buffer
+        body = content.getvalue()
+        content_type = request.getHeader(b"content-type")
+        manifest = parse_manifest(body, content_type.decode("latin-1") if content_type else None)
         actual = sha256_digest(body)
         if digest is not None and digest != actual:
             raise RegistryError(

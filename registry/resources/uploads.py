@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import Awaitable, Callable
+from typing import Any, Callable, Coroutine
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -43,7 +43,7 @@ class UploadBody:
     def __init__(
         self,
         request: RegistryRequest,
-        open_appender: Callable[[], Awaitable[UploadAppender]] | None,
+        open_appender: Callable[[], Coroutine[Any, Any, UploadAppender]] | None,
         expected_length: int | None = None,
         error: BaseException | None = None,
     ) -> None:
@@ -290,7 +290,7 @@ class UploadResource:
             return UploadBody(request, None, error=e)
         uploads = self.ctx.registry.uploads
 
-        def open_existing() -> Awaitable[UploadAppender]:
+        def open_existing() -> Coroutine[Any, Any, UploadAppender]:
             return uploads.open_appender(name, upload_id, expect_start)
 
         return UploadBody(request, open_existing, expected_length)

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 C_SOURCES := $(wildcard _tarsum/*.c _tarsum/*.h)
 
-.PHONY: run test test-fast bench fuzz system-deps clean
+.PHONY: run test test-fast typecheck bench fuzz system-deps clean
 
 $(STAMP): pyproject.toml setup.py build_ext.py $(C_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q tests
+
+# mypy + mypy-zope over registry/ and twisted/plugins ([tool.mypy] in pyproject.toml).
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not clients" tests

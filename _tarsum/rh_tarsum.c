@@ -6,6 +6,9 @@
 #include <string.h>
 #include "rh_sha256.h"
 #include "rh_tarsum.h"
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define BLOCK 512u
 
@@ -66,6 +69,33 @@ static size_t put_dec(uint8_t *o, uint64_t v) {
     return n;
 }
 
+/* Sums of a header block for its checksum: *usum over all 512 bytes as
+ * unsigned, *high the number of bytes with the top bit set. */
+static void block_sums(const uint8_t *h, uint32_t *usum, uint32_t *high) {
+#if defined(__SSE2__)
+    /* psadbw adds eight bytes at a time; (byte >> 7) & 1 counts top bits. */
+    const __m128i zero = _mm_setzero_si128(), one = _mm_set1_epi8(1);
+    __m128i s = zero, t = zero;
+    size_t i;
+    for (i = 0; i < BLOCK; i += 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(h + i));
+        s = _mm_add_epi64(s, _mm_sad_epu8(x, zero));
+        t = _mm_add_epi64(t, _mm_sad_epu8(_mm_and_si128(_mm_srli_epi16(x, 7), one), zero));
+    }
+    *usum = (uint32_t)(_mm_cvtsi128_si32(s) + _mm_cvtsi128_si32(_mm_srli_si128(s, 8)));
+    *high = (uint32_t)(_mm_cvtsi128_si32(t) + _mm_cvtsi128_si32(_mm_srli_si128(t, 8)));
+#else
+    uint32_t u = 0, k = 0;
+    size_t i;
+    for (i = 0; i < BLOCK; i++) {
+        u += h[i];
+        k += h[i] >> 7;
+    }
+    *usum = u;
+    *high = k;
+#endif
+}
+
 /* moby's path.Join(".", path.Join("/", name)) of in[0..n) into out (room
  * for max(n, 1) bytes): empty and "." components dropped, ".." drops the
  * previous one, "." if nothing is left.  Returns the length written.  Each
@@ -96,7 +126,7 @@ static size_t clean_name(const uint8_t *in, size_t n, uint8_t *out) {
 static int fast_header(rh_tarsum_ctx *ctx) {
     const uint8_t *h = ctx->hdr;
     uint64_t chk, mode, uid, gid, size, mtime, dmaj, dmin, body;
-    uint32_t usum = 0, high = 0;
+    uint32_t usum, high;
     int64_t ssum;
     int ustar;
     size_t i, nlen, plen = 0, llen;
@@ -115,11 +145,8 @@ static int fast_header(rh_tarsum_ctx *ctx) {
     if (plain_octal(h + 148, 8, &chk)) return 0;
     /* The checksum field counts as eight spaces.  Summed as unsigned bytes
      * and as signed ones (old writers): a signed byte is 256 less when the
-     * top bit is set.  Plain loops over the block, which compilers vectorise. */
-    for (i = 0; i < BLOCK; i++) {
-        usum += h[i];
-        high += h[i] >> 7;
-    }
+     * top bit is set. */
+    block_sums(h, &usum, &high);
     for (i = 148; i < 156; i++) {
         usum -= h[i];
         high -= h[i] >> 7;
@@ -214,44 +241,45 @@ int rh_tarsum_file_end(rh_tarsum_ctx *ctx) {
     return 0;
 }
 
-static int digest_le(const uint8_t *a, const uint8_t *b) {
-    return memcmp(a, b, 32) <= 0;
-}
-
 void rh_tarsum_sort_digests(uint8_t *digests, uint8_t *scratch, size_t n) {
+    /* LSD radix sort on the first eight bytes (one pass per byte, skipped
+     * when every digest has the same byte there), back and forth between
+     * the two buffers, then an insertion pass that orders digests sharing
+     * those eight bytes (it moves nothing else, so it is linear unless
+     * 64-bit prefixes collide).  Counts sum to n, so every index stays
+     * below n. */
+    size_t count[8][256];
     uint8_t *src = digests, *dst = scratch, *t;
-    size_t run = 8, lo, i, j;
-    /* Insertion-sort runs of 8, then merge runs bottom-up, back and forth
-     * between the two buffers.  Stable; O(n log n); indices stay below n,
-     * and 32 * n bytes exist, so lo + 2 * run cannot overflow. */
-    for (lo = 0; lo < n; lo += run) {
-        size_t hi = n - lo < run ? n : lo + run;
-        for (i = lo + 1; i < hi; i++) {
-            uint8_t tmp[32];
-            memcpy(tmp, src + 32 * i, 32);
-            for (j = i; j > lo && !digest_le(src + 32 * (j - 1), tmp); j--)
-                memcpy(src + 32 * j, src + 32 * (j - 1), 32);
-            memcpy(src + 32 * j, tmp, 32);
+    size_t i, j, v;
+    int b;
+    if (n < 2) return;
+    memset(count, 0, sizeof count);
+    for (i = 0; i < n; i++)
+        for (b = 0; b < 8; b++) count[b][digests[32 * i + 7 - b]]++;
+    for (b = 0; b < 8; b++) {
+        size_t *c = count[b], sum = 0;
+        for (v = 0; v < 256 && c[v] != n; v++) {}
+        if (v < 256) continue; /* one value for all: nothing moves */
+        for (v = 0; v < 256; v++) {
+            size_t k = c[v];
+            c[v] = sum;
+            sum += k;
         }
-    }
-    for (; run < n; run *= 2) {
-        for (lo = 0; lo < n; lo += 2 * run) {
-            size_t mid = n - lo < run ? n : lo + run;
-            size_t hi = n - mid < run ? n : mid + run;
-            size_t a = lo, b = mid, o = lo;
-            while (a < mid && b < hi) {
-                if (digest_le(src + 32 * a, src + 32 * b)) {
-                    memcpy(dst + 32 * o++, src + 32 * a++, 32);
-                } else {
-                    memcpy(dst + 32 * o++, src + 32 * b++, 32);
-                }
-            }
-            if (a < mid) memcpy(dst + 32 * o, src + 32 * a, 32 * (mid - a));
-            if (b < hi) memcpy(dst + 32 * o, src + 32 * b, 32 * (hi - b));
+        for (i = 0; i < n; i++) {
+            const uint8_t *r = src + 32 * i;
+            memcpy(dst + 32 * c[r[7 - b]]++, r, 32);
         }
         t = src; src = dst; dst = t;
     }
     if (src != digests) memcpy(digests, src, 32 * n);
+    for (i = 1; i < n; i++) {
+        uint8_t tmp[32];
+        if (memcmp(digests + 32 * (i - 1), digests + 32 * i, 32) <= 0) continue;
+        memcpy(tmp, digests + 32 * i, 32);
+        for (j = i; j > 0 && memcmp(digests + 32 * (j - 1), tmp, 32) > 0; j--)
+            memcpy(digests + 32 * j, digests + 32 * (j - 1), 32);
+        memcpy(digests + 32 * j, tmp, 32);
+    }
 }
 
 int rh_tarsum_feed(rh_tarsum_ctx *ctx, const uint8_t *data, size_t n, size_t *consumed) {

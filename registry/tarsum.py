@@ -42,6 +42,7 @@ its selected fields are handed to C to hash.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import re
 import struct
@@ -411,8 +412,6 @@ class TarSum:
         except TarSumError as e:
             self._failed = e
             raise
-        if ctx.nsums:
-            self._drain()
 
     def _drain(self) -> None:
         ctx = self._ctx
@@ -564,11 +563,11 @@ class TarSum:
             # digests sort as their hex strings do.
             if n > 1:
                 _sort_digests(_from_buffer(_BYTES_T, sums), _from_buffer(_BYTES_T, bytearray(32 * n)), n)
-            text = sums.hex()
+            text = binascii.hexlify(sums)
         else:
-            text = "".join(_moby_order(sums, keys))
+            text = "".join(_moby_order(sums, keys)).encode()
         h = hashlib.sha256(self._extra)
-        h.update(text.encode())
+        h.update(text)
         return "%s+sha256:%s" % (VERSIONS[self._version], h.hexdigest())
 
     def _entry_keys(self) -> list[bytes]:

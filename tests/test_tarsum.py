@@ -257,15 +257,89 @@ def test_random_splits(cuts: list[int], kind: type) -> None:
 
 
 def test_many_small_files_drain_sums() -> None:
-    """More entries than the C core's sum buffer holds, in one update."""
+    """Several times the C core's sum buffer, in one update and in pieces;
+    names the core cleans (./, //, trailing /) and names only Python holds."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        for i in range(300):
-            ti = tarfile.TarInfo("f%d" % i)
-            ti.size = i % 3
-            tf.addfile(ti, io.BytesIO(b"ab"[: ti.size]))
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for i in range(900):
+            if i % 50 == 7:
+                ti = tarfile.TarInfo(".//d%d" % i)  # written with a trailing /
+                ti.type = tarfile.DIRTYPE
+            else:
+                ti = tarfile.TarInfo(("l" * 300 if i % 100 == 3 else "./x//f") + "%d" % i)
+                ti.size = i % 3
+            tf.addfile(ti, io.BytesIO(b"ab"[: ti.size]) if ti.size else None)
     data = buf.getvalue()
-    assert tarsum(data) == reference_tarsum(data, "v1")
+    want = reference_tarsum(data, "v1")
+    assert tarsum(data) == want
+    assert tarsum(data, chunk=100_000) == want
+    assert tarsum(data, fast=False) == want
+
+
+def test_duplicate_long_names_use_position() -> None:
+    """Names past the C core's name buffer still count as duplicates."""
+    long = "q" * 280
+    for names in ([long, "./" + long, long + "/."], [long, "a", long], ["a/" + long, "a//" + long]):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for i, name in enumerate(names):
+                ti = tarfile.TarInfo(name)
+                ti.size, ti.mtime = 1, i
+                tf.addfile(ti, io.BytesIO(b"%d" % i))
+        data = buf.getvalue()
+        for fast in (True, False):
+            assert tarsum(data, fast=fast) == reference_tarsum(data, "v1"), names
+
+
+# --- the C core's pieces ----------------------------------------------------------
+
+
+def _c_keys(names: list[bytes]) -> list[bytes]:
+    """The keys the C core records for entries begun with these names."""
+    from registry._hashing import ffi, lib
+    ctx = ffi.new("rh_tarsum_ctx *")
+    lib.rh_tarsum_init(ctx, 0)
+    for name in names:
+        lib.rh_tarsum_file_begin(ctx, b"f", 1, name, len(name))
+        assert lib.rh_tarsum_file_end(ctx) == 0
+    assert ctx.nsums == len(names)
+    raw = ffi.buffer(ctx.names, ctx.names_len)[:]
+    assert raw.endswith(b"\0") or not names
+    return raw.split(b"\0")[:-1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text("ab./", max_size=24).map(str.encode), min_size=1, max_size=40))
+def test_c_keys_match_clean_name(names: list[bytes]) -> None:
+    from registry.tarsum import _clean_name
+    assert _c_keys(names) == [_clean_name(n) for n in names]
+
+
+def test_c_keys_edges() -> None:
+    from registry.tarsum import _clean_name
+    names = [b"", b".", b"..", b"/", b"//", b"./", b"/..", b"a/../..", b"a/b/../../c", b"./a/./b/",
+             b".a", b"a/.b", b"a/..b", b"a..", b"...", b"x" * 256, b"/" + b"y" * 255, b"a/" * 128]
+    assert _c_keys(names) == [_clean_name(n) for n in names]
+    assert _c_keys([b"z" * 257, b"ok"]) == [b"", b"ok"]  # too long: the caller holds it
+    assert _c_keys([b"ab\0cd"]) == [b"ab"]  # a NUL ends the name
+    assert _c_keys([b"n%d" % i for i in range(256)]) == [b"n%d" % i for i in range(256)]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 8, 9, 255, 256, 257, 3000])
+def test_sort_digests_matches_sorted(n: int) -> None:
+    from registry._hashing import ffi, lib
+    rnd = random.Random(n)
+    shapes = [[rnd.randbytes(32) for _ in range(n)],
+              # shared 8-byte prefixes, equal digests, bytes all alike (skipped passes)
+              [b"\x00" * 7 + bytes([rnd.randrange(3)]) + rnd.randbytes(24)[: rnd.randrange(1, 3)] * 12
+               for _ in range(n)],
+              [bytes([rnd.randrange(2)]) * 32 for _ in range(n)],
+              sorted(rnd.randbytes(32) for _ in range(n))[::-1]]
+    for digests in shapes:
+        digests = [d[:32].ljust(32, b"\x01") for d in digests]
+        buf = bytearray(b"".join(digests))
+        lib.rh_tarsum_sort_digests(ffi.from_buffer(buf), ffi.from_buffer(bytearray(32 * n)), n)
+        assert bytes(buf) == b"".join(sorted(digests))
 
 
 # --- state ------------------------------------------------------------------------
@@ -316,6 +390,50 @@ def test_state_finished_by_another_process() -> None:
                              input=len(state).to_bytes(4, "big") + state + data[c:],
                              capture_output=True, check=True, cwd=Path(__file__).parent.parent)
         assert out.stdout.decode().strip() == tarsum(data, "v0", b"json")
+
+
+def _names_tail(names: list[bytes]) -> bytes:
+    return b"".join(len(n).to_bytes(4, "big") + n for n in names)
+
+
+def test_state_with_names_as_in_the_archive() -> None:
+    """States store the cleaned keys; one holding the names as in the
+    archive (as older states did) restores to the same result, and a name
+    no archive can hold (a NUL) still round-trips."""
+    names = ["./a", "a//b/", "c", "./a/../c", "d/./e"]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for i, name in enumerate(names):
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime = 3, i
+            tf.addfile(ti, io.BytesIO(b"abc"))
+    data = buf.getvalue()
+    want = tarsum(data)
+    t = TarSum("v1")
+    t.update(data)
+    state = t.state()
+    cleaned = _names_tail([b"a", b"a/b", b"c", b"c", b"d/e"])
+    assert state.endswith(cleaned)
+    raw = state[: -len(cleaned)] + _names_tail([n.encode() for n in names])
+    assert TarSum.from_state(raw).finish() == want
+    assert TarSum.from_state(raw).state() == state
+    odd = state[: -len(cleaned)] + _names_tail([b"a", b"a/b", b"c\0x", b"c", b"d/e"])
+    u = TarSum.from_state(odd)
+    assert u.state() == odd
+    assert u.finish().startswith("tarsum.v1+sha256:")
+
+
+def test_state_refuses_nul_in_the_current_name() -> None:
+    data = _tar_two_files()
+    t = TarSum("v1")
+    t.update(data[:700])  # inside the body of "a"
+    state = bytearray(t.state())
+    c_name = 4 + 2 + 646  # magic, format, version; then the C state's name
+    assert state[c_name:c_name + 2] == b"a\0" and state[c_name - 2:c_name] == b"\0\x01"
+    state[c_name - 1] = 2  # name length 2 ...
+    TarSum.from_state(bytes(state[:c_name + 1]) + b"b" + bytes(state[c_name + 2:]))  # "ab" is fine
+    with pytest.raises(ValueError, match="C core"):
+        TarSum.from_state(bytes(state))  # ... "a\0" is not
 
 
 def test_malformed_states_raise_value_error() -> None:

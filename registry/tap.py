@@ -25,6 +25,7 @@ import sys
 from typing import IO, Any, Callable, Mapping
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
@@ -187,7 +188,7 @@ class _ListenerService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self._port = port
         host = port.getHost()
-        if hasattr(host, "port"):
+        if isinstance(host, (IPv4Address, IPv6Address)):
             address = f"[{host.host}]:{host.port}" if ":" in host.host else f"{host.host}:{host.port}"
         else:
             address = str(getattr(host, "name", host))

@@ -88,7 +88,7 @@ class RegistryRoot(Resource):
         self.routes = routes
         self.extra_headers = extra_headers or {}
 
-    def render(self, request: RegistryRequest) -> object:  # type: ignore[override]
+    def render(self, request: RegistryRequest) -> object:
         request.setHeader(*API_VERSION_HEADER)
         for header, values in self.extra_headers.items():
             request.responseHeaders.setRawHeaders(header, values)

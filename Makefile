@@ -22,7 +22,7 @@ run: $(STAMP)
 	mkdir -p var/registry
 	$(VENV)/bin/twistd -n --pidfile var/twistd.pid registry
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps typecheck
 	$(PY) -m pytest -q tests
 
 # mypy + mypy-zope over registry/ and twisted/plugins ([tool.mypy] in pyproject.toml).

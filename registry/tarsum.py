@@ -37,7 +37,10 @@ Division of labour: the C core (``rh_tarsum_*``) frames 512-byte blocks
 across chunk boundaries, hashes bodies straight from the caller's buffer,
 and handles plain ustar/GNU headers itself; every other header and every
 PAX / long-name body comes back here once, is parsed with Go's rules, and
-its selected fields are handed to C to hash.
+its selected fields are handed to C to hash.  C also records each entry's
+duplicate key (its cleaned name) next to its digest, in batches of up to
+256 that are copied here as two buffers, and sorts the digests for
+``finish()``, so the per-entry work in Python is one ``split`` and a set.
 """
 
 from __future__ import annotations
@@ -709,7 +712,11 @@ class TarSum:
 
 
 def _clean_name(name: bytes) -> bytes:
-    """moby's path.Join(".", path.Join("/", name)): the key for duplicates."""
+    """moby's path.Join(".", path.Join("/", name)): the key for duplicates.
+
+    The C core computes the same (``clean_name`` in rh_tarsum.c) for the
+    names it records; this one serves names too long for it and states.
+    """
     out: list[bytes] = []
     for c in name.split(b"/"):
         if c == b"..":

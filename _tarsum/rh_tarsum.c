@@ -120,11 +120,11 @@ static size_t clean_name(const uint8_t *in, size_t n, uint8_t *out) {
     return o;
 }
 
-/* Handle ctx->hdr if it is a plain ustar or GNU header of an ordinary entry:
- * hash its fields and set up the body.  Returns 1 if handled, 0 to hand the
- * header to the caller.  The caller guarantees a free slot in sums. */
-static int fast_header(rh_tarsum_ctx *ctx) {
-    const uint8_t *h = ctx->hdr;
+/* Handle the header block h (in ctx->hdr, or in place in the caller's data)
+ * if it is a plain ustar or GNU header of an ordinary entry: hash its fields
+ * and set up the body.  Returns 1 if handled, 0 to hand the header to the
+ * caller.  The caller guarantees a free slot in sums. */
+static int fast_header(rh_tarsum_ctx *ctx, const uint8_t *h) {
     uint64_t chk, mode, uid, gid, size, mtime, dmaj, dmin, body;
     uint32_t usum, high;
     int64_t ssum;
@@ -234,7 +234,9 @@ int rh_tarsum_file_end(rh_tarsum_ctx *ctx) {
         return RH_TARSUM_E_FULL;
     rh_sha256_final(&ctx->file, ctx->sums + 32u * ctx->nsums);
     slot = ctx->names + ctx->names_len;
-    len = len > RH_TARSUM_NAME_MAX ? 0 : clean_name(ctx->name, cstr_len(ctx->name, len), slot);
+    /* No NUL within name_len: fast_header takes C strings, file_begin cuts
+     * at a NUL and import refuses one. */
+    len = len > RH_TARSUM_NAME_MAX ? 0 : clean_name(ctx->name, len, slot);
     slot[len] = 0;
     ctx->names_len += (uint32_t)len + 1;
     ctx->nsums++;
@@ -292,6 +294,18 @@ int rh_tarsum_feed(rh_tarsum_ctx *ctx, const uint8_t *data, size_t n, size_t *co
                 *consumed = pos;
                 return RH_TARSUM_EV_SUMS_FULL;
             }
+            if (ctx->hdr_fill == 0 && n - pos >= BLOCK) {
+                /* A whole header in the caller's data: look at it there and
+                 * copy it only to hand it over. */
+                const uint8_t *h = data + pos;
+                ctx->offset += BLOCK;
+                pos += BLOCK;
+                if (!(ctx->flags & (RH_TARSUM_F_SLOW | RH_TARSUM_F_NOFAST)) && fast_header(ctx, h))
+                    break;
+                memcpy(ctx->hdr, h, BLOCK);
+                *consumed = pos;
+                return RH_TARSUM_EV_HEADER;
+            }
             if (ctx->hdr_fill >= BLOCK) ctx->hdr_fill = 0; /* defensive */
             take = BLOCK - ctx->hdr_fill;
             if (take > n - pos) take = n - pos;
@@ -301,7 +315,7 @@ int rh_tarsum_feed(rh_tarsum_ctx *ctx, const uint8_t *data, size_t n, size_t *co
             pos += take;
             if (ctx->hdr_fill < BLOCK) break;
             ctx->hdr_fill = 0;
-            if (!(ctx->flags & (RH_TARSUM_F_SLOW | RH_TARSUM_F_NOFAST)) && fast_header(ctx))
+            if (!(ctx->flags & (RH_TARSUM_F_SLOW | RH_TARSUM_F_NOFAST)) && fast_header(ctx, ctx->hdr))
                 break;
             *consumed = pos;
             return RH_TARSUM_EV_HEADER;

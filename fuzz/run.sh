@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 CFLAGS=(-g -O1 -std=c99 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
         -fno-omit-frame-pointer -I"$SRC" -include stdint.h -include stddef.h)
 CORE=("$SRC/rh_sha256.c" "$SRC/rh_sha256_shani.c" "$SRC/rh_tarsum.c")
-TARGETS=(fuzz_sha256_unmarshal fuzz_tarsum_import fuzz_tarsum_feed)
+TARGETS=(fuzz_sha256_unmarshal fuzz_tarsum_import fuzz_tarsum_feed fuzz_tarsum_sort)
 for t in "${TARGETS[@]}"; do
     "$CC" "${CFLAGS[@]}" "$HERE/$t.c" "${CORE[@]}" -o "$OUT/$t"
 done

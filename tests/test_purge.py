@@ -55,3 +55,20 @@ def _digest():  # type: ignore[no-untyped-def]
     from registry.digest import Digest
 
     return Digest("sha256", "0" * 64)
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_finds_uploads_in_repositories_without_layers_and_without_startedat() -> None:
+    """A repository that only ever had an upload is no catalog entry, and a
+    torn upload may lack startedat: both are still purged by age."""
+    driver = create_driver("inmemory", {})
+    uploads = UploadStore(driver, BlobStore(driver), now=lambda: datetime(2026, 1, 1, tzinfo=timezone.utc))
+    dated = await uploads.create("only/uploads")
+    await driver.put_content(paths.upload_data("torn", "t-1"), b"partial")
+    assert await purge_uploads(driver, 3600, now=lambda: datetime(2026, 1, 2, tzinfo=timezone.utc)) == [
+        paths.upload_dir("only/uploads", dated)
+    ]
+    # The torn upload is judged by its modification time (just now).
+    far_future = datetime.now(timezone.utc) + timedelta(days=30)
+    assert await purge_uploads(driver, 3600, now=lambda: far_future) == [paths.upload_dir("torn", "t-1")]
+    assert await driver.walk("/") == []

@@ -22,9 +22,11 @@ class Catalog:
     def __init__(self, driver: IStorageDriver) -> None:
         self.driver = driver
 
-    async def repositories(self) -> list[str]:
-        """Fire with every repository name, sorted lexically."""
-        found: list[str] = []
+    async def name_directories(self) -> list[tuple[str, list[str]]]:
+        """Every directory below ``repositories/`` that could be a repository
+        name, with the names of its children: the walk never enters a
+        ``_``-directory, so it costs the number of names, not of files."""
+        found: list[tuple[str, list[str]]] = []
         pending = [paths.REPOSITORIES]
         prefix = paths.REPOSITORIES + "/"
         while pending:
@@ -34,10 +36,14 @@ class Catalog:
             except PathNotFoundError:
                 continue
             names = [child.rsplit("/", 1)[-1] for child in children]
-            if directory != paths.REPOSITORIES and any(n in _MARKERS for n in names):
-                found.append(directory[len(prefix) :])
+            if directory != paths.REPOSITORIES:
+                found.append((directory[len(prefix) :], names))
             pending.extend(child for child, n in zip(children, names) if not n.startswith("_"))
-        return sorted(found)
+        return found
+
+    async def repositories(self) -> list[str]:
+        """Fire with every repository name, sorted lexically."""
+        return sorted(name for name, children in await self.name_directories() if any(n in _MARKERS for n in children))
 
     async def exists(self, name: str) -> bool:
         """True if ``name`` is a repository (has manifests or layers)."""

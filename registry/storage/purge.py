@@ -10,6 +10,7 @@ from typing import Callable
 from twisted.logger import Logger
 
 from registry.storage import paths
+from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 
 log = Logger(namespace="registry.purge")
@@ -39,33 +40,44 @@ async def purge_uploads(
 ) -> list[str]:
     """Delete every upload directory older than ``max_age_s``; returns their
     paths (the ones that would go, with ``dry_run``). An upload whose
-    ``startedat`` is missing or unreadable is judged by its modification time."""
+    ``startedat`` is missing or unreadable is judged by its modification time.
+    Only name directories and ``_uploads`` are listed, never layers or
+    manifests, so the cost follows the number of repositories and uploads."""
     current = (now or (lambda: datetime.now(timezone.utc)))()
-    try:
-        entries = await driver.walk(paths.REPOSITORIES)
-    except PathNotFoundError:
-        return []
     purged: list[str] = []
-    for info in entries:
-        parts = info.path.rsplit("/", 2)
-        if not info.is_dir or len(parts) < 3 or parts[1] != "_uploads":
-            continue
-        started: datetime | None = None
-        try:
-            started = parse_started_at((await driver.get_content(info.path + "/startedat")).decode("ascii", "replace"))
-        except PathNotFoundError:
-            pass
-        if started is None:
-            started = datetime.fromtimestamp(info.mod_time, timezone.utc)
-        if (current - started).total_seconds() <= max_age_s:
-            continue
-        purged.append(info.path)
-        if dry_run:
-            log.info("upload purging (dry run): would remove {path}", path=info.path)
+    for name, children in await Catalog(driver).name_directories():
+        if "_uploads" not in children:
             continue
         try:
-            await driver.delete(info.path)
+            uploads = await driver.list(paths.uploads_dir(name))
         except PathNotFoundError:
             continue
-        log.info("upload purging: removed {path} (started {started})", path=info.path, started=started.isoformat())
+        for upload in uploads:
+            started = await _started(driver, upload)
+            if started is None or (current - started).total_seconds() <= max_age_s:
+                continue
+            purged.append(upload)
+            if dry_run:
+                log.info("upload purging (dry run): would remove {path}", path=upload)
+                continue
+            try:
+                await driver.delete(upload)
+            except PathNotFoundError:
+                continue
+            log.info("upload purging: removed {path} (started {started})", path=upload, started=started.isoformat())
     return purged
+
+
+async def _started(driver: IStorageDriver, upload: str) -> datetime | None:
+    """When the upload at ``upload`` began: its ``startedat``, else its
+    directory's modification time; None if it vanished meanwhile."""
+    try:
+        started = parse_started_at((await driver.get_content(upload + "/startedat")).decode("ascii", "replace"))
+    except PathNotFoundError:
+        started = None
+    if started is not None:
+        return started
+    try:
+        return datetime.fromtimestamp((await driver.stat(upload)).mod_time, timezone.utc)
+    except PathNotFoundError:
+        return None

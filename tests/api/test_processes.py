@@ -103,7 +103,16 @@ def test_sigkill_mid_patch_then_resume(tmp_path: Path, before: int, sent: int) -
             location = str(r.getheader("Location"))
         body = data[before:]
         s = _send_partial_patch(reg, location, body, sent - before if sent > before else 0)
-        time.sleep(0.5)  # let the server take in (and partly write) what was sent
+        if sent - before >= 2_000_000:
+            # Kill only once megabytes sit in the data file past the last
+            # stored hash state (the case Distribution cannot resume).
+            upload_id = location.rsplit("/", 1)[1]
+            data_file = next(storage.rglob(f"_uploads/{upload_id}/data"))
+            deadline = time.monotonic() + 30
+            while data_file.stat().st_size < before + (1 << 20) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            time.sleep(0.5)  # let the server take in what was sent
         os.kill(reg.process.pid, signal.SIGKILL)
         reg.process.popen.wait(10)
         s.close()

@@ -409,7 +409,11 @@ async def test_upload_survives_lost_connection_and_resumes(mem_server: Server) -
         f"PATCH {url[len(mem_server.url):]} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
     )
     proto.transport.write(data[:150_000])
-    await deferLater(reactor, 0.2, lambda: None)
+    upload_id = url.rsplit("/", 1)[1]
+    for _ in range(500):  # until some of the body is in storage (in-memory writes land at once)
+        await deferLater(reactor, 0.01, lambda: None)
+        if (await mem_server.driver.stat(paths.upload_data("cut", upload_id))).size > 0:
+            break
     proto.transport.abortConnection()
     await deferLater(reactor, 0.2, lambda: None)
     r = await treq.get(url)

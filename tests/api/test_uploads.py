@@ -14,6 +14,7 @@ from zope.interface import implementer
 from twisted.web.iweb import IBodyProducer
 
 from registry.digest import Digest
+from registry.storage import paths
 from tests.api.conftest import Server, error_code, sha
 
 

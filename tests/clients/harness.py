@@ -408,6 +408,28 @@ def distribution_config(port: int, storage: Path) -> str:
     )
 
 
+def _start_registry(
+    kind: str, argv: Callable[[Path], list[str]], what: str,
+    workdir: Path, timeout: float, storage: Path | None,
+) -> Registry:
+    """Write a Distribution-style config into ``workdir``, start ``argv(config)``
+    and wait until ``GET /v2/`` answers 200 (else :class:`StartupFailed`)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    storage = storage or workdir / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = workdir / "config.yml"
+    config.write_text(distribution_config(port, storage))
+    process = ManagedProcess(argv(config), workdir / "registry.log", cwd=workdir)
+    registry = Registry(kind, port, storage, process)
+    try:
+        _wait_for_v2(process, registry.url, what, timeout)
+    except BaseException:
+        process.stop()
+        raise
+    return registry
+
+
 def start_reference_registry(
     workdir: Path, timeout: float = 30, storage: Path | None = None
 ) -> Registry:
@@ -419,22 +441,10 @@ def start_reference_registry(
     directory (default: ``<workdir>/storage``).
     """
     binary = require("docker-registry", "docker-registry")
-    workdir.mkdir(parents=True, exist_ok=True)
-    storage = storage or workdir / "storage"
-    storage.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = workdir / "config.yml"
-    config.write_text(distribution_config(port, storage))
-    process = ManagedProcess(
-        [binary, "serve", str(config)], workdir / "registry.log", cwd=workdir
+    return _start_registry(
+        "reference", lambda config: [binary, "serve", str(config)],
+        "reference registry (docker-registry)", workdir, timeout, storage,
     )
-    registry = Registry("reference", port, storage, process)
-    try:
-        _wait_for_v2(process, registry.url, "reference registry (docker-registry)", timeout)
-    except BaseException:
-        process.stop()
-        raise
-    return registry
 
 
 def twistd_path() -> str:
@@ -454,24 +464,11 @@ def start_our_registry(
     does not answer 200 within ``timeout`` seconds.  ``storage`` is the storage
     root directory (default: ``<workdir>/storage``).
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    storage = storage or workdir / "storage"
-    storage.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = workdir / "config.yml"
-    config.write_text(distribution_config(port, storage))
-    process = ManagedProcess(
-        [twistd_path(), "-n", "--pidfile=", "registry", "--config", str(config)],
-        workdir / "registry.log",
-        cwd=workdir,
+    twistd = twistd_path()
+    return _start_registry(
+        "ours", lambda config: [twistd, "-n", "--pidfile=", "registry", "--config", str(config)],
+        "our registry (twistd registry)", workdir, timeout, storage,
     )
-    registry = Registry("ours", port, storage, process)
-    try:
-        _wait_for_v2(process, registry.url, "our registry (twistd registry)", timeout)
-    except BaseException:
-        process.stop()
-        raise
-    return registry
 
 
 class DockerDaemon:

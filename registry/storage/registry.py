@@ -31,7 +31,9 @@ class Registry:
         repositories the client may read. Returns False (upload instead) when
         the blob is not available; an invalid ``source`` is no error, just no
         mount (as Distribution answers)."""
-        if await self.blobs.is_linked(name, d) and await self.blobs.size(d) is not None:
+        if await self.blobs.size(d) is None:
+            return False
+        if await self.blobs.is_linked(name, d):
             return True
         if source is not None:
             try:
@@ -40,7 +42,5 @@ class Registry:
                 return False
             if not await self.blobs.is_linked(source, d):
                 return False
-        if await self.blobs.size(d) is None:
-            return False
         await self.blobs.link(name, d)
         return True

@@ -15,6 +15,10 @@ from registry.storage.registry import Registry
 # size is accepted.
 CHUNK_MIN_LENGTH = 1 << 20
 
+# The most body a request that carries no data (GET, DELETE, mount, unknown
+# endpoints) may send; more is refused without being kept.
+SMALL_BODY = 64 * 1024
+
 
 @dataclass
 class Context:

@@ -20,10 +20,9 @@ from registry.http import LimitedBody, RegistryRequest
 from registry.manifest_types import is_acceptable, media_type_of, parse_manifest
 from registry.reference import check_tag
 from registry.resources.base import empty_response
-from registry.resources.context import Context
+from registry.resources.context import SMALL_BODY, Context
 
 MANIFEST_MAX = 4 * 1024 * 1024
-SMALL_BODY = 64 * 1024
 
 
 def parse_reference(reference: str) -> tuple[str | None, Digest | None]:

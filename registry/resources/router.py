@@ -16,9 +16,9 @@ from registry.errors import RegistryError
 from registry.http import LimitedBody, RegistryRequest
 from registry.reference import check_name
 from registry.resources.base import render_async, write_error
+from registry.resources.context import SMALL_BODY
 
 API_VERSION_HEADER = (b"Docker-Distribution-API-Version", b"registry/2.0")
-SMALL_BODY = 64 * 1024
 
 
 class BaseResource:

@@ -24,12 +24,11 @@ from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.http import LimitedBody, RegistryRequest
 from registry.resources.base import empty_response, range_header, to_registry_error
-from registry.resources.context import Context, query_values
+from registry.resources.context import SMALL_BODY, Context, query_values
 from registry.storage.uploads import UploadAppender
 
 UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
-SMALL_BODY = 64 * 1024
 
 
 class UploadBody:

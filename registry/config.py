@@ -263,6 +263,8 @@ class Key:
     aliases: tuple[str, ...] = ()
     choices: tuple[str, ...] = ()
     check: Callable[[Any], Any] | None = None
+    #: A string that must be given; a section that is always built (not
+    #: ``optional``: absent means all defaults).
     required: bool = False
 
 
@@ -441,7 +443,8 @@ class HTTPConfig:
                 raise check.error("addr", "must be a socket path when http.net is unix")
         else:
             try:
-                parse_addr(self.addr)
+                # An empty addr is an error here, not the default.
+                parse_addr("" if check.raw("addr") == "" else self.addr)
             except ValueError as e:
                 raise check.error("addr", str(e)) from None
         if self.tls_certificate and not self.tls_key:

@@ -5,8 +5,16 @@ losing their streaming body handling."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
 from twisted.internet.testing import StringTransport
+
+from registry import errors
+from registry.errors import RegistryError
 
 from registry.app import make_root
 from registry.http import BodyHandling, RegistryChannel, RegistryRequest, RegistrySite
@@ -70,3 +78,40 @@ def test_unknown_endpoint_is_answered_from_the_stored_route_error() -> None:
     assert transport.value().startswith(b"HTTP/1.1 404 ")
     assert b"UNSUPPORTED" in transport.value()
     channel.connectionLost(Exception("done"))
+
+
+class RefusingRoot(RegistryRoot):
+    """The real root with a ``before_body`` that refuses pushes to ``locked/*``
+    (the way authorisation will plug in), counting how often it ran."""
+
+    def __init__(self) -> None:
+        self.driver = create_driver("inmemory", {})
+        real = make_root(self.driver)
+        super().__init__(real.routes, real.extra_headers)
+        self.calls = 0
+
+    def before_body(self, request: RegistryRequest, match: RouteMatch, length: int | None) -> BodyHandling:
+        self.calls += 1
+        if (match.repository or "").startswith("locked/") and match.method != b"GET":
+            raise RegistryError(errors.DENIED, f"pushes to {match.repository} are refused", status=403)
+        return super().before_body(request, match, length)
+
+
+@pytest_twisted.ensureDeferred
+async def test_before_body_refuses_a_push_before_its_body_is_stored() -> None:
+    root = RefusingRoot()
+    port = reactor.listenTCP(0, RegistrySite(root), interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}"
+    try:
+        data = b"x" * 100_000
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        r = await treq.post(f"{url}/v2/locked/app/blobs/uploads/?digest={digest}", data=data)
+        assert r.code == 403
+        assert (await r.json())["errors"][0]["code"] == "DENIED"
+        assert root.calls == 1  # routed and checked once, at headers time
+        assert [info.path for info in await root.driver.walk("/") if not info.is_dir] == []
+        r = await treq.post(f"{url}/v2/open/app/blobs/uploads/?digest={digest}", data=data)
+        assert r.code == 201, await r.text()
+        assert root.calls == 2
+    finally:
+        await port.stopListening()

@@ -358,3 +358,60 @@ def test_twistd_runs_the_registry(tmp_path: Path) -> None:
     messages = [line["message"] for line in lines if line["namespace"] == "registry.tap"]
     assert messages.index(f"registry listening on 127.0.0.1:{port}") > messages.index(
         "registry starting: storage driver filesystem, delete disabled, read-only no")
+
+
+# --- the application object the tap runs --------------------------------------------
+
+
+def test_make_application_wants_the_main_listener_and_purging() -> None:
+    from twisted.application.internet import TimerService
+
+    from registry.app import make_application
+    from registry.http import RegistrySite
+
+    config = parse([], {"REGISTRY_STORAGE": "inmemory", "REGISTRY_HTTP_ADDR": "127.0.0.1:6100"})["registry_config"]
+    app = make_application(config, reactor)
+    assert [(l.name, l.endpoint) for l in app.listeners] == [("main", "tcp:6100:interface=127.0.0.1")]
+    site = app.listener("main").factory
+    assert isinstance(site, RegistrySite) and site.root is app.root
+    assert len(app.services) == 1 and isinstance(app.services[0], TimerService)
+    assert app.services[0].step == 24 * 3600
+
+    app = make_application(config, reactor, listen="tcp:0:interface=127.0.0.1")
+    assert app.listener("main").endpoint == "tcp:0:interface=127.0.0.1"
+    for env in ({"REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED": "true"},
+                {"REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_ENABLED": "false"}):
+        config = parse([], {"REGISTRY_STORAGE": "inmemory", **env})["registry_config"]
+        assert make_application(config, reactor).services == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_service_runs_the_application_services_before_its_listeners() -> Any:
+    from twisted.application.service import Service
+
+    started: list[str] = []
+
+    class Recorder(Service):
+        def startService(self) -> None:
+            started.append("service")
+            super().startService()
+
+    stand_in = StandIn()
+
+    def factory(config: Config, reactor_: Any, *, listen: str | None = None) -> RegistryApplication:
+        app = stand_in(config, reactor_, listen=listen)
+        return RegistryApplication(app.root, app.listeners, [Recorder()])
+
+    options = parse(["--listen", "tcp:0:interface=127.0.0.1"], {"REGISTRY_STORAGE": "inmemory"})
+    service = makeService(options, app_factory=factory)
+    children = list(service)
+    assert isinstance(children[0], Recorder) and len(children) == 2
+    service.startService()
+    try:
+        assert started == ["service"] and children[0].running
+        listening: list[Any] = []
+        service.when_listening().addCallback(listening.append)
+        assert listening, "the main listener binds when the service starts"
+    finally:
+        yield service.stopService()
+    assert not children[0].running

@@ -642,6 +642,8 @@ class _Loader:
         self.warnings: list[str] = []
         #: dotted key -> environment variable that set it (or set a parent)
         self.sources: dict[str, str] = {}
+        #: Keys whose override keeps its text (from the declarations).
+        self.string_keys: frozenset[str] = _STRING_KEYS
 
     # -- overrides --
 
@@ -709,7 +711,7 @@ class _Loader:
             raise ConfigError(
                 dotted, payload, f"not a valid YAML value: {_one_line(e)}", name
             ) from None
-        if dotted in _STRING_KEYS and value is not None and not isinstance(value, str):
+        if dotted in self.string_keys and value is not None and not isinstance(value, str):
             return payload.strip()
         return value
 

@@ -537,3 +537,50 @@ def test_override_list_elements_by_index() -> None:
         {"name": "b"},
     ]
     assert any("REGISTRY_NOTIFICATIONS_ENDPOINTS_5_NAME" in w and "no element 5" in w for w in config.warnings)
+
+
+# --- declaring a section ---------------------------------------------------------
+
+
+def test_a_new_section_is_one_declaration() -> None:
+    """The shape ``auth.htpasswd: {realm, path}`` will take: declared once, it
+    gets defaults, validation, env overrides kept as text, and key warnings."""
+    from dataclasses import dataclass
+
+    from registry.config import ConfigError, _Loader, _schema_of, _string_keys_of, section, string
+
+    @dataclass(frozen=True)
+    class HtpasswdConfig:
+        realm: str = string("Registry Realm")
+        path: str = string(None, required=True)
+
+    @dataclass(frozen=True)
+    class AuthConfig:
+        IGNORED = ("token",)
+        htpasswd: HtpasswdConfig | None = section(HtpasswdConfig, optional=True)
+
+    assert _schema_of(AuthConfig) == {"htpasswd": {"realm": "leaf", "path": "leaf"}, "token": "ignored"}
+    assert _string_keys_of(AuthConfig, "auth.") == {"auth.htpasswd.realm", "auth.htpasswd.path"}
+
+    def read(tree: dict[str, Any], env: dict[str, str] | None = None) -> tuple[AuthConfig, list[str]]:
+        loader = _Loader(tree, env or {}, BASE)
+        loader.string_keys = frozenset(_string_keys_of(AuthConfig, "auth."))
+        loader._apply_environment()
+        loader._check_keys(loader.tree.get("auth", {}), _schema_of(AuthConfig), ["auth"])
+        return loader._section(AuthConfig, "auth"), loader.warnings
+
+    assert read({}) == (AuthConfig(htpasswd=None), [])
+    config, warnings = read({"auth": {"htpasswd": {"path": "/etc/htpasswd"}, "token": {}, "x": 1}})
+    assert config.htpasswd == HtpasswdConfig(realm="Registry Realm", path="/etc/htpasswd")
+    assert warnings == [
+        "configuration key auth.token: not supported by this registry; ignored",
+        "configuration key auth.x: unknown key; ignored",
+    ]
+    config, _ = read({"auth": {"htpasswd": {"path": "/p"}}}, {"REGISTRY_AUTH_HTPASSWD_REALM": "0123"})
+    assert config.htpasswd is not None and config.htpasswd.realm == "0123"
+    with pytest.raises(ConfigError) as e:
+        read({"auth": {"htpasswd": {"realm": "r"}}})
+    assert (e.value.key, e.value.value) == ("auth.htpasswd.path", None)
+    with pytest.raises(ConfigError) as e:
+        read({"auth": {"htpasswd": "yes"}})
+    assert (e.value.key, e.value.value, e.value.message) == ("auth.htpasswd", "yes", "must be a mapping")

@@ -43,6 +43,7 @@ from registry.logs import make_observer
 
 __all__ = ["AppFactory", "Options", "RegistryService", "endpoint_description", "makeService"]
 
+
 class AppFactory(Protocol):
     """Builds the application from the configuration (``registry.app.make_application``)."""
 
@@ -152,8 +153,13 @@ class _AnnouncedEndpoint:
             address = f"[{host.host}]:{host.port}" if ":" in host.host else f"{host.host}:{host.port}"
         else:
             address = str(getattr(host, "name", host))
-        prefix = "" if self.name == "main" else f"{self.name} "
-        _log.info(f"registry {prefix}listening on {{address}}", address=address, endpoint=self.description)
+        _log.info(
+            "registry {which}listening on {address}",
+            which="" if self.name == "main" else f"{self.name} ",
+            listener=self.name,
+            address=address,
+            endpoint=self.description,
+        )
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(port)

@@ -14,11 +14,11 @@ import io
 from typing import Any
 
 from registry import errors
-from registry.digest import Digest, sha256_digest
+from registry.digest import Digest, DigestError, sha256_digest
 from registry.errors import RegistryError
 from registry.http import LimitedBody, RegistryRequest
 from registry.manifest_types import is_acceptable, media_type_of, parse_manifest
-from registry.reference import check_tag
+from registry.reference import TagError, check_tag
 from registry.resources.base import empty_response
 from registry.resources.context import SMALL_BODY, Context
 
@@ -31,6 +31,21 @@ def parse_reference(reference: str) -> tuple[str | None, Digest | None]:
     if ":" in reference:
         return None, Digest.parse(reference)
     return check_tag(reference), None
+
+
+def lookup_reference(name: str, reference: str) -> tuple[str | None, Digest | None]:
+    """``parse_reference`` for reads: a reference that is neither a valid tag
+    nor a valid digest names no manifest that could ever exist, so it is
+    unknown (404 ``MANIFEST_UNKNOWN``, as the spec's pull workflow and
+    Distribution answer), not a client error; writes keep their 400."""
+    try:
+        return parse_reference(reference)
+    except (TagError, DigestError) as e:
+        raise RegistryError(
+            errors.MANIFEST_UNKNOWN,
+            f"manifest {reference[:200]!r} of {name!r} is unknown: it is neither a valid tag nor a valid digest ({e})",
+            {"name": name, "reference": reference[:200]},
+        ) from None
 
 
 class ManifestResource:
@@ -53,8 +68,8 @@ class ManifestResource:
         return LimitedBody(SMALL_BODY)
 
     async def GET(self, request: RegistryRequest, name: str, reference: str) -> None:
-        tag, digest = parse_reference(reference)
         request.log_fields.update(repository=name, reference=reference)
+        tag, digest = lookup_reference(name, reference)
         manifests = self.ctx.registry.manifests
         d = digest if digest is not None else await manifests.tags.resolve(name, reference)
         body = await manifests.get(name, d)

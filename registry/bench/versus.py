@@ -282,10 +282,9 @@ def _upload_chunked(target: Target, src: Path, digest: str, round_no: int, chunk
     with open(src, "rb") as f:
         for start in range(0, size, chunk):
             part = f.read(chunk)
-            u = urllib.parse.urlsplit(location)
-            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+            conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=120)
             try:
-                conn.request("PATCH", u.path + ("?" + u.query if u.query else ""), body=part, headers={
+                conn.request("PATCH", _path(location), body=part, headers={
                     "Content-Type": "application/octet-stream", "Content-Length": str(len(part)),
                     "Content-Range": f"{start}-{start + len(part) - 1}"})
                 r = conn.getresponse()

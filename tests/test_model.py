@@ -13,7 +13,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.components import proxyForInterface
 from zope.interface.verify import verifyObject
 
@@ -260,3 +260,17 @@ async def test_manifest_push_and_pull_by_tag_use_the_injected_stores(
     r = await treq.get(f"{url}/v2/m/manifests/latest", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
     assert r.code == 200 and await r.content() == manifest
     assert tags.resolved == ["latest"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_process_locks_cancelled_wait_leaves_the_queue() -> None:
+    locks = ProcessLocks()
+    release = await locks.acquire("r", "u")
+    waiting = Deferred.fromCoroutine(locks.acquire("r", "u"))
+    waiting.cancel()
+    with pytest.raises(CancelledError):
+        await waiting
+    await release()
+    assert locks.held() == 0
+    again = await locks.acquire("r", "u")  # nobody stale holds it
+    await again()

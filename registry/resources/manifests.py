@@ -70,9 +70,9 @@ class ManifestResource:
     async def GET(self, request: RegistryRequest, name: str, reference: str) -> None:
         request.log_fields.update(repository=name, reference=reference)
         tag, digest = lookup_reference(name, reference)
-        manifests = self.ctx.registry.manifests
-        d = digest if digest is not None else await manifests.tags.resolve(name, reference)
-        body = await manifests.get(name, d)
+        model = self.ctx.model
+        d = digest if digest is not None else await model.tags.resolve(name, reference)
+        body = await model.manifests.get(name, d)
         media_type = media_type_of(body)
         accept = request.all_header_values(b"accept")
         if not is_acceptable(media_type, accept):
@@ -108,7 +108,7 @@ class ManifestResource:
                 "push the exact bytes whose digest you name (no re-serialisation)",
                 {"expected": str(digest), "actual": str(actual)},
             )
-        await self.ctx.registry.manifests.put(name, body, manifest, actual, tag)
+        await self.ctx.model.manifests.put(name, body, manifest, actual, tag)
         headers = {
             "Location": self.ctx.url(f"/v2/{name}/manifests/{actual}"),
             "Docker-Content-Digest": str(actual),
@@ -122,11 +122,11 @@ class ManifestResource:
         tag, digest = parse_reference(reference)
         request.log_fields.update(repository=name, reference=reference)
         if tag is not None:
-            await self.ctx.registry.tags.untag(name, tag)
+            await self.ctx.model.tags.untag(name, tag)
             empty_response(request, 202)
             return
         assert digest is not None
-        await self.ctx.registry.manifests.delete(name, digest)
+        await self.ctx.model.manifests.delete(name, digest)
         empty_response(request, 202, {"Docker-Content-Digest": str(digest)})
 
 

@@ -25,7 +25,7 @@ from registry.http import RegistrySite
 from registry.resources.context import Context
 from registry.resources.router import RegistryRoot, build_routes
 from registry.storage.driver import IStorageDriver
-from registry.storage.registry import Registry
+from registry.storage.model import DataModel
 
 __all__ = [
     "Listener",
@@ -78,7 +78,7 @@ def make_root(
 ) -> RegistryRoot:
     """The root resource over ``driver`` (tests use this with any driver)."""
     ctx = Context(
-        Registry(driver),
+        DataModel.over(driver),
         delete_enabled=delete_enabled,
         readonly=readonly,
         base_url=base_url,

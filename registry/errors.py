@@ -32,7 +32,9 @@ BLOB_UNKNOWN = _register("BLOB_UNKNOWN", 404, "blob unknown to registry")
 BLOB_UPLOAD_INVALID = _register("BLOB_UPLOAD_INVALID", 400, "blob upload invalid")
 BLOB_UPLOAD_UNKNOWN = _register("BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry")
 DIGEST_INVALID = _register("DIGEST_INVALID", 400, "provided digest did not match uploaded content")
-MANIFEST_BLOB_UNKNOWN = _register("MANIFEST_BLOB_UNKNOWN", 404, "manifest references a blob unknown to the repository")
+# 400, not 404: the request is wrong (it names blobs that must be pushed
+# first); Distribution registers it so, and docker and containerd read 400.
+MANIFEST_BLOB_UNKNOWN = _register("MANIFEST_BLOB_UNKNOWN", 400, "manifest references a blob unknown to the repository")
 MANIFEST_INVALID = _register("MANIFEST_INVALID", 400, "manifest invalid")
 MANIFEST_UNKNOWN = _register("MANIFEST_UNKNOWN", 404, "manifest unknown")
 NAME_INVALID = _register("NAME_INVALID", 400, "invalid repository name")

@@ -30,6 +30,33 @@ if TYPE_CHECKING:
 # (see CLIENTS.md: docker/skopeo/podman probe TLS first, then fall back).
 TLS_PROBE_RESPONSE = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
+# Bounds on what a request may send before its body (Twisted's defaults are
+# 16 KiB per line and in all, and a line over the limit drops the connection
+# without an answer).  A bearer token carrying an x5c chain is a few KiB.
+MAX_REQUEST_LINE = 8 * 1024
+MAX_HEADER_LINE = 16 * 1024
+MAX_HEADER_BLOCK = 32 * 1024
+MAX_HEADER_COUNT = 200
+
+
+def _refusal(status: bytes, message: str) -> bytes:
+    body = (message + "\n").encode("ascii")
+    return (
+        b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+    )
+
+
+#: Answers for requests whose line or headers exceed the bounds above.
+URI_TOO_LONG_RESPONSE = _refusal(
+    b"414 URI Too Long", f"the request line is longer than {MAX_REQUEST_LINE} bytes"
+)
+HEADERS_TOO_LARGE_RESPONSE = _refusal(
+    b"431 Request Header Fields Too Large",
+    f"the request headers exceed this registry's limits ({MAX_HEADER_LINE} bytes per line, "
+    f"{MAX_HEADER_BLOCK} bytes and {MAX_HEADER_COUNT} fields in all)",
+)
+
 
 class BodySink(Protocol):
     """Receives a request body as it arrives (see ``registry.resources.uploads``)."""
@@ -170,7 +197,15 @@ class RegistryRequest(server.Request):
 
 class RegistryChannel(http.HTTPChannel):
     """HTTP/1.1 channel that answers a TLS ClientHello with 400 and closes,
-    and hands each request its request line when its headers are in."""
+    and answers an over-long request line (414) or header block (431) before
+    closing, where Twisted would drop the connection or answer a bare 400;
+    hands each request its request line and the Site's root when its headers
+    are in.
+
+    Twisted's parser (``LineReceiver`` + ``HTTPChannel``) enforces
+    ``MAX_LENGTH`` per line, ``totalHeadersSize`` and ``maxHeaders``; the
+    checks here run first, with the same counters, so those limits are never
+    reached (``tests/test_http_limits.py`` pins this)."""
 
     _first_bytes_seen = False
     #: Set by ``Site.buildProtocol`` (Twisted does not declare it).
@@ -178,6 +213,47 @@ class RegistryChannel(http.HTTPChannel):
     # Bytes per socket read: Twisted's default 64 KiB costs a trip through the
     # HTTP parser, the body sink and the hasher per 64 KiB of upload.
     read_size = 256 * 1024
+    # Twisted's own limits sit just above ours, as a backstop.
+    MAX_LENGTH = MAX_HEADER_LINE + 1
+    totalHeadersSize = MAX_HEADER_BLOCK + 1
+    maxHeaders = MAX_HEADER_COUNT + 1
+    # Lines of the current request's head seen so far (0: the next line is
+    # a request line).
+    _head_lines = 0
+    _head_bytes = 0
+
+    def _refuse_head(self, response: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(response)
+        self.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse_head(URI_TOO_LONG_RESPONSE if self._head_lines == 0 else HEADERS_TOO_LARGE_RESPONSE)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._head_lines == 0:
+            if not line:
+                # The stray empty line some clients send between requests.
+                super().lineReceived(line)
+                return
+            if len(line) > MAX_REQUEST_LINE:
+                self._refuse_head(URI_TOO_LONG_RESPONSE)
+                return
+        elif line and (
+            len(line) > MAX_HEADER_LINE
+            or self._head_bytes + len(line) > MAX_HEADER_BLOCK
+            or self._head_lines > MAX_HEADER_COUNT
+        ):
+            self._refuse_head(HEADERS_TOO_LARGE_RESPONSE)
+            return
+        if line:
+            self._head_lines += 1
+            self._head_bytes += len(line)
+        else:
+            # End of this request's head: the next line starts a new request.
+            self._head_lines = 0
+            self._head_bytes = 0
+        super().lineReceived(line)
 
     def connectionMade(self) -> None:
         super().connectionMade()

@@ -178,7 +178,7 @@ async def test_malformed_manifests(server: Server, body: bytes, ct: str | None, 
 async def test_blobs_must_be_in_this_repository(server: Server) -> None:
     body, _ = await image(server, "other")  # blobs pushed to "other" only
     obj = json.loads(body)
-    err = await assert_refused(server, "mine", "v1", body, OCI_MANIFEST, 404, "MANIFEST_BLOB_UNKNOWN", "upload (or mount)")
+    err = await assert_refused(server, "mine", "v1", body, OCI_MANIFEST, 400, "MANIFEST_BLOB_UNKNOWN", "upload (or mount)")
     assert err["detail"]["digest"] == obj["config"]["digest"]
     assert err["detail"]["missing"] == [obj["config"]["digest"]] + [layer["digest"] for layer in obj["layers"]]
     # One missing layer is named.
@@ -186,7 +186,7 @@ async def test_blobs_must_be_in_this_repository(server: Server) -> None:
     mine = json.loads(ok)
     missing = "sha256:" + "f" * 64
     mine["layers"].append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": missing, "size": 5})
-    err = await assert_refused(server, "mine", "v1", dumps(mine), OCI_MANIFEST, 404, "MANIFEST_BLOB_UNKNOWN", missing)
+    err = await assert_refused(server, "mine", "v1", dumps(mine), OCI_MANIFEST, 400, "MANIFEST_BLOB_UNKNOWN", missing)
     assert err["detail"]["missing"] == [missing]
 
 
@@ -203,13 +203,13 @@ async def test_index_naming_a_missing_child(server: Server) -> None:
     body, desc = await image(server, "idx")
     assert (await server.put_manifest("idx", desc["digest"], body, OCI_MANIFEST)).status == 201
     missing = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "e" * 64, "size": 100}
-    err = await assert_refused(server, "idx", "all", index_body([desc, missing]), OCI_INDEX, 404,
+    err = await assert_refused(server, "idx", "all", index_body([desc, missing]), OCI_INDEX, 400,
                                "MANIFEST_BLOB_UNKNOWN", "push the child manifests")
     assert err["detail"]["missing"] == [missing["digest"]]
     # A child in another repository does not count either.
     other_body, other = await image(server, "elsewhere", seed="o")
     assert (await server.put_manifest("elsewhere", other["digest"], other_body, OCI_MANIFEST)).status == 201
-    await assert_refused(server, "idx", "all", index_body([desc, other]), OCI_INDEX, 404, "MANIFEST_BLOB_UNKNOWN", other["digest"])
+    await assert_refused(server, "idx", "all", index_body([desc, other]), OCI_INDEX, 400, "MANIFEST_BLOB_UNKNOWN", other["digest"])
 
 
 @pytest_twisted.ensureDeferred
@@ -274,8 +274,21 @@ async def test_read_only_registry_refuses_pushes() -> None:
 async def test_invalid_references(server: Server, reference: str, code: str) -> None:
     body, _ = await image(server, "ref")
     await assert_refused(server, "ref", reference, body, OCI_MANIFEST, 400, code, "")
-    r = await server.request("GET", f"/v2/ref/manifests/{reference}")
-    assert r.status == 400 and r.error()["code"] == code
+    # A read of a reference that can never exist is simply unknown (404), as
+    # the spec's pull workflow expects; only the write is a client error.
+    for method in ("GET", "HEAD"):
+        r = await server.request(method, f"/v2/ref/manifests/{reference}")
+        assert r.status == 404, (method, r.body)
+        if method == "GET":
+            assert r.error()["code"] == "MANIFEST_UNKNOWN"
+            assert "neither a valid tag nor a valid digest" in r.error()["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_manifest_name_read_is_unknown(server: Server) -> None:
+    # The OCI conformance suite's own probe.
+    r = await server.request("GET", "/v2/ref/manifests/.INVALID_MANIFEST_NAME")
+    assert r.status == 404 and r.error()["code"] == "MANIFEST_UNKNOWN"
 
 
 @pytest_twisted.ensureDeferred

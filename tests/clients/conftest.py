@@ -3,7 +3,8 @@
 Each fixture lives in its own temporary directory, removed at the end of the
 session together with every process it started.  A fixture whose Debian
 package is missing skips its tests with a reason naming the package
-(``scripts/install-system-deps.sh`` installs them all).
+(``scripts/install-system-deps.sh`` installs them all); under ``CI=true``
+it fails them instead, so a green CI run means the real clients ran.
 
 ``registry_under_test`` is the registry the client tests talk to: ours
 (``twistd -n registry``) by default, CNCF Distribution 2.8 when the
@@ -29,6 +30,7 @@ from tests.clients.harness import (
     new_workdir,
     remove_tree,
     start_our_registry,
+    missing_tool,
     start_reference_registry,
 )
 
@@ -36,7 +38,7 @@ REGISTRY_KINDS = ("ours", "reference")
 
 
 def _skip_missing(error: MissingTool) -> NoReturn:
-    pytest.skip(f"SKIPPED, PACKAGE MISSING: {error}")
+    missing_tool(error)  # skips loudly; fails under CI=true
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NoReturn, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,6 +74,22 @@ class MissingTool(Exception):
         )
         self.command = command
         self.package = package
+
+
+def running_in_ci(environ: Mapping[str, str] | None = None) -> bool:
+    """True under CI (``CI=true``, as CI runs ``.ci/run``)."""
+    env = os.environ if environ is None else environ
+    return env.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def missing_tool(error: MissingTool, environ: Mapping[str, str] | None = None) -> NoReturn:
+    """Skip the test loudly, naming the package, or, under CI, fail it: a
+    green CI run must mean the real clients ran."""
+    import pytest
+
+    if running_in_ci(environ):
+        pytest.fail(f"PACKAGE MISSING under CI=true (install-system-deps.sh must install it): {error}", pytrace=False)
+    pytest.skip(f"SKIPPED, PACKAGE MISSING: {error}")
 
 
 class CommandFailed(Exception):

@@ -28,6 +28,7 @@ from tests.clients.harness import (
     Registry,
     Skopeo,
     make_image,
+    missing_tool,
     read_oci_layout,
     sha256_digest,
     start_our_registry,
@@ -46,7 +47,7 @@ def start_registry(kind: str, workdir: Path, storage: Path) -> Registry:
         try:
             return start_reference_registry(workdir, storage=storage)
         except MissingTool as error:
-            pytest.skip(f"SKIPPED, PACKAGE MISSING: {error}")
+            missing_tool(error)
     return start_our_registry(workdir, storage=storage)
 
 

@@ -1,0 +1,99 @@
+"""``scripts/install-system-deps.sh`` helpers: waiting for another package
+manager's lock (a real fcntl lock held by another process, as apt and dpkg
+take them), and the CI rule that a missing real-client package fails the run
+instead of skipping."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.clients.harness import MissingTool, missing_tool, running_in_ci
+
+ROOT = Path(__file__).resolve().parent.parent
+WAITER = ROOT / "scripts" / "wait_dpkg_lock.py"
+
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.readline()   # hold until told
+"""
+
+
+def hold_lock(path: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def release(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    proc.wait(timeout=10)
+
+
+def test_waits_while_another_process_holds_the_lock(tmp_path: Path) -> None:
+    lock = tmp_path / "lock-frontend"
+    holder = hold_lock(lock)
+    waiter = subprocess.Popen(
+        [sys.executable, str(WAITER), "--timeout", "60", "--interval", "0.1", str(lock), str(tmp_path / "absent")],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(1.0)
+        assert waiter.poll() is None, "the waiter must not give up while the lock is held"
+    finally:
+        release(holder)
+    assert waiter.wait(timeout=30) == 0
+    assert waiter.stderr is not None
+    assert f"held by process {holder.pid}" in waiter.stderr.read()
+
+
+def test_gives_up_after_the_timeout_naming_the_holder(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    holder = hold_lock(lock)
+    try:
+        r = subprocess.run([sys.executable, str(WAITER), "--timeout", "0.5", "--interval", "0.1", str(lock)],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        release(holder)
+    assert r.returncode == 1
+    assert f"held by process {holder.pid}" in r.stderr and "still held" in r.stderr
+
+
+def test_free_and_absent_locks_do_not_wait(tmp_path: Path) -> None:
+    (tmp_path / "free").write_bytes(b"")
+    r = subprocess.run([sys.executable, str(WAITER), "--timeout", "0", str(tmp_path / "free"), str(tmp_path / "none")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+def test_missing_client_package_skips_outside_ci_and_fails_under_ci() -> None:
+    error = MissingTool("skopeo", "skopeo")
+    with pytest.raises(pytest.skip.Exception, match="PACKAGE MISSING"):
+        missing_tool(error, {})
+    with pytest.raises(pytest.fail.Exception, match="under CI=true"):
+        missing_tool(error, {"CI": "true"})
+    assert running_in_ci({"CI": "true"}) and not running_in_ci({"CI": ""}) and not running_in_ci({})
+
+
+def test_install_script_is_strict_under_ci() -> None:
+    # The script turns CI=true into SYSTEM_DEPS_STRICT=1 before anything else.
+    script = (ROOT / "scripts" / "install-system-deps.sh").read_text()
+    head, sep, _ = script.partition("esac\n")
+    assert sep, "the CI case block moved"
+    probe = head + sep + 'echo "strict=${SYSTEM_DEPS_STRICT:-0}"\n'
+    for ci, expected in (("true", "strict=1"), ("", "strict=0")):
+        env = {k: v for k, v in os.environ.items() if k not in ("CI", "SYSTEM_DEPS_STRICT")}
+        env["CI"] = ci
+        r = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, env=env, timeout=30)
+        assert r.stdout.strip() == expected, (ci, r.stdout, r.stderr)
+    assert 'DPkg::Lock::Timeout=$LOCK_TIMEOUT' in script and "wait_dpkg_lock.py" in script

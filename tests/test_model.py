@@ -19,7 +19,6 @@ from zope.interface.verify import verifyObject
 
 from registry.digest import Digest, sha256_digest
 from registry.http import RegistrySite
-from registry.resources import manifests as manifest_resources
 from registry.resources.context import Context
 from registry.resources.router import RegistryRoot, build_routes
 from registry.storage.blobs import BlobDescriptors, BlobStore
@@ -184,7 +183,7 @@ async def test_upload_requests_go_through_the_injected_lock() -> None:
 
 async def _serve(model: DataModel) -> AsyncIterator[str]:
     ctx = Context(model, delete_enabled=True)
-    root = RegistryRoot(build_routes(ctx, manifest_resources.handlers(ctx)), ctx.extra_headers)
+    root = RegistryRoot(build_routes(ctx), ctx.extra_headers)
     port = reactor.listenTCP(0, RegistrySite(root), interface="127.0.0.1")
     try:
         yield f"http://127.0.0.1:{port.getHost().port}"

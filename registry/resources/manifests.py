@@ -1,6 +1,5 @@
 """``PUT|GET|HEAD|DELETE /v2/<name>/manifests/<reference>`` (a tag or a
-digest), and ``handlers(ctx)``: every handler of this part of the API
-(manifests, tags, catalog, referrers) for the route table.
+digest).
 
 PUT bodies are buffered up to ``MANIFEST_MAX`` bytes; a larger body is
 answered 413 ``MANIFEST_INVALID`` without being stored.
@@ -11,14 +10,13 @@ checking the client's ``Accept`` header lines (all of them).
 from __future__ import annotations
 
 import io
-from typing import Any
 
 from registry import errors
 from registry.digest import Digest, DigestError, sha256_digest
 from registry.errors import RegistryError
 from registry.http import LimitedBody, RegistryRequest
 from registry.manifest_types import is_acceptable, media_type_of, parse_manifest
-from registry.reference import TagError, check_tag
+from registry.reference import InvalidTagError, check_tag
 from registry.resources.base import empty_response
 from registry.resources.context import SMALL_BODY, Context
 
@@ -26,7 +24,7 @@ MANIFEST_MAX = 4 * 1024 * 1024
 
 
 def parse_reference(reference: str) -> tuple[str | None, Digest | None]:
-    """``(tag, None)`` or ``(None, digest)``; raises ``TagError`` /
+    """``(tag, None)`` or ``(None, digest)``; raises ``InvalidTagError`` /
     ``DigestError`` for a reference that is neither."""
     if ":" in reference:
         return None, Digest.parse(reference)
@@ -40,7 +38,7 @@ def lookup_reference(name: str, reference: str) -> tuple[str | None, Digest | No
     Distribution answer), not a client error; writes keep their 400."""
     try:
         return parse_reference(reference)
-    except (TagError, DigestError) as e:
+    except (InvalidTagError, DigestError) as e:
         raise RegistryError(
             errors.MANIFEST_UNKNOWN,
             f"manifest {reference[:200]!r} of {name!r} is unknown: it is neither a valid tag nor a valid digest ({e})",
@@ -128,17 +126,3 @@ class ManifestResource:
         assert digest is not None
         await self.ctx.model.manifests.delete(name, digest)
         empty_response(request, 202, {"Docker-Content-Digest": str(digest)})
-
-
-def handlers(ctx: Context) -> dict[str, Any]:
-    """The handlers this module family adds to the route table."""
-    from registry.resources.catalog import CatalogResource
-    from registry.resources.referrers import ReferrersResource
-    from registry.resources.tags import TagsResource
-
-    return {
-        "manifests": ManifestResource(ctx),
-        "tags": TagsResource(ctx),
-        "catalog": CatalogResource(ctx),
-        "referrers": ReferrersResource(ctx),
-    }

@@ -101,7 +101,7 @@ async def test_unknown_user_takes_as_long_as_wrong_password(tmp_path: Path) -> N
     c = HtpasswdAccessController("r", str(path), reactor=reactor)
     try:
         wrong, unknown = [], []
-        for _ in range(4):
+        for _ in range(6):
             for user, into in (("alice", wrong), ("mallory", unknown)):
                 start = time.perf_counter()
                 await refusal(c, basic(user, "nope"))

@@ -121,3 +121,19 @@ async def test_kid_signed_tokens(tmp_path: Path) -> None:
     header = json.loads(base64.urlsafe_b64decode(body["token"].split(".")[0] + "=="))
     assert header["kid"] == kid and "x5c" not in header
     c.authorize_now(Credentials(b"Bearer " + body["token"].encode()), [Access("repository", "x", "pull")])
+
+
+@pytest_twisted.ensureDeferred
+async def test_serves_on_a_real_socket(server: TokenServer, controller: TokenAccessController) -> None:
+    import treq
+
+    from tests.auth.tokenserver import serve
+
+    port, url = await serve(server)
+    try:
+        response = await treq.get(url, params={"service": "registry", "scope": "repository:alice/a:pull"}, auth=("alice", "wonderland"))
+        assert response.code == 200
+        body = json.loads(await response.content())
+        controller.authorize_now(Credentials(b"Bearer " + body["token"].encode()), [Access("repository", "alice/a", "pull")])
+    finally:
+        await port.stopListening()

@@ -141,3 +141,17 @@ class TokenServer(Resource):
         return json.dumps(
             {"token": token, "access_token": token, "expires_in": self.lifetime, "issued_at": issued_at}
         ).encode()
+
+
+async def serve(server: TokenServer, reactor: Any = None) -> tuple[Any, str]:
+    """Listen on a free port of 127.0.0.1; (listening port, token URL).
+    Stop with ``await port.stopListening()``."""
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.web.server import Site
+
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(server))
+    return port, f"http://127.0.0.1:{port.getHost().port}/token"

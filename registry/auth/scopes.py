@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Final, Iterable, Mapping, Sequence
 
 from registry.auth.interfaces import Access, Credentials
-from registry.reference import NameError_, check_name
+from registry.reference import InvalidNameError, check_name
 
 ROUTE_BASE: Final = "base"
 ROUTE_CATALOG: Final = "catalog"
@@ -85,7 +85,7 @@ def required_access(
             source = sources[0]
             try:
                 check_name(source)
-            except NameError_:
+            except InvalidNameError:
                 # The mount cannot happen; the route answers the bad name.
                 return needed
             if source != name:

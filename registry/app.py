@@ -17,9 +17,10 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.application.service import IService
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.web.resource import IResource
 
+from registry.auth import IAccessController
 from registry.config import Config, ConfigError, HTTPConfig, UploadPurgingConfig, parse_addr
 from registry.http import RegistrySite
 from registry.resources.context import Context
@@ -40,11 +41,15 @@ __all__ = [
 @dataclass(frozen=True)
 class Listener:
     """A listening socket the application wants: a name (``main``,
-    ``debug``), a Twisted server endpoint string and the factory served."""
+    ``debug``), a Twisted server endpoint (a string, or an endpoint object
+    where a string cannot say it: TLS from ``http.tls``) and the factory
+    served; ``description`` says where, for logs, when the endpoint is an
+    object."""
 
     name: str
-    endpoint: str
+    endpoint: str | IStreamServerEndpoint
     factory: IProtocolFactory
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class RegistryApplication:
 def make_root(
     driver: IStorageDriver,
     delete_enabled: bool = False,
+    access: IAccessController | None = None,
     readonly: bool = False,
     base_url: str = "",
     prefix: str = "/",
@@ -86,14 +92,29 @@ def make_root(
         relative_urls=relative_urls,
         extra_headers=dict(extra_headers or {}),
     )
-    return RegistryRoot(build_routes(ctx), ctx.extra_headers)
+    return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access)
 
 
-def make_application(config: Config, reactor: Any = None, *, listen: str | None = None) -> RegistryApplication:
+def make_application(
+    config: Config, reactor: Any = None, *, listen: str | None = None, access: IAccessController | None = None
+) -> RegistryApplication:
     """The registry described by ``config``; ``listen`` (a server endpoint
     string, ``--listen``) replaces ``http.addr``/``http.tls`` for the main
-    listener."""
+    listener.  ``access`` is the access controller already built from
+    ``config.auth`` (the tap builds it while checking the options); without
+    it, it is built here."""
+    from registry.auth.factory import access_controller_from_config
     from registry.storage.factory import create_driver
+
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    if access is None:
+        try:
+            access = access_controller_from_config(config.auth.controller_params(), reactor=reactor)
+        except ValueError as e:
+            raise ConfigError("auth", None, str(e)) from None
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
     root = make_root(
@@ -104,14 +125,31 @@ def make_application(config: Config, reactor: Any = None, *, listen: str | None 
         prefix=config.http.prefix,
         relative_urls=config.http.relativeurls,
         extra_headers=config.http.headers,
+        access=access,
     )
-    listeners = [Listener("main", listen or endpoint_description(config.http), RegistrySite(root))]
+    listeners = [main_listener(config.http, RegistrySite(root), reactor, listen)]
     services: list[IService] = []
     if not config.storage.readonly:
         purging = purge_service(config.storage.uploadpurging, driver)
         if purging is not None:
             services.append(purging)
     return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver)
+
+
+def main_listener(http: HTTPConfig, site: RegistrySite, reactor: Any, listen: str | None = None) -> Listener:
+    """The main listener: ``--listen`` as given, TLS from ``http.tls`` (an
+    endpoint object: the chain, client CAs and minimum version), else the
+    endpoint string for ``http.addr``."""
+    settings = http.tls_settings()
+    if listen is not None or settings is None or http.net == "unix":
+        return Listener("main", listen or endpoint_description(http), site)
+    from registry.tls import server_endpoint
+
+    host, port = parse_addr(http.addr)
+    if not host and http.net == "tcp6":
+        host = "::"
+    endpoint = server_endpoint(reactor, port, settings, interface=host)
+    return Listener("main", endpoint, site, description=f"tls:{http.addr}")
 
 
 def purge_service(purging: UploadPurgingConfig, driver: IStorageDriver) -> IService | None:

@@ -32,14 +32,18 @@ import ipaddress
 import os
 import re
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 from urllib.parse import urlsplit
 
 import yaml
 
+if TYPE_CHECKING:
+    from registry.tls import TLSSettings
+
 __all__ = [
     "DEFAULT_CONFIG_YAML",
     "Config",
+    "AuthConfig",
     "ConfigError",
     "HTTPConfig",
     "LogConfig",
@@ -209,6 +213,18 @@ def _read_mapping(loader: _Loader, dotted: str, spec: Key) -> dict[str, Any]:
     return {str(k): v for k, v in loader._mapping(dotted).items()}
 
 
+def _read_strings(loader: _Loader, dotted: str, spec: Key) -> tuple[str, ...]:
+    value = loader._get(dotted)
+    if value is None or value == "":
+        return tuple(spec.default or ())
+    if isinstance(value, str):
+        # One value, or several separated by commas (an environment override).
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise loader._error(dotted, value, "must be a list of strings")
+
+
 def _read_section(loader: _Loader, dotted: str, spec: Key) -> Any:
     assert spec.section is not None
     if not spec.required and loader._get(dotted) is None:
@@ -300,6 +316,12 @@ def boolean(default: bool, *, key: str | None = None) -> Any:
 def duration(default: str, *, key: str | None = None) -> Any:
     """A Go duration (``"168h"``), kept as seconds."""
     return _meta(Key(key, _read_duration, default, is_string=True), parse_go_duration(default))
+
+
+def strings(*, key: str | None = None) -> Any:
+    """A list of strings (a single string is a list of one; commas separate
+    values given by an environment variable)."""
+    return _meta(Key(key, _read_strings, (), is_string=True), ())
 
 
 def mapping(*, key: str | None = None, read: _Reader | None = None) -> Any:
@@ -413,9 +435,6 @@ class HTTPConfig:
     """``http.*``: where to listen and how the registry names itself."""
 
     IGNORED: ClassVar[tuple[str, ...]] = (
-        "tls.clientcas",
-        "tls.minimumtls",
-        "tls.ciphersuites",
         "tls.letsencrypt",
         "draintimeout",
         "debug",
@@ -434,6 +453,11 @@ class HTTPConfig:
     relativeurls: bool = boolean(False)
     tls_certificate: str | None = string(None, key="tls.certificate")
     tls_key: str | None = string(None, key="tls.key")
+    #: CA certificate files whose client certificates are accepted (mutual TLS).
+    tls_clientcas: tuple[str, ...] = strings(key="tls.clientcas")
+    tls_minimumtls: str = string("tls1.2", key="tls.minimumtls", choices=("tls1.0", "tls1.1", "tls1.2", "tls1.3"))
+    #: Go's names of the TLS 1.2 cipher suites to offer (empty: OpenSSL's defaults).
+    tls_ciphersuites: tuple[str, ...] = strings(key="tls.ciphersuites")
     #: ``http.headers``: extra response headers, each a list of values.
     headers: dict[str, list[str]] = mapping(read=_read_headers)
 
@@ -451,7 +475,86 @@ class HTTPConfig:
             raise check.error("tls.key", "required when http.tls.certificate is set")
         if self.tls_key and not self.tls_certificate:
             raise check.error("tls.certificate", "required when http.tls.key is set")
+        if self.tls_clientcas and not self.tls_certificate:
+            raise check.error("tls.clientcas", "needs http.tls.certificate and http.tls.key (mutual TLS is TLS)")
+        from registry.tls import GO_CIPHER_SUITES, TLS13_SUITES
+
+        for suite in self.tls_ciphersuites:
+            if suite not in GO_CIPHER_SUITES and suite not in TLS13_SUITES:
+                raise check.error(
+                    "tls.ciphersuites",
+                    f"unknown or unsupported cipher suite {suite!r}; use Go's names, e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                )
         return self
+
+    def tls_settings(self) -> "TLSSettings | None":
+        """The TLS listener settings, or None for plain HTTP."""
+        from registry.tls import TLSSettings
+
+        if not (self.tls_certificate and self.tls_key):
+            return None
+        return TLSSettings(
+            certificate=self.tls_certificate,
+            key=self.tls_key,
+            clientcas=self.tls_clientcas,
+            minimumtls=self.tls_minimumtls,
+            ciphersuites=self.tls_ciphersuites,
+        )
+
+
+@dataclass(frozen=True)
+class HtpasswdConfig:
+    """``auth.htpasswd``: Basic authentication against a bcrypt htpasswd file."""
+
+    realm: str = string("Registry Realm")
+    path: str = string(None, required=True)
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """``auth.token``: Docker's token authentication (JWTs from a token server)."""
+
+    realm: str = string(None, required=True)
+    service: str = string(None, required=True)
+    issuer: str = string(None, required=True)
+    rootcertbundle: str | None = string(None)
+    jwks: str | None = string(None)
+    autoredirect: bool = boolean(False)
+    autoredirectpath: str | None = string(None)
+    signingalgorithms: tuple[str, ...] = strings()
+
+    def checked(self, check: Checker) -> TokenConfig:
+        if not self.rootcertbundle and not self.jwks:
+            raise check.error("rootcertbundle", "required (or auth.token.jwks): the keys that sign tokens")
+        return self
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``auth``: at most one access controller; none means open access."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("silly",)
+
+    htpasswd: HtpasswdConfig | None = section(HtpasswdConfig, optional=True)
+    token: TokenConfig | None = section(TokenConfig, optional=True)
+
+    def checked(self, check: Checker) -> AuthConfig:
+        if self.htpasswd is not None and self.token is not None:
+            raise check.error("token", "configure exactly one access controller (auth.htpasswd or auth.token), not both")
+        return self
+
+    def controller_params(self) -> dict[str, dict[str, Any]]:
+        """``{name: params}`` of the configured controller (empty: none)."""
+        from dataclasses import asdict
+
+        if self.htpasswd is not None:
+            return {"htpasswd": asdict(self.htpasswd)}
+        if self.token is not None:
+            params = {k: v for k, v in asdict(self.token).items() if v not in (None, ())}
+            if "signingalgorithms" in params:
+                params["signingalgorithms"] = list(params["signingalgorithms"])
+            return {"token": params}
+        return {}
 
 
 def _read_version(loader: _Loader, dotted: str, spec: Key) -> str:
@@ -481,7 +584,6 @@ class Config:
     """The validated configuration; :attr:`raw` is the merged tree."""
 
     IGNORED: ClassVar[tuple[str, ...]] = (
-        "auth",
         "middleware",
         "reporting",
         "notifications",
@@ -500,6 +602,7 @@ class Config:
         Key(None, _read_storage, section=StorageConfig, open=True), default_factory=StorageConfig
     )
     http: HTTPConfig = section(HTTPConfig)
+    auth: AuthConfig = section(AuthConfig)
     raw: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 

@@ -24,6 +24,8 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from registry.resources.router import RegistryRoot, RouteMatch
 
 # What a client that sends a TLS ClientHello to the plain port gets back
@@ -79,9 +81,26 @@ class LimitedBody:
         self.too_large = too_large
 
 
+class DeferredBody:
+    """The root cannot decide yet (an access check that needs I/O, such as a
+    bcrypt comparison in a thread): ``decision`` fires with the real body
+    handling, or fails with the error that refuses the request.  Meanwhile
+    the request holds the body's first bytes, pausing the connection once
+    ``PENDING_LIMIT`` bytes wait, and delays ``render`` until the decision;
+    a refused request's body is dropped unread."""
+
+    #: Body bytes held while the decision is pending, before the connection
+    #: is paused.
+    PENDING_LIMIT = 256 * 1024
+
+    def __init__(self, decision: "Deferred[Any]") -> None:
+        self.decision = decision
+
+
 #: What the root decides for a request's body when its headers are in: a sink
-#: to stream it into, a bounded buffer, or None for Twisted's default.
-BodyHandling = Union[BodySink, LimitedBody, None]
+#: to stream it into, a bounded buffer, None for Twisted's default, or a
+#: decision still to come.
+BodyHandling = Union[BodySink, LimitedBody, DeferredBody, None]
 
 
 class RegistryRequest(server.Request):
@@ -106,6 +125,18 @@ class RegistryRequest(server.Request):
     #: ``render`` answers from these; it does not route again.
     route_match: RouteMatch | None = None
     route_error: Exception | None = None
+    #: Who the access controller says made the request (None: no access
+    #: control, or not decided).
+    identity: Any = None
+    #: False when access control refuses the mount source of an upload POST
+    #: (the upload then starts without mounting).
+    mount_allowed = True
+    # While a DeferredBody is pending: the body bytes held, and the
+    # requestReceived call that waits for the decision.
+    _pending: list[bytes] | None = None
+    _pending_size = 0
+    _pending_received: tuple[bytes, bytes, bytes] | None = None
+    _length: int | None = None
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -119,8 +150,15 @@ class RegistryRequest(server.Request):
             super().gotLength(length)
             return
         command, target = self.request_line
-        decision = self.root.headers_received(self, command, target, length)
-        if isinstance(decision, LimitedBody):
+        self._length = length
+        self._apply(self.root.headers_received(self, command, target, length), length)
+
+    def _apply(self, decision: BodyHandling, length: int | None) -> None:
+        if isinstance(decision, DeferredBody):
+            self._pending = []
+            self.content = io.BytesIO()
+            decision.decision.addCallbacks(self._decided, self._refused)
+        elif isinstance(decision, LimitedBody):
             self.body_limit = decision.limit
             self.body_too_large_error = decision.too_large
             self.content = io.BytesIO()
@@ -132,7 +170,31 @@ class RegistryRequest(server.Request):
         else:
             super().gotLength(length)
 
+    def _decided(self, decision: BodySink | LimitedBody | None) -> None:
+        pending, self._pending = self._pending or [], None
+        self._pending_size = 0
+        if self._disconnected and self.body_sink is None:
+            return
+        self._apply(decision, self._length)
+        for data in pending:
+            self.handleContentChunk(data)
+        self.resume_body()
+        received, self._pending_received = self._pending_received, None
+        if received is not None:
+            self._body_done = False
+            self.requestReceived(*received)
+
+    def _refused(self, failure: Failure) -> None:
+        self.route_error = failure.value
+        self._decided(LimitedBody(0))
+
     def handleContentChunk(self, data: bytes) -> None:
+        if self._pending is not None:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size > DeferredBody.PENDING_LIMIT:
+                self.pause_body()
+            return
         if self.body_sink is not None:
             self.body_sink.data_received(data)
         elif self.body_limit is not None:
@@ -146,6 +208,10 @@ class RegistryRequest(server.Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._body_done = True
+        if self._pending is not None:
+            # Rendered once the decision is in (see _decided).
+            self._pending_received = (command, path, version)
+            return
         if self.body_sink is not None:
             self.resume_body()
             self.body_sink.body_complete()

@@ -26,6 +26,7 @@ import sys
 from typing import IO, Any, Mapping, Protocol
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
@@ -38,8 +39,11 @@ from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 from registry.app import RegistryApplication, endpoint_description
+from registry.auth import IAccessController
+from registry.auth.factory import access_controller_from_config
 from registry.config import CONFIGURATION_PATH_ENV, Config, ConfigError, load_config, load_config_file
 from registry.logs import make_observer
+from registry.tls import TLSConfigError, server_options
 
 __all__ = ["AppFactory", "Options", "RegistryService", "endpoint_description", "makeService"]
 
@@ -47,7 +51,9 @@ __all__ = ["AppFactory", "Options", "RegistryService", "endpoint_description", "
 class AppFactory(Protocol):
     """Builds the application from the configuration (``registry.app.make_application``)."""
 
-    def __call__(self, config: Config, reactor: Any, *, listen: str | None = None) -> RegistryApplication: ...
+    def __call__(
+        self, config: Config, reactor: Any, *, listen: str | None = None, access: IAccessController | None = None
+    ) -> RegistryApplication: ...
 
 
 _log = Logger(namespace="registry.tap")
@@ -79,6 +85,7 @@ class Options(usage.Options):
         self["config"] = None
         self["listen"] = None
         self["registry_config"] = None
+        self["access_controller"] = None
 
     def opt_config(self, path: str) -> None:
         """YAML config file (Distribution's keys) [default: $REGISTRY_CONFIGURATION_PATH, else built-in]"""
@@ -116,13 +123,19 @@ class Options(usage.Options):
         except OSError as e:
             raise usage.UsageError(f"--config {path!r}: cannot read: {e.strerror or e}") from None
         if self["listen"] is None:
-            if config.http.tls_certificate and config.http.tls_key:
-                _check_readable("http.tls.certificate", config.http.tls_certificate)
-                _check_readable("http.tls.key", config.http.tls_key)
             try:
                 endpoint_description(config.http)
-            except ConfigError as e:
+                settings = config.http.tls_settings()
+                if settings is not None:
+                    server_options(settings)  # every file read and checked now
+            except (ConfigError, TLSConfigError) as e:
                 raise usage.UsageError(str(e)) from None
+        try:
+            # Built now so a bad htpasswd file or key bundle stops start-up
+            # with a message; the application takes it over.
+            self["access_controller"] = access_controller_from_config(config.auth.controller_params())
+        except ValueError as e:
+            raise usage.UsageError(f"invalid configuration: {e}") from None
         self["registry_config"] = config
 
 
@@ -207,8 +220,15 @@ class RegistryService(MultiService):
         for service in application.services:
             service.setServiceParent(self)
         for listener in application.listeners:
-            listening = strports.service(listener.endpoint, listener.factory, reactor=reactor)
-            announced = _AnnouncedEndpoint(listener.name, listening.endpoint, listener.endpoint)
+            if isinstance(listener.endpoint, str):
+                listening = strports.service(listener.endpoint, listener.factory, reactor=reactor)
+                description = listener.endpoint
+            else:
+                # A TLS listener: built from http.tls (chain, client CAs,
+                # minimum version), which endpoint strings cannot say.
+                listening = StreamServerEndpointService(listener.endpoint, listener.factory)
+                description = listener.description
+            announced = _AnnouncedEndpoint(listener.name, listening.endpoint, description)
             listening.endpoint = announced
             self._endpoints[listener.name] = announced
             listening.setServiceParent(self)
@@ -290,7 +310,7 @@ def makeService(
         from registry.app import make_application
 
         app_factory = make_application
-    application = app_factory(config, reactor, listen=options["listen"])
+    application = app_factory(config, reactor, listen=options["listen"], access=options.get("access_controller"))
     out = _log_output(options)
     observer = make_observer(config.log, out) if out is not None else None
     return RegistryService(config, application, observer, reactor)

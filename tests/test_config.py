@@ -184,6 +184,10 @@ def test_distribution_config_works_with_warnings_for_the_rest() -> None:
     assert config.http.secret == "asecretforlocaldevelopment"
     assert config.http.tls_certificate == "/path/to/x509/public"
     assert config.http.tls_key == "/path/to/x509/private"
+    assert config.http.tls_clientcas == ("/path/to/ca.pem",)
+    assert config.http.tls_minimumtls == "tls1.2"
+    assert config.auth.htpasswd is not None and config.auth.token is None
+    assert config.auth.controller_params() == {"htpasswd": {"realm": "basic-realm", "path": "/path/to/htpasswd"}}
     assert config.http.headers == {
         "X-Content-Type-Options": ["nosniff"],
         "Strict-Transport-Security": ["max-age=31536000"],
@@ -193,12 +197,9 @@ def test_distribution_config_works_with_warnings_for_the_rest() -> None:
         "log.hooks",
         "storage.cache",
         "storage.redirect",
-        "auth",
         "middleware",
         "reporting",
         "http.draintimeout",
-        "http.tls.clientcas",
-        "http.tls.minimumtls",
         "http.debug",
         "http.http2",
         "notifications",
@@ -381,9 +382,9 @@ def test_configuration_path_variable_is_not_an_override() -> None:
 
 
 def test_unknown_override_warns_with_key_and_variable() -> None:
-    config = load(None, {"REGISTRY_HTTP_ADRESS": ":1", "REGISTRY_AUTH_HTPASSWD_PATH": "/h", "REGISTRY__X": "1"})
+    config = load(None, {"REGISTRY_HTTP_ADRESS": ":1", "REGISTRY_PROXY_REMOTEURL": "https://h", "REGISTRY__X": "1"})
     assert "configuration key http.adress: unknown key; ignored (set by environment variable REGISTRY_HTTP_ADRESS)" in config.warnings
-    assert any(w.startswith("configuration key auth: not supported") and "REGISTRY_AUTH_HTPASSWD_PATH" in w
+    assert any(w.startswith("configuration key proxy: not supported") and "REGISTRY_PROXY_REMOTEURL" in w
                for w in config.warnings)
     assert any("REGISTRY__X" in w for w in config.warnings)
     assert config.http.addr == "127.0.0.1:5000"
@@ -584,3 +585,51 @@ def test_a_new_section_is_one_declaration() -> None:
     with pytest.raises(ConfigError) as e:
         read({"auth": {"htpasswd": "yes"}})
     assert (e.value.key, e.value.value, e.value.message) == ("auth.htpasswd", "yes", "must be a mapping")
+
+
+# --- auth and TLS ---------------------------------------------------------------
+
+
+def test_auth_sections_from_file_and_environment() -> None:
+    config = load(None, {"REGISTRY_AUTH_HTPASSWD_PATH": "/etc/registry/htpasswd", "REGISTRY_AUTH_HTPASSWD_REALM": "0123"})
+    assert config.warnings == []
+    assert config.auth.controller_params() == {"htpasswd": {"realm": "0123", "path": "/etc/registry/htpasswd"}}
+    token = load(MINIMAL + "auth:\n  token:\n    realm: https://auth/token\n    service: reg\n    issuer: iss\n"
+                 "    rootcertbundle: /b.pem\n    autoredirect: true\n    signingalgorithms: [ES256, RS256]\n")
+    assert token.auth.controller_params() == {"token": {
+        "realm": "https://auth/token", "service": "reg", "issuer": "iss", "rootcertbundle": "/b.pem",
+        "autoredirect": True, "signingalgorithms": ["ES256", "RS256"]}}
+    assert load(None).auth.controller_params() == {}
+
+
+@pytest.mark.parametrize(
+    "text, key, message",
+    [
+        ("auth:\n  htpasswd:\n    realm: r\n", "auth.htpasswd.path", "required"),
+        ("auth:\n  token:\n    realm: r\n    service: s\n    issuer: i\n", "auth.token.rootcertbundle", "required"),
+        ("auth:\n  htpasswd: {path: /p}\n  token: {realm: r, service: s, issuer: i, jwks: /j}\n", "auth.token",
+         "exactly one access controller"),
+        ("http:\n  addr: :5000\n  tls:\n    clientcas: [/ca.pem]\n", "http.tls.clientcas", "needs http.tls.certificate"),
+        ("http:\n  addr: :5000\n  tls: {certificate: /c, key: /k, minimumtls: ssl3}\n", "http.tls.minimumtls", "must be one of"),
+        ("http:\n  addr: :5000\n  tls: {certificate: /c, key: /k, ciphersuites: [TLS_RC4]}\n", "http.tls.ciphersuites",
+         "unknown or unsupported cipher suite"),
+    ],
+)
+def test_auth_and_tls_mistakes_name_the_key(text: str, key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(MINIMAL + text)
+    assert info.value.key == key
+    assert message in str(info.value)
+
+
+def test_tls_settings() -> None:
+    config = load(MINIMAL + "http:\n  addr: :5000\n  tls:\n    certificate: /c\n    key: /k\n    clientcas: [/a, /b]\n"
+                  "    minimumtls: TLS1.3\n    ciphersuites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]\n")
+    settings = config.http.tls_settings()
+    assert settings is not None
+    assert (settings.certificate, settings.key, settings.clientcas, settings.minimumtls, settings.ciphersuites) == (
+        "/c", "/k", ("/a", "/b"), "tls1.3", ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",))
+    assert load(None).http.tls_settings() is None
+    env = load(None, {"REGISTRY_HTTP_TLS_CERTIFICATE": "/c", "REGISTRY_HTTP_TLS_KEY": "/k",
+                      "REGISTRY_HTTP_TLS_CLIENTCAS": "/a,/b"}).http.tls_settings()
+    assert env is not None and env.clientcas == ("/a", "/b")

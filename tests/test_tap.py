@@ -65,7 +65,7 @@ class StandIn:
     def __init__(self) -> None:
         self.configs: list[Config] = []
 
-    def __call__(self, config: Config, reactor_: Any, *, listen: str | None = None) -> RegistryApplication:
+    def __call__(self, config: Config, reactor_: Any, *, listen: str | None = None, access: Any = None) -> RegistryApplication:
         self.configs.append(config)
         v2 = Resource()
         v2.putChild(b"", Data(b"{}", "application/json"))
@@ -113,7 +113,7 @@ def test_configuration_path_variable_and_option_precedence(tmp_path: Path) -> No
         (["--listen", "bogus:1234"], {}, "--listen 'bogus:1234': not a valid server endpoint"),
         (["--listen", "tcp:notaport"], {}, "--listen 'tcp:notaport'"),
         ([], {"REGISTRY_HTTP_TLS_CERTIFICATE": "/nonexistent/c.pem", "REGISTRY_HTTP_TLS_KEY": "/nonexistent/k.pem"},
-         "http.tls.certificate '/nonexistent/c.pem': cannot read"),
+         "http.tls.certificate = '/nonexistent/c.pem': cannot read"),
         ([], {"REGISTRY_HTTP_NET": "unix", "REGISTRY_HTTP_ADDR": "/tmp/r.sock",
               "REGISTRY_HTTP_TLS_CERTIFICATE": "/etc/hostname", "REGISTRY_HTTP_TLS_KEY": "/etc/hostname"},
          "TLS on a unix socket is not supported"),
@@ -398,7 +398,7 @@ def test_service_runs_the_application_services_before_its_listeners() -> Any:
 
     stand_in = StandIn()
 
-    def factory(config: Config, reactor_: Any, *, listen: str | None = None) -> RegistryApplication:
+    def factory(config: Config, reactor_: Any, *, listen: str | None = None, access: Any = None) -> RegistryApplication:
         app = stand_in(config, reactor_, listen=listen)
         return RegistryApplication(app.root, app.listeners, [Recorder()])
 

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, cast, runtime_checkable
 from urllib.parse import parse_qs, unquote
 
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from registry import errors
 from registry.digest import Digest
 from registry.errors import RegistryError
-from registry.http import BodyHandling, LimitedBody, RegistryRequest
+from registry.auth import Access, IAccessController, Identity, required_access
+from registry.auth.scopes import credentials_from_request
+from registry.http import BodyHandling, DeferredBody, LimitedBody, RegistryRequest
 from registry.reference import check_name
 from registry.resources.base import render_async, write_error
 from registry.resources.blobs import BlobResource
@@ -103,10 +107,17 @@ class RegistryRoot(Resource):
 
     isLeaf = True
 
-    def __init__(self, routes: Sequence[Route], extra_headers: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        extra_headers: dict[str, list[str]] | None = None,
+        access: IAccessController | None = None,
+    ) -> None:
         super().__init__()
         self.routes = list(routes)
         self.extra_headers = extra_headers or {}
+        #: The access controller (None: every request is allowed, as Distribution without ``auth``).
+        self.access = access
 
     def match(self, path: bytes) -> tuple[Route, dict[str, str]]:
         """The route for ``path`` and its validated parameters; raises
@@ -168,6 +179,40 @@ class RegistryRoot(Resource):
         streams.  An exception raised here refuses the request: its body is
         not received and ``render`` answers with the error (authorisation
         plugs in here).  Otherwise the handler's body hook chooses."""
+        if self.access is None:
+            return self._body_for(request, match, length)
+        needed, optional = _needed_access(match)
+        decision = self.access.authorize(credentials_from_request(request), needed)
+        outcome: list[Identity | Failure] = []
+
+        def decided_now(result: Identity | Failure) -> None:
+            outcome.append(result)  # and the Deferred ends handled
+
+        if decision.called:
+            decision.addBoth(decided_now)
+            # Decided at once (a token, a cached password, no credentials).
+            return self._authorized(outcome[0], request, match, length, optional)
+        later = decision.addCallback(self._authorized, request, match, length, optional)
+        return DeferredBody(later)
+
+    def _authorized(
+        self, outcome: Identity | Failure, request: RegistryRequest, match: RouteMatch, length: int | None,
+        optional: list[Access],
+    ) -> BodyHandling:
+        """Continue a request the access controller has decided on: keep the
+        identity (the access log names the user) or raise its refusal."""
+        if isinstance(outcome, Failure):
+            outcome.raiseException()
+        assert isinstance(outcome, Identity)
+        request.identity = outcome
+        if outcome.name:
+            request.log_fields["user"] = outcome.name
+        # A mount source the caller may not read is no error: the upload
+        # just is not mounted (never 201 without pull on the source).
+        request.mount_allowed = all(outcome.allows(a) for a in optional)
+        return self._body_for(request, match, length)
+
+    def _body_for(self, request: RegistryRequest, match: RouteMatch, length: int | None) -> BodyHandling:
         handler = match.handler
         if not isinstance(handler, BodyHook):
             return LimitedBody(SMALL_BODY)
@@ -205,6 +250,28 @@ class RegistryRoot(Resource):
             await fn(request, **params)
 
         return render_async(request, handle)
+
+
+#: Route names to the kinds ``registry.auth.required_access`` knows.
+_ACCESS_KINDS = {
+    "base": "base",
+    "catalog": "catalog",
+    "tags": "tags",
+    "manifest": "manifests",
+    "upload-start": "upload_start",
+    "upload": "upload",
+    "blob": "blobs",
+    "referrers": "referrers",
+}
+
+
+def _needed_access(match: RouteMatch) -> tuple[list[Access], list[Access]]:
+    """(what the request must be allowed, what it may use if allowed): a
+    mount's pull on its source repository is the second kind."""
+    needed = required_access(match.method.decode("ascii", "replace"), _ACCESS_KINDS[match.route.name], match.params, match.query)
+    name = match.params.get("name")
+    optional = [a for a in needed if a.type == "repository" and a.name != name]
+    return [a for a in needed if a not in optional], optional
 
 
 def build_routes(ctx: Context) -> list[Route]:

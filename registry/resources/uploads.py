@@ -231,7 +231,14 @@ class UploadStartResource:
         if "mount" in q:
             mount = Digest.parse(q["mount"][0])
             source = q.get("from", [None])[0]
-            if await ctx.model.try_mount(name, mount, source):
+            # Under access control: a source the caller may not pull is never
+            # mounted from (a plain upload starts instead, so nothing about it
+            # leaks), and an automatic mount needs a caller who may read
+            # every repository.
+            identity = request.identity
+            automatic = identity is None or identity.granted is None
+            mounted = request.mount_allowed and await ctx.model.try_mount(name, mount, source, automatic=automatic)
+            if mounted:
                 request.log_fields["digest"] = str(mount)
                 empty_response(request, 201, blob_created_headers(ctx, name, mount))
                 return

@@ -76,20 +76,23 @@ class DataModel:
             catalog=Catalog(driver),
         )
 
-    async def try_mount(self, name: str, d: Digest, source: str | None) -> bool:
+    async def try_mount(self, name: str, d: Digest, source: str | None, *, automatic: bool = True) -> bool:
         """Link blob ``d`` into ``name`` without an upload, if possible.
 
-        With ``source``: only when ``source`` has it linked. Without (automatic
-        mount): when the blob is stored at all — every repository is readable
-        by every client until access control lands, which must narrow this to
-        repositories the client may read. Returns False (upload instead) when
-        the blob is not available; an invalid ``source`` is no error, just no
-        mount (as Distribution answers)."""
+        With ``source``: only when ``source`` has it linked (the caller has
+        checked that the client may read ``source``). Without (automatic
+        mount): when the blob is stored at all, if ``automatic`` (the client
+        may read every repository); otherwise only when ``name`` already has
+        it. Returns False (upload instead) when the blob is not available; an
+        invalid ``source`` is no error, just no mount (as Distribution
+        answers)."""
         descriptors = self.blobs.descriptors
         if await descriptors.size(d) is None:
             return False
         if await descriptors.is_linked(name, d):
             return True
+        if source is None and not automatic:
+            return False
         if source is not None:
             try:
                 check_name(source)

@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from registry import errors
 from registry.digest import Digest
 from registry.errors import RegistryError
-from registry.auth import Access, IAccessController, Identity, required_access
+from registry.auth import Access, AuthChallenge, Credentials, IAccessController, Identity, required_access
 from registry.auth.scopes import credentials_from_request
 from registry.http import BodyHandling, DeferredBody, LimitedBody, RegistryRequest
 from registry.reference import check_name
@@ -182,7 +182,13 @@ class RegistryRoot(Resource):
         if self.access is None:
             return self._body_for(request, match, length)
         needed, optional = _needed_access(match)
-        decision = self.access.authorize(credentials_from_request(request), needed)
+        credentials = credentials_from_request(request)
+        # Ask for everything (a challenge then names the mount source's
+        # scope too, so clients fetch one token for both); if only the
+        # source is refused, the request goes on without mounting.
+        decision = self.access.authorize(credentials, needed + optional)
+        if optional:
+            decision.addErrback(self._without_optional, credentials, needed)
         outcome: list[Identity | Failure] = []
 
         def decided_now(result: Identity | Failure) -> None:
@@ -194,6 +200,15 @@ class RegistryRoot(Resource):
             return self._authorized(outcome[0], request, match, length, optional)
         later = decision.addCallback(self._authorized, request, match, length, optional)
         return DeferredBody(later)
+
+    def _without_optional(self, failure: Failure, credentials: Credentials, needed: list[Access]) -> Deferred[Identity]:
+        """Retry without the optional access when valid credentials were
+        refused only for lack of it (``DENIED``)."""
+        error = failure.value
+        if not isinstance(error, AuthChallenge) or error.code is not errors.DENIED:
+            return failure  # type: ignore[return-value]  # passes the refusal on
+        assert self.access is not None
+        return self.access.authorize(credentials, needed)
 
     def _authorized(
         self, outcome: Identity | Failure, request: RegistryRequest, match: RouteMatch, length: int | None,

@@ -37,7 +37,7 @@ from typing import Any, Callable, Coroutine, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred
 
-from registry.storage.base import StorageDriverWrapper
+from registry.storage.wrapper import StorageDriverWrapper
 from registry.storage.driver import IStorageDriver
 from registry.storage.factory import create_driver
 

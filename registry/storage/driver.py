@@ -5,7 +5,7 @@ knows paths and bytes only — never digests, manifests or repositories; the
 registry's data model (``registry.storage``) is built on top of it.
 
 Every method returns a ``Deferred``. Failures are the typed errors below;
-``registry.storage.base.StorageDriverWrapper`` validates paths and turns any
+``registry.storage.wrapper.StorageDriverWrapper`` validates paths and turns any
 other exception a driver raises into ``DriverError``, so callers only ever see
 ``StorageError`` subclasses.
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from twisted.logger import Logger
 from zope.interface.verify import verifyObject
 
-from registry.storage.base import StorageDriverWrapper
+from registry.storage.wrapper import StorageDriverWrapper
 from registry.storage.driver import IStorageDriver
 
 DriverFactory = Callable[[Mapping[str, Any], Any], IStorageDriver]

@@ -6,7 +6,7 @@ import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
 
-from registry.storage.base import StorageDriverWrapper
+from registry.storage.wrapper import StorageDriverWrapper
 from registry.storage.driver import DriverError, InvalidPathError, IStorageDriver, PathNotFoundError
 from registry.storage.factory import create_driver
 

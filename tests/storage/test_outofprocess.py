@@ -26,7 +26,7 @@ from twisted.protocols import amp
 from zope.interface.verify import verifyObject
 
 from registry.storage import amp_protocol as P
-from registry.storage.base import StorageDriverWrapper
+from registry.storage.wrapper import StorageDriverWrapper
 from registry.storage.driver import (
     DriverError,
     FileInfo,
@@ -57,7 +57,7 @@ if mode == "junk":
     os.write(1, b"oops, not AMP\\n")
 from registry.storage.drivers.outofprocess import serve
 from registry.storage.factory import create_driver
-from registry.storage.base import StorageDriverWrapper
+from registry.storage.wrapper import StorageDriverWrapper
 from registry.storage.driver import IStorageDriver
 from twisted.python.components import proxyForInterface
 

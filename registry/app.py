@@ -45,6 +45,7 @@ def make_site(config: Any, reactor: Any = None) -> RegistrySite:
     """A Site serving the registry described by ``config`` (a
     ``registry.config.Config``)."""
     from registry.storage.factory import create_driver
+    from registry.storage.wrapper import DriverService
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
     root = make_root(
@@ -58,7 +59,8 @@ def make_site(config: Any, reactor: Any = None) -> RegistrySite:
     )
     site = RegistrySite(root)
     site.registry_driver = driver  # type: ignore[attr-defined]
-    site.background_services = background_services(config, driver)  # type: ignore[attr-defined]
+    # The driver's thread pool / child process stops with the application.
+    site.background_services = [DriverService(driver), *background_services(config, driver)]  # type: ignore[attr-defined]
     return site
 
 

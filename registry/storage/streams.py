@@ -13,8 +13,8 @@ contracts and gets a complete ``IFileReader`` / ``IFileWriter`` from here:
   ``max_in_flight`` pieces are handed to the sink at a time, and ``write``
   fires once no more than ``window_bytes`` are handed over but not yet
   acknowledged (the backpressure). The first failed piece fails the next
-  ``write``/``close``/``commit``; ``commit`` waits for every piece and never
-  commits after a failed one.
+  ``write`` (or ``close``, if no ``write`` has reported it); ``commit`` waits
+  for every piece and never commits after a failed one.
 
 Misuse (a second ``read`` before the first fired, use after ``close``) is the
 wrapper's job (``registry.storage.wrapper``), not these helpers'.
@@ -266,6 +266,7 @@ class GatheringWriter:
         self._in_flight = 0  # pieces sent, not yet answered
         self._unacked = 0  # bytes queued or in flight
         self._error: Failure | None = None
+        self._error_reported = False  # a write() has failed with _error
         self._waiter: Deferred[None] | None = None
         self._drained: list[Deferred[None]] = []
 
@@ -296,7 +297,11 @@ class GatheringWriter:
         self._pump()
         if self._waiter is not None and (self._error is not None or self._unacked <= self.window_bytes):
             d, self._waiter = self._waiter, None
-            d.errback(self._error) if self._error is not None else d.callback(None)
+            if self._error is not None:
+                self._error_reported = True
+                d.errback(self._error)
+            else:
+                d.callback(None)
         if self._unacked == 0:
             drained, self._drained = self._drained, []
             for w in drained:
@@ -323,6 +328,7 @@ class GatheringWriter:
         """Gather ``data`` into pieces; fire once at most ``window_bytes`` are
         unacknowledged. Fails with the first error of an earlier piece."""
         if self._error is not None:
+            self._error_reported = True
             return fail(self._error)
         n = len(data)
         self.size += n
@@ -348,30 +354,28 @@ class GatheringWriter:
             self._gathered.append(bytes(view[whole:]))
             self._gathered_bytes = n - whole
         if self._error is not None:
+            self._error_reported = True
             return fail(self._error)
         if self._unacked <= self.window_bytes:
             return succeed(None)
         self._waiter = Deferred()
         return self._waiter
 
-    def _finish(self, release: Any) -> Deferred[None]:
-        """Drain, then call ``release()``; fail with a piece's error if any."""
+    def close(self) -> Deferred[None]:
+        """Write out what is gathered and release, keeping the bytes. Fails
+        (after releasing) with the error of a failed piece that no ``write``
+        has reported yet."""
+        if self._error is None:
+            self._flush()
 
-        def done(_: Any) -> Deferred[None]:
-            error = self._error
-            d: Deferred[None] = maybeDeferred(release)
+        def release(_: Any) -> Deferred[None]:
+            error = None if self._error_reported else self._error
+            d: Deferred[None] = maybeDeferred(self.sink.close)
             if error is not None:
                 d.addCallback(lambda _: error)
             return d
 
-        return self._drain().addCallback(done)
-
-    def close(self) -> Deferred[None]:
-        """Write out what is gathered and release, keeping the bytes; fails
-        with the error of a failed piece (after releasing)."""
-        if self._error is None:
-            self._flush()
-        return self._finish(self.sink.close)
+        return self._drain().addCallback(release)
 
     def commit(self) -> Deferred[None]:
         """Write out what is gathered, wait for every piece, then commit, or

@@ -21,7 +21,7 @@ Durability and atomicity
 Threads
   All blocking file work runs in the driver's own bounded
   ``twisted.python.threadpool.ThreadPool`` (``maxthreads``, default 16),
-  started with the reactor and stopped at reactor shutdown or ``close()``.
+  stopped by ``close()``, which the application calls when it stops.
   Bytes move in 1 MiB pieces, through the shared stream helpers of
   ``registry.storage.streams``: a writer gathers small writes into a 1 MiB
   piece and returns an already-fired Deferred while the piece has room, and
@@ -44,6 +44,7 @@ import os
 import secrets
 import shutil
 import stat as statmod
+import threading
 from collections.abc import Mapping
 from typing import Any, Callable, TypeVar
 
@@ -62,6 +63,7 @@ from registry.storage.driver import (
     PathNotFoundError,
     _PATH_RE,
 )
+from registry.storage.params import warn_unknown_params
 from registry.storage.streams import GatheringWriter, IPieceSink, IPieceSource, ReadAhead
 
 NAME = "filesystem"
@@ -75,6 +77,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NOFOLLOW = os.O_NOFOLLOW
 
 T = TypeVar("T")
+
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
 
 
 def _valid_name(name: str) -> bool:
@@ -510,25 +516,20 @@ class FilesystemDriver:
         self._tree = _Tree(os.path.realpath(rootdirectory))
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=0, maxthreads=maxthreads, name=f"storage-{NAME}")
+        # Daemon threads: a driver nobody closes does not keep the process
+        # alive. The application closes it (``close``) when it stops.
+        self._pool.threadFactory = _daemon_thread  # type: ignore[assignment]
         self._closed = False
-        reactor.callWhenRunning(self._pool.start)
-        self._shutdown_trigger = reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
+        self._pool.start()
 
     @property
     def root(self) -> str:
         """The real path of the root directory."""
         return self._tree.root
 
-    def _stop_pool(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._pool.stop()
-
     def close(self) -> Deferred[None]:
-        """Stop the thread pool (waiting for work in progress). Not part of
-        ``IStorageDriver``; the reactor's shutdown does the same."""
+        """Stop the thread pool, waiting for work in progress."""
         if not self._closed:
-            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
             # ThreadPool.stop joins its threads: do it off the reactor thread.
             pool = self._pool
             self._closed = True
@@ -598,8 +599,6 @@ def create(params: Mapping[str, Any], reactor: Any = None) -> FilesystemDriver:
     """Build the driver from ``rootdirectory`` (required, absolute; created if
     missing) and ``maxthreads`` (default 16). Raises ``ValueError`` naming the
     parameter."""
-    from registry.storage.factory import warn_unknown_params
-
     warn_unknown_params(NAME, params, known=("rootdirectory", "maxthreads"))
     root = params.get("rootdirectory")
     key = "storage.filesystem.rootdirectory"

@@ -48,12 +48,13 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Callable, TypeVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from registry.storage.driver import (
+    DriverError,
     FileInfo,
     IFileReader,
     IFileWriter,
@@ -537,6 +538,8 @@ class FilesystemDriver:
         return succeed(None)
 
     def _run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        if self._closed:
+            return fail(DriverError(NAME, "driver is closed"))
         return deferToThreadPool(self._reactor, self._pool, fn, *args)
 
     # -- IStorageDriver ----------------------------------------------------------

@@ -222,9 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         driver, size, block, lambda: evict(os.path.join(root, "bench", "blob", "data"))
                     )
                 finally:
-                    closer = getattr(driver, "close", None)
-                    if closer is not None:
-                        await closer()
+                    await driver.close()
 
             figures = _in_reactor(measure)
             if figures is None:

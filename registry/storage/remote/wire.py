@@ -38,7 +38,7 @@ stays ``PathNotFoundError``). Anything else the driver raises crosses as
 ``DriverError``.
 
 Commands on one handle run strictly in the order they arrived (AMP dispatches
-each box as it arrives; ``DriverServer`` queues per handle), which is what
+each box as it arrives; ``remote.server.DriverServer`` queues per handle), which is what
 lets the client pipeline reads and writes.
 """
 

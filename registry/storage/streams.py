@@ -350,8 +350,9 @@ class GatheringWriter:
         for start in range(pos, whole, piece_bytes):
             self._submit([view[start : start + piece_bytes]], piece_bytes)
         if whole < n:
-            # A copy of the rest, so the caller's whole buffer is not kept alive.
-            self._gathered.append(bytes(view[whole:]))
+            # A view, not a copy: it keeps at most this one caller's buffer
+            # alive until the next piece is cut.
+            self._gathered.append(view[whole:])  # type: ignore[arg-type]  # bytes-like, as the sink takes
             self._gathered_bytes = n - whole
         if self._error is not None:
             self._error_reported = True

@@ -260,7 +260,7 @@ class GatheringWriter:
         self.window_bytes = window_bytes
         self.max_in_flight = max_in_flight
         self.size = size
-        self._gathered: list[bytes] = []
+        self._gathered: list[bytes | memoryview] = []
         self._gathered_bytes = 0
         self._queued: deque[tuple[Piece, int]] = deque()  # cut, not yet sent
         self._in_flight = 0  # pieces sent, not yet answered
@@ -352,7 +352,7 @@ class GatheringWriter:
         if whole < n:
             # A view, not a copy: it keeps at most this one caller's buffer
             # alive until the next piece is cut.
-            self._gathered.append(view[whole:])  # type: ignore[arg-type]  # bytes-like, as the sink takes
+            self._gathered.append(view[whole:])
             self._gathered_bytes = n - whole
         if self._error is not None:
             self._error_reported = True

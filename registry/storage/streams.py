@@ -5,9 +5,9 @@ process, an HTTP request to an object store) implements one of two small
 contracts and gets a complete ``IFileReader`` / ``IFileWriter`` from here:
 
 * ``IPieceSource`` + ``ReadAhead``: the reader fetches pieces ahead of the
-  caller (one piece until a full one arrives, then up to ``depth`` pieces in
-  flight or buffered, so a slow consumer holds at most ``depth`` pieces) and
-  serves ``read(max_bytes)`` from them.
+  caller, at most ``depth`` of them in flight or buffered (so a slow
+  consumer holds at most ``depth`` pieces), and serves ``read(max_bytes)``
+  from them.
 * ``IPieceSink`` + ``GatheringWriter``: small writes gather into pieces of
   ``piece_bytes``; large writes are cut into pieces without copying; at most
   ``max_in_flight`` pieces are handed to the sink at a time, and ``write``
@@ -90,8 +90,11 @@ class ReadAhead:
     of the object *as it is now*, so pieces asked beyond it are dropped and
     fetching resumes at its end (an object that grows meanwhile is read
     without gaps), and ``b""`` is not final. Sequential sources (a remote
-    handle) deliver pieces in order; only ``b""`` ends the stream, for good.
-    Pieces are used in the order asked, whatever order they arrive in.
+    handle) deliver pieces in order; only ``b""`` ends the stream, for good;
+    they are asked for ``depth`` pieces from the first read on, while a
+    positional source is asked for one piece at a time until a full one
+    arrives (a small file costs one fetch). Pieces are used in the order
+    asked, whatever order they arrive in.
     """
 
     def __init__(
@@ -102,7 +105,7 @@ class ReadAhead:
         self.depth = depth
         self.positional = positional
         self._next = offset  # offset of the next piece to ask for
-        self._ramped = False  # a full piece arrived: fetch up to ``depth``
+        self._ramped = not positional  # fetch up to ``depth`` (else one at a time)
         self._pending: deque[_Fetch] = deque()  # asked and still wanted, in order
         self._in_flight = 0  # asked and not yet answered (wanted or not)
         self._settled: list[Deferred[None]] = []  # fire when _in_flight drops to 0

@@ -144,8 +144,8 @@ def test_sequential_short_pieces_are_not_the_end() -> None:
     source = HeldSource(b"x" * 130, positional=False)
     reader = ReadAhead(source, 100, depth=4, positional=False)
     d = reader.read(1000)
-    source.answer()
-    source.data = source.data  # pieces: 100, 30, b""
+    assert len(source.asked) == 4  # a sequential source is asked ahead at once
+    source.answer()  # pieces: 100, 30, b"", b""
     while source.asked:
         source.answer()
     assert d.result == b"x" * 100  # type: ignore[attr-defined]

@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from twisted.logger import Logger
 from zope.interface.verify import verifyObject
 
 from registry.storage.wrapper import StorageDriverWrapper

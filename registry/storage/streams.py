@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Interface, implementer
 
 from registry.storage.driver import IFileReader, IFileWriter
 

@@ -36,8 +36,9 @@ from typing import Any, Callable
 
 from zope.interface.verify import verifyObject
 
-from registry.storage.wrapper import StorageDriverWrapper
 from registry.storage.driver import IStorageDriver
+from registry.storage.params import param_key, warn_unknown_params
+from registry.storage.wrapper import StorageDriverWrapper
 
 __all__ = ["DriverFactory", "available_drivers", "create_driver", "param_key", "register_driver", "warn_unknown_params"]
 

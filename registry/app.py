@@ -105,6 +105,7 @@ def make_application(
     it, it is built here."""
     from registry.auth.factory import access_controller_from_config
     from registry.storage.factory import create_driver
+    from registry.storage.wrapper import DriverService
 
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -128,7 +129,9 @@ def make_application(
         access=access,
     )
     listeners = [main_listener(config.http, RegistrySite(root), reactor, listen)]
-    services: list[IService] = []
+    # The driver's thread pool / child process stops with the application
+    # (after the listeners: the tap stops listeners first).
+    services: list[IService] = [DriverService(driver)]
     if not config.storage.readonly:
         purging = purge_service(config.storage.uploadpurging, driver)
         if purging is not None:

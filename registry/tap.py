@@ -27,9 +27,9 @@ from typing import IO, Any, Mapping, Protocol
 
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
@@ -217,6 +217,7 @@ class RegistryService(MultiService):
         self.application = application
         self.observer = observer
         self._endpoints: dict[str, _AnnouncedEndpoint] = {}
+        self._listening: list[IService] = []
         for service in application.services:
             service.setServiceParent(self)
         for listener in application.listeners:
@@ -230,6 +231,7 @@ class RegistryService(MultiService):
                 description = listener.description
             announced = _AnnouncedEndpoint(listener.name, listening.endpoint, description)
             listening.endpoint = announced
+            self._listening.append(listening)
             self._endpoints[listener.name] = announced
             listening.setServiceParent(self)
 
@@ -266,6 +268,21 @@ class RegistryService(MultiService):
             delete="enabled" if storage.delete_enabled else "disabled",
             readonly="yes" if storage.readonly else "no",
         )
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the listeners first and wait for them, then the services
+        (the storage driver's pool or child last of all), so no request
+        still being served finds its driver closed."""
+        Service.stopService(self)
+        services = [s for s in reversed(list(self)) if s not in self._listening]
+
+        def stop_all(group: list[IService]) -> Deferred[Any]:
+            return DeferredList([maybeDeferred(s.stopService) for s in group], consumeErrors=True)
+
+        d = stop_all(list(self._listening))
+        d.addCallback(lambda _: stop_all(services))
+        d.addCallback(lambda _: None)
+        return d
 
     def when_listening(self, name: str = "main") -> Deferred[IListeningPort]:
         """Fires with listener ``name``'s port once bound; fails with the listen error."""

@@ -374,15 +374,18 @@ def test_make_application_wants_the_main_listener_and_purging() -> None:
     assert [(l.name, l.endpoint) for l in app.listeners] == [("main", "tcp:6100:interface=127.0.0.1")]
     site = app.listener("main").factory
     assert isinstance(site, RegistrySite) and site.root is app.root
-    assert len(app.services) == 1 and isinstance(app.services[0], TimerService)
-    assert app.services[0].step == 24 * 3600
+    # The storage driver's lifecycle first (it stops last), then purging.
+    from registry.storage.wrapper import DriverService
+
+    assert len(app.services) == 2 and isinstance(app.services[0], DriverService)
+    assert isinstance(app.services[1], TimerService) and app.services[1].step == 24 * 3600
 
     app = make_application(config, reactor, listen="tcp:0:interface=127.0.0.1")
     assert app.listener("main").endpoint == "tcp:0:interface=127.0.0.1"
     for env in ({"REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED": "true"},
                 {"REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_ENABLED": "false"}):
         config = parse([], {"REGISTRY_STORAGE": "inmemory", **env})["registry_config"]
-        assert make_application(config, reactor).services == []
+        assert [type(s) for s in make_application(config, reactor).services] == [DriverService]
 
 
 @pytest_twisted.inlineCallbacks
@@ -415,3 +418,31 @@ def test_service_runs_the_application_services_before_its_listeners() -> Any:
     finally:
         yield service.stopService()
     assert not children[0].running
+
+
+@pytest_twisted.inlineCallbacks
+def test_services_stop_after_the_listeners_have_stopped() -> Any:
+    from twisted.application.service import Service
+
+    seen: list[bool] = []
+    ports: list[Any] = []
+
+    class Recorder(Service):
+        def stopService(self) -> None:
+            # The storage driver is such a service: nothing may still be
+            # accepting requests when it closes.
+            seen.append(bool(ports) and bool(getattr(ports[0], "disconnected", False)))
+            super().stopService()
+
+    stand_in = StandIn()
+
+    def factory(config: Config, reactor_: Any, *, listen: str | None = None, access: Any = None) -> RegistryApplication:
+        app = stand_in(config, reactor_, listen=listen)
+        return RegistryApplication(app.root, app.listeners, [Recorder()])
+
+    options = parse(["--listen", "tcp:0:interface=127.0.0.1"], {"REGISTRY_STORAGE": "inmemory"})
+    service = makeService(options, app_factory=factory)
+    service.startService()
+    ports.append((yield service.when_listening()))
+    yield service.stopService()
+    assert seen == [True]

@@ -182,8 +182,7 @@ class Checker:
                 except PathNotFoundError:
                     continue
                 if now.mod_time != info.mod_time or now.size != info.size:
-                    p.repaired = ""  # rewritten meanwhile: leave it for the next check
-                    continue
+                    continue  # rewritten meanwhile: left for the next check
                 await self.driver.move(info.path, quarantine_path(d))
                 p.repaired = f"moved to {quarantine_path(d)}"
         self.progress("re-hash blobs", total, total)

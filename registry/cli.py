@@ -230,6 +230,16 @@ async def _purge(args: argparse.Namespace, config: Config, driver: Any, out: Tex
     return EXIT_OK
 
 
+async def _close(driver: Any) -> None:
+    """Close the driver (an out-of-process driver stops its child); the
+    wrapper may not pass ``close`` on yet, so ask the driver inside too."""
+    for candidate in (driver, getattr(driver, "wrapped", None)):
+        closer = getattr(candidate, "close", None)
+        if closer is not None:
+            await closer()
+            return
+
+
 def _run(work: Callable[[], Awaitable[int]]) -> int:
     """Run ``work`` on the reactor and return its exit status."""
     from twisted.internet import defer, task
@@ -281,8 +291,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             err.write(f"registry {args.command}: storage failure: {e}\n")
             return EXIT_FAILED
         finally:
-            closer = getattr(driver, "close", None)
-            if closer is not None:
-                await closer()
+            await _close(driver)
 
     return _run(work)

@@ -50,8 +50,9 @@ def sha(data: bytes) -> str:
 
 
 class Client:
-    def __init__(self, url: str, index: int) -> None:
+    def __init__(self, url: str, index: int, rounds: int = ROUNDS) -> None:
         self.url = url
+        self.rounds = rounds
         self.index = index
         self.rng = random.Random(index)
         self.name = f"team{index % 4}/app{index % 5}"
@@ -93,7 +94,7 @@ class Client:
         raise AssertionError("manifest refused ten times")
 
     async def run(self) -> None:
-        for round_ in range(ROUNDS):
+        for round_ in range(self.rounds):
             await self.push_image(f"c{self.index}-{round_ % 3}")  # re-tags after three rounds
             if self.rng.random() < 0.3:
                 await self.push_image("latest")  # shared tag, re-pointed by many clients
@@ -188,8 +189,8 @@ async def serve(driver: IStorageDriver) -> tuple[Any, str]:
     return port, f"http://127.0.0.1:{port.getHost().port}"
 
 
-async def run_clients(url: str) -> list[Client]:
-    clients = [Client(url, i) for i in range(CLIENTS)]
+async def run_clients(url: str, rounds: int = ROUNDS) -> list[Client]:
+    clients = [Client(url, i, rounds) for i in range(CLIENTS)]
     await defer.gatherResults([defer.ensureDeferred(c.run()) for c in clients], consumeErrors=True)
     return clients
 
@@ -205,17 +206,36 @@ async def final_checks(driver: IStorageDriver, url: str, freed_during: int, fina
     assert before - sum(stored.values()) == final_freed
 
 
+async def close_driver(driver: Any) -> None:
+    for candidate in (driver, getattr(driver, "wrapped", None)):
+        closer = getattr(candidate, "close", None)
+        if closer is not None:
+            await closer()
+            return
+
+
 def registry_command() -> list[str]:
     beside = os.path.join(os.path.dirname(sys.executable), "registry")
     return [beside] if os.access(beside, os.X_OK) else [sys.executable, "-c", "import sys; from registry.cli import main; sys.exit(main())"]
 
 
+@pytest.mark.parametrize("kind", ["filesystem", "outofprocess"])
 @pytest_twisted.ensureDeferred
-async def test_gc_in_another_process_while_20_clients_push_filesystem(tmp_path: Path) -> None:
+async def test_gc_in_another_process_while_20_clients_push(tmp_path: Path, kind: str) -> None:
+    """``outofprocess``: the registry's and the collector's storage are each
+    a ``registry-storage-filesystem`` child over the same directory."""
     root = tmp_path / "store"
     config = tmp_path / "config.yml"
-    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}\n")
-    driver = create_driver("filesystem", {"rootdirectory": str(root)})
+    if kind == "filesystem":
+        params: dict[str, Any] = {"rootdirectory": str(root)}
+        config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}\n")
+    else:
+        params = {"executable": "filesystem", "params": {"rootdirectory": str(root)}}
+        config.write_text(
+            "version: 0.1\nstorage:\n  outofprocess:\n    executable: filesystem\n"
+            f"    params:\n      rootdirectory: {root}\n"
+        )
+    driver = create_driver(kind, params)
     port, url = await serve(driver)
     stop = threading.Event()
     outputs: list[dict[str, Any]] = []
@@ -234,7 +254,8 @@ async def test_gc_in_another_process_while_20_clients_push_filesystem(tmp_path: 
     try:
         loop = deferToThread(gc_loop)
         started = time.monotonic()
-        clients = await run_clients(url)
+        # Every storage call of an out-of-process driver is a round trip: fewer rounds.
+        clients = await run_clients(url, ROUNDS if kind == "filesystem" else 3)
         stop.set()
         await loop
         assert len(outputs) >= 2, "the collector ran during the pushes"
@@ -255,6 +276,7 @@ async def test_gc_in_another_process_while_20_clients_push_filesystem(tmp_path: 
     finally:
         stop.set()
         await port.stopListening()
+        await close_driver(driver)
 
 
 @pytest_twisted.ensureDeferred

@@ -168,3 +168,33 @@ def test_serve_runs_the_registry(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+@pytest_twisted.ensureDeferred
+async def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    config = write_config(tmp_path)
+    driver = create_driver("filesystem", {"rootdirectory": str(tmp_path / "store")})
+    model = DataModel.over(driver)
+    await push_blob(model, "app", b"layer " * 100)
+    main_fd, child_fd = pty.openpty()
+    beside = os.path.join(os.path.dirname(sys.executable), "registry")
+    try:
+        done = subprocess.run([beside, "check", str(config)], stdout=subprocess.PIPE, stderr=child_fd, timeout=60)
+        os.close(child_fd)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(main_fd)
+    assert done.returncode == 0
+    shown = b"".join(chunks).decode()
+    assert "re-hash blobs: [" in shown and "repositories: [" in shown
+    assert b"0 problems" in done.stdout and b"[" not in done.stdout  # the report itself has no bar

@@ -54,6 +54,26 @@ and sees it. So W never reports success over a deleted dependency. Fences
 expire after a lease (60 s) so a crashed collector blocks nobody; a
 collector deletes only during the first half of its fence's lease.
 
+Choices, and what is left:
+
+* The writer's "flag" is the revision link (for an upload or a mount, the
+  layer link) it writes anyway, not a refresh of every layer link it depends
+  on: the collector's re-check re-reads revisions, so no extra writes are
+  needed on the push path. The extra cost of a manifest PUT is one ``list``
+  of the fence directory (absent when no collection sweeps) and two ``stat``
+  per referenced blob.
+* A layer link re-checks the blob after writing; an upload commit whose
+  already-stored copy was swept meanwhile moves its own bytes into place
+  instead (``UploadStore.commit``). Only an upload whose bytes were moved
+  and then swept (possible with ``--grace 0s``, or an upload idle for longer
+  than the grace period before it was finished) is refused with
+  ``BLOB_UNKNOWN``: refused, never reported stored while gone.
+* Unreadable manifests stop the run before anything is deleted
+  (``GCError``): their references cannot be known.
+* Clocks: the cutoff is taken from the storage's own clock (the mtime of a
+  probe object), so grace compares like with like; fence expiry uses the
+  processes' clocks, which must agree to well within the lease.
+
 Cost: each batch of up to ``batch_size`` candidates re-lists the revisions
 (and, for blobs, the layer links) of every repository; the mark phase reads
 every manifest once.

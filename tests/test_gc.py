@@ -373,3 +373,41 @@ async def test_link_to_a_blob_swept_meanwhile_fails_and_leaves_no_link() -> None
     with pytest.raises(BlobUnknown):
         await link
     assert not await model.blobs.descriptors.is_linked("r2", d)
+
+
+@pytest_twisted.ensureDeferred
+async def test_manifest_put_rewrites_its_revision_removed_by_delete_untagged_meanwhile() -> None:
+    driver = create_driver("inmemory", {})
+    model = DataModel.over(driver)
+    config = await push_blob(model, "r", b'{"c": 1}')
+    layer = await push_blob(model, "r", b"layer " * 100)
+    body = manifest_body(config, [layer])
+    d = await put_manifest(model, "r", body)  # untagged
+    fence = Fence(driver, "test", [d])
+    await fence.raise_()
+    put = defer.ensureDeferred(put_manifest(model, "r", body, tag="now-tagged"))
+    await deferLater(reactor, 0.1, lambda: None)
+    assert not put.called
+    await driver.delete(paths.manifest_revision_link("r", d).rsplit("/", 1)[0])  # delete-untagged's deletion
+    await fence.lower()
+    await put
+    await pulls_completely(model, "r", "now-tagged")
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_untagged_keeps_a_manifest_tagged_between_mark_and_sweep() -> None:
+    driver = create_driver("inmemory", {})
+    model = DataModel.over(driver)
+    config = await push_blob(model, "r", b'{"c": 1}')
+    layer = await push_blob(model, "r", b"layer " * 100)
+    body = manifest_body(config, [layer])
+    d = await put_manifest(model, "r", body)
+    await settle()
+
+    async def tag_it() -> None:
+        await put_manifest(model, "r", body, tag="late")
+
+    report = await GarbageCollector(HookedDriver(driver, tag_it), grace_s=0, delete_untagged=True).run()  # type: ignore[arg-type]
+    assert report.manifests == [] and report.blobs == []
+    assert await model.tags.resolve("r", "late") == d
+    await pulls_completely(model, "r", "late")

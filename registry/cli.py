@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, Awaitable, Callable, Sequence, TextIO
 
 from registry.config import Config, ConfigError, load_config_file, parse_go_duration
@@ -152,7 +153,12 @@ def _driver(config: Config) -> Any:
 
 
 def _upload_age(config: Config) -> float:
-    age = config.storage.uploadpurging.get("age", "168h")
+    """``storage.maintenance.uploadpurging.age`` in seconds (a mapping with
+    the Go duration text, or a section whose ``age`` is already seconds)."""
+    purging: Any = config.storage.uploadpurging
+    age = purging.get("age", "168h") if isinstance(purging, Mapping) else getattr(purging, "age", "168h")
+    if isinstance(age, (int, float)) and not isinstance(age, bool):
+        return float(age)
     try:
         return parse_go_duration(str(age))
     except ValueError:

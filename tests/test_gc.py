@@ -411,3 +411,26 @@ async def test_delete_untagged_keeps_a_manifest_tagged_between_mark_and_sweep() 
     assert report.manifests == [] and report.blobs == []
     assert await model.tags.resolve("r", "late") == d
     await pulls_completely(model, "r", "late")
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_commit_stores_its_own_bytes_when_the_stored_copy_is_swept(kind: str, tmp_path: Path) -> None:
+    driver = make_driver(kind, tmp_path)
+    model = DataModel.over(driver)
+    data = b"same bytes " * 100
+    stored = await push_blob(model, "old", data)
+    d = Digest.parse(stored["digest"])
+    upload = await model.uploads.create("new")
+    appender = await model.uploads.open_appender("new", upload)
+    await appender.write(data)
+    await appender.finish()
+    fence = Fence(driver, "test", [d])
+    await fence.raise_()
+    commit = defer.ensureDeferred(model.uploads.commit("new", upload, d))
+    await deferLater(reactor, 0.1, lambda: None)
+    assert not commit.called  # linking waits for the sweep
+    await driver.delete(paths.blob_dir(d))  # the sweep removes the stored copy
+    await fence.lower()
+    assert await commit == len(data)
+    assert await model.blobs.repo_size("new", d) == len(data)
+    assert await model.blobs.get_content(d) == data

@@ -66,7 +66,7 @@ class BlobDescriptors:
             try:
                 await self.driver.stat(paths.blob_data(d))
             except PathNotFoundError:
-                await self.unlink_quietly(name, d)
+                await self._unlink_quietly(name, d)
                 raise BlobUnknown(d, name) from None
             try:
                 await self.driver.stat(path)
@@ -75,7 +75,7 @@ class BlobDescriptors:
                 continue  # swept while we waited: write it again
         raise BlobUnknown(d, name)
 
-    async def unlink_quietly(self, name: str, d: Digest) -> None:
+    async def _unlink_quietly(self, name: str, d: Digest) -> None:
         try:
             await self.driver.delete(paths.layer_link(name, d).rsplit("/", 1)[0])
         except PathNotFoundError:

@@ -180,7 +180,7 @@ class UploadStore:
                 raise DigestMismatch(expected, actual, size)
             data_path = paths.upload_data(name, upload_id)
             moved = False
-            while True:
+            for attempt in range(3):
                 if await self.blobs.descriptors.size(expected) is None:
                     # Make the bytes durable before they become the blob.
                     writer = await self.driver.writer(data_path, append=True)
@@ -193,7 +193,7 @@ class UploadStore:
                 except BlobUnknown:
                     # A garbage collection swept the stored copy while we
                     # linked it: ours is still here, store it instead.
-                    if moved:
+                    if moved or attempt == 2:
                         raise
             await self.driver.delete(paths.upload_dir(name, upload_id))
             return size

@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping
 from typing import Any, Awaitable, Callable, Sequence, TextIO
 
 from registry.config import Config, ConfigError, load_config_file, parse_go_duration

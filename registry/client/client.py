@@ -110,7 +110,7 @@ def _digest_of(body: bytes) -> Digest:
     return Digest("sha256", Sha256(body).hexdigest())
 
 
-def _media_type(content_type: str | None, body: bytes) -> str:
+def manifest_media_type(content_type: str | None, body: bytes) -> str:
     """The manifest's media type: ``mediaType`` in the body, else ``Content-Type``,
     else its shape (an OCI index has ``manifests``)."""
     try:
@@ -332,7 +332,7 @@ class RegistryClient:
                 f"manifest {name}:{reference}: the content has digest {actual}, expected {expected}"
             )
         content_type = (response.headers.getRawHeaders("content-type") or [None])[0]
-        return Manifest(_media_type(content_type, body), actual, body)
+        return Manifest(manifest_media_type(content_type, body), actual, body)
 
     async def head_manifest(self, name: str, reference: str) -> ManifestInfo | None:
         """``HEAD`` a manifest: its type, digest and size, or None if unknown."""

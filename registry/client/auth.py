@@ -26,7 +26,9 @@ from registry.client.errors import AuthenticationError
 
 # auth-param = token "=" ( token / quoted-string ); RFC 7235.
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_PARAM_RE = re.compile(rf'\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|({_TOKEN}))\s*(,|$)')
+# Bare values are read leniently (up to the next comma), as registries send
+# unquoted URLs.
+_PARAM_RE = re.compile(rf'\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))\s*(,|$)')
 _SCHEME_RE = re.compile(rf"\s*({_TOKEN})(?:\s+|$)")
 
 

@@ -186,6 +186,21 @@ def credentials_for(host: str, files: Iterable[Path]) -> Credentials | None:
     return None
 
 
+def merge_scopes(scopes: Iterable[str]) -> list[str]:
+    """One scope per resource with the union of its actions, sorted. Pure.
+
+    ``["repository:a:pull", "repository:a:push,pull"]`` -> ``["repository:a:pull,push"]``.
+    """
+    actions: dict[tuple[str, str], set[str]] = {}
+    for scope in scopes:
+        kind, _, rest = scope.partition(":")
+        name, _, wanted = rest.rpartition(":")
+        if not kind or not name:
+            continue
+        actions.setdefault((kind, name), set()).update(a for a in wanted.split(",") if a)
+    return [f"{kind}:{name}:{','.join(sorted(acts))}" for (kind, name), acts in sorted(actions.items())]
+
+
 @dataclass
 class Token:
     """A Bearer token and the monotonic time it stops being usable."""

@@ -35,7 +35,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
-from registry.client.auth import Challenge, Credentials, TokenCache, parse_challenges, parse_token_response
+from registry.client.auth import (
+    Challenge,
+    Credentials,
+    TokenCache,
+    merge_scopes,
+    parse_challenges,
+    parse_token_response,
+)
 from registry.client.errors import AuthenticationError, TransportError, Unauthorized, api_error
 
 USER_AGENT = "registry-client/0.1 (+twisted treq)"
@@ -345,8 +352,8 @@ class HTTPSession:
                 self.tokens.discard(key)
             if self.tokens.get(key) is not None:
                 return True
-            requested = set(scopes) | set(bearer.params.get("scope", "").split())
-            token, expires_in = await self.fetch_token(bearer.realm, service, sorted(s for s in requested if s))
+            requested = merge_scopes([*scopes, *bearer.params.get("scope", "").split()])
+            token, expires_in = await self.fetch_token(bearer.realm, service, requested)
             self.tokens.put(key, token, expires_in)
             return True
         if any(c.scheme == "basic" for c in challenges):

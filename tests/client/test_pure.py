@@ -16,6 +16,7 @@ from registry.client.auth import (
     default_auth_files,
     parse_auth_config,
     parse_challenges,
+    merge_scopes,
     parse_token_response,
 )
 from registry.client.blobs import parse_upload_range, with_query
@@ -105,6 +106,13 @@ def test_token_cache_expiry() -> None:
     assert cache.get(key) == "tok"
     now[0] = 156.0  # within the 5 s margin
     assert cache.get(key) is None
+
+
+def test_merge_scopes() -> None:
+    assert merge_scopes(["repository:a/b:pull", "repository:a/b:push,pull", "registry:catalog:*", "bad"]) == [
+        "registry:catalog:*",
+        "repository:a/b:pull,push",
+    ]
 
 
 def test_token_response() -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from registry.client.auth import Credentials, credentials_for, default_auth_files
 from registry.client.client import DeleteOutcome, RegistryClient
@@ -298,30 +299,35 @@ async def _inspect(args: argparse.Namespace, client_for: Any, out: TextIO) -> in
     return 0
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Entry point of the ``registry-client`` console script; returns the exit status."""
-    out = out or sys.stdout
-    err = err or sys.stderr
+async def execute(reactor: Any, argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
+    """Parse ``argv``, carry out the command and report errors on ``err`` as
+    one line; fires with the exit status (0, 1 for errors, 2 for usage)."""
     try:
         args = build_parser().parse_args(argv)
     except UsageError as error:
         err.write(f"{error}\n")
         return 2
+    try:
+        return await run(reactor, args, out, err)
+    except Exception as error:
+        return _report(error, err, getattr(args, "debug", False), Failure())
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Entry point of the ``registry-client`` console script; returns the exit status."""
     from twisted.internet import reactor
 
     status: list[int] = []
 
     def finished(result: object) -> None:
-        from twisted.python.failure import Failure
-
-        if isinstance(result, Failure):
-            status.append(_report(result.value, err, getattr(args, "debug", False), result))
+        if isinstance(result, Failure):  # execute() reports errors itself; this is a bug
+            status.append(_report(result.value, err or sys.stderr, True, result))
         else:
-            status.append(int(result) if isinstance(result, int) else 0)
+            status.append(int(result) if isinstance(result, int) else 1)
         reactor.stop()
 
     def start() -> None:
-        Deferred.fromCoroutine(run(reactor, args, out, err)).addBoth(finished)
+        Deferred.fromCoroutine(execute(reactor, argv, out or sys.stdout, err or sys.stderr)).addBoth(finished)
 
     reactor.callWhenRunning(start)
     reactor.run()
@@ -332,7 +338,7 @@ def _report(error: BaseException, err: TextIO, debug: bool, failure: Any) -> int
     if isinstance(error, UsageError):
         err.write(f"{PROGRAM}: {error}\n" if not str(error).startswith(PROGRAM) else f"{error}\n")
         return 2
-    if isinstance(error, (ClientError, OSError)):
+    if isinstance(error, (ClientError, OSError, ValueError)):
         message = str(error).replace("\n", " ")
         err.write(f"{PROGRAM}: error: {message}\n")
         return 1

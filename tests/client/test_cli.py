@@ -1,7 +1,10 @@
-"""The ``registry-client`` command as a real process against real registries."""
+"""The ``registry-client`` command against real registries: in this process
+(``execute``, on the test's reactor) for speed, and as the installed console
+script for what only a real process shows (exit status, a terminal)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -9,13 +12,35 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from registry.client.cli import execute
 
 from tests.clients.harness import REPO_ROOT, Registry, make_image, sha256_digest, write_oci_layout
 
 
-def cli(*args: str, stderr_tty: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run ``registry-client ARGS`` (the installed console script when present)."""
+class Output(io.StringIO):
+    """A captured stream that claims (or not) to be a terminal."""
+
+    def __init__(self, tty: bool = False) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+async def cli(*args: str, stderr_tty: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the command in this process (on the test's reactor): what ``main`` does
+    around the reactor, minus the process start."""
+    out, err = Output(), Output(stderr_tty)
+    code = await execute(reactor, list(args), out, err)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def cli_process(*args: str, stderr_tty: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``registry-client`` console script as a process."""
     script = REPO_ROOT / ".venv" / "bin" / "registry-client"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "registry.client.cli"]
     if not stderr_tty:
@@ -51,42 +76,43 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_copy_tags_inspect_delete(registry: Registry, repo: str, tmp_path: Path) -> None:
+@pytest_twisted.ensureDeferred
+async def test_copy_tags_inspect_delete(registry: Registry, repo: str, tmp_path: Path) -> None:
     images = [make_image("cli", architecture=arch, layers=2, layer_size=16 * 1024) for arch in ("amd64", "arm64")]
     layout = write_oci_layout(tmp_path / "src", images, "v1")
     target = registry.docker_ref(repo, "v1")
 
-    pushed = cli("copy", f"oci:{layout.path}:v1", target)
+    pushed = await cli("copy", f"oci:{layout.path}:v1", target)
     assert pushed.returncode == 0, pushed.stderr
     assert pushed.stdout.strip() == layout.digest
     assert pushed.stderr == ""  # not a terminal: quiet
     assert registry.manifest(repo, "v1").body == layout.manifest
 
     # docker -> docker, with options after the subcommand, skopeo style
-    copied = cli("copy", "--src-tls-verify=false", "--dest-tls-verify=false", target, registry.docker_ref(repo, "v2"))
+    copied = await cli("copy", "--src-tls-verify=false", "--dest-tls-verify=false", target, registry.docker_ref(repo, "v2"))
     assert copied.returncode == 0, copied.stderr
     # docker -> oci
-    pulled = cli("copy", registry.docker_ref(repo, "v2"), f"oci:{tmp_path / 'dst'}:pulled")
+    pulled = await cli("copy", registry.docker_ref(repo, "v2"), f"oci:{tmp_path / 'dst'}:pulled")
     assert pulled.returncode == 0, pulled.stderr
     index = json.loads((tmp_path / "dst" / "index.json").read_text())
     assert [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]] == ["pulled"]
     assert index["manifests"][0]["digest"] == layout.digest
 
-    tags = cli("tags", "docker://" + registry.host + "/" + repo)
+    tags = await cli("tags", "docker://" + registry.host + "/" + repo)
     assert tags.returncode == 0, tags.stderr
     assert json.loads(tags.stdout) == {"Repository": f"{registry.host}/{repo}", "Tags": ["v1", "v2"]}
 
     child = layout.children["linux/arm64"]
-    inspected = cli("inspect", registry.docker_ref(repo, sha256_digest(child)))
+    inspected = await cli("inspect", registry.docker_ref(repo, sha256_digest(child)))
     assert inspected.returncode == 0, inspected.stderr
     report = json.loads(inspected.stdout)
     assert report["Digest"] == sha256_digest(child)
     assert report["Manifest"] == json.loads(child)
     assert report["Config"]["architecture"] == "arm64"
-    raw = cli("inspect", "--raw", registry.docker_ref(repo, "v1"))
+    raw = await cli("inspect", "--raw", registry.docker_ref(repo, "v1"))
     assert raw.stdout.encode() == layout.manifest
 
-    deleted = cli("delete", registry.docker_ref(repo, "v2"))
+    deleted = await cli("delete", registry.docker_ref(repo, "v2"))
     assert deleted.returncode == 0, deleted.stderr
     if registry.kind == "ours":
         assert deleted.stdout.startswith("Removed tag v2")
@@ -95,35 +121,45 @@ def test_copy_tags_inspect_delete(registry: Registry, repo: str, tmp_path: Path)
         assert deleted.stdout.startswith(f"Deleted manifest {layout.digest}")
         assert registry.manifest(repo, "v1").status == 404
 
-    gone = cli("inspect", registry.docker_ref(repo, "v2"))
+    gone = await cli("inspect", registry.docker_ref(repo, "v2"))
     assert "MANIFEST_UNKNOWN" in one_error_line(gone)
 
 
-def test_errors_are_one_line(ours: Registry, tmp_path: Path) -> None:
-    assert "MANIFEST_UNKNOWN" in one_error_line(cli("inspect", ours.docker_ref("nothing/here", "x")))
+@pytest_twisted.ensureDeferred
+async def test_errors_are_one_line(ours: Registry, tmp_path: Path) -> None:
+    assert "MANIFEST_UNKNOWN" in one_error_line(await cli("inspect", ours.docker_ref("nothing/here", "x")))
     assert "Connection refused" in one_error_line(
-        cli("tags", "docker://127.0.0.1:1/a/b")
+        await cli("tags", "docker://127.0.0.1:1/a/b")
     )
     assert "not an OCI image layout" in one_error_line(
-        cli("copy", f"oci:{tmp_path / 'none'}:x", ours.docker_ref("a/b", "x"))
+        await cli("copy", f"oci:{tmp_path / 'none'}:x", ours.docker_ref("a/b", "x"))
     )
-    usage = cli("copy", "only-one")
+    usage = await cli("copy", "only-one")
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
-    bad_ref = cli("copy", "dir:/x", ours.docker_ref("a/b", "x"))
+    bad_ref = await cli("copy", "dir:/x", ours.docker_ref("a/b", "x"))
     assert bad_ref.returncode == 2 and "transport 'dir' is not supported" in bad_ref.stderr
-    bad_bool = cli("tags", "--tls-verify=maybe", "docker://127.0.0.1:1/a/b")
+    bad_bool = await cli("tags", "--tls-verify=maybe", "docker://127.0.0.1:1/a/b")
     assert bad_bool.returncode == 2 and "expected true or false" in bad_bool.stderr
 
 
-def test_progress_on_a_terminal(ours: Registry, repo: str, tmp_path: Path) -> None:
+@pytest_twisted.ensureDeferred
+async def test_progress_on_a_terminal(ours: Registry, repo: str, tmp_path: Path) -> None:
     image = make_image("progress", layers=2, layer_size=64 * 1024)
     layout = write_oci_layout(tmp_path / "src", [image], "t")
-    first = cli("copy", f"oci:{layout.path}:t", ours.docker_ref(repo, "t"), stderr_tty=True)
+    first = cli_process("copy", f"oci:{layout.path}:t", ours.docker_ref(repo, "t"), stderr_tty=True)
     assert first.returncode == 0, first.stderr
     lines = [line.split("\r")[-1].replace("\x1b[K", "") for line in first.stderr.splitlines()]
     done = [line for line in lines if line.startswith("Copying blob")]
     assert len(done) == 3 and all(line.endswith("done") for line in done), first.stderr
-    again = cli("copy", f"oci:{layout.path}:t", ours.docker_ref(repo, "t"), stderr_tty=True)
+    again = await cli("copy", f"oci:{layout.path}:t", ours.docker_ref(repo, "t"), stderr_tty=True)
     assert again.stderr.count("skipped: already exists") == 3, again.stderr
-    quiet = cli("copy", "--quiet", f"oci:{layout.path}:t", ours.docker_ref(repo, "t"), stderr_tty=True)
+    quiet = await cli("copy", "--quiet", f"oci:{layout.path}:t", ours.docker_ref(repo, "t"), stderr_tty=True)
     assert quiet.stderr.strip() == ""
+
+
+def test_console_script_exit_status_and_one_line(ours: Registry) -> None:
+    ok = cli_process("tags", "docker://" + ours.host + "/nothing/here")
+    line = one_error_line(ok)
+    assert ok.returncode == 1 and "NAME_UNKNOWN" in line
+    usage = cli_process("frobnicate")
+    assert usage.returncode == 2 and "invalid choice" in usage.stderr and "Traceback" not in usage.stderr

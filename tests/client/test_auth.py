@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
@@ -19,6 +16,7 @@ from twisted.web.server import Site
 from registry.client import AuthenticationError, BytesSource, Credentials, RegistryClient
 from registry.client.errors import Unauthorized
 from registry.digest import sha256_digest
+from tests.client.test_cli import cli
 from tests.client.tokenserver import ISSUER, SERVICE, TokenServer
 from tests.clients.harness import (
     ManagedProcess,
@@ -179,23 +177,18 @@ async def test_token_server_refusal_is_an_authentication_error(token_setup: tupl
         await client.close()
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "registry.client.cli", *args], capture_output=True, text=True, timeout=60
-    )
-
-
-def test_cli_authfile_and_creds(basic_registry: Registry, tmp_path: Path) -> None:
+@pytest_twisted.ensureDeferred
+async def test_cli_authfile_and_creds(basic_registry: Registry, tmp_path: Path) -> None:
     authfile = tmp_path / "config.json"
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     authfile.write_text(json.dumps({"auths": {basic_registry.host: {"auth": token}}}))
     ref = f"docker://{basic_registry.host}/basic/repo"
-    ok = run_cli("tags", "--authfile", str(authfile), ref)
+    ok = await cli("tags", "--authfile", str(authfile), ref)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["Repository"] == f"{basic_registry.host}/basic/repo"
-    ok = run_cli("tags", "--creds", f"{USER}:{PASSWORD}", ref)
+    ok = await cli("tags", "--creds", f"{USER}:{PASSWORD}", ref)
     assert ok.returncode == 0, ok.stderr
-    refused = run_cli("tags", "--creds", f"{USER}:bad", ref)
+    refused = await cli("tags", "--creds", f"{USER}:bad", ref)
     assert refused.returncode == 1
     assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
     assert "refused the credentials" in refused.stderr

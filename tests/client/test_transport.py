@@ -4,8 +4,6 @@ serving https, and retries with backoff of idempotent requests only."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
@@ -18,6 +16,7 @@ from twisted.web.server import Request, Site
 from registry.client import BytesSource, RegistryClient, RetryPolicy, TLSConfig, TransportError
 from registry.client.errors import Unavailable
 from registry.digest import sha256_digest
+from tests.client.test_cli import cli
 from tests.clients.harness import ManagedProcess, Registry, free_port, twistd_path, wait_until
 from tests.tlsutil import make_pki
 
@@ -102,18 +101,16 @@ async def test_unverified_tls_and_http_fallback(tls_registry: tuple[Registry, Pa
         await plain.close()
 
 
-def test_cli_cert_dir(tls_registry: tuple[Registry, Path], tmp_path: Path) -> None:
+@pytest_twisted.ensureDeferred
+async def test_cli_cert_dir(tls_registry: tuple[Registry, Path], tmp_path: Path) -> None:
     registry, root = tls_registry
     certs = tmp_path / "certs"
     certs.mkdir()
     (certs / "ca.crt").write_bytes(root.read_bytes())
-    command = [sys.executable, "-m", "registry.client.cli", "tags"]
-    ok = subprocess.run([*command, "--cert-dir", str(certs), f"docker://{registry.host}/tls/none"],
-                        capture_output=True, text=True, timeout=60)
+    ok = await cli("tags", "--cert-dir", str(certs), f"docker://{registry.host}/tls/none")
     # reached over verified TLS: the registry answers that the repository is unknown
     assert ok.returncode == 1 and "NAME_UNKNOWN" in ok.stderr, ok.stderr
-    insecure = subprocess.run([*command, "--tls-verify=false", f"docker://{registry.host}/tls/none"],
-                              capture_output=True, text=True, timeout=60)
+    insecure = await cli("tags", "--tls-verify=false", f"docker://{registry.host}/tls/none")
     assert "NAME_UNKNOWN" in insecure.stderr, insecure.stderr
 
 

@@ -166,8 +166,19 @@ class BlobStream:
     forwards pause/resume/stop to whichever response transport is current.
     """
 
-    def __init__(self, consumer: IConsumer, size: int | None, progress: Progress | None) -> None:
+    def __init__(
+        self,
+        consumer: IConsumer,
+        size: int | None,
+        progress: Progress | None,
+        clock: Any = None,
+        idle_timeout: float | None = None,
+    ) -> None:
         self.consumer = consumer
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._idle_call: Any = None
+        self.stalls = 0
         self.size = size
         self.progress = progress
         self.hasher = Sha256()
@@ -178,9 +189,28 @@ class BlobStream:
         self._transport: Any = None
         self._paused = False
 
+    # A body that stops arriving (a stalled connection, not a paused one)
+    # is cut after idle_timeout seconds, so the download resumes.
+    def _arm(self) -> None:
+        self._disarm()
+        if self._clock is not None and self._idle_timeout and self._transport is not None and not self._paused:
+            self._idle_call = self._clock.callLater(self._idle_timeout, self._stalled)
+
+    def _disarm(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+
+    def _stalled(self) -> None:
+        self._idle_call = None
+        self.stalls += 1
+        if self._transport is not None:
+            self._transport.stopProducing()
+
     # IPushProducer, called by the consumer
     def pauseProducing(self) -> None:
         self._paused = True
+        self._disarm()
         if self._transport is not None:
             self._transport.pauseProducing()
 
@@ -188,9 +218,11 @@ class BlobStream:
         self._paused = False
         if self._transport is not None:
             self._transport.resumeProducing()
+        self._arm()
 
     def stopProducing(self) -> None:
         self.stopped = True
+        self._disarm()
         if self._transport is not None:
             self._transport.stopProducing()
 
@@ -199,13 +231,16 @@ class BlobStream:
         self._transport = transport
         if self._paused:
             transport.pauseProducing()
+        self._arm()
 
     def _detach(self) -> None:
+        self._disarm()
         self._transport = None
 
     def _data(self, data: bytes) -> None:
         if self.error is not None or self.stopped:
             return
+        self._arm()
         if self.skip:
             dropped = min(self.skip, len(data))
             self.skip -= dropped
@@ -247,17 +282,20 @@ async def download_blob(
     size: int | None = None,
     progress: Progress | None = None,
     max_resumes: int = 5,
+    idle_timeout: float | None = 60.0,
 ) -> int:
     """Stream the blob at ``url`` into ``consumer``, verifying it; fires with its size.
 
     Fails with :class:`DigestMismatch` when the bytes do not hash to
     ``digest`` (or differ from ``size``), :class:`RegistryAPIError` (e.g.
     :class:`BlobUnknown`) for an error answer, :class:`TransportError` when
-    the connection keeps failing.  The consumer has then received a prefix
+    the connection keeps failing.  A body that stalls for ``idle_timeout``
+    seconds (while the consumer is not pausing it) counts as a dropped
+    connection.  The consumer has then received a prefix
     of the content: it must discard what it got (a file sink writes to a
     temporary name).
     """
-    stream = BlobStream(consumer, size, progress)
+    stream = BlobStream(consumer, size, progress, session.reactor, idle_timeout)
     consumer.registerProducer(stream, True)
     try:
         response = await session.request("GET", url, scopes=scopes)
@@ -481,7 +519,7 @@ async def _patch(
     if response.code != 202:
         raise api_error(response.code, body, f"PATCH upload bytes {offset}-{offset + length - 1}")
     server_has = parse_upload_range((response.headers.getRawHeaders("range") or [None])[0])
-    if server_has not in (0, offset + length) and server_has != offset + length:
+    if response.headers.hasHeader("range") and server_has not in (0, offset + length):
         raise ProtocolError(f"after PATCH of bytes up to {offset + length} the server says it has {server_has}")
     return _location(response, location)
 

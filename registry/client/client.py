@@ -146,6 +146,7 @@ class RegistryClient:
         retry: RetryPolicy | None = None,
         upload: UploadSettings | None = None,
         connections: int = 8,
+        idle_timeout: float | None = 60.0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -158,6 +159,8 @@ class RegistryClient:
         tls = tls or TLSConfig()
         self.tls = tls
         self.upload_settings = upload or UploadSettings()
+        #: Seconds a blob body may stall before its download is resumed.
+        self.idle_timeout = idle_timeout
         self.session = HTTPSession(
             reactor,
             credentials=credentials,
@@ -251,7 +254,8 @@ class RegistryClient:
         See :func:`registry.client.blobs.download_blob` for the errors."""
         url = f"{await self._repo_url(name)}/blobs/{digest}"
         return await download_blob(
-            self.session, url, digest, consumer, scopes=self._pull(name), size=size, progress=progress
+            self.session, url, digest, consumer, scopes=self._pull(name), size=size, progress=progress,
+            idle_timeout=self.idle_timeout,
         )
 
     async def read_blob(self, name: str, digest: Digest, limit: int = 16 * 1024 * 1024) -> bytes:

@@ -1,10 +1,11 @@
 """A TCP relay on 127.0.0.1 that can drop a connection after a number of bytes.
 
 It stands between the client and a real registry to make the failures the
-client must survive: a download whose connection drops mid-body, an upload
-chunk cut off mid-way.  ``cut_download_after`` / ``cut_upload_after`` arm
+client must survive: a download whose connection drops (or stalls) mid-body,
+an upload chunk cut off mid-way.  ``cut_download_after`` / ``cut_upload_after`` arm
 one cut each: the first connection that carries more than that many bytes
 (server to client, or client to server) is aborted at that byte.
+``stall_download_after`` makes the first such connection go silent instead.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class _Relay(Protocol):
         self.down = 0
         self.up = 0
         self.cut = False
+        self.stalled = False
 
     def connectionMade(self) -> None:
         self.proxy.connections += 1
@@ -88,7 +90,16 @@ class _Relay(Protocol):
         self.upstream.transport.write(data)
 
     def from_server(self, data: bytes) -> None:
-        if self.cut:
+        if self.cut or self.stalled:
+            return
+        stall = self.proxy.stall_download_after
+        if stall is not None and self.down + len(data) > stall:
+            # keep the connection open but forward nothing more
+            self.proxy.stall_download_after = None
+            self.transport.write(data[: max(0, stall - self.down)])
+            self.down = stall
+            self.stalled = True
+            self.proxy.stalls += 1
             return
         limit = self.proxy.cut_download_after
         if limit is not None and self.down + len(data) > limit:
@@ -112,7 +123,9 @@ class CutProxy:
         self.target_port = target_port
         self.cut_download_after: int | None = None
         self.cut_upload_after: int | None = None
+        self.stall_download_after: int | None = None
         self.cuts = 0
+        self.stalls = 0
         self.connections = 0
         factory = Factory.forProtocol(lambda: _Relay(self))
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import enum
 import io
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit, parse_qsl
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -79,60 +79,98 @@ class BytesSource:
         return FileBodyProducer(io.BytesIO(self.data[offset : offset + length]))
 
 
-class _FileWindow(io.RawIOBase):
-    """``length`` bytes of an open file from ``offset``, as a file of its own."""
+@implementer(IBodyProducer)
+class ThreadedFileProducer:
+    """Bytes ``[offset, offset + length)`` of a file, read on a thread pool
+    (the reactor never waits for the disk), ``read_size`` bytes at a time,
+    honouring the HTTP client's pause/resume/stop."""
 
-    def __init__(self, handle: BinaryIO, offset: int, length: int) -> None:
-        super().__init__()
-        self._handle = handle
-        self._start = offset
-        self._length = length
-        self._position = 0
-        handle.seek(offset)
+    def __init__(
+        self, reactor: Any, threadpool: Any, path: Path, offset: int, length: int, read_size: int = 256 * 1024
+    ) -> None:
+        self.length = length
+        self._reactor = reactor
+        self._pool = threadpool
+        self._path = path
+        self._offset = offset
+        self._read_size = read_size
+        self._paused: Deferred[None] | None = None
+        self._stopped = False
 
-    def readable(self) -> bool:
-        return True
+    def _in_thread(self, function: Any, *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._pool, function, *args)
 
-    def seekable(self) -> bool:
-        return True
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        """Fires when every byte was written; never after ``stopProducing``."""
+        done: Deferred[None] = Deferred()
 
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._length}[whence]
-        self._position = max(0, min(self._length, base + offset))
-        self._handle.seek(self._start + self._position)
-        return self._position
+        def finished(result: object) -> None:
+            if self._stopped:
+                return
+            if isinstance(result, Failure):
+                done.errback(result)
+            else:
+                done.callback(None)
 
-    def tell(self) -> int:
-        return self._position
+        Deferred.fromCoroutine(self._produce(consumer)).addBoth(finished)
+        return done
 
-    def read(self, size: int | None = -1) -> bytes:
-        left = self._length - self._position
-        if size is None or size < 0 or size > left:
-            size = left
-        data = self._handle.read(size)
-        self._position += len(data)
-        return data
+    async def _produce(self, consumer: IConsumer) -> None:
+        handle: BinaryIO = await self._in_thread(_open_at, self._path, self._offset)
+        try:
+            remaining = self.length
+            while remaining > 0 and not self._stopped:
+                while self._paused is not None:
+                    await self._paused
+                if self._stopped:
+                    break
+                chunk: bytes = await self._in_thread(handle.read, min(self._read_size, remaining))
+                if not chunk:
+                    raise ClientError(f"{self._path} ended {remaining} bytes early")
+                if self._stopped:
+                    break
+                consumer.write(chunk)
+                remaining -= len(chunk)
+        finally:
+            await self._in_thread(handle.close)
 
-    def close(self) -> None:
-        self._handle.close()
-        super().close()
+    def pauseProducing(self) -> None:
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self.resumeProducing()
+
+
+def _open_at(path: Path, offset: int) -> BinaryIO:
+    handle = open(path, "rb")
+    handle.seek(offset)
+    return handle
 
 
 @implementer(IBlobSource)
 class FileSource:
-    """A blob in a local file (an OCI layout's ``blobs/sha256/<hex>``).
+    """A blob in a local file (an OCI layout's ``blobs/sha256/<hex>``), read
+    on a thread pool (default: the reactor's)."""
 
-    Reads use twisted's ``FileBodyProducer`` (64 KiB reads from a local
-    file, cooperatively scheduled), as treq does for file uploads.
-    """
+    def __init__(self, path: Path, size: int | None = None, *, reactor: Any = None, threadpool: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
 
-    def __init__(self, path: Path, size: int | None = None) -> None:
+            reactor = default_reactor
         self.path = path
         self.size = path.stat().st_size if size is None else size
+        self._reactor = reactor
+        self._pool = threadpool if threadpool is not None else reactor.getThreadPool()
 
     def producer(self, offset: int, length: int) -> IBodyProducer:
-        handle = open(self.path, "rb")
-        return FileBodyProducer(_FileWindow(handle, offset, length), readSize=64 * 1024)
+        return ThreadedFileProducer(self._reactor, self._pool, self.path, offset, length)
 
 
 # ---------------------------------------------------------------- downloads

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import AsyncIterator
 
 import pytest_twisted
@@ -11,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
-from registry.client import BytesConsumer, BytesSource, RegistryClient, RetryPolicy, UploadOutcome, UploadSettings
+from registry.client import BytesConsumer, BytesSource, FileSource, RegistryClient, RetryPolicy, UploadOutcome, UploadSettings
 from registry.digest import sha256_digest
 from tests.client.cutproxy import CutProxy
 from tests.clients.harness import Registry
@@ -66,9 +67,14 @@ async def test_stalled_download_is_resumed(client: RegistryClient, proxy: CutPro
 
 
 @pytest_twisted.ensureDeferred
-async def test_chunked_upload_resumes_after_a_cut(client: RegistryClient, proxy: CutProxy, repo: str) -> None:
+async def test_chunked_upload_resumes_after_a_cut(
+    client: RegistryClient, proxy: CutProxy, repo: str, tmp_path: Path
+) -> None:
+    """From a file: the resumed chunk is read again from the server's offset."""
     data = os.urandom(500_000 + 123)
     digest = sha256_digest(data)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
     through = RegistryClient(
         proxy.host,
         retry=fast_retries(),
@@ -77,7 +83,7 @@ async def test_chunked_upload_resumes_after_a_cut(client: RegistryClient, proxy:
     try:
         proxy.cut_upload_after = 300_000  # inside the second PATCH
         progress: list[int] = []
-        outcome = await through.push_blob(repo, digest, BytesSource(data), progress=progress.append)
+        outcome = await through.push_blob(repo, digest, FileSource(path), progress=progress.append)
     finally:
         await through.close()
     assert outcome is UploadOutcome.UPLOADED

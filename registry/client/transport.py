@@ -25,7 +25,7 @@ import treq
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import ssl
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, DeferredLock
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as TwistedTimeoutError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.internet.task import deferLater
@@ -226,6 +226,7 @@ class HTTPSession:
         clock: IReactorTime = self.reactor
         self.tokens = TokenCache(clock.seconds)
         self._hosts: dict[str, _HostAuth] = {}
+        self._token_locks: dict[tuple[str, str, tuple[str, ...]], DeferredLock] = {}
         self.token_requests = 0
 
     async def close(self) -> None:
@@ -347,14 +348,21 @@ class HTTPSession:
             state.bearer = bearer
             service = bearer.params.get("service", "")
             key = TokenCache.key(bearer.realm, service, scopes)
-            if sent is not None and sent.startswith("Bearer "):
-                # The token was refused (expired early, or too narrow): fetch anew once.
-                self.tokens.discard(key)
-            if self.tokens.get(key) is not None:
-                return True
-            requested = merge_scopes([*scopes, *bearer.params.get("scope", "").split()])
-            token, expires_in = await self.fetch_token(bearer.realm, service, requested)
-            self.tokens.put(key, token, expires_in)
+            # One token request per key at a time: parallel requests that all
+            # met a 401 wait for the first one's token instead of each asking.
+            lock = self._token_locks.setdefault(key, DeferredLock())
+            await lock.acquire()
+            try:
+                if sent is not None and sent == f"Bearer {self.tokens.get(key)}":
+                    # This very token was refused (expired early, or too narrow): fetch anew.
+                    self.tokens.discard(key)
+                if self.tokens.get(key) is not None:
+                    return True
+                requested = merge_scopes([*scopes, *bearer.params.get("scope", "").split()])
+                token, expires_in = await self.fetch_token(bearer.realm, service, requested)
+                self.tokens.put(key, token, expires_in)
+            finally:
+                lock.release()
             return True
         if any(c.scheme == "basic" for c in challenges):
             if self.credentials is None or not self.credentials.username:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import tempfile
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
@@ -15,6 +16,8 @@ from twisted.web.server import Site
 
 from registry.client import AuthenticationError, BytesSource, Credentials, RegistryClient
 from registry.client.errors import Unauthorized
+from registry.client.images import push_image
+from registry.client.layout import OCILayout
 from registry.digest import sha256_digest
 from tests.client.test_cli import cli
 from tests.client.tokenserver import ISSUER, SERVICE, TokenServer
@@ -24,9 +27,11 @@ from tests.clients.harness import (
     Registry,
     free_port,
     http_request,
+    make_image,
     missing_tool,
     require,
     wait_until,
+    write_oci_layout,
 )
 
 pytestmark = pytest.mark.clients
@@ -151,6 +156,16 @@ async def test_bearer_tokens_cached_per_scope_and_refreshed(token_setup: tuple[R
         # another repository needs its own tokens
         await round_trip(client, "token/two")
         assert len(server.issued) == first + 2
+        # parallel blob pushes that all meet a 401 share one token per scope
+        layout = write_oci_layout(
+            Path(tempfile.mkdtemp(dir=registry.storage.parent)),
+            [make_image("tokens", layers=4, layer_size=4096)], "t",
+        )
+        before = len(server.issued)
+        await push_image(client, OCILayout(layout.path), "t", "token/parallel", "t", concurrency=5)
+        assert sorted(map(tuple, server.issued[before:])) == [
+            ("repository:token/parallel:pull",), ("repository:token/parallel:pull,push",)
+        ]
         # near expiry a token is fetched anew (expires_in 6 s, 5 s margin)
         server.expires_in = 6
         client.session.tokens._tokens.clear()

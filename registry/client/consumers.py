@@ -131,6 +131,13 @@ class FileConsumer:
                 self._producer.resumeProducing()
         return result
 
+    @property
+    def error(self) -> ClientError | None:
+        """Why writing failed (the download was then stopped), or None."""
+        if self._error is None:
+            return None
+        return ClientError(f"writing {self.partial} failed: {self._error.getErrorMessage()}")
+
     async def _finish(self) -> None:
         self._enqueue(self._close)
         await self._chain
@@ -156,4 +163,8 @@ class FileConsumer:
 
 
 def _unlink_missing_ok(path: Path) -> None:
-    path.unlink(missing_ok=True)
+    """Best effort: a failed write's error matters more than its clean-up's."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -176,8 +176,10 @@ async def pull_image(
                     name, blob.digest, consumer, size=blob.size,
                     progress=lambda count: report.advanced(blob.digest, count),
                 )
-            except BaseException:
+            except BaseException as failure:
                 await consumer.discard()
+                if consumer.error is not None:  # the disk, not the network, stopped it
+                    raise consumer.error from failure
                 raise
             await consumer.commit()
             report.finished(blob.digest, "copied")

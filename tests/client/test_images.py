@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from registry.client import RegistryClient
+from registry.client import ClientError, RegistryClient
 from registry.client.images import ITransferProgress, copy_image, pull_image, push_image
 from registry.client.layout import OCILayout
 from registry.digest import Digest
@@ -118,3 +119,22 @@ async def test_copy_between_registries(ours: Registry, tmp_path: Path, repo: str
         await source.close()
         await target.close()
         other.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pull_reports_a_write_failure(
+    client: RegistryClient, registry: Registry, repo: str, tmp_path: Path
+) -> None:
+    image = make_image("unwritable", layers=1, layer_size=8 * 1024)
+    written = write_oci_layout(tmp_path / "src", [image], "t")
+    await push_image(client, OCILayout(written.path), "t", repo, "t")
+    target = OCILayout(tmp_path / "dst")
+    target.create()
+    # the config's .partial name is taken by a directory: it cannot be opened
+    config_path = target.blob_path(Digest.parse(image.config_digest))
+    config_path.with_name(config_path.name + ".partial").mkdir(parents=True)
+    with pytest.raises(ClientError) as caught:
+        await pull_image(client, repo, "t", target, concurrency=1)
+    assert str(caught.value).startswith("writing ") and "Is a directory" in str(caught.value)
+    assert not config_path.exists()
+    assert json.loads((target.path / "index.json").read_text())["manifests"] == []

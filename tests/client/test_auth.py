@@ -19,7 +19,7 @@ from registry.client.errors import Unauthorized
 from registry.client.images import push_image
 from registry.client.layout import OCILayout
 from registry.digest import sha256_digest
-from tests.client.test_cli import cli
+from tests.client.clitool import cli
 from tests.client.tokenserver import ISSUER, SERVICE, TokenServer
 from tests.clients.harness import (
     ManagedProcess,

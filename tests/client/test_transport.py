@@ -16,7 +16,7 @@ from twisted.web.server import Request, Site
 from registry.client import BytesSource, RegistryClient, RetryPolicy, TLSConfig, TransportError
 from registry.client.errors import Unavailable
 from registry.digest import sha256_digest
-from tests.client.test_cli import cli
+from tests.client.clitool import cli
 from tests.clients.harness import ManagedProcess, Registry, free_port, twistd_path, wait_until
 from tests.tlsutil import make_pki
 

@@ -303,6 +303,26 @@ class RegistryClient:
             progress=progress,
         )
 
+    async def mount_blob(self, name: str, digest: Digest, source_name: str) -> bool:
+        """Cross-repository mount only: True when ``name`` now has the blob
+        from ``source_name``; False when the registry would not mount (the
+        upload it started instead is cancelled)."""
+        uploads = f"{await self._repo_url(name)}/blobs/uploads/"
+        url = with_query(uploads, mount=str(digest), **{"from": source_name})
+        response = await self.session.request("POST", url, scopes=self._push(name) + self._pull(source_name))
+        body = await read_limited(response)
+        if response.code == 201:
+            return True
+        if response.code != 202:
+            raise api_error(response.code, body, f"mount {digest} from {source_name}")
+        location = (response.headers.getRawHeaders("location") or [None])[0]
+        if location:
+            cancel = await self.session.request(
+                "DELETE", urljoin(uploads, location), scopes=self._push(name), redirects=False
+            )
+            await drain(cancel)  # best effort: an abandoned upload is harmless
+        return False
+
     # ------------------------------------------------------------------ manifests
 
     async def get_manifest(

@@ -5,9 +5,9 @@
   registry into an :class:`~registry.client.layout.OCILayout`.
 * :func:`push_image`: the reverse.  Blobs the repository has already are not
   sent (``HEAD`` first), nor child manifests it has by digest.
-* :func:`copy_image`: registry to registry, through a temporary layout; with
-  both ends on one registry each blob is mounted (``?mount=&from=``) where
-  the registry allows.
+* :func:`copy_image`: registry to registry; on one registry each blob is
+  mounted (``?mount=&from=``) where the registry allows, without reading it;
+  between registries through a temporary layout.
 
 Blobs move in parallel, at most ``concurrency`` at a time; manifests are
 written after every blob they reference, children before their index.
@@ -279,20 +279,73 @@ async def copy_image(
     progress: ITransferProgress | None = None,
     workdir: Path | None = None,
 ) -> Manifest:
-    """Registry to registry through a temporary OCI layout (removed after);
-    mounts blobs when both ends are the same registry. Fires with the top manifest.
-    ``destination_reference`` None keeps the source tag (by digest for a digest)."""
+    """Registry to registry; fires with the top manifest.
+
+    On one registry, each blob the destination lacks is mounted from the
+    source repository, and only blobs the registry refuses to mount travel
+    (through a temporary file).  Between registries the image goes through
+    a temporary OCI layout.  Both are removed afterwards.
+    ``destination_reference`` None keeps the source tag (by digest for a digest).
+    """
     if destination_reference is None and not is_digest(source_reference):
         destination_reference = source_reference
-    same_registry = source.host == destination.host
     with tempfile.TemporaryDirectory(prefix="registry-client-", dir=workdir) as directory:
+        if source.host == destination.host:
+            return await _copy_within(
+                source, source_name, source_reference, destination, destination_name, destination_reference,
+                concurrency, progress or NoProgress(), Path(directory),
+            )
         layout = OCILayout(Path(directory))
         await pull_image(source, source_name, source_reference, layout, tag="copy", concurrency=concurrency,
                          progress=progress)
         return await push_image(
             destination, layout, "copy", destination_name, destination_reference,
-            concurrency=concurrency, mount_from=source_name if same_registry else None, progress=progress,
+            concurrency=concurrency, progress=progress,
         )
+
+
+async def _copy_within(
+    source: RegistryClient, source_name: str, source_reference: str,
+    destination: RegistryClient, destination_name: str, destination_reference: str | None,
+    concurrency: int, report: ITransferProgress, directory: Path,
+) -> Manifest:
+    top = await source.get_manifest(source_name, source_reference)
+    manifests: list[Manifest] = []
+    blobs: dict[Digest, BlobRef] = {}
+    await _walk_remote(source, source_name, top, manifests, blobs)
+    reactor = source.reactor
+
+    def move(blob: BlobRef) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            if await destination.blob_size(destination_name, blob.digest) is not None:
+                report.finished(blob.digest, "exists")
+                return
+            if await destination.mount_blob(destination_name, blob.digest, source_name):
+                report.finished(blob.digest, "mounted")
+                return
+            report.started(blob.digest, blob.size)
+            path = directory / blob.digest.hex
+            consumer = FileConsumer(reactor, reactor.getThreadPool(), path)
+            try:
+                await source.fetch_blob(source_name, blob.digest, consumer, size=blob.size)
+            except BaseException:
+                await consumer.discard()
+                raise
+            await consumer.commit()
+            await destination.push_blob(
+                destination_name, blob.digest, FileSource(path, blob.size), check_exists=False,
+                progress=lambda count: report.advanced(blob.digest, count),
+            )
+            report.finished(blob.digest, "copied")
+
+        return job
+
+    await _in_parallel(concurrency, [move(blob) for blob in blobs.values()])
+    for manifest in manifests[:-1]:
+        if await destination.head_manifest(destination_name, str(manifest.digest)) is None:
+            await destination.put_manifest(destination_name, str(manifest.digest), manifest.body, manifest.media_type)
+    await destination.put_manifest(destination_name, destination_reference or str(top.digest), top.body, top.media_type)
+    return top
 
 
 __all__ = [

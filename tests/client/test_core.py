@@ -193,6 +193,9 @@ async def test_cross_repository_mount(client: RegistryClient, repo: str) -> None
     outcome = await client.push_blob(target, digest, BytesSource(data), mount_from=repo)
     assert outcome is UploadOutcome.MOUNTED
     assert await client.read_blob(target, digest) == data
+    # mount only: refused (the source lacks it), the started upload is cancelled
+    assert await client.mount_blob(target + "-2", sha256_digest(b"absent"), repo) is False
+    assert await client.mount_blob(target + "-2", digest, repo) is True
     # a source repository without the blob: the registry starts an upload instead
     other = os.urandom(1000)
     outcome = await client.push_blob(target, sha256_digest(other), BytesSource(other), mount_from=repo + "-none")

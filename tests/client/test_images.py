@@ -138,3 +138,33 @@ async def test_pull_reports_a_write_failure(
     assert str(caught.value).startswith("writing ") and "Is a directory" in str(caught.value)
     assert not config_path.exists()
     assert json.loads((target.path / "index.json").read_text())["manifests"] == []
+
+
+class NeverMounts(RegistryClient):
+    """A client of the same registry that acts as if every mount were refused."""
+
+    async def mount_blob(self, name: str, digest: Digest, source_name: str) -> bool:
+        self.refused = getattr(self, "refused", 0) + 1
+        return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_copy_within_a_registry_falls_back_when_mount_is_refused(
+    client: RegistryClient, registry: Registry, repo: str, tmp_path: Path
+) -> None:
+    image = make_image("nomount", layers=2, layer_size=16 * 1024)
+    written = write_oci_layout(tmp_path / "src", [image], "t")
+    await push_image(client, OCILayout(written.path), None, repo, "t")
+    destination = NeverMounts(registry.host)
+    progress = Recorder()
+    try:
+        top = await copy_image(client, repo, "t", destination, repo + "-fallback", None, progress=progress,
+                               workdir=tmp_path)
+    finally:
+        await destination.close()
+    assert str(top.digest) == written.digest
+    assert destination.refused == 3
+    assert set(progress.outcomes.values()) == {"copied"}
+    assert registry.manifest(repo + "-fallback", "t").body == written.manifest
+    assert registry.blob(repo + "-fallback", image.layers[1].digest) == image.layers[1].gzipped
+    assert list(tmp_path.glob("registry-client-*")) == []  # the temporary directory is gone

@@ -503,12 +503,23 @@ async def upload_blob(
                 raise
             failures += 1
             await session.sleep(session.retry.delay(failures - 1))
+            if await _blob_exists(session, repository_url, digest, scopes):
+                # The answer was lost, not the upload (e.g. the final PUT's 201).
+                if progress is not None and size > offset:
+                    progress(size - offset)
+                return UploadOutcome.UPLOADED
             previous = offset
             location, offset = await _upload_status(session, location, uploads, scopes, error)
             if offset > size:
                 raise ProtocolError(f"upload of {digest}: the server claims {offset} bytes of {size}")
             if progress is not None and offset != previous:
                 progress(offset - previous)
+
+
+async def _blob_exists(session: HTTPSession, repository_url: str, digest: Digest, scopes: tuple[str, ...]) -> bool:
+    response = await session.request("HEAD", f"{repository_url}/blobs/{digest}", scopes=scopes)
+    await read_limited(response, 0)
+    return response.code == 200
 
 
 async def _start_upload(session: HTTPSession, uploads: str, scopes: tuple[str, ...]) -> str:

@@ -1,20 +1,81 @@
 """Build the registry from a configuration: storage driver, data model,
-resources, Site. ``twistd registry`` (``registry.tap``) calls ``make_site``."""
+resources, Site, and what runs beside them.
+
+:func:`make_application` returns a :class:`RegistryApplication`: the root
+resource, the listeners wanted (``main`` now; a ``debug`` listener later is
+one more entry) and the services to run (upload purging; a storage driver's
+lifecycle service goes there too).  ``twistd registry`` (``registry.tap``)
+turns the listeners into Twisted's endpoint services and starts the services
+with them.  Tests that only need a root over some driver use :func:`make_root`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.application.internet import TimerService
+from twisted.application.service import IService
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
+from twisted.web.resource import IResource
+
+from registry.auth import IAccessController
+from registry.config import Config, ConfigError, HTTPConfig, UploadPurgingConfig, parse_addr
 from registry.http import RegistrySite
 from registry.resources.context import Context
 from registry.resources.router import RegistryRoot, build_routes
 from registry.storage.driver import IStorageDriver
-from registry.storage.registry import Registry
+from registry.storage.model import DataModel
+
+__all__ = [
+    "Listener",
+    "RegistryApplication",
+    "endpoint_description",
+    "make_application",
+    "make_root",
+    "purge_service",
+]
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A listening socket the application wants: a name (``main``,
+    ``debug``), a Twisted server endpoint (a string, or an endpoint object
+    where a string cannot say it: TLS from ``http.tls``) and the factory
+    served; ``description`` says where, for logs, when the endpoint is an
+    object."""
+
+    name: str
+    endpoint: str | IStreamServerEndpoint
+    factory: IProtocolFactory
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RegistryApplication:
+    """Everything the tap runs: what to listen on and with what, and the
+    services that run beside the listeners (started before them, stopped
+    after them)."""
+
+    root: IResource
+    listeners: list[Listener]
+    services: list[IService] = field(default_factory=list)
+    #: The storage driver the application was built over.
+    driver: IStorageDriver | None = None
+
+    def listener(self, name: str) -> Listener:
+        """The listener called ``name``; ``KeyError`` if there is none."""
+        for listener in self.listeners:
+            if listener.name == name:
+                return listener
+        raise KeyError(name)
 
 
 def make_root(
     driver: IStorageDriver,
     delete_enabled: bool = False,
+    access: IAccessController | None = None,
     readonly: bool = False,
     base_url: str = "",
     prefix: str = "/",
@@ -23,7 +84,7 @@ def make_root(
 ) -> RegistryRoot:
     """The root resource over ``driver`` (tests use this with any driver)."""
     ctx = Context(
-        Registry(driver),
+        DataModel.over(driver),
         delete_enabled=delete_enabled,
         readonly=readonly,
         base_url=base_url,
@@ -31,20 +92,30 @@ def make_root(
         relative_urls=relative_urls,
         extra_headers=dict(extra_headers or {}),
     )
-    extra: dict[str, Any] = {}
-    try:
-        from registry.resources import manifests
-    except ImportError:
-        pass
-    else:
-        extra.update(manifests.handlers(ctx))
-    return RegistryRoot(build_routes(ctx, extra), ctx.extra_headers)
+    return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access)
 
 
-def make_site(config: Any, reactor: Any = None) -> RegistrySite:
-    """A Site serving the registry described by ``config`` (a
-    ``registry.config.Config``)."""
+def make_application(
+    config: Config, reactor: Any = None, *, listen: str | None = None, access: IAccessController | None = None
+) -> RegistryApplication:
+    """The registry described by ``config``; ``listen`` (a server endpoint
+    string, ``--listen``) replaces ``http.addr``/``http.tls`` for the main
+    listener.  ``access`` is the access controller already built from
+    ``config.auth`` (the tap builds it while checking the options); without
+    it, it is built here."""
+    from registry.auth.factory import access_controller_from_config
     from registry.storage.factory import create_driver
+    from registry.storage.wrapper import DriverService
+
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    if access is None:
+        try:
+            access = access_controller_from_config(config.auth.controller_params(), reactor=reactor)
+        except ValueError as e:
+            raise ConfigError("auth", None, str(e)) from None
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
     root = make_root(
@@ -55,26 +126,69 @@ def make_site(config: Any, reactor: Any = None) -> RegistrySite:
         prefix=config.http.prefix,
         relative_urls=config.http.relativeurls,
         extra_headers=config.http.headers,
+        access=access,
     )
-    site = RegistrySite(root)
-    site.registry_driver = driver  # type: ignore[attr-defined]
-    site.background_services = background_services(config, driver)  # type: ignore[attr-defined]
-    return site
+    listeners = [main_listener(config.http, RegistrySite(root), reactor, listen)]
+    # The driver's thread pool / child process stops with the application
+    # (after the listeners: the tap stops listeners first).
+    services: list[IService] = [DriverService(driver)]
+    if not config.storage.readonly:
+        purging = purge_service(config.storage.uploadpurging, driver)
+        if purging is not None:
+            services.append(purging)
+    return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver)
 
 
-def background_services(config: Any, driver: IStorageDriver) -> list[Any]:
-    """Services that run beside the listener (the tap attaches them)."""
-    from twisted.application.internet import TimerService
-    from twisted.internet.defer import ensureDeferred
+def main_listener(http: HTTPConfig, site: RegistrySite, reactor: Any, listen: str | None = None) -> Listener:
+    """The main listener: ``--listen`` as given, TLS from ``http.tls`` (an
+    endpoint object: the chain, client CAs and minimum version), else the
+    endpoint string for ``http.addr``."""
+    settings = http.tls_settings()
+    if listen is not None or settings is None or http.net == "unix":
+        return Listener("main", listen or endpoint_description(http), site)
+    from registry.tls import server_endpoint
 
-    from registry.config import parse_go_duration
+    host, port = parse_addr(http.addr)
+    if not host and http.net == "tcp6":
+        host = "::"
+    endpoint = server_endpoint(reactor, port, settings, interface=host)
+    return Listener("main", endpoint, site, description=f"tls:{http.addr}")
+
+
+def purge_service(purging: UploadPurgingConfig, driver: IStorageDriver) -> IService | None:
+    """``storage.maintenance.uploadpurging`` as a timer service (None when disabled)."""
     from registry.storage.purge import purge_uploads
 
-    services: list[Any] = []
-    purging = config.storage.uploadpurging
-    if purging.get("enabled") and not config.storage.readonly:
-        age = parse_go_duration(str(purging["age"]))
-        interval = parse_go_duration(str(purging["interval"]))
-        dry_run = bool(purging.get("dryrun"))
-        services.append(TimerService(interval, lambda: ensureDeferred(purge_uploads(driver, age, dry_run))))
-    return services
+    if not purging.enabled:
+        return None
+    age, dry_run = purging.age, purging.dryrun
+    return TimerService(purging.interval, lambda: ensureDeferred(purge_uploads(driver, age, dry_run)))
+
+
+def _escape(value: str) -> str:
+    """Quote a value for a Twisted endpoint string (``:``, ``=``, ``\\``)."""
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def endpoint_description(http: HTTPConfig) -> str:
+    """The server endpoint string for ``http.net``/``http.addr``/``http.tls``.
+
+    ``127.0.0.1:5000`` → ``tcp:5000:interface=127.0.0.1``; ``:5000`` → all
+    IPv4 interfaces; ``[::1]:5000`` → ``tcp6``; with a certificate and key →
+    ``ssl:``; ``net: unix`` → ``unix:<addr>``.  Raises :class:`ConfigError`
+    for TLS on a unix socket, which Twisted's endpoints do not offer.
+    """
+    if http.net == "unix":
+        if http.tls_certificate:
+            raise ConfigError("http.tls.certificate", http.tls_certificate, "TLS on a unix socket is not supported")
+        return f"unix:{_escape(http.addr)}"
+    host, port = parse_addr(http.addr)
+    if not host and http.net == "tcp6":
+        host = "::"
+    if http.tls_certificate and http.tls_key:
+        parts = ["ssl", str(port), f"certKey={_escape(http.tls_certificate)}", f"privateKey={_escape(http.tls_key)}"]
+    else:
+        parts = ["tcp6" if ":" in host else "tcp", str(port)]
+    if host:
+        parts.append(f"interface={_escape(host)}")
+    return ":".join(parts)

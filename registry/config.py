@@ -31,19 +31,24 @@ import copy
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 from urllib.parse import urlsplit
 
 import yaml
 
+if TYPE_CHECKING:
+    from registry.tls import TLSSettings
+
 __all__ = [
     "DEFAULT_CONFIG_YAML",
     "Config",
+    "AuthConfig",
     "ConfigError",
     "HTTPConfig",
     "LogConfig",
     "StorageConfig",
+    "UploadPurgingConfig",
     "load_config",
     "load_config_file",
     "parse_addr",
@@ -74,14 +79,6 @@ _ENV_PREFIX = "REGISTRY_"
 _LOG_LEVELS = ("debug", "info", "warn", "error")
 _LOG_FORMATTERS = ("text", "json", "logstash")
 _HTTP_NETS = ("tcp", "tcp4", "tcp6", "unix")
-#: Keys under ``storage`` that configure the registry, not the driver.
-_STORAGE_SECTIONS = frozenset({"delete", "maintenance", "cache", "redirect"})
-_UPLOADPURGING_DEFAULTS: dict[str, Any] = {
-    "enabled": True,
-    "age": "168h",
-    "interval": "24h",
-    "dryrun": False,
-}
 
 
 class ConfigError(ValueError):
@@ -105,185 +102,7 @@ class ConfigError(ValueError):
         return text
 
 
-@dataclass(frozen=True)
-class LogConfig:
-    """``log.*``: the level threshold, the output format and static fields."""
-
-    level: str = "info"
-    formatter: str = "text"
-    fields: Mapping[str, Any] = field(default_factory=dict)
-    accesslog_disabled: bool = False
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    """``storage.*``: the one driver with its raw parameters, plus registry switches."""
-
-    driver: str
-    params: dict[str, Any]
-    delete_enabled: bool = False
-    readonly: bool = False
-    #: Distribution's keys (``enabled``, ``age``, ``interval``, ``dryrun``);
-    #: missing ones filled with Distribution's defaults, durations validated
-    #: (convert with :func:`parse_go_duration`).
-    uploadpurging: dict[str, Any] = field(default_factory=lambda: dict(_UPLOADPURGING_DEFAULTS))
-
-
-@dataclass(frozen=True)
-class HTTPConfig:
-    """``http.*``: where to listen and how the registry names itself."""
-
-    addr: str = "127.0.0.1:5000"
-    #: ``tcp`` (also ``tcp4``/``tcp6``) or ``unix`` (then ``addr`` is a path).
-    net: str = "tcp"
-    #: External base URL (``scheme://host[:port][/path]``), no trailing slash.
-    host: str | None = None
-    secret: str | None = None
-    #: Path prefix before ``v2/``; always begins and ends with ``/``.
-    prefix: str = "/"
-    relativeurls: bool = False
-    tls_certificate: str | None = None
-    tls_key: str | None = None
-    #: ``http.headers``: extra response headers, each a list of values.
-    headers: dict[str, list[str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Config:
-    """The validated configuration; :attr:`raw` is the merged tree."""
-
-    version: str
-    log: LogConfig
-    storage: StorageConfig
-    http: HTTPConfig
-    raw: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
-
-
-# --- the key tree: what is known, implemented, ignored --------------------
-
-_LEAF = "leaf"  # an implemented scalar key
-_OPEN = "open"  # an implemented mapping whose keys are free-form
-_IGNORED = "ignored"  # a Distribution key this registry does not implement
-
-_Schema = dict[str, Any]
-
-_SCHEMA: _Schema = {
-    "version": _LEAF,
-    "loglevel": _LEAF,  # deprecated in Distribution in favour of log.level
-    "log": {
-        "level": _LEAF,
-        "formatter": _LEAF,
-        "fields": _OPEN,
-        "accesslog": {"disabled": _LEAF},
-        "hooks": _IGNORED,
-        "reportcaller": _IGNORED,
-    },
-    # "storage" is checked by _check_storage_keys: its driver key is open.
-    "http": {
-        "addr": _LEAF,
-        "net": _LEAF,
-        "host": _LEAF,
-        "prefix": _LEAF,
-        "secret": _LEAF,
-        "relativeurls": _LEAF,
-        "headers": _OPEN,
-        "tls": {
-            "certificate": _LEAF,
-            "key": _LEAF,
-            "clientcas": _IGNORED,
-            "minimumtls": _IGNORED,
-            "ciphersuites": _IGNORED,
-            "letsencrypt": _IGNORED,
-        },
-        "draintimeout": _IGNORED,
-        "debug": _IGNORED,
-        "http2": _IGNORED,
-    },
-    "auth": _IGNORED,
-    "middleware": _IGNORED,
-    "reporting": _IGNORED,
-    "notifications": _IGNORED,
-    "redis": _IGNORED,
-    "health": _IGNORED,
-    "catalog": _IGNORED,
-    "proxy": _IGNORED,
-    "compatibility": _IGNORED,
-    "validation": _IGNORED,
-    "policy": _IGNORED,
-}
-
-_STORAGE_SCHEMA: _Schema = {
-    "delete": {"enabled": _LEAF},
-    "maintenance": {
-        "readonly": {"enabled": _LEAF},
-        "uploadpurging": {"enabled": _LEAF, "age": _LEAF, "interval": _LEAF, "dryrun": _LEAF},
-    },
-    "cache": _IGNORED,
-    "redirect": _IGNORED,
-}
-
-#: Keys whose value is a string: an environment override keeps its text.
-_STRING_KEYS = frozenset(
-    {
-        "version",
-        "loglevel",
-        "log.level",
-        "log.formatter",
-        "http.addr",
-        "http.net",
-        "http.host",
-        "http.prefix",
-        "http.secret",
-        "http.tls.certificate",
-        "http.tls.key",
-        "storage.filesystem.rootdirectory",
-    }
-)
-
-
-# --- public entry points ---------------------------------------------------
-
-
-def load_config(
-    text: str | None,
-    environ: Mapping[str, str],
-    *,
-    source: str = "<embedded default>",
-    base_dir: str | None = None,
-) -> Config:
-    """Parse ``text`` (``None``: :data:`DEFAULT_CONFIG_YAML`), apply ``environ``'s
-    ``REGISTRY_*`` overrides and validate.
-
-    ``source`` names the document in YAML syntax errors; ``base_dir`` (default:
-    the working directory) anchors a relative filesystem ``rootdirectory``.
-    Raises :class:`ConfigError` for any invalid value.
-    """
-    if text is None:
-        text = DEFAULT_CONFIG_YAML
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError("(document)", source, f"not valid YAML: {_one_line(e)}") from None
-    if tree is None:
-        tree = {}
-    if not isinstance(tree, dict):
-        raise ConfigError("(document)", source, "the top level must be a mapping of keys")
-    loader = _Loader(tree, environ, base_dir if base_dir is not None else os.getcwd())
-    return loader.load()
-
-
-def load_config_file(
-    path: str | os.PathLike[str], environ: Mapping[str, str], *, base_dir: str | None = None
-) -> Config:
-    """Read the YAML file at ``path`` and :func:`load_config` it.
-
-    Raises ``OSError`` when the file cannot be read (the caller reports it)
-    and :class:`ConfigError` for invalid content.
-    """
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    return load_config(text, environ, source=os.fspath(path), base_dir=base_dir)
+# --- value parsers ----------------------------------------------------------
 
 
 _ADDR_RE = re.compile(r"^(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>[^:]*)$")
@@ -354,6 +173,557 @@ def parse_go_duration(text: str) -> float:
     return sign * total
 
 
+# --- readers (one per kind of declared key) -------------------------------------
+
+
+def _read_string(loader: _Loader, dotted: str, spec: Key) -> str | None:
+    key = dotted
+    if loader._get(dotted) is None:
+        key = next((alias for alias in spec.aliases if loader._get(alias) is not None), dotted)
+    value = loader._str(key, None) or None
+    if value is None:
+        if spec.required:
+            raise loader._error(key, loader._get(key), "required")
+        return spec.default
+    if spec.choices:
+        value = value.lower()
+        if value not in spec.choices:
+            raise loader._error(key, loader._get(key), f"must be one of {', '.join(spec.choices)}")
+    if spec.check is not None:
+        try:
+            value = spec.check(value)
+        except ValueError as e:
+            raise loader._error(key, loader._get(key), str(e)) from None
+    return value
+
+
+def _read_bool(loader: _Loader, dotted: str, spec: Key) -> bool:
+    return loader._bool(dotted, spec.default)
+
+
+def _read_duration(loader: _Loader, dotted: str, spec: Key) -> float:
+    text = loader._str(dotted, spec.default)
+    try:
+        return parse_go_duration(text or "")
+    except ValueError as e:
+        raise loader._error(dotted, loader._get(dotted), str(e)) from None
+
+
+def _read_mapping(loader: _Loader, dotted: str, spec: Key) -> dict[str, Any]:
+    return {str(k): v for k, v in loader._mapping(dotted).items()}
+
+
+def _read_strings(loader: _Loader, dotted: str, spec: Key) -> tuple[str, ...]:
+    value = loader._get(dotted)
+    if value is None or value == "":
+        return tuple(spec.default or ())
+    if isinstance(value, str):
+        # One value, or several separated by commas (an environment override).
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise loader._error(dotted, value, "must be a list of strings")
+
+
+def _read_section(loader: _Loader, dotted: str, spec: Key) -> Any:
+    assert spec.section is not None
+    if not spec.required and loader._get(dotted) is None:
+        return None
+    return loader._section(spec.section, dotted)
+
+
+# --- declarations ------------------------------------------------------------
+#
+# Each configuration section is one frozen dataclass; each field that comes
+# from the YAML carries a :class:`Key` in its metadata (made by the helpers
+# below) saying its dotted key relative to the section, how it is read and
+# checked, and its default.  The loader walks these declarations generically:
+# the same declarations give the set of known keys (unknown-key warnings),
+# the string-typed keys (environment overrides keep their text), defaults and
+# validation.  Keys of Distribution this registry does not implement are
+# listed in the section's ``IGNORED`` (a warning names them).  A section may
+# define ``checked(self, check)`` for rules between its fields.
+#
+# Adding a section, e.g. ``auth.htpasswd: {realm, path}``:
+#
+#     @dataclass(frozen=True)
+#     class HtpasswdConfig:
+#         realm: str = string("Registry Realm")
+#         path: str = string(None, required=True)
+#
+#     @dataclass(frozen=True)
+#     class AuthConfig:
+#         htpasswd: HtpasswdConfig | None = section(HtpasswdConfig, optional=True)
+#
+# and ``auth: AuthConfig = section(AuthConfig)`` in :class:`Config` (dropping
+# ``"auth"`` from ``Config.IGNORED``).
+
+_Reader = Callable[["_Loader", str, "Key"], Any]
+
+
+@dataclass(frozen=True)
+class Key:
+    """How one configuration key is declared (a dataclass field's metadata)."""
+
+    #: Dotted key relative to the section (default: the field's name).
+    key: str | None
+    read: _Reader
+    default: Any = None
+    #: ``str``: an environment override keeps its text verbatim.
+    is_string: bool = False
+    #: A nested section's dataclass (its keys are declared there).
+    section: type | None = None
+    #: A mapping whose keys are free-form (no warnings for them).
+    open: bool = False
+    #: Other absolute dotted keys read when this one is absent (deprecated names).
+    aliases: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], Any] | None = None
+    #: A string that must be given; a section that is always built (not
+    #: ``optional``: absent means all defaults).
+    required: bool = False
+
+
+def _meta(key: Key, default: Any = MISSING, default_factory: Any = MISSING) -> Any:
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata={"config": key})
+    return field(default=default, metadata={"config": key})
+
+
+def string(
+    default: str | None,
+    *,
+    key: str | None = None,
+    choices: tuple[str, ...] = (),
+    check: Callable[[str], str] | None = None,
+    aliases: tuple[str, ...] = (),
+    required: bool = False,
+) -> Any:
+    """A string key; ``choices`` are matched case-insensitively (the value is
+    lower-cased); ``check`` returns the value to keep or raises ``ValueError``
+    with the message; an empty string counts as absent."""
+    return _meta(
+        Key(key, _read_string, default, is_string=True, choices=choices, check=check, aliases=aliases, required=required),
+        default,
+    )
+
+
+def boolean(default: bool, *, key: str | None = None) -> Any:
+    """A ``true``/``false`` key."""
+    return _meta(Key(key, _read_bool, default), default)
+
+
+def duration(default: str, *, key: str | None = None) -> Any:
+    """A Go duration (``"168h"``), kept as seconds."""
+    return _meta(Key(key, _read_duration, default, is_string=True), parse_go_duration(default))
+
+
+def strings(*, key: str | None = None) -> Any:
+    """A list of strings (a single string is a list of one; commas separate
+    values given by an environment variable)."""
+    return _meta(Key(key, _read_strings, (), is_string=True), ())
+
+
+def mapping(*, key: str | None = None, read: _Reader | None = None) -> Any:
+    """A mapping with free-form keys (``log.fields``); ``read`` converts it."""
+    return _meta(Key(key, read or _read_mapping, open=True), default_factory=dict)
+
+
+def section(cls: type, *, key: str | None = None, optional: bool = False) -> Any:
+    """A nested section; ``optional``: None when the key is absent."""
+    spec = Key(key, _read_section, section=cls, required=not optional)
+    if optional:
+        return _meta(spec, None)
+    return _meta(spec, default_factory=cls)
+
+
+def custom(read: _Reader, default: Any = None, *, key: str | None = None, is_string: bool = False) -> Any:
+    """A key with its own reader (``version``, ``http.headers``)."""
+    return _meta(Key(key, read, default, is_string=is_string), default)
+
+
+class Checker:
+    """Given to a section's ``checked``: errors that name the key, its value
+    and the variable that set it."""
+
+    def __init__(self, loader: _Loader, path: str) -> None:
+        self._loader = loader
+        self._path = path
+
+    def key(self, name: str) -> str:
+        return f"{self._path}.{name}" if self._path else name
+
+    def raw(self, name: str) -> Any:
+        """The section's key ``name`` as written (after overrides)."""
+        return self._loader._get(self.key(name))
+
+    def error(self, name: str, message: str) -> ConfigError:
+        """A ConfigError for the section's key ``name`` with its raw value."""
+        dotted = self.key(name)
+        return self._loader._error(dotted, self._loader._get(dotted), message)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``log.*``: the level threshold, the output format and static fields."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("hooks", "reportcaller")
+
+    level: str = string("info", choices=_LOG_LEVELS, aliases=("loglevel",))
+    formatter: str = string("text", choices=_LOG_FORMATTERS)
+    fields: Mapping[str, Any] = mapping()
+    accesslog_disabled: bool = boolean(False, key="accesslog.disabled")
+
+
+@dataclass(frozen=True)
+class UploadPurgingConfig:
+    """``storage.maintenance.uploadpurging``: durations in seconds."""
+
+    enabled: bool = boolean(True)
+    age: float = duration("168h")
+    interval: float = duration("24h")
+    dryrun: bool = boolean(False)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """``storage.*``: the one driver with its raw parameters, plus registry switches.
+
+    Every key of ``storage`` that is not declared here (or ignored) names the
+    driver; the loader picks it (``driver``, ``params``)."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("cache", "redirect")
+
+    driver: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    delete_enabled: bool = boolean(False, key="delete.enabled")
+    readonly: bool = boolean(False, key="maintenance.readonly.enabled")
+    uploadpurging: UploadPurgingConfig = section(UploadPurgingConfig, key="maintenance.uploadpurging")
+
+
+def _check_host(host: str) -> str:
+    parts = urlsplit(host)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError('must be an absolute http(s) URL such as "https://registry.example.com"')
+    return host.rstrip("/")
+
+
+def _check_prefix(prefix: str) -> str:
+    if not prefix.startswith("/"):
+        raise ValueError('must begin with "/", e.g. "/registry/"')
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+def _read_headers(loader: _Loader, dotted: str, spec: Key) -> dict[str, list[str]]:
+    headers: dict[str, list[str]] = {}
+    for name, values in loader._mapping(dotted).items():
+        key = f"{dotted}.{name}"
+        if isinstance(values, (str, int, float)) and not isinstance(values, bool):
+            values = [values]
+        if (
+            not isinstance(name, str)
+            or not isinstance(values, list)
+            or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values)
+        ):
+            raise loader._error(key, values, "must be a header value or a list of header values")
+        headers[name] = [str(v) for v in values]
+    return headers
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """``http.*``: where to listen and how the registry names itself."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = (
+        "tls.letsencrypt",
+        "draintimeout",
+        "debug",
+        "http2",
+    )
+
+    #: ``host:port``; with ``net: unix`` a socket path (then required).
+    addr: str = string("127.0.0.1:5000")
+    #: ``tcp`` (also ``tcp4``/``tcp6``) or ``unix`` (then ``addr`` is a path).
+    net: str = string("tcp", choices=_HTTP_NETS)
+    #: External base URL (``scheme://host[:port][/path]``), no trailing slash.
+    host: str | None = string(None, check=_check_host)
+    secret: str | None = string(None)
+    #: Path prefix before ``v2/``; always begins and ends with ``/``.
+    prefix: str = string("/", check=_check_prefix)
+    relativeurls: bool = boolean(False)
+    tls_certificate: str | None = string(None, key="tls.certificate")
+    tls_key: str | None = string(None, key="tls.key")
+    #: CA certificate files whose client certificates are accepted (mutual TLS).
+    tls_clientcas: tuple[str, ...] = strings(key="tls.clientcas")
+    tls_minimumtls: str = string("tls1.2", key="tls.minimumtls", choices=("tls1.0", "tls1.1", "tls1.2", "tls1.3"))
+    #: Go's names of the TLS 1.2 cipher suites to offer (empty: OpenSSL's defaults).
+    tls_ciphersuites: tuple[str, ...] = strings(key="tls.ciphersuites")
+    #: ``http.headers``: extra response headers, each a list of values.
+    headers: dict[str, list[str]] = mapping(read=_read_headers)
+
+    def checked(self, check: Checker) -> HTTPConfig:
+        if self.net == "unix":
+            if check.raw("addr") in (None, ""):
+                raise check.error("addr", "must be a socket path when http.net is unix")
+        else:
+            try:
+                # An empty addr is an error here, not the default.
+                parse_addr("" if check.raw("addr") == "" else self.addr)
+            except ValueError as e:
+                raise check.error("addr", str(e)) from None
+        if self.tls_certificate and not self.tls_key:
+            raise check.error("tls.key", "required when http.tls.certificate is set")
+        if self.tls_key and not self.tls_certificate:
+            raise check.error("tls.certificate", "required when http.tls.key is set")
+        if self.tls_clientcas and not self.tls_certificate:
+            raise check.error("tls.clientcas", "needs http.tls.certificate and http.tls.key (mutual TLS is TLS)")
+        from registry.tls import GO_CIPHER_SUITES, TLS13_SUITES
+
+        for suite in self.tls_ciphersuites:
+            if suite not in GO_CIPHER_SUITES and suite not in TLS13_SUITES:
+                raise check.error(
+                    "tls.ciphersuites",
+                    f"unknown or unsupported cipher suite {suite!r}; use Go's names, e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                )
+        return self
+
+    def tls_settings(self) -> "TLSSettings | None":
+        """The TLS listener settings, or None for plain HTTP."""
+        from registry.tls import TLSSettings
+
+        if not (self.tls_certificate and self.tls_key):
+            return None
+        return TLSSettings(
+            certificate=self.tls_certificate,
+            key=self.tls_key,
+            clientcas=self.tls_clientcas,
+            minimumtls=self.tls_minimumtls,
+            ciphersuites=self.tls_ciphersuites,
+        )
+
+
+@dataclass(frozen=True)
+class HtpasswdConfig:
+    """``auth.htpasswd``: Basic authentication against a bcrypt htpasswd file."""
+
+    realm: str = string("Registry Realm")
+    path: str = string(None, required=True)
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """``auth.token``: Docker's token authentication (JWTs from a token server)."""
+
+    realm: str = string(None, required=True)
+    service: str = string(None, required=True)
+    issuer: str = string(None, required=True)
+    rootcertbundle: str | None = string(None)
+    jwks: str | None = string(None)
+    autoredirect: bool = boolean(False)
+    autoredirectpath: str | None = string(None)
+    signingalgorithms: tuple[str, ...] = strings()
+
+    def checked(self, check: Checker) -> TokenConfig:
+        if not self.rootcertbundle and not self.jwks:
+            raise check.error("rootcertbundle", "required (or auth.token.jwks): the keys that sign tokens")
+        return self
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``auth``: at most one access controller; none means open access."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("silly",)
+
+    htpasswd: HtpasswdConfig | None = section(HtpasswdConfig, optional=True)
+    token: TokenConfig | None = section(TokenConfig, optional=True)
+
+    def checked(self, check: Checker) -> AuthConfig:
+        if self.htpasswd is not None and self.token is not None:
+            raise check.error("token", "configure exactly one access controller (auth.htpasswd or auth.token), not both")
+        return self
+
+    def controller_params(self) -> dict[str, dict[str, Any]]:
+        """``{name: params}`` of the configured controller (empty: none)."""
+        from dataclasses import asdict
+
+        if self.htpasswd is not None:
+            return {"htpasswd": asdict(self.htpasswd)}
+        if self.token is not None:
+            params = {k: v for k, v in asdict(self.token).items() if v not in (None, ())}
+            if "signingalgorithms" in params:
+                params["signingalgorithms"] = list(params["signingalgorithms"])
+            return {"token": params}
+        return {}
+
+
+def _read_version(loader: _Loader, dotted: str, spec: Key) -> str:
+    value = loader._get(dotted)
+    if value is None:
+        raise loader._error(dotted, None, 'missing; this registry reads version "0.1"')
+    if isinstance(value, float):
+        text = repr(value)
+    elif isinstance(value, (str, int)) and not isinstance(value, bool):
+        text = str(value)
+    else:
+        raise loader._error(dotted, value, 'must be "MAJOR.MINOR", e.g. "0.1"')
+    m = re.fullmatch(r"(\d+)\.(\d+)", text.strip())
+    if m is None:
+        raise loader._error(dotted, value, 'must be "MAJOR.MINOR", e.g. "0.1"')
+    if (int(m.group(1)), int(m.group(2))) != (0, 1):
+        raise loader._error(dotted, value, 'unsupported version; this registry reads "0.1"')
+    return "0.1"
+
+
+def _read_storage(loader: _Loader, dotted: str, spec: Key) -> StorageConfig:
+    return loader._storage(dotted)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration; :attr:`raw` is the merged tree."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = (
+        "middleware",
+        "reporting",
+        "notifications",
+        "redis",
+        "health",
+        "catalog",
+        "proxy",
+        "compatibility",
+        "validation",
+        "policy",
+    )
+
+    version: str = custom(_read_version, "0.1", is_string=True)
+    log: LogConfig = section(LogConfig)
+    storage: StorageConfig = _meta(
+        Key(None, _read_storage, section=StorageConfig, open=True), default_factory=StorageConfig
+    )
+    http: HTTPConfig = section(HTTPConfig)
+    auth: AuthConfig = section(AuthConfig)
+    raw: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+# --- the key tree: what is known, implemented, ignored --------------------
+
+_LEAF = "leaf"  # an implemented scalar key
+_OPEN = "open"  # an implemented mapping whose keys are free-form
+_IGNORED = "ignored"  # a Distribution key this registry does not implement
+
+#: A section's schema: key -> _LEAF / _OPEN / _IGNORED / nested schema; the
+#: key ``_OPEN_SECTION`` present means undeclared keys are not warned about
+#: (``storage``: they name the driver).
+_Schema = dict[Any, Any]
+_OPEN_SECTION = object()
+
+
+def _spec(f: Field[Any]) -> Key | None:
+    spec = f.metadata.get("config")
+    return spec if isinstance(spec, Key) else None
+
+
+def _insert(schema: _Schema, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = schema
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _schema_of(cls: type, root: _Schema | None = None, prefix: str = "") -> _Schema:
+    schema: _Schema = {}
+    root = schema if root is None else root
+    for f in fields(cls):
+        spec = _spec(f)
+        if spec is None:
+            continue
+        key = spec.key or f.name
+        if spec.section is not None:
+            sub = _schema_of(spec.section, root, f"{prefix}{key}.")
+            if spec.open:
+                sub[_OPEN_SECTION] = True
+            _insert(schema, key, sub)
+        else:
+            _insert(schema, key, _OPEN if spec.open else _LEAF)
+        for alias in spec.aliases:
+            _insert(root, alias, _LEAF)
+    for key in getattr(cls, "IGNORED", ()):
+        _insert(schema, key, _IGNORED)
+    return schema
+
+
+def _string_keys_of(cls: type, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for f in fields(cls):
+        spec = _spec(f)
+        if spec is None:
+            continue
+        dotted = prefix + (spec.key or f.name)
+        if spec.section is not None:
+            keys |= _string_keys_of(spec.section, dotted + ".")
+        elif spec.is_string:
+            keys.add(dotted)
+            keys.update(spec.aliases)
+    return keys
+
+
+_SCHEMA: _Schema = _schema_of(Config)
+
+#: Keys whose value is a string: an environment override keeps its text.
+_STRING_KEYS = frozenset(_string_keys_of(Config) | {"storage.filesystem.rootdirectory"})
+
+
+# --- public entry points ---------------------------------------------------
+
+
+def load_config(
+    text: str | None,
+    environ: Mapping[str, str],
+    *,
+    source: str = "<embedded default>",
+    base_dir: str | None = None,
+) -> Config:
+    """Parse ``text`` (``None``: :data:`DEFAULT_CONFIG_YAML`), apply ``environ``'s
+    ``REGISTRY_*`` overrides and validate.
+
+    ``source`` names the document in YAML syntax errors; ``base_dir`` (default:
+    the working directory) anchors a relative filesystem ``rootdirectory``.
+    Raises :class:`ConfigError` for any invalid value.
+    """
+    if text is None:
+        text = DEFAULT_CONFIG_YAML
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError("(document)", source, f"not valid YAML: {_one_line(e)}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError("(document)", source, "the top level must be a mapping of keys")
+    loader = _Loader(tree, environ, base_dir if base_dir is not None else os.getcwd())
+    return loader.load()
+
+
+def load_config_file(
+    path: str | os.PathLike[str], environ: Mapping[str, str], *, base_dir: str | None = None
+) -> Config:
+    """Read the YAML file at ``path`` and :func:`load_config` it.
+
+    Raises ``OSError`` when the file cannot be read (the caller reports it)
+    and :class:`ConfigError` for invalid content.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return load_config(text, environ, source=os.fspath(path), base_dir=base_dir)
+
+
 # --- the loader ------------------------------------------------------------
 
 
@@ -375,6 +745,8 @@ class _Loader:
         self.warnings: list[str] = []
         #: dotted key -> environment variable that set it (or set a parent)
         self.sources: dict[str, str] = {}
+        #: Keys whose override keeps its text (from the declarations).
+        self.string_keys: frozenset[str] = _STRING_KEYS
 
     # -- overrides --
 
@@ -383,15 +755,7 @@ class _Loader:
             self.tree["storage"] = {self.tree["storage"]: {}}
         self._apply_environment()
         self._check_keys(self.tree, _SCHEMA, [])
-        config = Config(
-            version=self._version(),
-            log=self._log(),
-            storage=self._storage(),
-            http=self._http(),
-            raw=copy.deepcopy(self.tree),
-            warnings=self.warnings,
-        )
-        return config
+        return self._section(Config, "", raw=copy.deepcopy(self.tree), warnings=self.warnings)
 
     def _apply_environment(self) -> None:
         names = sorted(
@@ -450,7 +814,7 @@ class _Loader:
             raise ConfigError(
                 dotted, payload, f"not a valid YAML value: {_one_line(e)}", name
             ) from None
-        if dotted in _STRING_KEYS and value is not None and not isinstance(value, str):
+        if dotted in self.string_keys and value is not None and not isinstance(value, str):
             return payload.strip()
         return value
 
@@ -475,26 +839,14 @@ class _Loader:
     def _check_keys(self, node: Mapping[Any, Any], schema: _Schema, path: list[str]) -> None:
         for key, value in node.items():
             dotted = _dotted([*path, str(key)])
-            if path == [] and key == "storage":
-                if isinstance(value, dict):
-                    self._check_storage_keys(value)
-                continue
             spec = schema.get(key) if isinstance(key, str) else None
             if spec is None:
-                self._warn_key(dotted, "unknown key")
+                if _OPEN_SECTION not in schema:
+                    self._warn_key(dotted, "unknown key")
             elif spec == _IGNORED:
                 self._warn_key(dotted, "not supported by this registry")
             elif isinstance(spec, dict) and isinstance(value, dict):
                 self._check_keys(value, spec, [*path, key])
-
-    def _check_storage_keys(self, storage: Mapping[Any, Any]) -> None:
-        for key, value in storage.items():
-            if key in _STORAGE_SECTIONS:
-                spec = _STORAGE_SCHEMA[key]
-                if spec == _IGNORED:
-                    self._warn_key(f"storage.{key}", "not supported by this registry")
-                elif isinstance(value, dict):
-                    self._check_keys(value, spec, ["storage", key])
 
     # -- typed getters --
 
@@ -533,54 +885,43 @@ class _Loader:
             raise self._error(key, value, "must be a string")
         return str(value)
 
-    # -- sections --
+    # -- the generic walk over the declarations --
 
-    def _version(self) -> str:
-        value = self._get("version")
-        if value is None:
-            raise self._error("version", None, 'missing; this registry reads version "0.1"')
-        if isinstance(value, float):
-            text = repr(value)
-        elif isinstance(value, (str, int)) and not isinstance(value, bool):
-            text = str(value)
-        else:
-            raise self._error("version", value, 'must be "MAJOR.MINOR", e.g. "0.1"')
-        m = re.fullmatch(r"(\d+)\.(\d+)", text.strip())
-        if m is None:
-            raise self._error("version", value, 'must be "MAJOR.MINOR", e.g. "0.1"')
-        if (int(m.group(1)), int(m.group(2))) != (0, 1):
-            raise self._error("version", value, 'unsupported version; this registry reads "0.1"')
-        return "0.1"
+    def _section(self, cls: type, path: str, **given: Any) -> Any:
+        """Read the dataclass ``cls`` declared at ``path`` ("" for the top)."""
+        if path:
+            self._mapping(path)
+        values = dict(given)
+        for f in fields(cls):
+            spec = _spec(f)
+            if spec is None or f.name in values:
+                continue
+            key = spec.key or f.name
+            dotted = f"{path}.{key}" if path else key
+            self._parents(dotted)
+            values[f.name] = spec.read(self, dotted, spec)
+        obj = cls(**values)
+        checked = getattr(obj, "checked", None)
+        if checked is not None:
+            obj = checked(Checker(self, path))
+        return obj
 
-    def _log(self) -> LogConfig:
-        self._mapping("log")
-        level_key = "log.level" if self._get("log.level") is not None else "loglevel"
-        level = (self._str(level_key, "info") or "info").lower()
-        if level not in _LOG_LEVELS:
-            raise self._error(level_key, self._get(level_key), f"must be one of {', '.join(_LOG_LEVELS)}")
-        formatter = (self._str("log.formatter", "text") or "text").lower()
-        if formatter not in _LOG_FORMATTERS:
-            raise self._error(
-                "log.formatter", self._get("log.formatter"), f"must be one of {', '.join(_LOG_FORMATTERS)}"
-            )
-        fields = self._mapping("log.fields")
-        self._mapping("log.accesslog")
-        return LogConfig(
-            level=level,
-            formatter=formatter,
-            fields={str(k): v for k, v in fields.items()},
-            accesslog_disabled=self._bool("log.accesslog.disabled", False),
-        )
+    def _parents(self, dotted: str) -> None:
+        """Each section above ``dotted`` must be a mapping (or absent)."""
+        parts = dotted.split(".")
+        for i in range(1, len(parts)):
+            self._mapping(".".join(parts[:i]))
 
-    def _storage(self) -> StorageConfig:
-        storage = self._get("storage")
+    def _storage(self, dotted: str) -> StorageConfig:
+        storage = self._get(dotted)
         if storage is None:
             raise self._error(
                 "storage", None, "no storage driver configured (e.g. storage.filesystem.rootdirectory)"
             )
         if not isinstance(storage, dict):
             raise self._error("storage", storage, "must be a driver name or a mapping")
-        drivers = [k for k in storage if k not in _STORAGE_SECTIONS]
+        declared = _SCHEMA["storage"]
+        drivers = [k for k in storage if k not in declared]
         if not drivers:
             raise self._error(
                 "storage", storage, "no storage driver configured (e.g. storage.filesystem.rootdirectory)"
@@ -601,93 +942,7 @@ class _Loader:
                     "storage.filesystem.rootdirectory", params["rootdirectory"], "must be a non-empty path"
                 )
             params["rootdirectory"] = os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(root)))
+        config: StorageConfig = self._section(StorageConfig, dotted, driver=driver, params=params)
+        return config
 
-        self._mapping("storage.delete")
-        self._mapping("storage.maintenance")
-        self._mapping("storage.maintenance.readonly")
-        purging = self._mapping("storage.maintenance.uploadpurging")
-        uploadpurging = dict(_UPLOADPURGING_DEFAULTS)
-        uploadpurging.update({str(k): v for k, v in purging.items()})
-        for key in ("enabled", "dryrun"):
-            self._bool(f"storage.maintenance.uploadpurging.{key}", False)
-        for key in ("age", "interval"):
-            dotted = f"storage.maintenance.uploadpurging.{key}"
-            text = self._str(dotted, _UPLOADPURGING_DEFAULTS[key])
-            try:
-                parse_go_duration(text or "")
-            except ValueError as e:
-                raise self._error(dotted, self._get(dotted), str(e)) from None
-            uploadpurging[key] = text
-        return StorageConfig(
-            driver=driver,
-            params=params,
-            delete_enabled=self._bool("storage.delete.enabled", False),
-            readonly=self._bool("storage.maintenance.readonly.enabled", False),
-            uploadpurging=uploadpurging,
-        )
 
-    def _http(self) -> HTTPConfig:
-        self._mapping("http")
-        net = (self._str("http.net", "tcp") or "tcp").lower()
-        if net not in _HTTP_NETS:
-            raise self._error("http.net", self._get("http.net"), f"must be one of {', '.join(_HTTP_NETS)}")
-        if net == "unix":
-            addr = self._str("http.addr", None)
-            if not addr:
-                raise self._error("http.addr", self._get("http.addr"), "must be a socket path when http.net is unix")
-        else:
-            addr = self._str("http.addr", "127.0.0.1:5000") or ""
-            try:
-                parse_addr(addr)
-            except ValueError as e:
-                raise self._error("http.addr", self._get("http.addr"), str(e)) from None
-
-        host = self._str("http.host", None) or None
-        if host is not None:
-            parts = urlsplit(host)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-                raise self._error(
-                    "http.host", host, 'must be an absolute http(s) URL such as "https://registry.example.com"'
-                )
-            host = host.rstrip("/")
-
-        prefix = self._str("http.prefix", "/") or "/"
-        if not prefix.startswith("/"):
-            raise self._error("http.prefix", prefix, 'must begin with "/", e.g. "/registry/"')
-        if not prefix.endswith("/"):
-            prefix += "/"
-
-        self._mapping("http.tls")
-        cert = self._str("http.tls.certificate", None) or None
-        key = self._str("http.tls.key", None) or None
-        if cert and not key:
-            raise self._error("http.tls.key", self._get("http.tls.key"), "required when http.tls.certificate is set")
-        if key and not cert:
-            raise self._error(
-                "http.tls.certificate", self._get("http.tls.certificate"), "required when http.tls.key is set"
-            )
-
-        headers: dict[str, list[str]] = {}
-        for name, values in self._mapping("http.headers").items():
-            dotted = f"http.headers.{name}"
-            if isinstance(values, (str, int, float)) and not isinstance(values, bool):
-                values = [values]
-            if (
-                not isinstance(name, str)
-                or not isinstance(values, list)
-                or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values)
-            ):
-                raise self._error(dotted, values, "must be a header value or a list of header values")
-            headers[name] = [str(v) for v in values]
-
-        return HTTPConfig(
-            addr=addr,
-            net=net,
-            host=host,
-            secret=self._str("http.secret", None) or None,
-            prefix=prefix,
-            relativeurls=self._bool("http.relativeurls", False),
-            tls_certificate=cert,
-            tls_key=key,
-            headers=headers,
-        )

@@ -3,22 +3,30 @@ instead of spooling them, a channel that answers a TLS ClientHello on the
 plain port, and the Site that ties them to the registry's root resource.
 
 Twisted's ``Request`` spools the whole body (BytesIO, then a temp file)
-before ``render`` runs. For upload routes this Request asks the root resource,
-once the headers are in, for a *body sink*; body chunks then go straight to
-the sink as they arrive, and the sink pauses the transport while storage is
-behind. ``render`` still runs when the body is complete and reads the sink's
-outcome. Other routes get a bounded buffer (manifests) or the default.
+before ``render`` runs. Here, once the headers are in, the channel hands the
+request its request line and the request hands both to the Site's root
+(``RegistryRoot.headers_received``), which routes the request -- once; the
+match is kept on the request for ``render`` -- and says how the body is
+received: a *body sink* for uploads (chunks go straight to it as they arrive,
+and it pauses the transport while storage is behind; ``render`` runs when the
+body is complete and reads the sink's outcome), a bounded buffer
+(``LimitedBody``), or Twisted's default.
 """
 
 from __future__ import annotations
 
 import io
 import time
-from typing import IO, Any, Protocol, cast
+from typing import IO, TYPE_CHECKING, Any, Protocol, Union, cast
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web import http, server
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from registry.resources.router import RegistryRoot, RouteMatch
 
 # What a client that sends a TLS ClientHello to the plain port gets back
 # (see CLIENTS.md: docker/skopeo/podman probe TLS first, then fall back).
@@ -73,6 +81,28 @@ class LimitedBody:
         self.too_large = too_large
 
 
+class DeferredBody:
+    """The root cannot decide yet (an access check that needs I/O, such as a
+    bcrypt comparison in a thread): ``decision`` fires with the real body
+    handling, or fails with the error that refuses the request.  Meanwhile
+    the request holds the body's first bytes, pausing the connection once
+    ``PENDING_LIMIT`` bytes wait, and delays ``render`` until the decision;
+    a refused request's body is dropped unread."""
+
+    #: Body bytes held while the decision is pending, before the connection
+    #: is paused.
+    PENDING_LIMIT = 256 * 1024
+
+    def __init__(self, decision: "Deferred[Any]") -> None:
+        self.decision = decision
+
+
+#: What the root decides for a request's body when its headers are in: a sink
+#: to stream it into, a bounded buffer, None for Twisted's default, or a
+#: decision still to come.
+BodyHandling = Union[BodySink, LimitedBody, DeferredBody, None]
+
+
 class RegistryRequest(server.Request):
     """A Request that can hand its body to a sink while it arrives."""
 
@@ -85,6 +115,28 @@ class RegistryRequest(server.Request):
     body_too_large = False
     _body_paused = False
     _body_done = False
+    #: ``(method, target)`` of the request line, handed over by
+    #: ``RegistryChannel`` when the headers are in (before the body).
+    request_line: tuple[bytes, bytes] | None = None
+    #: The Site's root resource, handed over with the request line.
+    root: RegistryRoot | None = None
+    #: Set by the root at headers time: the route this request goes to, or
+    #: the error that stops it (unknown endpoint, invalid name, refused).
+    #: ``render`` answers from these; it does not route again.
+    route_match: RouteMatch | None = None
+    route_error: Exception | None = None
+    #: Who the access controller says made the request (None: no access
+    #: control, or not decided).
+    identity: Any = None
+    #: False when access control refuses the mount source of an upload POST
+    #: (the upload then starts without mounting).
+    mount_allowed = True
+    # While a DeferredBody is pending: the body bytes held, and the
+    # requestReceived call that waits for the decision.
+    _pending: list[bytes] | None = None
+    _pending_size = 0
+    _pending_received: tuple[bytes, bytes, bytes] | None = None
+    _length: int | None = None
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -94,15 +146,19 @@ class RegistryRequest(server.Request):
     # -- body routing ------------------------------------------------------
 
     def gotLength(self, length: int | None) -> None:
-        site = getattr(self.channel, "site", None)
-        root = getattr(site, "resource", None)
-        chooser = getattr(root, "body_handling", None)
-        # The channel keeps the request line privately until the body is
-        # complete; we need it now to route the body.
-        command = getattr(self.channel, "_command", b"")
-        path = getattr(self.channel, "_path", b"")
-        decision = chooser(self, command, path, length) if chooser is not None else None
-        if isinstance(decision, LimitedBody):
+        if self.root is None or self.request_line is None:
+            super().gotLength(length)
+            return
+        command, target = self.request_line
+        self._length = length
+        self._apply(self.root.headers_received(self, command, target, length), length)
+
+    def _apply(self, decision: BodyHandling, length: int | None) -> None:
+        if isinstance(decision, DeferredBody):
+            self._pending = []
+            self.content = io.BytesIO()
+            decision.decision.addCallbacks(self._decided, self._refused)
+        elif isinstance(decision, LimitedBody):
             self.body_limit = decision.limit
             self.body_too_large_error = decision.too_large
             self.content = io.BytesIO()
@@ -114,7 +170,31 @@ class RegistryRequest(server.Request):
         else:
             super().gotLength(length)
 
+    def _decided(self, decision: BodySink | LimitedBody | None) -> None:
+        pending, self._pending = self._pending or [], None
+        self._pending_size = 0
+        if self._disconnected and self.body_sink is None:
+            return
+        self._apply(decision, self._length)
+        for data in pending:
+            self.handleContentChunk(data)
+        self.resume_body()
+        received, self._pending_received = self._pending_received, None
+        if received is not None:
+            self._body_done = False
+            self.requestReceived(*received)
+
+    def _refused(self, failure: Failure) -> None:
+        self.route_error = failure.value
+        self._decided(LimitedBody(0))
+
     def handleContentChunk(self, data: bytes) -> None:
+        if self._pending is not None:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size > DeferredBody.PENDING_LIMIT:
+                self.pause_body()
+            return
         if self.body_sink is not None:
             self.body_sink.data_received(data)
         elif self.body_limit is not None:
@@ -128,6 +208,10 @@ class RegistryRequest(server.Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._body_done = True
+        if self._pending is not None:
+            # Rendered once the decision is in (see _decided).
+            self._pending_received = (command, path, version)
+            return
         if self.body_sink is not None:
             self.resume_body()
             self.body_sink.body_complete()
@@ -180,7 +264,9 @@ class RegistryRequest(server.Request):
 class RegistryChannel(http.HTTPChannel):
     """HTTP/1.1 channel that answers a TLS ClientHello with 400 and closes,
     and answers an over-long request line (414) or header block (431) before
-    closing, where Twisted would drop the connection or answer a bare 400.
+    closing, where Twisted would drop the connection or answer a bare 400;
+    hands each request its request line and the Site's root when its headers
+    are in.
 
     Twisted's parser (``LineReceiver`` + ``HTTPChannel``) enforces
     ``MAX_LENGTH`` per line, ``totalHeadersSize`` and ``maxHeaders``; the
@@ -188,6 +274,8 @@ class RegistryChannel(http.HTTPChannel):
     reached (``tests/test_http_limits.py`` pins this)."""
 
     _first_bytes_seen = False
+    #: Set by ``Site.buildProtocol`` (Twisted does not declare it).
+    site: server.Site | None = None
     # Bytes per socket read: Twisted's default 64 KiB costs a trip through the
     # HTTP parser, the body sink and the hasher per 64 KiB of upload.
     read_size = 256 * 1024
@@ -249,6 +337,34 @@ class RegistryChannel(http.HTTPChannel):
                 return
         super().dataReceived(data)
 
+    def request_line(self) -> tuple[bytes, bytes]:
+        """``(method, target)`` of the request whose headers are being read.
+
+        Twisted keeps the request line in private attributes until the body
+        is complete (then it calls ``requestReceived``); routing the body
+        needs it when the headers are in.  This is the one place that reads
+        them; ``tests/test_http_channel.py`` fails if a Twisted upgrade
+        renames them.
+        """
+        try:
+            command, target = self._command, self._path
+        except AttributeError:
+            raise RuntimeError(
+                "twisted.web.http.HTTPChannel no longer keeps the request line in _command/_path "
+                "while the headers are read; RegistryChannel.request_line must be adapted"
+            ) from None
+        if not isinstance(command, bytes) or not isinstance(target, bytes):
+            raise RuntimeError("twisted.web.http.HTTPChannel's _command/_path are no longer bytes")
+        return command, target
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        site = self.site
+        if isinstance(request, RegistryRequest) and isinstance(site, RegistrySite):
+            request.request_line = self.request_line()
+            request.root = site.root
+        super().allHeadersReceived()
+
 
 class RegistrySite(server.Site):
     """Site using the streaming request and the TLS-probe-aware channel;
@@ -260,6 +376,12 @@ class RegistrySite(server.Site):
     requestFactory = RegistryRequest
     displayTracebacks = False
     noisy = False  # no "Starting factory" lines; the tap announces the listener
+
+    def __init__(self, root: RegistryRoot, *args: Any, **kw: Any) -> None:
+        super().__init__(root, *args, **kw)
+        #: The registry's root resource, typed: requests route through it
+        #: when their headers are in.
+        self.root = root
 
     def log(self, request: http.Request) -> None:
         from registry import logs

@@ -11,22 +11,22 @@ TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
 NAME_MAX_LENGTH = 255
 
 
-class NameError_(ValueError):
+class InvalidNameError(ValueError):
     """A repository name is not valid (the message says why)."""
 
 
-class TagError(ValueError):
+class InvalidTagError(ValueError):
     """A tag is not valid (the message says why)."""
 
 
 def check_name(name: str) -> str:
-    """Return ``name`` if it is a valid repository name, else raise ``NameError_``."""
+    """Return ``name`` if it is a valid repository name, else raise ``InvalidNameError``."""
     if not name:
-        raise NameError_("repository name is empty")
+        raise InvalidNameError("repository name is empty")
     if len(name) > NAME_MAX_LENGTH:
-        raise NameError_(f"repository name is {len(name)} characters long; the limit is {NAME_MAX_LENGTH}")
+        raise InvalidNameError(f"repository name is {len(name)} characters long; the limit is {NAME_MAX_LENGTH}")
     if not NAME_RE.match(name):
-        raise NameError_(
+        raise InvalidNameError(
             f"invalid repository name {name[:300]!r}: components of lowercase letters and digits "
             "separated by '.', '_', '__' or '-', joined by '/'"
         )
@@ -34,9 +34,9 @@ def check_name(name: str) -> str:
 
 
 def check_tag(tag: str) -> str:
-    """Return ``tag`` if it is a valid tag, else raise ``TagError``."""
+    """Return ``tag`` if it is a valid tag, else raise ``InvalidTagError``."""
     if not TAG_RE.match(tag):
-        raise TagError(
+        raise InvalidTagError(
             f"invalid tag {tag[:200]!r}: 1 to 128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'"
         )
     return tag

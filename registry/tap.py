@@ -12,74 +12,51 @@
   ``ssl:443:privateKey=...``, ``unix:/run/registry.sock``) and replaces
   ``http.addr`` (and ``http.tls``).
 
-:func:`makeService` builds the site with ``registry.app.make_site`` and a
-listener for it, and makes the configured log observer (``registry.logs``)
-the twistd application's observer, so text or JSON lines at the configured
-level are all that is written.
+:func:`makeService` asks ``registry.app.make_application`` for the registry
+(its listeners and services), runs each listener with Twisted's
+``strports.service`` and the services beside them, and makes the configured
+log observer (``registry.logs``) the twistd application's observer, so text or
+JSON lines at the configured level are all that is written.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any, Mapping, Protocol
 
-from twisted.application.service import MultiService, Service
+from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
-from twisted.web.server import Site
+from zope.interface import implementer
 
-from registry.config import (
-    CONFIGURATION_PATH_ENV,
-    Config,
-    ConfigError,
-    HTTPConfig,
-    load_config,
-    load_config_file,
-    parse_addr,
-)
+from registry.app import RegistryApplication, endpoint_description
+from registry.auth import IAccessController
+from registry.auth.factory import access_controller_from_config
+from registry.config import CONFIGURATION_PATH_ENV, Config, ConfigError, load_config, load_config_file
 from registry.logs import make_observer
+from registry.tls import TLSConfigError, server_options
 
-__all__ = ["Options", "RegistryService", "endpoint_description", "makeService"]
+__all__ = ["AppFactory", "Options", "RegistryService", "endpoint_description", "makeService"]
 
-SiteFactory = Callable[[Config, Any], Site]
+
+class AppFactory(Protocol):
+    """Builds the application from the configuration (``registry.app.make_application``)."""
+
+    def __call__(
+        self, config: Config, reactor: Any, *, listen: str | None = None, access: IAccessController | None = None
+    ) -> RegistryApplication: ...
+
 
 _log = Logger(namespace="registry.tap")
-
-
-def _escape(value: str) -> str:
-    """Quote a value for a Twisted endpoint string (``:``, ``=``, ``\\``)."""
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-
-
-def endpoint_description(http: HTTPConfig) -> str:
-    """The server endpoint string for ``http.net``/``http.addr``/``http.tls``.
-
-    ``127.0.0.1:5000`` → ``tcp:5000:interface=127.0.0.1``; ``:5000`` → all
-    IPv4 interfaces; ``[::1]:5000`` → ``tcp6``; with a certificate and key →
-    ``ssl:``; ``net: unix`` → ``unix:<addr>``.  Raises :class:`ConfigError`
-    for TLS on a unix socket, which Twisted's endpoints do not offer.
-    """
-    if http.net == "unix":
-        if http.tls_certificate:
-            raise ConfigError("http.tls.certificate", http.tls_certificate, "TLS on a unix socket is not supported")
-        return f"unix:{_escape(http.addr)}"
-    host, port = parse_addr(http.addr)
-    if not host and http.net == "tcp6":
-        host = "::"
-    if http.tls_certificate and http.tls_key:
-        parts = ["ssl", str(port), f"certKey={_escape(http.tls_certificate)}", f"privateKey={_escape(http.tls_key)}"]
-    else:
-        parts = ["tcp6" if ":" in host else "tcp", str(port)]
-    if host:
-        parts.append(f"interface={_escape(host)}")
-    return ":".join(parts)
 
 
 def _check_readable(key: str, path: str) -> None:
@@ -108,6 +85,7 @@ class Options(usage.Options):
         self["config"] = None
         self["listen"] = None
         self["registry_config"] = None
+        self["access_controller"] = None
 
     def opt_config(self, path: str) -> None:
         """YAML config file (Distribution's keys) [default: $REGISTRY_CONFIGURATION_PATH, else built-in]"""
@@ -145,103 +123,117 @@ class Options(usage.Options):
         except OSError as e:
             raise usage.UsageError(f"--config {path!r}: cannot read: {e.strerror or e}") from None
         if self["listen"] is None:
-            if config.http.tls_certificate and config.http.tls_key:
-                _check_readable("http.tls.certificate", config.http.tls_certificate)
-                _check_readable("http.tls.key", config.http.tls_key)
             try:
                 endpoint_description(config.http)
-            except ConfigError as e:
+                settings = config.http.tls_settings()
+                if settings is not None:
+                    server_options(settings)  # every file read and checked now
+            except (ConfigError, TLSConfigError) as e:
                 raise usage.UsageError(str(e)) from None
+        try:
+            # Built now so a bad htpasswd file or key bundle stops start-up
+            # with a message; the application takes it over.
+            self["access_controller"] = access_controller_from_config(config.auth.controller_params())
+        except ValueError as e:
+            raise usage.UsageError(f"invalid configuration: {e}") from None
         self["registry_config"] = config
 
 
-class _ListenerService(Service):
-    """Listens with one endpoint for one factory; binds in
-    ``privilegedStartService`` and raises there if it cannot, so twistd stops."""
+@implementer(IStreamServerEndpoint)
+class _AnnouncedEndpoint:
+    """Wraps a listener's endpoint: logs where it listens, and lets callers
+    wait for the port (:meth:`RegistryService.when_listening`).  Twisted's
+    ``StreamServerEndpointService`` does the listening and the stopping."""
 
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: Site, description: str) -> None:
+    def __init__(self, name: str, endpoint: IStreamServerEndpoint, description: str) -> None:
+        self.name = name
         self.endpoint = endpoint
-        self.factory = factory
         self.description = description
-        self._port: IListeningPort | None = None
-        self._failure: Failure | None = None
+        self.port: IListeningPort | None = None
+        self.failure: Failure | None = None
         self._waiting: list[Deferred[IListeningPort]] = []
-        self._listen_started = False
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._listen()
-
-    def startService(self) -> None:
-        super().startService()
-        self._listen()
-
-    def _listen(self) -> None:
-        if self._listen_started:
-            return
-        self._listen_started = True
-        d = self.endpoint.listen(self.factory)
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        self.port = self.failure = None
+        d = self.endpoint.listen(factory)
         d.addCallbacks(self._listening, self._not_listening)
-        if self._failure is not None:
-            self._failure.raiseException()
+        return d
 
-    def _listening(self, port: IListeningPort) -> None:
-        self._port = port
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
         host = port.getHost()
         if isinstance(host, (IPv4Address, IPv6Address)):
             address = f"[{host.host}]:{host.port}" if ":" in host.host else f"{host.host}:{host.port}"
         else:
             address = str(getattr(host, "name", host))
-        _log.info("registry listening on {address}", address=address, endpoint=self.description)
+        _log.info(
+            "registry {which}listening on {address}",
+            which="" if self.name == "main" else f"{self.name} ",
+            listener=self.name,
+            address=address,
+            endpoint=self.description,
+        )
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(port)
+        return port
 
-    def _not_listening(self, failure: Failure) -> None:
-        self._failure = failure
+    def _not_listening(self, failure: Failure) -> Failure:
+        self.failure = failure
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.errback(failure)
+        return failure
 
     def when_listening(self) -> Deferred[IListeningPort]:
-        """Fires with the listening port once bound; fails with the listen error."""
-        if self._port is not None:
-            return succeed(self._port)
-        if self._failure is not None:
-            return fail(self._failure)
+        if self.port is not None:
+            return succeed(self.port)
+        if self.failure is not None:
+            return fail(self.failure)
         d: Deferred[IListeningPort] = Deferred()
         self._waiting.append(d)
         return d
 
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        self._listen_started = False
-        port, self._port = self._port, None
-        if port is None:
-            return None
-        return port.stopListening()
-
 
 class RegistryService(MultiService):
-    """The registry: the HTTP listener, and the log observer for twistd.
+    """The registry: its services, its listeners, and the log observer for twistd.
 
-    When twistd makes this service a child of its application, the
-    configured observer becomes the application's ``ILogObserver`` (twistd
-    reads it when it starts logging), replacing twistd's default text file
-    observer.
+    The application's services (upload purging, ...) start before the
+    listeners and stop after them.  When twistd makes this service a child
+    of its application, the configured observer becomes the application's
+    ``ILogObserver`` (twistd reads it when it starts logging), replacing
+    twistd's default text file observer.
     """
 
     def __init__(
         self,
         config: Config,
-        listener: _ListenerService,
+        application: RegistryApplication,
         observer: ILogObserver | None,
+        reactor: IReactorCore | None = None,
     ) -> None:
         super().__init__()
         self.config = config
-        self.listener = listener
+        self.application = application
         self.observer = observer
-        listener.setServiceParent(self)
+        self._endpoints: dict[str, _AnnouncedEndpoint] = {}
+        self._listening: list[IService] = []
+        for service in application.services:
+            service.setServiceParent(self)
+        for listener in application.listeners:
+            if isinstance(listener.endpoint, str):
+                listening = strports.service(listener.endpoint, listener.factory, reactor=reactor)
+                description = listener.endpoint
+            else:
+                # A TLS listener: built from http.tls (chain, client CAs,
+                # minimum version), which endpoint strings cannot say.
+                listening = StreamServerEndpointService(listener.endpoint, listener.factory)
+                description = listener.description
+            announced = _AnnouncedEndpoint(listener.name, listening.endpoint, description)
+            listening.endpoint = announced
+            self._listening.append(listening)
+            self._endpoints[listener.name] = announced
+            listening.setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
         if (
@@ -277,9 +269,24 @@ class RegistryService(MultiService):
             readonly="yes" if storage.readonly else "no",
         )
 
-    def when_listening(self) -> Deferred[IListeningPort]:
-        """Fires with the listening port once bound (see ``_ListenerService``)."""
-        return self.listener.when_listening()
+    def stopService(self) -> Deferred[None]:
+        """Stop the listeners first and wait for them, then the services
+        (the storage driver's pool or child last of all), so no request
+        still being served finds its driver closed."""
+        Service.stopService(self)
+        services = [s for s in reversed(list(self)) if s not in self._listening]
+
+        def stop_all(group: list[IService]) -> Deferred[Any]:
+            return DeferredList([maybeDeferred(s.stopService) for s in group], consumeErrors=True)
+
+        d = stop_all(list(self._listening))
+        d.addCallback(lambda _: stop_all(services))
+        d.addCallback(lambda _: None)
+        return d
+
+    def when_listening(self, name: str = "main") -> Deferred[IListeningPort]:
+        """Fires with listener ``name``'s port once bound; fails with the listen error."""
+        return self._endpoints[name].when_listening()
 
 
 def _log_output(options: usage.Options) -> IO[Any] | None:
@@ -298,18 +305,17 @@ def _log_output(options: usage.Options) -> IO[Any] | None:
 
 def makeService(
     options: Options,
-    site_factory: SiteFactory | None = None,
+    app_factory: AppFactory | None = None,
     reactor: IReactorCore | None = None,
 ) -> RegistryService:
     """Build the registry service (an ``IService``) from parsed ``options``.
 
-    ``site_factory(config, reactor)`` makes the ``twisted.web`` site; it
-    defaults to ``registry.app.make_site``.  The service listens on
-    ``--listen`` if given, else on ``http.addr`` (TLS when ``http.tls`` has a
-    certificate and key).
+    ``app_factory(config, reactor, listen=...)`` builds the
+    :class:`~registry.app.RegistryApplication` (default:
+    ``registry.app.make_application``); ``listen`` is ``--listen``, which
+    replaces ``http.addr`` for the main listener.  Each listener the
+    application wants becomes a Twisted ``StreamServerEndpointService``.
     """
-    from twisted.internet.endpoints import serverFromString
-
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -317,16 +323,11 @@ def makeService(
     config: Config | None = options["registry_config"]
     if config is None:
         raise usage.UsageError("options were not parsed")
-    if site_factory is None:
-        from registry.app import make_site
+    if app_factory is None:
+        from registry.app import make_application
 
-        site_factory = make_site
-    site = site_factory(config, reactor)
-    description = options["listen"] or endpoint_description(config.http)
-    endpoint = serverFromString(reactor, description)
+        app_factory = make_application
+    application = app_factory(config, reactor, listen=options["listen"], access=options.get("access_controller"))
     out = _log_output(options)
     observer = make_observer(config.log, out) if out is not None else None
-    service = RegistryService(config, _ListenerService(endpoint, site, description), observer)
-    for background in getattr(site, "background_services", []):
-        background.setServiceParent(service)
-    return service
+    return RegistryService(config, application, observer, reactor)

@@ -120,6 +120,22 @@ class TarSumError(ValueError):
         self.offset = offset
 
 
+#: What the C core's negative return codes mean (``RH_TARSUM_E_*``).
+_C_ERRORS: Final = {
+    lib.RH_TARSUM_E_STATE: "call not valid in the parser's current state, or size out of range",
+    lib.RH_TARSUM_E_LENGTH: "wrong state length",
+    lib.RH_TARSUM_E_INCONSISTENT: "inconsistent state",
+    lib.RH_TARSUM_E_SHA256: "SHA-256 state rejected",
+    lib.RH_TARSUM_E_FULL: "finished-entry buffer full (sums not drained)",
+}
+
+
+def _c_failed(call: str, rc: int, offset: int) -> TarSumError:
+    """The exception for C core function ``call`` returning error code ``rc``."""
+    meaning = _C_ERRORS.get(rc, "unknown error code")
+    return TarSumError("tarsum C core: %s returned %d (%s)" % (call, rc, meaning), offset)
+
+
 class _Bad(Exception):
     """A header parse error; the caller adds the offset."""
 
@@ -442,7 +458,9 @@ class TarSum:
         blk = _buffer(ctx.hdr, _BLOCK)[:]
         if blk == _ZERO_BLOCK:
             if self._zero_seen:
-                _expect(ctx, _MODE_DONE, 0)
+                rc = _expect(ctx, _MODE_DONE, 0)
+                if rc:
+                    raise _c_failed("rh_tarsum_expect(DONE)", rc, start)
             else:
                 # Go's reader ends the archive here; pending metadata is moot.
                 self._zero_seen = True
@@ -466,7 +484,9 @@ class TarSum:
             self._meta_header = blk
             self._meta_expected = h.size
             self._meta_buf = bytearray()
-            _expect(ctx, _MODE_META, h.size)
+            rc = _expect(ctx, _MODE_META, h.size)
+            if rc:
+                raise _c_failed("rh_tarsum_expect(META, %d)" % h.size, rc, start)
             if h.size == 0:
                 self._meta_complete()
             return
@@ -492,8 +512,10 @@ class TarSum:
         self._pax, self._pax_raw, self._long_name, self._long_link = {}, b"", b"", b""
         self._sync_slow()
         rc = _expect(ctx, _MODE_BODY, body)
-        if rc:
+        if rc == lib.RH_TARSUM_E_STATE:
             raise self._fail("entry size %d out of range" % body, start)
+        if rc:
+            raise _c_failed("rh_tarsum_expect(BODY, %d)" % body, rc, start)
 
     def _begin(self, fields: bytes, name: bytes) -> None:
         """Start an entry handled here (sums already drained)."""
@@ -536,7 +558,9 @@ class TarSum:
                          self._version == "v0")
         self._drain()
         self._begin(fields, h.name)
-        _file_end(ctx)
+        rc = _file_end(ctx)
+        if rc:
+            raise _c_failed("rh_tarsum_file_end", rc, int(ctx.offset))
         self._pax, self._pax_raw, self._long_name, self._long_link = {}, b"", b"", b""
         self._sync_slow()
 
@@ -607,8 +631,9 @@ class TarSum:
             raise self._failed
         self._drain()
         cpart = ffi.new("uint8_t[]", _C_STATE)
-        if lib.rh_tarsum_export(self._ctx, cpart):
-            raise AssertionError("sums were drained")  # pragma: no cover
+        rc = lib.rh_tarsum_export(self._ctx, cpart)
+        if rc:
+            raise _c_failed("rh_tarsum_export", rc, int(self._ctx.offset))
         out = [_STATE_MAGIC, struct.pack(">BB", _STATE_FORMAT, _VERSION_CODES[self._version]),
                _buffer(cpart)[:],
                struct.pack(">BBI", self._zero_seen, self._meta_kind, self._meta_expected)]

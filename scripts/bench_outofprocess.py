@@ -21,7 +21,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from registry.storage.base import StorageDriverWrapper
+from registry.storage.wrapper import StorageDriverWrapper
 from registry.storage.drivers.outofprocess import OutOfProcessDriver, find_executable
 from registry.storage.factory import create_driver
 

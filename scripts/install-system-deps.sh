@@ -2,7 +2,8 @@
 # Installs the Debian packages that the real-client tests (tests/clients/)
 # drive for real: the docker daemon and CLI (docker.io, which brings
 # containerd and runc), skopeo, podman, CNCF Distribution 2.8 (the reference
-# registry, package docker-registry) and redis-server.
+# registry, package docker-registry) and redis-server; wrk and hey drive the
+# request-rate figures of `make bench` (section versus).
 #
 # Idempotent and fast when everything is present: only missing packages are
 # installed, `apt-get update` runs at most once.  No service is started: a
@@ -34,6 +35,8 @@ declare -A WANTED=(
     [podman]=podman
     [docker-registry]=docker-registry
     [redis-server]=redis-server
+    [wrk]=wrk
+    [hey]=hey
 )
 # Not needed here: podman and skopeo use the vfs storage driver as root, so
 # fuse-overlayfs, uidmap and slirp4netns (all only "Recommends") stay out.

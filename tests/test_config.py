@@ -12,6 +12,7 @@ from registry.config import (
     DEFAULT_CONFIG_YAML,
     Config,
     ConfigError,
+    UploadPurgingConfig,
     load_config,
     load_config_file,
     parse_addr,
@@ -147,7 +148,7 @@ def test_embedded_default() -> None:
     assert config.storage.params == {"rootdirectory": os.path.join(BASE, "var/registry")}
     assert config.storage.delete_enabled is False
     assert config.storage.readonly is False
-    assert config.storage.uploadpurging == {"enabled": True, "age": "168h", "interval": "24h", "dryrun": False}
+    assert config.storage.uploadpurging == UploadPurgingConfig(enabled=True, age=168 * 3600, interval=24 * 3600, dryrun=False)
     assert config.http.addr == "127.0.0.1:5000"
     assert config.http.net == "tcp"
     assert config.http.host is None
@@ -176,13 +177,17 @@ def test_distribution_config_works_with_warnings_for_the_rest() -> None:
     assert config.storage.params == {"rootdirectory": "/var/lib/registry", "maxthreads": 100}
     assert config.storage.delete_enabled is True
     assert config.storage.readonly is False
-    assert config.storage.uploadpurging == {"enabled": True, "age": "168h", "interval": "24h", "dryrun": False}
+    assert config.storage.uploadpurging == UploadPurgingConfig(enabled=True, age=168 * 3600, interval=24 * 3600, dryrun=False)
     assert config.http.addr == "localhost:5000"
     assert config.http.prefix == "/my/nested/registry/"
     assert config.http.host == "https://myregistryaddress.org:5000"
     assert config.http.secret == "asecretforlocaldevelopment"
     assert config.http.tls_certificate == "/path/to/x509/public"
     assert config.http.tls_key == "/path/to/x509/private"
+    assert config.http.tls_clientcas == ("/path/to/ca.pem",)
+    assert config.http.tls_minimumtls == "tls1.2"
+    assert config.auth.htpasswd is not None and config.auth.token is None
+    assert config.auth.controller_params() == {"htpasswd": {"realm": "basic-realm", "path": "/path/to/htpasswd"}}
     assert config.http.headers == {
         "X-Content-Type-Options": ["nosniff"],
         "Strict-Transport-Security": ["max-age=31536000"],
@@ -192,12 +197,9 @@ def test_distribution_config_works_with_warnings_for_the_rest() -> None:
         "log.hooks",
         "storage.cache",
         "storage.redirect",
-        "auth",
         "middleware",
         "reporting",
         "http.draintimeout",
-        "http.tls.clientcas",
-        "http.tls.minimumtls",
         "http.debug",
         "http.http2",
         "notifications",
@@ -245,7 +247,7 @@ http:
     assert config.storage.params == {"region": "us-east-1", "bucket": "b"}
     assert config.storage.delete_enabled is True
     assert config.storage.readonly is True
-    assert config.storage.uploadpurging == {"enabled": False, "age": "1h30m", "interval": "10m", "dryrun": True}
+    assert config.storage.uploadpurging == UploadPurgingConfig(enabled=False, age=5400, interval=600, dryrun=True)
     assert config.http.net == "tcp6"
     assert config.http.addr == "[::1]:6000"
     assert config.http.host == "http://reg.example"
@@ -306,9 +308,9 @@ OVERRIDES: list[tuple[str, str, Getter, Any]] = [
     ("REGISTRY_STORAGE_DELETE_ENABLED", "true", lambda c: c.storage.delete_enabled, True),
     ("REGISTRY_STORAGE_DELETE_ENABLED", "True", lambda c: c.storage.delete_enabled, True),
     ("REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED", "true", lambda c: c.storage.readonly, True),
-    ("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE", "2h", lambda c: c.storage.uploadpurging["age"], "2h"),
+    ("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE", "2h", lambda c: c.storage.uploadpurging.age, 7200),
     ("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_ENABLED", "false",
-     lambda c: c.storage.uploadpurging["enabled"], False),
+     lambda c: c.storage.uploadpurging.enabled, False),
     ("REGISTRY_LOG_LEVEL", "debug", lambda c: c.log.level, "debug"),
     ("REGISTRY_LOG_FORMATTER", "json", lambda c: c.log.formatter, "json"),
     ("REGISTRY_LOG_FIELDS_SERVICE", "registry", lambda c: dict(c.log.fields), {"service": "registry"}),
@@ -380,9 +382,9 @@ def test_configuration_path_variable_is_not_an_override() -> None:
 
 
 def test_unknown_override_warns_with_key_and_variable() -> None:
-    config = load(None, {"REGISTRY_HTTP_ADRESS": ":1", "REGISTRY_AUTH_HTPASSWD_PATH": "/h", "REGISTRY__X": "1"})
+    config = load(None, {"REGISTRY_HTTP_ADRESS": ":1", "REGISTRY_PROXY_REMOTEURL": "https://h", "REGISTRY__X": "1"})
     assert "configuration key http.adress: unknown key; ignored (set by environment variable REGISTRY_HTTP_ADRESS)" in config.warnings
-    assert any(w.startswith("configuration key auth: not supported") and "REGISTRY_AUTH_HTPASSWD_PATH" in w
+    assert any(w.startswith("configuration key proxy: not supported") and "REGISTRY_PROXY_REMOTEURL" in w
                for w in config.warnings)
     assert any("REGISTRY__X" in w for w in config.warnings)
     assert config.http.addr == "127.0.0.1:5000"
@@ -536,3 +538,98 @@ def test_override_list_elements_by_index() -> None:
         {"name": "b"},
     ]
     assert any("REGISTRY_NOTIFICATIONS_ENDPOINTS_5_NAME" in w and "no element 5" in w for w in config.warnings)
+
+
+# --- declaring a section ---------------------------------------------------------
+
+
+def test_a_new_section_is_one_declaration() -> None:
+    """The shape ``auth.htpasswd: {realm, path}`` will take: declared once, it
+    gets defaults, validation, env overrides kept as text, and key warnings."""
+    from dataclasses import dataclass
+
+    from registry.config import ConfigError, _Loader, _schema_of, _string_keys_of, section, string
+
+    @dataclass(frozen=True)
+    class HtpasswdConfig:
+        realm: str = string("Registry Realm")
+        path: str = string(None, required=True)
+
+    @dataclass(frozen=True)
+    class AuthConfig:
+        IGNORED = ("token",)
+        htpasswd: HtpasswdConfig | None = section(HtpasswdConfig, optional=True)
+
+    assert _schema_of(AuthConfig) == {"htpasswd": {"realm": "leaf", "path": "leaf"}, "token": "ignored"}
+    assert _string_keys_of(AuthConfig, "auth.") == {"auth.htpasswd.realm", "auth.htpasswd.path"}
+
+    def read(tree: dict[str, Any], env: dict[str, str] | None = None) -> tuple[AuthConfig, list[str]]:
+        loader = _Loader(tree, env or {}, BASE)
+        loader.string_keys = frozenset(_string_keys_of(AuthConfig, "auth."))
+        loader._apply_environment()
+        loader._check_keys(loader.tree.get("auth", {}), _schema_of(AuthConfig), ["auth"])
+        return loader._section(AuthConfig, "auth"), loader.warnings
+
+    assert read({}) == (AuthConfig(htpasswd=None), [])
+    config, warnings = read({"auth": {"htpasswd": {"path": "/etc/htpasswd"}, "token": {}, "x": 1}})
+    assert config.htpasswd == HtpasswdConfig(realm="Registry Realm", path="/etc/htpasswd")
+    assert warnings == [
+        "configuration key auth.token: not supported by this registry; ignored",
+        "configuration key auth.x: unknown key; ignored",
+    ]
+    config, _ = read({"auth": {"htpasswd": {"path": "/p"}}}, {"REGISTRY_AUTH_HTPASSWD_REALM": "0123"})
+    assert config.htpasswd is not None and config.htpasswd.realm == "0123"
+    with pytest.raises(ConfigError) as e:
+        read({"auth": {"htpasswd": {"realm": "r"}}})
+    assert (e.value.key, e.value.value) == ("auth.htpasswd.path", None)
+    with pytest.raises(ConfigError) as e:
+        read({"auth": {"htpasswd": "yes"}})
+    assert (e.value.key, e.value.value, e.value.message) == ("auth.htpasswd", "yes", "must be a mapping")
+
+
+# --- auth and TLS ---------------------------------------------------------------
+
+
+def test_auth_sections_from_file_and_environment() -> None:
+    config = load(None, {"REGISTRY_AUTH_HTPASSWD_PATH": "/etc/registry/htpasswd", "REGISTRY_AUTH_HTPASSWD_REALM": "0123"})
+    assert config.warnings == []
+    assert config.auth.controller_params() == {"htpasswd": {"realm": "0123", "path": "/etc/registry/htpasswd"}}
+    token = load(MINIMAL + "auth:\n  token:\n    realm: https://auth/token\n    service: reg\n    issuer: iss\n"
+                 "    rootcertbundle: /b.pem\n    autoredirect: true\n    signingalgorithms: [ES256, RS256]\n")
+    assert token.auth.controller_params() == {"token": {
+        "realm": "https://auth/token", "service": "reg", "issuer": "iss", "rootcertbundle": "/b.pem",
+        "autoredirect": True, "signingalgorithms": ["ES256", "RS256"]}}
+    assert load(None).auth.controller_params() == {}
+
+
+@pytest.mark.parametrize(
+    "text, key, message",
+    [
+        ("auth:\n  htpasswd:\n    realm: r\n", "auth.htpasswd.path", "required"),
+        ("auth:\n  token:\n    realm: r\n    service: s\n    issuer: i\n", "auth.token.rootcertbundle", "required"),
+        ("auth:\n  htpasswd: {path: /p}\n  token: {realm: r, service: s, issuer: i, jwks: /j}\n", "auth.token",
+         "exactly one access controller"),
+        ("http:\n  addr: :5000\n  tls:\n    clientcas: [/ca.pem]\n", "http.tls.clientcas", "needs http.tls.certificate"),
+        ("http:\n  addr: :5000\n  tls: {certificate: /c, key: /k, minimumtls: ssl3}\n", "http.tls.minimumtls", "must be one of"),
+        ("http:\n  addr: :5000\n  tls: {certificate: /c, key: /k, ciphersuites: [TLS_RC4]}\n", "http.tls.ciphersuites",
+         "unknown or unsupported cipher suite"),
+    ],
+)
+def test_auth_and_tls_mistakes_name_the_key(text: str, key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(MINIMAL + text)
+    assert info.value.key == key
+    assert message in str(info.value)
+
+
+def test_tls_settings() -> None:
+    config = load(MINIMAL + "http:\n  addr: :5000\n  tls:\n    certificate: /c\n    key: /k\n    clientcas: [/a, /b]\n"
+                  "    minimumtls: TLS1.3\n    ciphersuites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]\n")
+    settings = config.http.tls_settings()
+    assert settings is not None
+    assert (settings.certificate, settings.key, settings.clientcas, settings.minimumtls, settings.ciphersuites) == (
+        "/c", "/k", ("/a", "/b"), "tls1.3", ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",))
+    assert load(None).http.tls_settings() is None
+    env = load(None, {"REGISTRY_HTTP_TLS_CERTIFICATE": "/c", "REGISTRY_HTTP_TLS_KEY": "/k",
+                      "REGISTRY_HTTP_TLS_CLIENTCAS": "/a,/b"}).http.tls_settings()
+    assert env is not None and env.clientcas == ("/a", "/b")

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 from registry.digest import Digest, DigestError
 from registry.errors import RegistryError
-from registry.reference import NAME_MAX_LENGTH, NameError_, TagError, check_name, check_tag
+from registry.reference import NAME_MAX_LENGTH, InvalidNameError, InvalidTagError, check_name, check_tag
 from registry.resources.base import range_header
 from registry.resources.blobs import RangeNotSatisfiable, parse_range
 from registry.resources.uploads import parse_content_range
@@ -50,7 +50,7 @@ def test_names_valid(name: str) -> None:
     ["", "A", "a/", "/a", "a//b", "a/../b", "..", "a/./b", "_a", "a_", "a___b", "a.-b", "-a", "a" * (NAME_MAX_LENGTH + 1), "a b", "ä"],
 )
 def test_names_invalid(name: str) -> None:
-    with pytest.raises(NameError_):
+    with pytest.raises(InvalidNameError):
         check_name(name)
 
 
@@ -61,7 +61,7 @@ def test_tags_valid(tag: str) -> None:
 
 @pytest.mark.parametrize("tag", ["", ".a", "-a", "a" * 129, "a:b", "a/b", "a b", "é"])
 def test_tags_invalid(tag: str) -> None:
-    with pytest.raises(TagError):
+    with pytest.raises(InvalidTagError):
         check_tag(tag)
 
 

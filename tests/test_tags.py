@@ -15,7 +15,7 @@ import pytest_twisted
 from registry.digest import sha256_digest
 from registry.storage import paths
 from registry.storage.factory import create_driver
-from registry.storage.registry import Registry
+from registry.storage.model import DataModel
 from tests.manifest_fixtures import OCI_MANIFEST, Server, image, server, start_server
 
 __all__ = ["server"]
@@ -107,11 +107,11 @@ async def test_unknown_and_tagless_repositories(server: Server) -> None:
 async def test_a_thousand_tags_through_the_in_memory_driver(server: Server) -> None:
     """Tags written by the data model into the in-memory driver (its writes
     cost O(objects) each, so a thousand here; 10,000 below on disk)."""
-    registry = Registry(server.driver)
+    model = DataModel.over(server.driver)
     d = sha256_digest(b"m")
     tags = [f"t{i}" for i in range(1000)]
     for tag in tags:
-        await registry.tags.tag("many", tag, d)
+        await model.tags.tag("many", tag, d)
     seen, pages = await walk_pages(server, "many", 300)
     assert seen == sorted(tags) and pages == 4
 

@@ -30,6 +30,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
+from registry.app import Listener, RegistryApplication
 from registry.config import Config, HTTPConfig
 from registry.tap import Options, RegistryService, endpoint_description, makeService
 
@@ -58,12 +59,13 @@ def parse(args: list[str], environ: dict[str, str] | None = None) -> Options:
 
 
 class StandIn:
-    """A tiny site factory: ``/v2/`` answers ``{}``; remembers the config it got."""
+    """A tiny application factory: one main listener whose site answers
+    ``{}`` at ``/v2/``; remembers the config it got."""
 
     def __init__(self) -> None:
         self.configs: list[Config] = []
 
-    def __call__(self, config: Config, reactor_: Any) -> Site:
+    def __call__(self, config: Config, reactor_: Any, *, listen: str | None = None, access: Any = None) -> RegistryApplication:
         self.configs.append(config)
         v2 = Resource()
         v2.putChild(b"", Data(b"{}", "application/json"))
@@ -71,7 +73,7 @@ class StandIn:
         root.putChild(b"v2", v2)
         site = Site(root)
         site.log = lambda request: None  # type: ignore[method-assign]
-        return site
+        return RegistryApplication(root, [Listener("main", listen or endpoint_description(config.http), site)])
 
 
 # --- options -----------------------------------------------------------------
@@ -111,7 +113,7 @@ def test_configuration_path_variable_and_option_precedence(tmp_path: Path) -> No
         (["--listen", "bogus:1234"], {}, "--listen 'bogus:1234': not a valid server endpoint"),
         (["--listen", "tcp:notaport"], {}, "--listen 'tcp:notaport'"),
         ([], {"REGISTRY_HTTP_TLS_CERTIFICATE": "/nonexistent/c.pem", "REGISTRY_HTTP_TLS_KEY": "/nonexistent/k.pem"},
-         "http.tls.certificate '/nonexistent/c.pem': cannot read"),
+         "http.tls.certificate = '/nonexistent/c.pem': cannot read"),
         ([], {"REGISTRY_HTTP_NET": "unix", "REGISTRY_HTTP_ADDR": "/tmp/r.sock",
               "REGISTRY_HTTP_TLS_CERTIFICATE": "/etc/hostname", "REGISTRY_HTTP_TLS_KEY": "/etc/hostname"},
          "TLS on a unix socket is not supported"),
@@ -160,7 +162,7 @@ def test_service_serves_the_site_on_http_addr(tmp_path: Path) -> None:
     port = free_port()
     stand_in = StandIn()
     options = parse([], {"REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}", "REGISTRY_STORAGE": "inmemory"})
-    service = makeService(options, site_factory=stand_in)
+    service = makeService(options, app_factory=stand_in)
     assert IService.providedBy(service)
     assert stand_in.configs == [options["registry_config"]]
     service.startService()
@@ -179,7 +181,7 @@ def test_service_serves_the_site_on_http_addr(tmp_path: Path) -> None:
 @pytest_twisted.inlineCallbacks
 def test_service_listen_option_wins() -> None:
     options = parse(["--listen", "tcp:0:interface=127.0.0.1"], {"REGISTRY_STORAGE": "inmemory"})
-    service = makeService(options, site_factory=StandIn())
+    service = makeService(options, app_factory=StandIn())
     service.startService()
     try:
         listening = yield service.when_listening()
@@ -204,7 +206,7 @@ class UnixSocketEndpoints:
 def test_service_listens_on_a_unix_socket(tmp_path: Path) -> None:
     sock = tmp_path / "registry.sock"
     options = parse([], {"REGISTRY_HTTP_NET": "unix", "REGISTRY_HTTP_ADDR": str(sock), "REGISTRY_STORAGE": "inmemory"})
-    service = makeService(options, site_factory=StandIn())
+    service = makeService(options, app_factory=StandIn())
     service.startService()
     try:
         yield service.when_listening()
@@ -223,7 +225,7 @@ def test_service_refuses_to_start_when_the_port_is_taken() -> None:
         busy.listen(1)
         port = busy.getsockname()[1]
         options = parse([], {"REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}", "REGISTRY_STORAGE": "inmemory"})
-        service = makeService(options, site_factory=StandIn())
+        service = makeService(options, app_factory=StandIn())
         with pytest.raises(CannotListenError):
             service.privilegedStartService()
         failure = []
@@ -253,7 +255,7 @@ def test_service_speaks_tls_when_configured(certificate: tuple[Path, Path]) -> N
         "REGISTRY_HTTP_TLS_CERTIFICATE": str(cert),
         "REGISTRY_HTTP_TLS_KEY": str(key),
     })
-    service = makeService(options, site_factory=StandIn())
+    service = makeService(options, app_factory=StandIn())
     service.startService()
     try:
         yield service.when_listening()
@@ -272,7 +274,7 @@ def test_service_speaks_tls_when_configured(certificate: tuple[Path, Path]) -> N
 
 def test_service_becomes_the_application_log_observer() -> None:
     options = parse([], {"REGISTRY_STORAGE": "inmemory", "REGISTRY_LOG_FORMATTER": "json"})
-    service = makeService(options, site_factory=StandIn())
+    service = makeService(options, app_factory=StandIn())
     assert isinstance(service, RegistryService)
     application = Application("registry")
     service.setServiceParent(application)
@@ -356,3 +358,91 @@ def test_twistd_runs_the_registry(tmp_path: Path) -> None:
     messages = [line["message"] for line in lines if line["namespace"] == "registry.tap"]
     assert messages.index(f"registry listening on 127.0.0.1:{port}") > messages.index(
         "registry starting: storage driver filesystem, delete disabled, read-only no")
+
+
+# --- the application object the tap runs --------------------------------------------
+
+
+def test_make_application_wants_the_main_listener_and_purging() -> None:
+    from twisted.application.internet import TimerService
+
+    from registry.app import make_application
+    from registry.http import RegistrySite
+
+    config = parse([], {"REGISTRY_STORAGE": "inmemory", "REGISTRY_HTTP_ADDR": "127.0.0.1:6100"})["registry_config"]
+    app = make_application(config, reactor)
+    assert [(l.name, l.endpoint) for l in app.listeners] == [("main", "tcp:6100:interface=127.0.0.1")]
+    site = app.listener("main").factory
+    assert isinstance(site, RegistrySite) and site.root is app.root
+    # The storage driver's lifecycle first (it stops last), then purging.
+    from registry.storage.wrapper import DriverService
+
+    assert len(app.services) == 2 and isinstance(app.services[0], DriverService)
+    assert isinstance(app.services[1], TimerService) and app.services[1].step == 24 * 3600
+
+    app = make_application(config, reactor, listen="tcp:0:interface=127.0.0.1")
+    assert app.listener("main").endpoint == "tcp:0:interface=127.0.0.1"
+    for env in ({"REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED": "true"},
+                {"REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_ENABLED": "false"}):
+        config = parse([], {"REGISTRY_STORAGE": "inmemory", **env})["registry_config"]
+        assert [type(s) for s in make_application(config, reactor).services] == [DriverService]
+
+
+@pytest_twisted.inlineCallbacks
+def test_service_runs_the_application_services_before_its_listeners() -> Any:
+    from twisted.application.service import Service
+
+    started: list[str] = []
+
+    class Recorder(Service):
+        def startService(self) -> None:
+            started.append("service")
+            super().startService()
+
+    stand_in = StandIn()
+
+    def factory(config: Config, reactor_: Any, *, listen: str | None = None, access: Any = None) -> RegistryApplication:
+        app = stand_in(config, reactor_, listen=listen)
+        return RegistryApplication(app.root, app.listeners, [Recorder()])
+
+    options = parse(["--listen", "tcp:0:interface=127.0.0.1"], {"REGISTRY_STORAGE": "inmemory"})
+    service = makeService(options, app_factory=factory)
+    children = list(service)
+    assert isinstance(children[0], Recorder) and len(children) == 2
+    service.startService()
+    try:
+        assert started == ["service"] and children[0].running
+        listening: list[Any] = []
+        service.when_listening().addCallback(listening.append)
+        assert listening, "the main listener binds when the service starts"
+    finally:
+        yield service.stopService()
+    assert not children[0].running
+
+
+@pytest_twisted.inlineCallbacks
+def test_services_stop_after_the_listeners_have_stopped() -> Any:
+    from twisted.application.service import Service
+
+    seen: list[bool] = []
+    ports: list[Any] = []
+
+    class Recorder(Service):
+        def stopService(self) -> None:
+            # The storage driver is such a service: nothing may still be
+            # accepting requests when it closes.
+            seen.append(bool(ports) and bool(getattr(ports[0], "disconnected", False)))
+            super().stopService()
+
+    stand_in = StandIn()
+
+    def factory(config: Config, reactor_: Any, *, listen: str | None = None, access: Any = None) -> RegistryApplication:
+        app = stand_in(config, reactor_, listen=listen)
+        return RegistryApplication(app.root, app.listeners, [Recorder()])
+
+    options = parse(["--listen", "tcp:0:interface=127.0.0.1"], {"REGISTRY_STORAGE": "inmemory"})
+    service = makeService(options, app_factory=factory)
+    service.startService()
+    ports.append((yield service.when_listening()))
+    yield service.stopService()
+    assert seen == [True]

@@ -606,3 +606,57 @@ def test_parse_and_format() -> None:
     assert parse_tarsum(tarsum(_tar_two_files(), "dev"))[0] == "dev"
     with pytest.raises(ValueError):
         TarSum("v2")
+
+
+# --- the C core's return codes -------------------------------------------------
+
+
+def _global_pax_tar() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"comment": "global"}) as tf:
+        info = tarfile.TarInfo("a")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    return buf.getvalue()
+
+
+def test_file_end_error_code_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    import registry.tarsum as mod
+    from registry._hashing import lib
+
+    data = _global_pax_tar()
+    assert TarSum().update(data) is None  # the archive is fine with the real core
+    monkeypatch.setattr(mod, "_file_end", lambda ctx: lib.RH_TARSUM_E_FULL)
+    t = TarSum()
+    with pytest.raises(TarSumError, match=r"rh_tarsum_file_end returned -5 \(finished-entry buffer full"):
+        t.update(data)
+    with pytest.raises(TarSumError, match="rh_tarsum_file_end"):
+        t.finish()  # the object stays failed
+
+
+def test_expect_error_code_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    import registry.tarsum as mod
+    from registry._hashing import lib
+
+    real = mod._expect
+
+    def refuse_done(ctx: object, mode: int, size: int) -> int:
+        return lib.RH_TARSUM_E_STATE if mode == lib.RH_TARSUM_MODE_DONE else real(ctx, mode, size)
+
+    monkeypatch.setattr(mod, "_expect", refuse_done)
+    with pytest.raises(TarSumError, match=r"rh_tarsum_expect\(DONE\) returned -1"):
+        TarSum().update(_tar_two_files())
+
+
+def test_build_ext_fails_loudly_on_a_missing_file(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "build_ext.py").write_text((root / "build_ext.py").read_text())
+    src = tmp_path / "_tarsum"
+    src.mkdir()
+    for name in ("rh_sha256.h", "rh_tarsum.h", "rh_sha256.c", "rh_tarsum.c"):  # no rh_sha256_shani.c
+        (src / name).write_text((root / "_tarsum" / name).read_text())
+    proc = subprocess.run([sys.executable, "build_ext.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "missing C file(s)" in proc.stderr and "rh_sha256_shani.c" in proc.stderr
+    assert not list(tmp_path.glob("**/*.so"))

@@ -23,7 +23,9 @@ The known sections, run in this order by ``all``:
 * ``hashing`` (``registry/bench/hashing.py``): SHA-256 and tarsum throughput,
   state export/import cost, thread scaling;
 * ``storage`` (``registry/bench/storage.py``): driver write/read throughput;
-* ``registry`` (``registry/bench/registry.py``): the HTTP registry end to end.
+* ``registry`` (``registry/bench/registry.py``): the HTTP registry end to end;
+* ``versus`` (``registry/bench/versus.py``): ours against CNCF Distribution
+  2.8.2 on the same machine, paired A/B/B/A runs, as speed ratios.
 
 ``all`` runs every section whose module exists and says which do not exist
 yet.  Throughput figures are in MB/s with MB = 2**20 bytes.
@@ -32,6 +34,6 @@ yet.  Throughput figures are in MB/s with MB = 2**20 bytes.
 from __future__ import annotations
 
 #: Section names in the order ``all`` runs them.
-SECTIONS: tuple[str, ...] = ("hashing", "storage", "registry")
+SECTIONS: tuple[str, ...] = ("hashing", "storage", "registry", "versus")
 
 MiB = 1 << 20

@@ -37,7 +37,7 @@ from typing import Any, Callable, Coroutine, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred
 
-from registry.storage.base import StorageDriverWrapper
+from registry.storage.wrapper import StorageDriverWrapper
 from registry.storage.driver import IStorageDriver
 from registry.storage.factory import create_driver
 
@@ -222,9 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         driver, size, block, lambda: evict(os.path.join(root, "bench", "blob", "data"))
                     )
                 finally:
-                    closer = getattr(driver, "close", None)
-                    if closer is not None:
-                        await closer()
+                    await driver.close()
 
             figures = _in_reactor(measure)
             if figures is None:

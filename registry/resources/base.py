@@ -22,7 +22,7 @@ from registry.digest import DigestError
 from registry.errors import RegistryError
 from registry.http import RegistryRequest
 from registry.manifest_types import ManifestError
-from registry.reference import NameError_, TagError
+from registry.reference import InvalidNameError, InvalidTagError
 from registry.storage import errors as model
 from registry.storage.driver import InvalidPathError, StorageError
 
@@ -81,8 +81,8 @@ ERROR_TABLE: list[tuple[type[BaseException], Callable[[Any], RegistryError]]] = 
     (model.ManifestInvalid, lambda e: RegistryError(errors.MANIFEST_INVALID, str(e))),
     (ManifestError, lambda e: RegistryError(errors.MANIFEST_INVALID, str(e))),
     (DigestError, _digest_error),
-    (NameError_, lambda e: RegistryError(errors.NAME_INVALID, str(e))),
-    (TagError, lambda e: RegistryError(errors.TAG_INVALID, str(e))),
+    (InvalidNameError, lambda e: RegistryError(errors.NAME_INVALID, str(e))),
+    (InvalidTagError, lambda e: RegistryError(errors.TAG_INVALID, str(e))),
     (InvalidPathError, lambda e: RegistryError(errors.NAME_INVALID, "the request names a path this registry cannot store")),
     (StorageError, _storage_error),
 ]

@@ -112,7 +112,7 @@ class BlobResource:
     async def GET(self, request: RegistryRequest, name: str, digest: str) -> None:
         d = Digest.parse(digest)
         request.log_fields.update(repository=name, digest=str(d))
-        size = await self.ctx.registry.blobs.repo_size(name, d)
+        size = await self.ctx.model.blobs.repo_size(name, d)
         etag = f'"{d}"'
         request.setHeader(b"Docker-Content-Digest", str(d).encode())
         request.setHeader(b"ETag", etag.encode())
@@ -134,7 +134,7 @@ class BlobResource:
         except ValueError as e:
             raise RegistryError(errors.RANGE_INVALID, str(e), headers={"Content-Range": f"bytes */{size}"}) from None
         if request.method == b"GET" and rng is None:
-            url = await self.ctx.registry.blobs.redirect_url(d)
+            url = await self.ctx.model.blobs.redirect_url(d)
             if url:
                 empty_response(request, 307, {"Location": url})
                 return
@@ -147,7 +147,7 @@ class BlobResource:
             request.setHeader(b"Content-Range", f"bytes {start}-{end}/{size}".encode())
         if request.method == b"HEAD" or length == 0:
             return
-        reader = await self.ctx.registry.blobs.open(d, start)
+        reader = await self.ctx.model.blobs.open(d, start)
         await ReaderProducer(request, reader, length).run()
 
     HEAD = GET
@@ -156,5 +156,5 @@ class BlobResource:
         self.ctx.check_delete()
         d = Digest.parse(digest)
         request.log_fields.update(repository=name, digest=str(d))
-        await self.ctx.registry.blobs.unlink(name, d)
+        await self.ctx.model.blobs.descriptors.unlink(name, d)
         empty_response(request, 202, {"Docker-Content-Digest": str(d)})

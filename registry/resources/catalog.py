@@ -15,7 +15,7 @@ class CatalogResource:
 
     async def GET(self, request: RegistryRequest) -> None:
         n, last = parse_page(query_values(request))
-        names = await self.ctx.registry.catalog.repositories()
+        names = await self.ctx.model.catalog.repositories()
         selected, more = page(names, n, last)
         if more and n:
             request.setHeader(b"Link", next_link(self.ctx, "/v2/_catalog", n, selected[-1]).encode())

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs
 from registry import errors
 from registry.errors import RegistryError
 from registry.http import RegistryRequest
-from registry.storage.registry import Registry
+from registry.storage.model import DataModel
 
 # Advertised to clients as the smallest non-final chunk we would like; any
 # size is accepted.
@@ -22,7 +22,7 @@ SMALL_BODY = 64 * 1024
 
 @dataclass
 class Context:
-    registry: Registry
+    model: DataModel
     delete_enabled: bool = False
     readonly: bool = False
     base_url: str = ""  # http.host: absolute URLs in Location when set

@@ -1,6 +1,5 @@
 """``PUT|GET|HEAD|DELETE /v2/<name>/manifests/<reference>`` (a tag or a
-digest), and ``handlers(ctx)``: every handler of this part of the API
-(manifests, tags, catalog, referrers) for the route table.
+digest).
 
 PUT bodies are buffered up to ``MANIFEST_MAX`` bytes; a larger body is
 answered 413 ``MANIFEST_INVALID`` without being stored.
@@ -11,14 +10,13 @@ checking the client's ``Accept`` header lines (all of them).
 from __future__ import annotations
 
 import io
-from typing import Any
 
 from registry import errors
 from registry.digest import Digest, DigestError, sha256_digest
 from registry.errors import RegistryError
 from registry.http import LimitedBody, RegistryRequest
 from registry.manifest_types import is_acceptable, media_type_of, parse_manifest
-from registry.reference import TagError, check_tag
+from registry.reference import InvalidTagError, check_tag
 from registry.resources.base import empty_response
 from registry.resources.context import SMALL_BODY, Context
 
@@ -26,7 +24,7 @@ MANIFEST_MAX = 4 * 1024 * 1024
 
 
 def parse_reference(reference: str) -> tuple[str | None, Digest | None]:
-    """``(tag, None)`` or ``(None, digest)``; raises ``TagError`` /
+    """``(tag, None)`` or ``(None, digest)``; raises ``InvalidTagError`` /
     ``DigestError`` for a reference that is neither."""
     if ":" in reference:
         return None, Digest.parse(reference)
@@ -40,7 +38,7 @@ def lookup_reference(name: str, reference: str) -> tuple[str | None, Digest | No
     Distribution answer), not a client error; writes keep their 400."""
     try:
         return parse_reference(reference)
-    except (TagError, DigestError) as e:
+    except (InvalidTagError, DigestError) as e:
         raise RegistryError(
             errors.MANIFEST_UNKNOWN,
             f"manifest {reference[:200]!r} of {name!r} is unknown: it is neither a valid tag nor a valid digest ({e})",
@@ -70,9 +68,9 @@ class ManifestResource:
     async def GET(self, request: RegistryRequest, name: str, reference: str) -> None:
         request.log_fields.update(repository=name, reference=reference)
         tag, digest = lookup_reference(name, reference)
-        manifests = self.ctx.registry.manifests
-        d = digest if digest is not None else await manifests.tags.resolve(name, reference)
-        body = await manifests.get(name, d)
+        model = self.ctx.model
+        d = digest if digest is not None else await model.tags.resolve(name, reference)
+        body = await model.manifests.get(name, d)
         media_type = media_type_of(body)
         accept = request.all_header_values(b"accept")
         if not is_acceptable(media_type, accept):
@@ -108,7 +106,7 @@ class ManifestResource:
                 "push the exact bytes whose digest you name (no re-serialisation)",
                 {"expected": str(digest), "actual": str(actual)},
             )
-        await self.ctx.registry.manifests.put(name, body, manifest, actual, tag)
+        await self.ctx.model.manifests.put(name, body, manifest, actual, tag)
         headers = {
             "Location": self.ctx.url(f"/v2/{name}/manifests/{actual}"),
             "Docker-Content-Digest": str(actual),
@@ -122,23 +120,9 @@ class ManifestResource:
         tag, digest = parse_reference(reference)
         request.log_fields.update(repository=name, reference=reference)
         if tag is not None:
-            await self.ctx.registry.tags.untag(name, tag)
+            await self.ctx.model.tags.untag(name, tag)
             empty_response(request, 202)
             return
         assert digest is not None
-        await self.ctx.registry.manifests.delete(name, digest)
+        await self.ctx.model.manifests.delete(name, digest)
         empty_response(request, 202, {"Docker-Content-Digest": str(digest)})
-
-
-def handlers(ctx: Context) -> dict[str, Any]:
-    """The handlers this module family adds to the route table."""
-    from registry.resources.catalog import CatalogResource
-    from registry.resources.referrers import ReferrersResource
-    from registry.resources.tags import TagsResource
-
-    return {
-        "manifests": ManifestResource(ctx),
-        "tags": TagsResource(ctx),
-        "catalog": CatalogResource(ctx),
-        "referrers": ReferrersResource(ctx),
-    }

@@ -22,7 +22,7 @@ class ReferrersResource:
     async def GET(self, request: RegistryRequest, name: str, digest: str) -> None:
         subject = Digest.parse(digest)
         request.log_fields.update(repository=name, digest=str(subject))
-        descriptors = await self.ctx.registry.manifests.referrers(name, subject)
+        descriptors = await self.ctx.model.manifests.referrers(name, subject)
         wanted = [v for v in query_values(request).get("artifactType", []) if v]
         if wanted:
             descriptors = [d for d in descriptors if d.get("artifactType") in wanted]

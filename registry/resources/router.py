@@ -1,24 +1,45 @@
 """The root resource: routes ``/v2/...`` with the spec's patterns (names
 contain ``/``), validates path parameters, dispatches to ``METHOD`` coroutines
-of the route's handler, and decides how each request's body is received."""
+of the route's handler, and decides how each request's body is received.
+
+A request is routed once, when its headers are in
+(:meth:`RegistryRoot.headers_received`, called by ``RegistryRequest``): the
+:class:`RouteMatch` (or the error that stops the request) is kept on the
+request, then :meth:`RegistryRoot.before_body` -- the one place a routed
+request is looked at before its body streams, where authorisation goes --
+decides the body handling.  ``render`` answers from the stored match.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence, cast, runtime_checkable
 from urllib.parse import parse_qs, unquote
 
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from registry import errors
 from registry.digest import Digest
 from registry.errors import RegistryError
-from registry.http import LimitedBody, RegistryRequest
+from registry.auth import Access, AuthChallenge, Credentials, IAccessController, Identity, required_access
+from registry.auth.scopes import credentials_from_request
+from registry.http import BodyHandling, DeferredBody, LimitedBody, RegistryRequest
 from registry.reference import check_name
 from registry.resources.base import render_async, write_error
-from registry.resources.context import SMALL_BODY
+from registry.resources.blobs import BlobResource
+from registry.resources.catalog import CatalogResource
+from registry.resources.context import SMALL_BODY, Context
+from registry.resources.manifests import ManifestResource
+from registry.resources.referrers import ReferrersResource
+from registry.resources.tags import TagsResource
+from registry.resources.uploads import UploadResource, UploadStartResource
 
 API_VERSION_HEADER = (b"Docker-Distribution-API-Version", b"registry/2.0")
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 class BaseResource:
@@ -33,10 +54,52 @@ class BaseResource:
     HEAD = GET
 
 
+@runtime_checkable
+class BodyHook(Protocol):
+    """A handler that chooses how its requests' bodies are received (uploads
+    stream, manifests buffer up to a limit); others get ``SMALL_BODY``."""
+
+    def body_handling(
+        self,
+        request: RegistryRequest,
+        method: bytes,
+        params: dict[str, str],
+        query: dict[str, list[str]],
+        length: int | None,
+    ) -> BodyHandling: ...
+
+
 class Route:
-    def __init__(self, pattern: str, handler: Any) -> None:
+    """One row of the route table: a name (what kind of request this is,
+    e.g. ``"manifest"``; access control will key on it), the path pattern and
+    the handler whose ``METHOD`` coroutines serve it."""
+
+    def __init__(self, name: str, pattern: str, handler: object) -> None:
+        self.name = name
         self.regex = re.compile(pattern)
         self.handler = handler
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """A request's route, resolved once when its headers are in."""
+
+    route: Route
+    #: The request method, upper-cased.
+    method: bytes
+    #: Path parameters, percent-decoded and validated (``name``, ``digest``...).
+    params: dict[str, str]
+    #: The query string, percent-decoded.
+    query: dict[str, list[str]]
+
+    @property
+    def handler(self) -> object:
+        return self.route.handler
+
+    @property
+    def repository(self) -> str | None:
+        """The repository the request is about (None for ``/v2/``, catalog)."""
+        return self.params.get("name")
 
 
 class RegistryRoot(Resource):
@@ -44,9 +107,21 @@ class RegistryRoot(Resource):
 
     isLeaf = True
 
-    def match(self, path: bytes) -> tuple[Any, dict[str, str]]:
-        """(handler, params) for ``path``; raises RegistryError for unknown
-        endpoints and invalid names or digests."""
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        extra_headers: dict[str, list[str]] | None = None,
+        access: IAccessController | None = None,
+    ) -> None:
+        super().__init__()
+        self.routes = list(routes)
+        self.extra_headers = extra_headers or {}
+        #: The access controller (None: every request is allowed, as Distribution without ``auth``).
+        self.access = access
+
+    def match(self, path: bytes) -> tuple[Route, dict[str, str]]:
+        """The route for ``path`` and its validated parameters; raises
+        RegistryError for unknown endpoints and invalid names or digests."""
         try:
             text = path.decode("ascii")
         except UnicodeDecodeError:
@@ -62,31 +137,101 @@ class RegistryRoot(Resource):
                 check_name(params["name"])
             if "digest" in params:
                 Digest.parse(params["digest"])
-            return route.handler, params
+            return route, params
         raise RegistryError(
             errors.UNSUPPORTED,
             f"no registry endpoint at {text[:200]!r}; see the OCI distribution-spec for the API",
             status=404,
         )
 
-    def body_handling(self, request: RegistryRequest, command: bytes, uri: bytes, length: int | None) -> object:
-        """Called when a request's headers are in: a body sink to stream the
-        body into, a ``LimitedBody``, or None for Twisted's default."""
-        path, _, query = uri.partition(b"?")
-        try:
-            handler, params = self.match(path)
-        except Exception:
-            return LimitedBody(SMALL_BODY)
-        hook = getattr(handler, "body_handling", None)
-        if hook is None:
-            return LimitedBody(SMALL_BODY)
-        q = parse_qs(query.decode("latin-1"), keep_blank_values=True)
-        return hook(request, command.upper(), params, q, length)
+    def resolve(self, method: bytes, target: bytes) -> RouteMatch:
+        """Route the request line ``method target``; raises like :meth:`match`."""
+        path, _, query = target.partition(b"?")
+        route, params = self.match(path)
+        return RouteMatch(
+            route=route,
+            method=method.upper(),
+            params=params,
+            query=parse_qs(query.decode("latin-1"), keep_blank_values=True),
+        )
 
-    def __init__(self, routes: list[Route], extra_headers: dict[str, list[str]] | None = None) -> None:
-        super().__init__()
-        self.routes = routes
-        self.extra_headers = extra_headers or {}
+    def headers_received(
+        self, request: RegistryRequest, method: bytes, target: bytes, length: int | None
+    ) -> BodyHandling:
+        """Called by the request once its headers are in: route it (the only
+        time), keep the outcome on the request, and say how its body is
+        received.  A request that cannot be served gets a small body buffer
+        that is dropped; ``render`` answers it with the error."""
+        try:
+            match = self.resolve(method, target)
+        except Exception as e:
+            request.route_error = e
+            return LimitedBody(SMALL_BODY)
+        request.route_match = match
+        try:
+            return self.before_body(request, match, length)
+        except Exception as e:
+            request.route_error = e
+            return LimitedBody(SMALL_BODY)
+
+    def before_body(self, request: RegistryRequest, match: RouteMatch, length: int | None) -> BodyHandling:
+        """The one place a routed request is looked at before its body
+        streams.  An exception raised here refuses the request: its body is
+        not received and ``render`` answers with the error (authorisation
+        plugs in here).  Otherwise the handler's body hook chooses."""
+        if self.access is None:
+            return self._body_for(request, match, length)
+        needed, optional = _needed_access(match)
+        credentials = credentials_from_request(request)
+        # Ask for everything (a challenge then names the mount source's
+        # scope too, so clients fetch one token for both); if only the
+        # source is refused, the request goes on without mounting.
+        decision = self.access.authorize(credentials, needed + optional)
+        if optional:
+            decision.addErrback(self._without_optional, credentials, needed)
+        outcome: list[Identity | Failure] = []
+
+        def decided_now(result: Identity | Failure) -> None:
+            outcome.append(result)  # and the Deferred ends handled
+
+        if decision.called:
+            decision.addBoth(decided_now)
+            # Decided at once (a token, a cached password, no credentials).
+            return self._authorized(outcome[0], request, match, length, optional)
+        later = decision.addCallback(self._authorized, request, match, length, optional)
+        return DeferredBody(later)
+
+    def _without_optional(self, failure: Failure, credentials: Credentials, needed: list[Access]) -> Deferred[Identity]:
+        """Retry without the optional access when valid credentials were
+        refused only for lack of it (``DENIED``)."""
+        error = failure.value
+        if not isinstance(error, AuthChallenge) or error.code is not errors.DENIED:
+            return failure  # type: ignore[return-value]  # passes the refusal on
+        assert self.access is not None
+        return self.access.authorize(credentials, needed)
+
+    def _authorized(
+        self, outcome: Identity | Failure, request: RegistryRequest, match: RouteMatch, length: int | None,
+        optional: list[Access],
+    ) -> BodyHandling:
+        """Continue a request the access controller has decided on: keep the
+        identity (the access log names the user) or raise its refusal."""
+        if isinstance(outcome, Failure):
+            outcome.raiseException()
+        assert isinstance(outcome, Identity)
+        request.identity = outcome
+        if outcome.name:
+            request.log_fields["user"] = outcome.name
+        # A mount source the caller may not read is no error: the upload
+        # just is not mounted (never 201 without pull on the source).
+        request.mount_allowed = all(outcome.allows(a) for a in optional)
+        return self._body_for(request, match, length)
+
+    def _body_for(self, request: RegistryRequest, match: RouteMatch, length: int | None) -> BodyHandling:
+        handler = match.handler
+        if not isinstance(handler, BodyHook):
+            return LimitedBody(SMALL_BODY)
+        return handler.body_handling(request, match.method, match.params, match.query, length)
 
     def render(self, request: RegistryRequest) -> object:
         request.setHeader(*API_VERSION_HEADER)
@@ -95,10 +240,17 @@ class RegistryRoot(Resource):
         method = request.method.upper()
 
         async def handle() -> None:
-            handler, params = self.match(request.path)
+            if request.route_error is not None:
+                raise request.route_error
+            match = request.route_match
+            if match is None:
+                raise RuntimeError(
+                    "the request was not routed when its headers arrived; serve RegistryRoot through RegistrySite"
+                )
+            handler, params = match.handler, match.params
             fn = getattr(handler, method.decode("ascii", "replace"), None)
             if fn is None or not method.isalpha() or not method.isupper():
-                allowed = [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE") if hasattr(handler, m)]
+                allowed = [m for m in _METHODS if hasattr(handler, m)]
                 raise RegistryError(
                     errors.UNSUPPORTED,
                     f"{method.decode('ascii', 'replace')} is not supported here; allowed: {', '.join(allowed)}",
@@ -115,30 +267,42 @@ class RegistryRoot(Resource):
         return render_async(request, handle)
 
 
-def build_routes(ctx: Any, extra: dict[str, Any] | None = None) -> list[Route]:
-    """The route table. ``extra`` maps route keys ('manifests', 'tags',
-    'catalog', 'referrers') to handlers supplied by other modules."""
-    from registry.resources.blobs import BlobResource
-    from registry.resources.uploads import UploadResource, UploadStartResource
+#: Route names to the kinds ``registry.auth.required_access`` knows.
+_ACCESS_KINDS = {
+    "base": "base",
+    "catalog": "catalog",
+    "tags": "tags",
+    "manifest": "manifests",
+    "upload-start": "upload_start",
+    "upload": "upload",
+    "blob": "blobs",
+    "referrers": "referrers",
+}
 
-    extra = extra or {}
-    v2 = "^" + re.escape(getattr(ctx, "prefix", "/")) + "v2"
+
+def _needed_access(match: RouteMatch) -> tuple[list[Access], list[Access]]:
+    """(what the request must be allowed, what it may use if allowed): a
+    mount's pull on its source repository is the second kind."""
+    needed = required_access(match.method.decode("ascii", "replace"), _ACCESS_KINDS[match.route.name], match.params, match.query)
+    name = match.params.get("name")
+    optional = [a for a in needed if a.type == "repository" and a.name != name]
+    return [a for a in needed if a not in optional], optional
+
+
+def build_routes(ctx: Context) -> list[Route]:
+    """The route table, in matching order (under ``ctx.prefix``)."""
+    v2 = "^" + re.escape(ctx.prefix) + "v2"
     name = r"(?P<name>.+)"
-    routes = [Route(rf"{v2}/?$", BaseResource())]
-    if "catalog" in extra:
-        routes.append(Route(rf"{v2}/_catalog$", extra["catalog"]))
-    if "tags" in extra:
-        routes.append(Route(rf"{v2}/{name}/tags/list$", extra["tags"]))
-    if "manifests" in extra:
-        routes.append(Route(rf"{v2}/{name}/manifests/(?P<reference>[^/]+)$", extra["manifests"]))
-    routes += [
-        Route(rf"{v2}/{name}/blobs/uploads/?$", UploadStartResource(ctx)),
-        Route(rf"{v2}/{name}/blobs/uploads/(?P<upload_id>[^/]+)$", UploadResource(ctx)),
-        Route(rf"{v2}/{name}/blobs/(?P<digest>[^/]+)$", BlobResource(ctx)),
+    return [
+        Route("base", rf"{v2}/?$", BaseResource()),
+        Route("catalog", rf"{v2}/_catalog$", CatalogResource(ctx)),
+        Route("tags", rf"{v2}/{name}/tags/list$", TagsResource(ctx)),
+        Route("manifest", rf"{v2}/{name}/manifests/(?P<reference>[^/]+)$", ManifestResource(ctx)),
+        Route("upload-start", rf"{v2}/{name}/blobs/uploads/?$", UploadStartResource(ctx)),
+        Route("upload", rf"{v2}/{name}/blobs/uploads/(?P<upload_id>[^/]+)$", UploadResource(ctx)),
+        Route("blob", rf"{v2}/{name}/blobs/(?P<digest>[^/]+)$", BlobResource(ctx)),
+        Route("referrers", rf"{v2}/{name}/referrers/(?P<digest>[^/]+)$", ReferrersResource(ctx)),
     ]
-    if "referrers" in extra:
-        routes.append(Route(rf"{v2}/{name}/referrers/(?P<digest>[^/]+)$", extra["referrers"]))
-    return routes
 
 
-__all__ = ["RegistryRoot", "Route", "build_routes", "write_error"]
+__all__ = ["BodyHook", "RegistryRoot", "Route", "RouteMatch", "build_routes", "write_error"]

@@ -58,9 +58,9 @@ class TagsResource:
     async def GET(self, request: RegistryRequest, name: str) -> None:
         request.log_fields["repository"] = name
         n, last = parse_page(query_values(request))
-        tags = await self.ctx.registry.tags.all(name)
+        tags = await self.ctx.model.tags.all(name)
         if tags is None:
-            if not await self.ctx.registry.catalog.exists(name):
+            if not await self.ctx.model.catalog.exists(name):
                 raise NameUnknown(name)
             tags = []
         selected, more = page(tags, n, last)

@@ -25,7 +25,7 @@ from registry.errors import RegistryError
 from registry.http import LimitedBody, RegistryRequest
 from registry.resources.base import empty_response, range_header, to_registry_error
 from registry.resources.context import SMALL_BODY, Context, query_values
-from registry.storage.uploads import UploadAppender
+from registry.storage.interfaces import IUploadAppender
 
 UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
@@ -42,7 +42,7 @@ class UploadBody:
     def __init__(
         self,
         request: RegistryRequest,
-        open_appender: Callable[[], Coroutine[Any, Any, UploadAppender]] | None,
+        open_appender: Callable[[], Coroutine[Any, Any, IUploadAppender]] | None,
         expected_length: int | None = None,
         error: BaseException | None = None,
     ) -> None:
@@ -52,7 +52,7 @@ class UploadBody:
         self.received = 0
         self.upload_id: str | None = None
         self.done: Deferred[int] = Deferred()
-        self._appender: UploadAppender | None = None
+        self._appender: IUploadAppender | None = None
         self._pending: deque[bytes] = deque()
         self._busy = open_appender is not None and error is None  # until the appender is open
         self._pumping = False
@@ -95,7 +95,7 @@ class UploadBody:
 
     # -- internals -------------------------------------------------------------
 
-    def _opened(self, appender: UploadAppender) -> None:
+    def _opened(self, appender: IUploadAppender) -> None:
         self._appender = appender
         self.upload_id = appender.upload_id
         self._busy = False
@@ -215,9 +215,9 @@ class UploadStartResource:
                 Digest.parse(digest_values[0])
         except Exception as e:
             return UploadBody(request, None, error=e)
-        uploads = self.ctx.registry.uploads
+        uploads = self.ctx.model.uploads
 
-        async def open_new() -> UploadAppender:
+        async def open_new() -> IUploadAppender:
             upload_id = await uploads.create(name)
             return await uploads.open_appender(name, upload_id)
 
@@ -231,11 +231,18 @@ class UploadStartResource:
         if "mount" in q:
             mount = Digest.parse(q["mount"][0])
             source = q.get("from", [None])[0]
-            if await ctx.registry.try_mount(name, mount, source):
+            # Under access control: a source the caller may not pull is never
+            # mounted from (a plain upload starts instead, so nothing about it
+            # leaks), and an automatic mount needs a caller who may read
+            # every repository.
+            identity = request.identity
+            automatic = identity is None or identity.granted is None
+            mounted = request.mount_allowed and await ctx.model.try_mount(name, mount, source, automatic=automatic)
+            if mounted:
                 request.log_fields["digest"] = str(mount)
                 empty_response(request, 201, blob_created_headers(ctx, name, mount))
                 return
-            upload_id = await ctx.registry.uploads.create(name)
+            upload_id = await ctx.model.uploads.create(name)
             request.log_fields["upload"] = upload_id
             empty_response(request, 202, {**upload_headers(ctx, name, upload_id, 0), **ctx.chunk_headers()})
             return
@@ -248,7 +255,7 @@ class UploadStartResource:
         if "digest" in q:
             d = Digest.parse(q["digest"][0])
             request.log_fields["digest"] = str(d)
-            await ctx.registry.uploads.commit(name, sink.upload_id, d)
+            await ctx.model.uploads.commit(name, sink.upload_id, d)
             empty_response(request, 201, blob_created_headers(ctx, name, d))
             return
         empty_response(request, 202, {**upload_headers(ctx, name, sink.upload_id, offset), **ctx.chunk_headers()})
@@ -287,17 +294,17 @@ class UploadResource:
                     )
         except Exception as e:
             return UploadBody(request, None, error=e)
-        uploads = self.ctx.registry.uploads
+        uploads = self.ctx.model.uploads
 
-        def open_existing() -> Coroutine[Any, Any, UploadAppender]:
-            return uploads.open_appender(name, upload_id, expect_start)
+        async def open_existing() -> IUploadAppender:
+            return await uploads.open_appender(name, upload_id, expect_start)
 
         return UploadBody(request, open_existing, expected_length)
 
     async def GET(self, request: RegistryRequest, name: str, upload_id: str) -> None:
         check_upload_id(upload_id)
         request.log_fields.update(repository=name, upload=upload_id)
-        offset = await self.ctx.registry.uploads.status(name, upload_id)
+        offset = await self.ctx.model.uploads.status(name, upload_id)
         empty_response(request, 204, upload_headers(self.ctx, name, upload_id, offset))
 
     HEAD = GET
@@ -312,14 +319,14 @@ class UploadResource:
         await self._body_outcome(request, name, upload_id)
         d = Digest.parse(query_values(request)["digest"][0])
         request.log_fields["digest"] = str(d)
-        await self.ctx.registry.uploads.commit(name, upload_id, d)
+        await self.ctx.model.uploads.commit(name, upload_id, d)
         empty_response(request, 201, blob_created_headers(self.ctx, name, d))
 
     async def DELETE(self, request: RegistryRequest, name: str, upload_id: str) -> None:
         self.ctx.check_writable()
         check_upload_id(upload_id)
         request.log_fields.update(repository=name, upload=upload_id)
-        await self.ctx.registry.uploads.cancel(name, upload_id)
+        await self.ctx.model.uploads.cancel(name, upload_id)
         empty_response(request, 204)
 
     async def _body_outcome(self, request: RegistryRequest, name: str, upload_id: str) -> int:
@@ -334,7 +341,7 @@ class UploadResource:
             err = to_registry_error(e)
             if err.code is errors.RANGE_INVALID:
                 if "Range" not in err.headers:
-                    offset = await self.ctx.registry.uploads.status(name, upload_id)
+                    offset = await self.ctx.model.uploads.status(name, upload_id)
                     err.headers["Range"] = range_header(offset)
                 err.headers.update({"Location": upload_location(self.ctx, name, upload_id), "Docker-Upload-UUID": upload_id})
             raise err from e

@@ -1,12 +1,20 @@
 """Blobs: content-addressed bytes shared by every repository, visible in a
-repository only through its ``_layers`` link."""
+repository only through its ``_layers`` link.
+
+``BlobDescriptors`` answers the lookups (a blob's size, a repository's link)
+and changes links; ``BlobStore`` serves content and asks its descriptors for
+everything else, so a cache wrapped around the descriptors sees every
+lookup and every link change."""
 
 from __future__ import annotations
+
+from zope.interface import implementer
 
 from registry.digest import Digest
 from registry.storage import paths
 from registry.storage.driver import IFileReader, IStorageDriver, PathNotFoundError
 from registry.storage.errors import BlobUnknown
+from registry.storage.interfaces import IBlobDescriptors, IBlobStore
 
 
 def link_content(d: Digest) -> bytes:
@@ -18,14 +26,15 @@ def parse_link(data: bytes) -> Digest:
     return Digest.parse(data.strip().decode("ascii", "replace"))
 
 
-class BlobStore:
-    """Reads, links and unlinks blobs through a storage driver."""
+@implementer(IBlobDescriptors)
+class BlobDescriptors:
+    """Blob sizes and repository links, read and written through a driver
+    (one ``stat`` per lookup)."""
 
     def __init__(self, driver: IStorageDriver) -> None:
         self.driver = driver
 
     async def size(self, d: Digest) -> int | None:
-        """The size of the stored blob ``d``, or None if it is not stored."""
         try:
             info = await self.driver.stat(paths.blob_data(d))
         except PathNotFoundError:
@@ -39,27 +48,33 @@ class BlobStore:
             return False
         return True
 
-    async def repo_size(self, name: str, d: Digest) -> int:
-        """The size of blob ``d`` as seen from repository ``name``.
-
-        Raises ``BlobUnknown`` unless the blob is linked there and stored."""
-        if not await self.is_linked(name, d):
-            raise BlobUnknown(d, name)
-        size = await self.size(d)
-        if size is None:
-            raise BlobUnknown(d, name)
-        return size
-
     async def link(self, name: str, d: Digest) -> None:
         await self.driver.put_content(paths.layer_link(name, d), link_content(d))
 
     async def unlink(self, name: str, d: Digest) -> None:
-        """Remove blob ``d`` from repository ``name`` (the data stays until
-        garbage collection). Raises ``BlobUnknown`` if it was not linked."""
         try:
             await self.driver.delete(paths.layer_link(name, d).rsplit("/", 1)[0])
         except PathNotFoundError:
             raise BlobUnknown(d, name) from None
+
+
+@implementer(IBlobStore)
+class BlobStore:
+    """Reads and stores blob content through a storage driver; lookups and
+    links go through ``descriptors`` (``BlobDescriptors`` over the same
+    driver unless given)."""
+
+    def __init__(self, driver: IStorageDriver, descriptors: IBlobDescriptors | None = None) -> None:
+        self.driver = driver
+        self.descriptors: IBlobDescriptors = descriptors if descriptors is not None else BlobDescriptors(driver)
+
+    async def repo_size(self, name: str, d: Digest) -> int:
+        if not await self.descriptors.is_linked(name, d):
+            raise BlobUnknown(d, name)
+        size = await self.descriptors.size(d)
+        if size is None:
+            raise BlobUnknown(d, name)
+        return size
 
     async def open(self, d: Digest, offset: int = 0) -> IFileReader:
         try:
@@ -74,9 +89,7 @@ class BlobStore:
             raise BlobUnknown(d) from None
 
     async def put_content(self, d: Digest, data: bytes) -> None:
-        """Store small content (manifests) under its digest; the caller has
-        computed ``d`` from ``data``."""
-        if await self.size(d) == len(data):
+        if await self.descriptors.size(d) == len(data):
             return
         await self.driver.put_content(paths.blob_data(d), data)
 

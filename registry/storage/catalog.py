@@ -10,12 +10,16 @@ a repository.
 
 from __future__ import annotations
 
+from zope.interface import implementer
+
 from registry.storage import paths
 from registry.storage.driver import IStorageDriver, PathNotFoundError
+from registry.storage.interfaces import ICatalog
 
 _MARKERS = ("_manifests", "_layers")
 
 
+@implementer(ICatalog)
 class Catalog:
     """Lists repositories through a storage driver."""
 

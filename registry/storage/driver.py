@@ -5,7 +5,7 @@ knows paths and bytes only — never digests, manifests or repositories; the
 registry's data model (``registry.storage``) is built on top of it.
 
 Every method returns a ``Deferred``. Failures are the typed errors below;
-``registry.storage.base.StorageDriverWrapper`` validates paths and turns any
+``registry.storage.wrapper.StorageDriverWrapper`` validates paths and turns any
 other exception a driver raises into ``DriverError``, so callers only ever see
 ``StorageError`` subclasses.
 
@@ -210,3 +210,11 @@ class IStorageDriver(Interface):
     def redirect_url(path: str, method: str = "GET") -> "Deferred[str | None]":
         """Fire with a URL the client may fetch the object from directly
         (a signed URL), or ``None`` when the driver cannot or will not."""
+
+    def close() -> "Deferred[None]":
+        """Release what the driver holds (thread pools, child processes),
+        waiting for work in progress; fire once released. The application
+        owns this lifecycle and calls it once, when it stops
+        (``registry.storage.wrapper.DriverService``); drivers install no
+        shutdown triggers of their own. Later calls may fail with
+        ``DriverError``; calling ``close`` again is harmless."""

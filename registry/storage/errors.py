@@ -4,11 +4,14 @@ an OCI error code in one table (``registry.resources.base``)."""
 from __future__ import annotations
 
 
-class RegistryStorageError(Exception):
-    """Base class of data-model errors."""
+class ModelError(Exception):
+    """Base class of data-model errors: what a request names is not there or
+    not consistent (an unknown blob, upload or manifest, a digest that does
+    not match). Failures of the storage itself are the driver contract's
+    ``registry.storage.driver.StorageError``."""
 
 
-class BlobUnknown(RegistryStorageError):
+class BlobUnknown(ModelError):
     def __init__(self, digest: object, name: str | None = None) -> None:
         where = f" in repository {name!r}" if name else ""
         super().__init__(f"blob {digest} is not known{where}")
@@ -16,7 +19,7 @@ class BlobUnknown(RegistryStorageError):
         self.name = name
 
 
-class UploadUnknown(RegistryStorageError):
+class UploadUnknown(ModelError):
     def __init__(self, name: str, upload_id: str) -> None:
         super().__init__(
             f"upload {upload_id!r} is not in progress in repository {name!r} "
@@ -26,7 +29,7 @@ class UploadUnknown(RegistryStorageError):
         self.upload_id = upload_id
 
 
-class DigestMismatch(RegistryStorageError):
+class DigestMismatch(ModelError):
     def __init__(self, expected: object, actual: object, size: int) -> None:
         super().__init__(
             f"the uploaded content ({size} bytes) has digest {actual}, not the {expected} given; nothing was committed"
@@ -36,7 +39,7 @@ class DigestMismatch(RegistryStorageError):
         self.size = size
 
 
-class UploadOffsetMismatch(RegistryStorageError):
+class UploadOffsetMismatch(ModelError):
     """A chunk did not start where the upload ends (out of order or retried)."""
 
     def __init__(self, start: int, offset: int) -> None:
@@ -48,13 +51,13 @@ class UploadOffsetMismatch(RegistryStorageError):
         self.offset = offset
 
 
-class NameUnknown(RegistryStorageError):
+class NameUnknown(ModelError):
     def __init__(self, name: str) -> None:
         super().__init__(f"repository {name!r} is not known to this registry")
         self.name = name
 
 
-class ManifestUnknown(RegistryStorageError):
+class ManifestUnknown(ModelError):
     """No manifest under this tag or digest in the repository."""
 
     def __init__(self, name: str, reference: str) -> None:
@@ -64,7 +67,7 @@ class ManifestUnknown(RegistryStorageError):
         self.reference = reference
 
 
-class ManifestBlobUnknown(RegistryStorageError):
+class ManifestBlobUnknown(ModelError):
     """A manifest refers to blobs (or, for an index, manifests) that are not
     in the repository; ``missing`` lists every such digest."""
 
@@ -77,6 +80,6 @@ class ManifestBlobUnknown(RegistryStorageError):
         self.digest = missing[0]
 
 
-class ManifestInvalid(RegistryStorageError):
+class ManifestInvalid(ModelError):
     """A manifest is well-formed but inconsistent with the stored content
     (e.g. a descriptor's size differs from the blob's)."""

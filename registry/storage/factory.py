@@ -18,28 +18,34 @@ It validates its parameters and raises ``ValueError`` whose message starts
 with the parameter's configuration key, e.g.
 ``"storage.filesystem.rootdirectory: must be an absolute path, got 'x'"``.
 Unknown parameters are ignored with a warning naming them
-(``warn_unknown_params``), as the configuration does for unknown keys.
+(``registry.storage.params.warn_unknown_params``, re-exported here), as the
+configuration does for unknown keys.
+
+Import order: this module imports the drivers lazily; drivers never import
+it (their helpers are in ``registry.storage.params``), and of the
+out-of-process machinery only the child-side server
+(``registry.storage.remote.server``) does.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from twisted.logger import Logger
 from zope.interface.verify import verifyObject
 
-from registry.storage.base import StorageDriverWrapper
 from registry.storage.driver import IStorageDriver
+from registry.storage.params import param_key, warn_unknown_params
+from registry.storage.wrapper import StorageDriverWrapper
+
+__all__ = ["DriverFactory", "available_drivers", "create_driver", "param_key", "register_driver", "warn_unknown_params"]
 
 DriverFactory = Callable[[Mapping[str, Any], Any], IStorageDriver]
 
 ENTRY_POINT_GROUP = "registry.storage.drivers"
 EXECUTABLE_PREFIX = "registry-storage-"
-
-_log = Logger()
 
 # name -> "module:function" (imported lazily) or a factory callable
 _BUILTIN: dict[str, str | DriverFactory] = {
@@ -52,21 +58,6 @@ _BUILTIN: dict[str, str | DriverFactory] = {
 def register_driver(name: str, factory: DriverFactory) -> None:
     """Register (or replace) a driver factory under ``name``."""
     _BUILTIN[name] = factory
-
-
-def warn_unknown_params(driver: str, params: Mapping[str, Any], known: Iterable[str]) -> None:
-    """Log a warning naming each key of ``params`` that is not in ``known``."""
-    allowed = set(known)
-    for key in params:
-        if key not in allowed:
-            _log.warn(
-                "storage.{driver}.{key}: unknown parameter, ignored", driver=driver, key=key
-            )
-
-
-def param_key(driver: str, key: str) -> str:
-    """The configuration key of a driver parameter, used in error messages."""
-    return f"storage.{driver}.{key}"
 
 
 def _load(spec: str | DriverFactory) -> DriverFactory:

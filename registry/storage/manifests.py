@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from zope.interface import implementer
+
 from registry.digest import Digest, DigestError
 from registry.manifest_types import (
     OCI_EMPTY_CONTENT,
@@ -28,16 +30,19 @@ from registry.manifest_types import (
     parse_manifest,
 )
 from registry.storage import paths
-from registry.storage.blobs import BlobStore, link_content, parse_link
+from registry.storage.blobs import link_content, parse_link
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 from registry.storage.errors import BlobUnknown, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
-from registry.storage.tags import TagStore
+from registry.storage.interfaces import IBlobStore, IManifestStore, ITagStore
 
 
+@implementer(IManifestStore)
 class ManifestStore:
-    """Stores, reads and deletes manifests of repositories."""
+    """Stores, reads and deletes manifests of repositories through a driver;
+    manifest bytes are blobs of ``blobs``, tags those of ``tags`` (the data
+    model passes its own, so wrappers around them see these uses too)."""
 
-    def __init__(self, driver: IStorageDriver, blobs: BlobStore, tags: TagStore) -> None:
+    def __init__(self, driver: IStorageDriver, blobs: IBlobStore, tags: ITagStore) -> None:
         self.driver = driver
         self.blobs = blobs
         self.tags = tags
@@ -60,21 +65,15 @@ class ManifestStore:
         except BlobUnknown:
             raise ManifestUnknown(name, str(d)) from None
 
-    async def resolve(self, name: str, reference: str) -> Digest:
-        """The digest a tag or digest reference names (a digest is returned
-        as is; existence is checked by ``get``)."""
-        if ":" in reference:
-            return Digest.parse(reference)
-        return await self.tags.resolve(name, reference)
-
     async def _check_references(self, name: str, manifest: Manifest) -> bool:
         """Raise unless every blob and child ``manifest`` names is in ``name``.
         Returns True when the empty blob must be stored with the manifest."""
+        descriptors = self.blobs.descriptors
         store_empty = False
         missing: list[Digest] = []
         for desc in manifest.blobs:
-            linked = await self.blobs.is_linked(name, desc.digest)
-            size = await self.blobs.size(desc.digest) if linked else None
+            linked = await descriptors.is_linked(name, desc.digest)
+            size = await descriptors.size(desc.digest) if linked else None
             if size is None:
                 if desc.digest == OCI_EMPTY_DIGEST and desc.size == len(OCI_EMPTY_CONTENT):
                     store_empty = True
@@ -99,7 +98,7 @@ class ManifestStore:
         store_empty = await self._check_references(name, manifest)
         if store_empty:
             await self.blobs.put_content(OCI_EMPTY_DIGEST, OCI_EMPTY_CONTENT)
-            await self.blobs.link(name, OCI_EMPTY_DIGEST)
+            await self.blobs.descriptors.link(name, OCI_EMPTY_DIGEST)
         await self.blobs.put_content(d, body)
         await self.driver.put_content(paths.manifest_revision_link(name, d), link_content(d))
         if manifest.subject is not None:

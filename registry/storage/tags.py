@@ -8,13 +8,17 @@ removes the tag's whole directory, as Distribution does.
 
 from __future__ import annotations
 
+from zope.interface import implementer
+
 from registry.digest import Digest, DigestError
 from registry.storage import paths
 from registry.storage.blobs import link_content, parse_link
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 from registry.storage.errors import ManifestUnknown
+from registry.storage.interfaces import ITagStore
 
 
+@implementer(ITagStore)
 class TagStore:
     """Reads and writes tag links through a storage driver."""
 

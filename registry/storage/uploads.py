@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
 
 from registry.digest import Digest
 from registry.hashing import Sha256
 from registry.storage import paths
-from registry.storage.blobs import BlobStore
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
 from registry.storage.errors import DigestMismatch, UploadOffsetMismatch, UploadUnknown
+from registry.storage.interfaces import IBlobStore, IUploadAppender, IUploadLock, IUploadStore
+from registry.storage.locks import ProcessLocks
 
 READ_CHUNK = 1 << 20
 
@@ -37,30 +39,15 @@ def new_upload_id() -> str:
     return str(uuid.uuid4())
 
 
-class _Locks:
-    """Per-upload DeferredLocks, dropped when idle (this process only;
-    instances sharing storage rely on clients not racing one upload)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[tuple[str, str], DeferredLock] = {}
-
-    async def acquire(self, key: tuple[str, str]) -> Callable[[], None]:
-        lock = self._locks.setdefault(key, DeferredLock())
-        await lock.acquire()
-
-        def release() -> None:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._locks.pop(key, None)
-
-        return release
+Release = Callable[[], Awaitable[None]]
 
 
+@implementer(IUploadAppender)
 class UploadAppender:
     """Appends one request's bytes to an upload, hashing as they pass.
 
     Obtained from ``UploadStore.open_appender`` holding the upload's lock;
-    ``finish`` (or ``fail``) must be called exactly once to release it."""
+    ``finish`` (or ``fail``) must be awaited exactly once to release it."""
 
     def __init__(
         self,
@@ -69,7 +56,7 @@ class UploadAppender:
         upload_id: str,
         writer: IFileWriter,
         hasher: Sha256,
-        release: Callable[[], None],
+        release: Release,
     ) -> None:
         self.store = store
         self.name = name
@@ -77,7 +64,7 @@ class UploadAppender:
         self.start_offset = hasher.bytes_hashed
         self._writer = writer
         self._hasher = hasher
-        self._release: Callable[[], None] | None = release
+        self._release: Release | None = release
 
     @property
     def offset(self) -> int:
@@ -100,7 +87,7 @@ class UploadAppender:
             )
             return self.offset
         finally:
-            self._done()
+            await self._done()
 
     async def fail(self) -> None:
         """The request failed in storage: release without storing a state;
@@ -110,22 +97,32 @@ class UploadAppender:
         except Exception:
             pass
         finally:
-            self._done()
+            await self._done()
 
-    def _done(self) -> None:
+    async def _done(self) -> None:
         if self._release is not None:
             release, self._release = self._release, None
-            release()
+            await release()
 
 
+@implementer(IUploadStore)
 class UploadStore:
-    """Starts, appends to, inspects, finishes and cancels uploads."""
+    """Starts, appends to, inspects, finishes and cancels uploads through a
+    driver. A finished upload becomes a blob of ``blobs``, linked through its
+    descriptors; requests of one upload exclude each other through ``lock``
+    (``ProcessLocks`` unless given)."""
 
-    def __init__(self, driver: IStorageDriver, blobs: BlobStore, now: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        driver: IStorageDriver,
+        blobs: IBlobStore,
+        lock: IUploadLock | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
         self.driver = driver
         self.blobs = blobs
+        self.lock: IUploadLock = lock if lock is not None else ProcessLocks()
         self._now = now or (lambda: datetime.now(timezone.utc))
-        self._locks = _Locks()
 
     async def create(self, name: str) -> str:
         """Start an upload in repository ``name``; returns its id."""
@@ -143,19 +140,19 @@ class UploadStore:
 
     async def status(self, name: str, upload_id: str) -> int:
         """The offset the client can continue from (repairing a torn tail)."""
-        release = await self._locks.acquire((name, upload_id))
+        release = await self.lock.acquire(name, upload_id)
         try:
             offset, _ = await self._resume_point(name, upload_id)
             return offset
         finally:
-            release()
+            await release()
 
     async def open_appender(self, name: str, upload_id: str, expect_start: int | None = None) -> UploadAppender:
         """Lock the upload and return an appender positioned at its end.
 
         ``expect_start`` is the first byte of a client's ``Content-Range``;
         if it is not the upload's offset, raises ``UploadOffsetMismatch``."""
-        release = await self._locks.acquire((name, upload_id))
+        release = await self.lock.acquire(name, upload_id)
         try:
             offset, hasher = await self._resume_point(name, upload_id)
             if expect_start is not None and expect_start != offset:
@@ -166,7 +163,7 @@ class UploadStore:
                 raise UploadOffsetMismatch(writer.size, offset)
             return UploadAppender(self, name, upload_id, writer, hasher, release)
         except BaseException:
-            release()
+            await release()
             raise
 
     async def commit(self, name: str, upload_id: str, expected: Digest) -> int:
@@ -175,31 +172,31 @@ class UploadStore:
 
         Raises ``DigestMismatch`` (nothing committed; the upload stays so the
         client may inspect or cancel it) or ``UploadUnknown``."""
-        release = await self._locks.acquire((name, upload_id))
+        release = await self.lock.acquire(name, upload_id)
         try:
             size, hasher = await self._resume_point(name, upload_id)
             actual = Digest("sha256", hasher.hexdigest())
             if actual != expected:
                 raise DigestMismatch(expected, actual, size)
             data_path = paths.upload_data(name, upload_id)
-            if await self.blobs.size(expected) is None:
+            if await self.blobs.descriptors.size(expected) is None:
                 # Make the bytes durable before they become the blob.
                 writer = await self.driver.writer(data_path, append=True)
                 await writer.commit()
                 await self.driver.move(data_path, paths.blob_data(expected))
-            await self.blobs.link(name, expected)
+            await self.blobs.descriptors.link(name, expected)
             await self.driver.delete(paths.upload_dir(name, upload_id))
             return size
         finally:
-            release()
+            await release()
 
     async def cancel(self, name: str, upload_id: str) -> None:
-        release = await self._locks.acquire((name, upload_id))
+        release = await self.lock.acquire(name, upload_id)
         try:
             await self.started_at(name, upload_id)
             await self.driver.delete(paths.upload_dir(name, upload_id))
         finally:
-            release()
+            await release()
 
     async def _resume_point(self, name: str, upload_id: str) -> tuple[int, Sha256]:
         """(offset, hasher at offset) the upload can be continued from.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
 
-from registry.storage.base import StorageDriverWrapper
+from registry.storage.wrapper import StorageDriverWrapper
 from registry.storage.driver import DriverError, InvalidPathError, IStorageDriver, PathNotFoundError
 from registry.storage.factory import create_driver
 
@@ -103,3 +105,34 @@ def test_unknown_params_warned_not_fatal() -> None:
     finally:
         globalLogPublisher.removeObserver(observer)
     assert seen == ["storage.inmemory.bogus"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_driver_service_closes_the_driver(tmp_path: Path) -> None:
+    from twisted.application.service import MultiService
+
+    from registry.storage.wrapper import DriverService
+
+    driver = create_driver("filesystem", {"rootdirectory": str(tmp_path)})
+    await driver.put_content("/a", b"x")
+    app = MultiService()
+    DriverService(driver).setServiceParent(app)
+    app.startService()
+    await app.stopService()
+    with pytest.raises(DriverError, match="filesystem: driver is closed"):
+        await driver.get_content("/a")
+    await driver.close()  # closing again is harmless
+
+
+def test_drivers_do_not_import_the_factory() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import registry.storage.drivers.filesystem, registry.storage.drivers.inmemory\n"
+        "import registry.storage.drivers.outofprocess, registry.storage.streams\n"
+        "assert 'registry.storage.factory' not in sys.modules, 'a driver imported the factory'\n"
+        "assert 'registry.storage.remote.server' not in sys.modules, 'the client imported the server'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

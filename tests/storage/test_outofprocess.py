@@ -25,8 +25,9 @@ from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
 from zope.interface.verify import verifyObject
 
-from registry.storage import amp_protocol as P
-from registry.storage.base import StorageDriverWrapper
+from registry.storage.remote import wire
+from registry.storage.remote.fastpipe import FrameParsingAMP
+from registry.storage.wrapper import StorageDriverWrapper
 from registry.storage.driver import (
     DriverError,
     FileInfo,
@@ -49,15 +50,15 @@ FAKE_CHILD = """\
 #!{python}
 import os, sys
 print("fake child says hello on stderr", file=sys.stderr, flush=True)
-from registry.storage import amp_protocol
-amp_protocol.PROTOCOL_MAJOR = int(sys.argv[1])
-amp_protocol.PROTOCOL_MINOR = int(sys.argv[2])
+from registry.storage.remote import wire
+wire.PROTOCOL_MAJOR = int(sys.argv[1])
+wire.PROTOCOL_MINOR = int(sys.argv[2])
 mode = sys.argv[3] if len(sys.argv) > 3 else ""
 if mode == "junk":
     os.write(1, b"oops, not AMP\\n")
-from registry.storage.drivers.outofprocess import serve
+from registry.storage.remote.server import serve
 from registry.storage.factory import create_driver
-from registry.storage.base import StorageDriverWrapper
+from registry.storage.wrapper import StorageDriverWrapper
 from registry.storage.driver import IStorageDriver
 from twisted.python.components import proxyForInterface
 
@@ -134,18 +135,18 @@ async def wait_for(predicate: Any, what: str, timeout: float = 20.0) -> None:
 # --- pure parts of the protocol ------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [0, 1, P.FRAME_BYTES - 1, P.FRAME_BYTES, P.FRAME_BYTES + 1, 3 * P.FRAME_BYTES + 7])
+@pytest.mark.parametrize("size", [0, 1, wire.FRAME_BYTES - 1, wire.FRAME_BYTES, wire.FRAME_BYTES + 1, 3 * wire.FRAME_BYTES + 7])
 def test_large_bytes_round_trip(size: int) -> None:
     value = os.urandom(size)
-    box = P.PutContent.makeArguments({"path": "/a", "data": value}, None)
+    box = wire.PutContent.makeArguments({"path": "/a", "data": value}, None)
     # Every AMP value respects the 65535-byte limit.
     assert all(len(v) <= amp.MAX_VALUE_LENGTH for v in box.values())
-    wire = box.serialize()
-    parsed = amp.parse(__import__("io").BytesIO(wire))[0]
-    assert P.PutContent.parseArguments(parsed, None) == {"path": "/a", "data": value}
+    serialized = box.serialize()
+    parsed = amp.parse(__import__("io").BytesIO(serialized))[0]
+    assert wire.PutContent.parseArguments(parsed, None) == {"path": "/a", "data": value}
 
 
-class _RecordingAMP(P.FrameParsingAMP):
+class _RecordingAMP(FrameParsingAMP):
     def __init__(self) -> None:
         super().__init__()
         self.boxes: list[dict[bytes, bytes]] = []
@@ -198,15 +199,15 @@ def test_frame_parser_refuses_an_overlong_key() -> None:
     ],
 )
 def test_errors_keep_their_type_across_the_wire(error: Exception) -> None:
-    back = P.error_from_json(P.error_to_json(error, "other"), "other")
+    back = wire.error_from_json(wire.error_to_json(error, "other"), "other")
     assert type(back) is type(error)
     assert str(back) == str(error)
 
 
 def test_untyped_error_becomes_driver_error_naming_the_driver() -> None:
-    back = P.error_from_json(P.error_to_json(KeyError("x"), "inmemory"), "client")
+    back = wire.error_from_json(wire.error_to_json(KeyError("x"), "inmemory"), "client")
     assert isinstance(back, DriverError) and back.driver == "inmemory" and "KeyError" in str(back)
-    assert isinstance(P.error_from_json("not json", "client"), DriverError)
+    assert isinstance(wire.error_from_json("not json", "client"), DriverError)
 
 
 # --- handshake ---------------------------------------------------------------------
@@ -222,7 +223,7 @@ async def test_factory_finds_the_console_script_and_handshakes() -> None:
         assert await driver.get_content("/x/y") == b"hello"
         inner = driver.wrapped  # type: ignore[attr-defined]
         assert isinstance(inner, OutOfProcessDriver)
-        assert inner.child_version == (P.PROTOCOL_MAJOR, P.PROTOCOL_MINOR)
+        assert inner.child_version == (wire.PROTOCOL_MAJOR, wire.PROTOCOL_MINOR)
         assert inner.child_pid is not None and inner.child_pid != os.getpid()
         with pytest.raises(PathNotFoundError) as info:
             await driver.stat("/nothing")
@@ -260,17 +261,17 @@ async def test_factory_finds_unknown_driver_names_on_path(tmp_path: Path, monkey
 
 @pytest_twisted.ensureDeferred
 async def test_newer_minor_is_accepted(fake_child: str) -> None:
-    inner = OutOfProcessDriver(fake_child, {}, name="fake", args=[str(P.PROTOCOL_MAJOR), str(P.PROTOCOL_MINOR + 3)])
+    inner = OutOfProcessDriver(fake_child, {}, name="fake", args=[str(wire.PROTOCOL_MAJOR), str(wire.PROTOCOL_MINOR + 3)])
     driver = StorageDriverWrapper(inner)
     try:
         await driver.put_content("/a", b"1")
-        assert inner.child_version == (P.PROTOCOL_MAJOR, P.PROTOCOL_MINOR + 3)
+        assert inner.child_version == (wire.PROTOCOL_MAJOR, wire.PROTOCOL_MINOR + 3)
         await driver.delete("/a")
     finally:
         await driver.close()
 
 
-@pytest.mark.parametrize("version", [(P.PROTOCOL_MAJOR + 1, 0), (P.PROTOCOL_MAJOR - 1, 9)])
+@pytest.mark.parametrize("version", [(wire.PROTOCOL_MAJOR + 1, 0), (wire.PROTOCOL_MAJOR - 1, 9)])
 @pytest_twisted.ensureDeferred
 async def test_major_mismatch_is_a_clear_driver_error(fake_child: str, version: tuple[int, int]) -> None:
     inner = OutOfProcessDriver(fake_child, {}, name="fake", args=[str(version[0]), str(version[1])])
@@ -281,7 +282,7 @@ async def test_major_mismatch_is_a_clear_driver_error(fake_child: str, version: 
         message = str(info.value)
         assert message.startswith("fake: ")
         assert f"{version[0]}.{version[1]}" in message
-        assert f"{P.PROTOCOL_MAJOR}.{P.PROTOCOL_MINOR}" in message
+        assert f"{wire.PROTOCOL_MAJOR}.{wire.PROTOCOL_MINOR}" in message
         assert inner.child_version is None
         # The refused child does not linger, and a second call fails the same way.
         with pytest.raises(DriverError, match="speaks storage protocol"):
@@ -292,7 +293,7 @@ async def test_major_mismatch_is_a_clear_driver_error(fake_child: str, version: 
 
 @pytest_twisted.ensureDeferred
 async def test_child_stderr_is_logged_with_driver_name(fake_child: str, log_lines: list[str]) -> None:
-    inner = OutOfProcessDriver(fake_child, {}, name="fake", args=[str(P.PROTOCOL_MAJOR), str(P.PROTOCOL_MINOR)])
+    inner = OutOfProcessDriver(fake_child, {}, name="fake", args=[str(wire.PROTOCOL_MAJOR), str(wire.PROTOCOL_MINOR)])
     try:
         await inner.list("/")
         pid = inner.child_pid
@@ -303,7 +304,7 @@ async def test_child_stderr_is_logged_with_driver_name(fake_child: str, log_line
         await inner.close()
 
 
-VERSION_ARGS = [str(P.PROTOCOL_MAJOR), str(P.PROTOCOL_MINOR)]
+VERSION_ARGS = [str(wire.PROTOCOL_MAJOR), str(wire.PROTOCOL_MINOR)]
 
 
 @pytest_twisted.ensureDeferred
@@ -567,7 +568,7 @@ async def test_reader_read_ahead_is_bounded_for_a_slow_consumer() -> None:
         await wait_for(lambda: reader._in_flight == 0, "the read-ahead to settle")
         buffered = sum(len(b) for b in reader._buffer)
         assert len(reader._buffer) <= outofprocess.READ_AHEAD
-        assert buffered <= outofprocess.READ_AHEAD * P.STREAM_BYTES
+        assert buffered <= outofprocess.READ_AHEAD * wire.STREAM_BYTES
         got = [data[5:8]]
         while piece := await reader.read(100_003):  # odd sizes across piece borders
             got.append(piece)
@@ -603,7 +604,7 @@ async def test_bad_child_parameters_fail_naming_the_key(log_lines: list[str]) ->
 @needs_filesystem
 @pytest_twisted.ensureDeferred
 async def test_open_writer_is_closed_not_lost_when_the_registry_stops(tmp_path: Path) -> None:
-    from registry.storage.amp_protocol import STREAM_BYTES
+    from registry.storage.remote.wire import STREAM_BYTES
 
     params = {"executable": "filesystem", "params": {"rootdirectory": str(tmp_path)}}
     data = os.urandom(2 * STREAM_BYTES)  # whole pieces: nothing gathered client-side

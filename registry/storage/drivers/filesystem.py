@@ -21,11 +21,12 @@ Durability and atomicity
 Threads
   All blocking file work runs in the driver's own bounded
   ``twisted.python.threadpool.ThreadPool`` (``maxthreads``, default 16),
-  started with the reactor and stopped at reactor shutdown or ``close()``.
-  Bytes move in ~1 MiB chunks: a writer gathers small writes into a 1 MiB
-  buffer and returns an already-fired Deferred while the buffer has room, and
-  hands full buffers to the pool one at a time (so one buffer is being written
-  while the next one fills); a reader reads 1 MiB ahead.
+  stopped by ``close()``, which the application calls when it stops.
+  Bytes move in 1 MiB pieces, through the shared stream helpers of
+  ``registry.storage.streams``: a writer gathers small writes into a 1 MiB
+  piece and returns an already-fired Deferred while the piece has room, and
+  hands full pieces to the pool one at a time (so one piece is being written
+  while the next one fills); a reader reads ``READ_AHEAD`` pieces ahead.
 
 Containment
   Paths are resolved one segment at a time from a descriptor of the root with
@@ -43,17 +44,17 @@ import os
 import secrets
 import shutil
 import stat as statmod
-from collections import deque
+import threading
 from collections.abc import Mapping
 from typing import Any, Callable, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from registry.storage.driver import (
+    DriverError,
     FileInfo,
     IFileReader,
     IFileWriter,
@@ -63,9 +64,13 @@ from registry.storage.driver import (
     PathNotFoundError,
     _PATH_RE,
 )
+from registry.storage.params import warn_unknown_params
+from registry.storage.streams import GatheringWriter, IPieceSink, IPieceSource, ReadAhead
 
 NAME = "filesystem"
 CHUNK = 1 << 20  # bytes moved per thread-pool call
+#: 1 MiB pieces a reader asks for ahead of the one being consumed.
+READ_AHEAD = 2
 DEFAULT_MAXTHREADS = 16
 _CREATE_RETRIES = 5
 
@@ -73,6 +78,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NOFOLLOW = os.O_NOFOLLOW
 
 T = TypeVar("T")
+
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
 
 
 def _valid_name(name: str) -> bool:
@@ -425,188 +434,39 @@ class _Tree:
                 out.append(FileInfo(full, st.st_size, st.st_mtime, False))
 
 
-@implementer(IFileReader)
-class FilesystemReader:
-    """Reads a file in 1 MiB chunks off the reactor thread, reading ahead.
+@implementer(IPieceSource)
+class _FilePieces:
+    """The pieces of an open file for ``ReadAhead``: ``pread`` in the pool."""
 
-    The first chunk is read on demand; once a full chunk has arrived, up to
-    ``READ_AHEAD`` further chunks are requested while the caller consumes it,
-    so the thread hop is hidden behind the caller's work. A short chunk (the
-    end of the file at that moment) discards the chunks requested beyond it,
-    so a file that grows meanwhile is still read without gaps.
-    """
-
-    READ_AHEAD = 2
-
-    def __init__(self, driver: FilesystemDriver, fd: int, offset: int) -> None:
+    def __init__(self, driver: FilesystemDriver, fd: int) -> None:
         self._driver = driver
         self._fd = fd
-        self._next = offset  # file offset of the next chunk to request
-        self._queue: deque[tuple[int, Deferred[bytes]]] = deque()
-        self._inflight: set[Deferred[Any]] = set()
-        self._buf = b""
-        self._bpos = 0
-        self._closed = False
 
-    def _request(self) -> None:
-        pos = self._next
-        self._next += CHUNK
-        d = self._driver._run(os.pread, self._fd, CHUNK, pos)
-        done: Deferred[Any] = Deferred()
-        self._inflight.add(done)
-
-        def settle(result: Any) -> Any:
-            self._inflight.discard(done)
-            done.callback(None)
-            return result
-
-        d.addBoth(settle)
-        self._queue.append((pos, d))
-
-    def _take(self, max_bytes: int) -> bytes:
-        start = self._bpos
-        if start == 0 and max_bytes >= len(self._buf):
-            chunk = self._buf
-        else:
-            chunk = self._buf[start : start + max_bytes]
-        self._bpos = start + len(chunk)
-        return chunk
-
-    def read(self, max_bytes: int) -> Deferred[bytes]:
-        """Fire with up to ``max_bytes`` bytes (at most 1 MiB), ``b""`` at the end."""
-        if self._bpos < len(self._buf):
-            return succeed(self._take(max_bytes))
-        if not self._queue:
-            self._request()
-        pos, d = self._queue.popleft()
-
-        def filled(data: bytes) -> bytes:
-            self._buf, self._bpos = data, 0
-            if len(data) == CHUNK:
-                while len(self._queue) < self.READ_AHEAD and not self._closed:
-                    self._request()
-            else:
-                # End of the file as it is now: forget chunks asked beyond it.
-                for _, later in self._queue:
-                    later.addErrback(lambda f: None)
-                self._queue.clear()
-                self._next = pos + len(data)
-            return self._take(max_bytes)
-
-        return d.addCallback(filled)
+    def fetch(self, offset: int, size: int) -> Deferred[bytes]:
+        return self._driver._run(os.pread, self._fd, size, offset)
 
     def close(self) -> Deferred[None]:
-        """Close the file once the reads in flight have finished."""
-        if self._closed:
-            return succeed(None)
-        self._closed = True
-        for _, later in self._queue:
-            later.addErrback(lambda f: None)
-        self._queue.clear()
-        pending = list(self._inflight)
-
-        def shut(_: object) -> None:
-            os.close(self._fd)
-
-        if not pending:
-            shut(None)
-            return succeed(None)
-        return DeferredList(pending).addCallback(shut)
+        os.close(self._fd)
+        return succeed(None)
 
 
-@implementer(IFileWriter)
-class FilesystemWriter:
-    """Appends to a file in place, gathering small writes into 1 MiB buffers."""
+def open_reader(driver: FilesystemDriver, fd: int, offset: int) -> IFileReader:
+    """A reader of ``fd`` from ``offset``: 1 MiB pieces, ``READ_AHEAD`` ahead."""
+    return ReadAhead(_FilePieces(driver, fd), CHUNK, depth=1 + READ_AHEAD, offset=offset, positional=True)
 
-    def __init__(
-        self, driver: FilesystemDriver, fd: int, size: int, dirfds: list[int], segments: list[str]
-    ) -> None:
+
+@implementer(IPieceSink)
+class _FileSink:
+    """Appends pieces to a file in place for ``GatheringWriter``."""
+
+    def __init__(self, driver: FilesystemDriver, fd: int, dirfds: list[int], segments: list[str]) -> None:
         self._driver = driver
         self._fd = fd
         self._dirfds = dirfds
         self._segments = segments
-        self.size = size
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._inflight = False
-        self._waiters: list[Deferred[None]] = []
-        self._error: BaseException | None = None
 
-    # -- background writing ----------------------------------------------------
-
-    def _start(self, chunks: list[bytes]) -> None:
-        self._inflight = True
-        d = self._driver._run(_write_all, self._fd, chunks)
-
-        def settle(result: object) -> None:
-            if isinstance(result, Failure):
-                self._error = result.value
-            self._inflight = False
-            waiters, self._waiters = self._waiters, []
-            for w in waiters:
-                w.callback(None)
-
-        d.addBoth(settle)
-
-    def _idle(self) -> Deferred[None]:
-        """Fire when no buffer is being written."""
-        if not self._inflight:
-            return succeed(None)
-        w: Deferred[None] = Deferred()
-        self._waiters.append(w)
-        return w
-
-    def _take_buffer(self) -> list[bytes]:
-        chunks, self._chunks, self._buffered = self._chunks, [], 0
-        return chunks
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    # -- IFileWriter -------------------------------------------------------------
-
-    def write(self, data: bytes) -> Deferred[None]:
-        """Buffer ``data``; once 1 MiB is buffered, hand it to the pool. Fires at
-        once while a buffer can still be filled, else when the previous one is
-        written. Fails with the ``OSError`` of an earlier background write."""
-        if self._error is not None:
-            return fail(self._error)
-        if not data:
-            return succeed(None)
-        self._chunks.append(data)
-        self._buffered += len(data)
-        self.size += len(data)
-        if self._buffered < CHUNK:
-            return succeed(None)
-        chunks = self._take_buffer()
-        if not self._inflight:
-            self._start(chunks)
-            return succeed(None)
-
-        def next_buffer(_: object) -> None:
-            self._raise_error()
-            self._start(chunks)
-
-        return self._idle().addCallback(next_buffer)
-
-    def _flush(self, sync: bool) -> Deferred[None]:
-        """Write out everything buffered (and fsync if ``sync``)."""
-
-        def finish(_: object) -> Deferred[None]:
-            self._raise_error()
-            chunks = self._take_buffer()
-
-            def work() -> None:
-                if chunks:
-                    _write_all(self._fd, chunks)
-                if sync:
-                    os.fsync(self._fd)
-                    os.fsync(self._dirfds[-1])
-
-            return self._driver._run(work)
-
-        return self._idle().addCallback(finish)
+    def send(self, piece: Any) -> Deferred[None]:
+        return self._driver._run(_write_all, self._fd, list(piece))
 
     def _release(self, result: T) -> T:
         os.close(self._fd)
@@ -614,28 +474,32 @@ class FilesystemWriter:
         return result
 
     def close(self) -> Deferred[None]:
-        """Write out the buffer and close; the bytes stay for a later append."""
-        return self._flush(sync=False).addBoth(self._release)
+        return succeed(None).addBoth(self._release)
+
+    abort = close  # a failed write keeps what reached the file, for a resumed upload
 
     def commit(self) -> Deferred[None]:
-        """Write out the buffer, fsync the file and its directory, close."""
-        return self._flush(sync=True).addBoth(self._release)
+        def work() -> None:
+            os.fsync(self._fd)
+            os.fsync(self._dirfds[-1])
+
+        return self._driver._run(work).addBoth(self._release)
 
     def cancel(self) -> Deferred[None]:
-        """Drop the buffer, remove the file and any directories it emptied."""
-        self._take_buffer()
+        def work() -> None:
+            try:
+                os.unlink(self._segments[-1], dir_fd=self._dirfds[-1])
+            except FileNotFoundError:
+                pass
+            self._driver._tree.prune(self._dirfds, self._segments[:-1])
 
-        def remove(_: object) -> Deferred[None]:
-            def work() -> None:
-                try:
-                    os.unlink(self._segments[-1], dir_fd=self._dirfds[-1])
-                except FileNotFoundError:
-                    pass
-                self._driver._tree.prune(self._dirfds, self._segments[:-1])
+        return self._driver._run(work).addBoth(self._release)
 
-            return self._driver._run(work)
 
-        return self._idle().addCallback(remove).addBoth(self._release)
+def open_writer(driver: FilesystemDriver, fd: int, size: int, dirfds: list[int], segments: list[str]) -> IFileWriter:
+    """A writer appending to ``fd`` in place: small writes gather into 1 MiB
+    pieces; one piece is written in the pool while the next one fills."""
+    return GatheringWriter(_FileSink(driver, fd, dirfds, segments), CHUNK, window_bytes=CHUNK, max_in_flight=1, size=size)
 
 
 @implementer(IStorageDriver)
@@ -653,25 +517,20 @@ class FilesystemDriver:
         self._tree = _Tree(os.path.realpath(rootdirectory))
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=0, maxthreads=maxthreads, name=f"storage-{NAME}")
+        # Daemon threads: a driver nobody closes does not keep the process
+        # alive. The application closes it (``close``) when it stops.
+        self._pool.threadFactory = _daemon_thread  # type: ignore[assignment]
         self._closed = False
-        reactor.callWhenRunning(self._pool.start)
-        self._shutdown_trigger = reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
+        self._pool.start()
 
     @property
     def root(self) -> str:
         """The real path of the root directory."""
         return self._tree.root
 
-    def _stop_pool(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._pool.stop()
-
     def close(self) -> Deferred[None]:
-        """Stop the thread pool (waiting for work in progress). Not part of
-        ``IStorageDriver``; the reactor's shutdown does the same."""
+        """Stop the thread pool, waiting for work in progress."""
         if not self._closed:
-            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
             # ThreadPool.stop joins its threads: do it off the reactor thread.
             pool = self._pool
             self._closed = True
@@ -679,6 +538,8 @@ class FilesystemDriver:
         return succeed(None)
 
     def _run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        if self._closed:
+            return fail(DriverError(NAME, "driver is closed"))
         return deferToThreadPool(self._reactor, self._pool, fn, *args)
 
     # -- IStorageDriver ----------------------------------------------------------
@@ -692,14 +553,14 @@ class FilesystemDriver:
         return self._run(self._tree.put_content, path, data)
 
     def reader(self, path: str, offset: int = 0) -> Deferred[IFileReader]:
-        """Fire with a ``FilesystemReader`` at ``offset``."""
+        """Fire with a read-ahead reader (``registry.storage.streams``) at ``offset``."""
         d = self._run(self._tree.open_reader, path, offset)
-        return d.addCallback(lambda fd: FilesystemReader(self, fd, offset))
+        return d.addCallback(lambda fd: open_reader(self, fd, offset))
 
     def writer(self, path: str, append: bool = False) -> Deferred[IFileWriter]:
-        """Fire with a ``FilesystemWriter`` on the file in place."""
+        """Fire with a gathering writer (``registry.storage.streams``) on the file in place."""
         d = self._run(self._tree.open_writer, path, append)
-        return d.addCallback(lambda opened: FilesystemWriter(self, *opened))
+        return d.addCallback(lambda opened: open_writer(self, *opened))
 
     def stat(self, path: str) -> Deferred[FileInfo]:
         """Fire with the ``FileInfo`` of a file or directory."""
@@ -741,8 +602,6 @@ def create(params: Mapping[str, Any], reactor: Any = None) -> FilesystemDriver:
     """Build the driver from ``rootdirectory`` (required, absolute; created if
     missing) and ``maxthreads`` (default 16). Raises ``ValueError`` naming the
     parameter."""
-    from registry.storage.factory import warn_unknown_params
-
     warn_unknown_params(NAME, params, known=("rootdirectory", "maxthreads"))
     root = params.get("rootdirectory")
     key = "storage.filesystem.rootdirectory"

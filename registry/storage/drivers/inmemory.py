@@ -34,6 +34,7 @@ from registry.storage.driver import (
     InvalidOffsetError,
     PathNotFoundError,
 )
+from registry.storage.params import warn_unknown_params
 
 NAME = "inmemory"
 
@@ -298,11 +299,13 @@ class InMemoryDriver:
         """In-memory objects have no URL."""
         return succeed(None)
 
+    def close(self) -> Deferred[None]:
+        """Nothing to release (the objects live as long as the driver)."""
+        return succeed(None)
+
 
 def create(params: Mapping[str, Any], reactor: Any = None) -> InMemoryDriver:
     """Build the driver. It takes no parameters; any given are ignored with a
     warning naming them."""
-    from registry.storage.factory import warn_unknown_params
-
     warn_unknown_params(NAME, params, known=())
     return InMemoryDriver()

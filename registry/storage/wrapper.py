@@ -8,6 +8,7 @@
 * turns every exception that is not a ``StorageError`` — raised synchronously
   or delivered through the Deferred — into ``DriverError`` naming the driver,
   and fills in the driver name on typed errors that lack one;
+* closes the driver once however often ``close`` is called;
 * wraps readers and writers in guards that turn misuse (a ``write`` before the
   previous one fired, any use after ``close``/``commit``/``cancel``, a
   ``read`` while another is pending, ``max_bytes < 1``) into ``DriverError``
@@ -15,6 +16,10 @@
 
 Drivers therefore receive only valid paths and may raise plain ``OSError`` and
 friends; callers only ever see ``StorageError`` subclasses.
+
+Read-ahead and small-write gathering are shared too, in
+``registry.storage.streams`` (drivers build their readers and writers from
+it). ``DriverService`` hands a driver's lifecycle to the application.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import builtins
 from typing import Any, Callable, TypeVar
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -197,6 +203,9 @@ class StorageDriverWrapper:
     def __init__(self, driver: IStorageDriver) -> None:
         self._driver = driver
         self.name: str = str(driver.name)
+        self._closing: Deferred[None] | None = None
+        self._close_result: Failure | bool | None = None
+        self._close_waiters: list[Deferred[None]] = []
 
     @property
     def wrapped(self) -> IStorageDriver:
@@ -272,12 +281,35 @@ class StorageDriverWrapper:
         return self._run("redirect_url", [(path, False)], path, method)
 
     def close(self) -> Deferred[None]:
-        """Release the driver's resources (thread pools, child processes).
+        """See ``IStorageDriver.close``; closes the driver once."""
+        if self._closing is None:
+            self._closing = _call(self.name, self._driver.close)
+            self._closing.addBoth(self._closed)
+        if self._close_result is not None:
+            return fail(self._close_result) if isinstance(self._close_result, Failure) else succeed(None)
+        d: Deferred[None] = Deferred()
+        self._close_waiters.append(d)
+        return d
 
-        Not part of ``IStorageDriver``: drivers that hold resources provide a
-        ``close()``; for the others this fires at once.
-        """
-        closer = getattr(self._driver, "close", None)
-        if closer is None:
-            return succeed(None)
-        return _call(self.name, closer)
+    def _closed(self, result: object) -> None:
+        self._close_result = result if isinstance(result, Failure) else True
+        waiters, self._close_waiters = self._close_waiters, []
+        for d in waiters:
+            d.errback(result) if isinstance(result, Failure) else d.callback(None)
+
+
+class DriverService(Service):
+    """A driver's lifecycle as a Twisted service: ``stopService`` closes it.
+
+    The application adds one to the services it owns (next to the listener)
+    so that stopping the application stops the driver's thread pool or child
+    process, after waiting for the work in progress.
+    """
+
+    def __init__(self, driver: IStorageDriver) -> None:
+        self.driver = driver
+
+    def stopService(self) -> Deferred[None]:
+        """Mark the service stopped and close the driver."""
+        super().stopService()
+        return self.driver.close()

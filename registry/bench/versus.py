@@ -1,0 +1,428 @@
+"""Our registry against CNCF Distribution 2.8.2, side by side on this machine.
+
+``python -m registry.bench versus [--mib N] [--duration S] [--connections C]``
+
+Starts Distribution (Debian's ``docker-registry``) and ours (``twistd
+registry``) on loopback, each over filesystem storage in its own temporary
+directory, seeds both with the same small image, then measures each figure
+against both in the order A B B A (ours, Distribution, Distribution, ours),
+so both see the same machine state on average.  Each figure prints the two
+paired ratios and their mean, as a *speed ratio*: above 1 means ours is
+faster (for rates ours/theirs, for wall times theirs/ours).
+
+Figures: manifest GET by tag (1 and C connections), manifest GET by digest
+and blob HEAD (C connections), with p99 latency (wrk drives the GETs, hey the HEADs); 50
+small images pushed at once with a new connection per request, as docker
+and skopeo do (Python threads); a blob download and monolithic, 8 MiB
+chunked and streamed uploads of N MiB (curl).
+
+Needs ``docker-registry``, ``wrk``, ``hey`` and ``curl`` (``scripts/install-system-deps.sh``
+installs them); a missing one skips the section with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+MIB = 1 << 20
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Target:
+    """One running registry."""
+
+    label: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Any
+    workdir: Path
+    seeded: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def _wait_ready(target: Target) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(target.url + "/v2/", timeout=2).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline or target.proc.poll() is not None:
+                target.stop()
+                raise RuntimeError(f"{target.label} did not start; see {target.workdir / 'server.log'}")
+            time.sleep(0.1)
+
+
+def _start(label: str, argv_for: Callable[[Path, int], list[str]], workdir: Path) -> Target:
+    workdir.mkdir(parents=True)
+    port = _free_port()
+    log = open(workdir / "server.log", "wb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    proc = subprocess.Popen(argv_for(workdir, port), stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
+    target = Target(label, port, proc, log, workdir)
+    _wait_ready(target)
+    return target
+
+
+def _config(workdir: Path, port: int) -> Path:
+    storage = workdir / "storage"
+    storage.mkdir()
+    config = workdir / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
+    )
+    return config
+
+
+def _ours(workdir: Path, port: int) -> list[str]:
+    twistd = Path(sys.executable).with_name("twistd")
+    return [str(twistd) if twistd.exists() else "twistd", "-n", "--pidfile=", "registry", "--config", str(_config(workdir, port))]
+
+
+def _distribution(workdir: Path, port: int) -> list[str]:
+    return ["docker-registry", "serve", str(_config(workdir, port))]
+
+
+# -- requests over plain http.client (a new connection per request) ------------
+
+
+def _request(port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Length": str(len(body)), **(headers or {})})
+        r = conn.getresponse()
+        data = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def _absolute(port: int, location: str) -> str:
+    return location if location.startswith("http") else f"http://127.0.0.1:{port}{location}"
+
+
+def _path(url: str) -> str:
+    u = urllib.parse.urlsplit(url)
+    return u.path + ("?" + u.query if u.query else "")
+
+
+def _push_blob(port: int, name: str, data: bytes) -> str:
+    """Docker's sequence, a new connection per request: HEAD, POST, PATCH
+    with the bytes, PUT with the digest."""
+    digest = _sha(data)
+    status, _, _ = _request(port, "HEAD", f"/v2/{name}/blobs/{digest}")
+    if status == 200:
+        return digest
+    status, headers, body = _request(port, "POST", f"/v2/{name}/blobs/uploads/")
+    if status != 202:
+        raise RuntimeError(f"upload start in {name}: {status} {body[:200]!r}")
+    status, headers, body = _request(port, "PATCH", _path(_absolute(port, headers["location"])), data,
+                                     {"Content-Type": "application/octet-stream"})
+    if status != 202:
+        raise RuntimeError(f"PATCH in {name}: {status} {body[:200]!r}")
+    location = _path(_absolute(port, headers["location"]))
+    sep = "&" if "?" in location else "?"
+    status, _, body = _request(port, "PUT", f"{location}{sep}digest={digest}")
+    if status != 201:
+        raise RuntimeError(f"blob push to {name}: {status} {body[:200]!r}")
+    return digest
+
+
+def _push_image(port: int, name: str, tag: str, seed: bytes) -> tuple[str, str]:
+    """A small one-layer image; returns (manifest digest, layer digest)."""
+    layer = hashlib.sha256(seed).digest() * 64
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [_sha(layer)]},
+                         "seed": seed.hex()}).encode()
+    layer_digest = _push_blob(port, name, layer)
+    config_digest = _push_blob(port, name, config)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": layer_digest, "size": len(layer)}],
+    }).encode()
+    status, _, body = _request(port, "PUT", f"/v2/{name}/manifests/{tag}", manifest, {"Content-Type": OCI_MANIFEST})
+    if status != 201:
+        raise RuntimeError(f"manifest push to {name}: {status} {body[:200]!r}")
+    return _sha(manifest), layer_digest
+
+
+# -- figures ----------------------------------------------------------------------
+
+_WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
+_WRK_P99 = re.compile(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+
+
+def _wrk(url: str, connections: int, duration: float, workdir: Path, method: str = "GET", accept: str | None = None) -> dict[str, float]:
+    script = workdir / f"wrk-{method}.lua"
+    script.write_text(f'wrk.method = "{method}"\n')
+    cmd = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(script)]
+    if accept:
+        cmd += ["-H", f"Accept: {accept}"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    rate = _WRK_RATE.search(out)
+    p99 = _WRK_P99.search(out)
+    if rate is None or p99 is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
+    errors = 0
+    for m in _WRK_ERRORS.finditer(out):
+        errors += sum(int(g) for g in m.groups() if g)
+    return {"rate": float(rate.group(1)), "p99_ms": float(p99.group(1)) * scale, "errors": float(errors)}
+
+
+_HEY_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
+_HEY_P99 = re.compile(r"99% in ([\d.]+) secs")
+_HEY_STATUS = re.compile(r"^\s*\[(\d{3})\]\s+(\d+) responses", re.M)
+_HEY_ERRORS = re.compile(r"^\s*\[(\d+)\]\s+\D", re.M)
+
+
+def _hey(url: str, connections: int, duration: float, method: str) -> dict[str, float]:
+    """hey for HEAD (wrk waits for a body after a HEAD answer that has a
+    Content-Length, so it never completes one)."""
+    out = subprocess.run(["hey", "-z", f"{duration:g}s", "-c", str(connections), "-m", method, url],
+                         capture_output=True, text=True, check=True).stdout
+    rate = _HEY_RATE.search(out)
+    p99 = _HEY_P99.search(out)
+    if rate is None or p99 is None:
+        raise RuntimeError(f"cannot read hey's output:\n{out}")
+    status_part, _, error_part = out.partition("Error distribution:")
+    errors = sum(int(n) for code, n in _HEY_STATUS.findall(status_part) if not code.startswith("2"))
+    errors += sum(int(n) for n in _HEY_ERRORS.findall(error_part))
+    return {"rate": float(rate.group(1)), "p99_ms": float(p99.group(1)) * 1e3, "errors": float(errors)}
+
+
+def _concurrent_pushes(target: Target, count: int, round_no: int) -> float:
+    """Wall seconds for ``count`` small images pushed at once."""
+    def one(i: int) -> None:
+        _push_image(target.port, f"push/r{round_no}/img{i}", "latest", f"{target.label}-{round_no}-{i}".encode())
+
+    t = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=count) as pool:
+        for f in [pool.submit(one, i) for i in range(count)]:
+            f.result()
+    return time.perf_counter() - t
+
+
+def _curl(*args: str) -> None:
+    subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", *args], check=True)
+
+
+def _upload_monolithic(target: Target, src: Path, digest: str, round_no: int) -> None:
+    # POST, then the whole body in the closing PUT: the spec's monolithic
+    # upload, which both registries take (Distribution 2.8 ignores a body
+    # sent with the POST).
+    location = _start_upload(target, f"bench/mono{round_no}")
+    sep = "&" if "?" in location else "?"
+    _curl("-X", "PUT", "-T", str(src), "-H", "Content-Type: application/octet-stream", f"{location}{sep}digest={digest}")
+
+
+def _start_upload(target: Target, name: str) -> str:
+    status, headers, _ = _request(target.port, "POST", f"/v2/{name}/blobs/uploads/")
+    if status != 202:
+        raise RuntimeError(f"upload start: {status}")
+    location = headers["location"]
+    return location if location.startswith("http") else target.url + location
+
+
+def _finish_upload(location: str, digest: str) -> None:
+    sep = "&" if "?" in location else "?"
+    _curl("-X", "PUT", "-H", "Content-Length: 0", f"{location}{sep}digest={digest}")
+
+
+def _upload_chunked(target: Target, src: Path, digest: str, round_no: int, chunk: int = 8 * MIB) -> None:
+    location = _start_upload(target, f"bench/chunked{round_no}")
+    size = src.stat().st_size
+    with open(src, "rb") as f:
+        for start in range(0, size, chunk):
+            part = f.read(chunk)
+            conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=120)
+            try:
+                conn.request("PATCH", _path(location), body=part, headers={
+                    "Content-Type": "application/octet-stream", "Content-Length": str(len(part)),
+                    "Content-Range": f"{start}-{start + len(part) - 1}"})
+                r = conn.getresponse()
+                r.read()
+                if r.status != 202:
+                    raise RuntimeError(f"PATCH: {r.status}")
+                loc = r.getheader("Location") or ""
+                location = loc if loc.startswith("http") else target.url + loc
+            finally:
+                conn.close()
+    _finish_upload(location, digest)
+
+
+def _upload_streamed(target: Target, src: Path, digest: str, round_no: int) -> None:
+    location = _start_upload(target, f"bench/stream{round_no}")
+    # One PATCH, chunked transfer encoding, no Content-Range: docker's way.
+    out = subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", "-D", "-", "-X", "PATCH", "-T", str(src),
+                          "-H", "Transfer-Encoding: chunked", "-H", "Content-Type: application/octet-stream", location],
+                         capture_output=True, text=True, check=True).stdout
+    m = re.search(r"^location:\s*(\S+)", out, re.I | re.M)
+    assert m is not None, out
+    loc = m.group(1)
+    _finish_upload(loc if loc.startswith("http") else target.url + loc, digest)
+
+
+@dataclass
+class Figure:
+    key: str
+    label: str
+    higher_is_better: bool
+    unit: str
+    results: dict[str, list[float]] = field(default_factory=dict)
+    extra: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, label: str, value: float, **extra: float) -> None:
+        self.results.setdefault(label, []).append(value)
+        for k, v in extra.items():
+            self.extra.setdefault(f"{label}_{k}", []).append(v)
+
+    def summary(self) -> dict[str, Any]:
+        ours, theirs = self.results["ours"], self.results["distribution"]
+        # Pairs: (ours[0], theirs[0]) ran first, (ours[1], theirs[1]) second.
+        pairs = [(o / t if self.higher_is_better else t / o) for o, t in zip(ours, theirs)]
+        out: dict[str, Any] = {
+            "ours": statistics.fmean(ours), "distribution": statistics.fmean(theirs), "unit": self.unit,
+            "speed_ratio": statistics.fmean(pairs), "pair_ratios": pairs,
+        }
+        for k, v in self.extra.items():
+            out[k] = statistics.fmean(v)
+        return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m registry.bench versus")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per request-rate run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--pushes", type=int, default=50)
+    opts = parser.parse_args(args.extra)
+    size_mib = getattr(args, "mib", None) or 256
+    missing = [c for c in ("docker-registry", "wrk", "hey", "curl") if shutil.which(c) is None]
+    if missing:
+        print(f"versus: {', '.join(missing)} not installed (scripts/install-system-deps.sh installs them); skipped")
+        return {"skipped": f"not installed: {', '.join(missing)}"}
+
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="registry-versus-") as tmp:
+        work = Path(tmp)
+        src = work / "blob"
+        h = hashlib.sha256()
+        with open(src, "wb") as f:
+            block = os.urandom(16 * MIB)
+            for i in range(max(1, size_mib // 16)):
+                piece = block[i:] + block[:i]
+                h.update(piece)
+                f.write(piece)
+        digest = "sha256:" + h.hexdigest()
+
+        targets: dict[str, Target] = {}
+        try:
+            targets["ours"] = _start("ours", _ours, work / "ours")
+            targets["distribution"] = _start("distribution", _distribution, work / "distribution")
+            for t in targets.values():
+                manifest_digest, layer_digest = _push_image(t.port, "bench/small", "latest", b"seed")
+                t.seeded = {"manifest": manifest_digest, "layer": layer_digest}
+                _upload_monolithic(t, src, digest, 0)  # the blob downloads read
+            order = ["ours", "distribution", "distribution", "ours"]
+            c = opts.connections
+
+            def rate(key: str, label: str, url_of: Callable[[Target], str], conns: int, method: str = "GET") -> None:
+                fig = Figure(key, label, True, "req/s")
+                for name in order:
+                    if method == "HEAD":
+                        r = _hey(url_of(targets[name]), conns, opts.duration, method)
+                    else:
+                        r = _wrk(url_of(targets[name]), conns, opts.duration, work, method, accept=OCI_MANIFEST)
+                    fig.add(name, r["rate"], p99_ms=r["p99_ms"], errors=r["errors"])
+                figures.append(fig)
+                _report(fig)
+
+            rate("manifest_get_tag_1", "manifest GET by tag, 1 connection",
+                 lambda t: f"{t.url}/v2/bench/small/manifests/latest", 1)
+            rate(f"manifest_get_tag_{c}", f"manifest GET by tag, {c} connections",
+                 lambda t: f"{t.url}/v2/bench/small/manifests/latest", c)
+            rate(f"manifest_get_digest_{c}", f"manifest GET by digest, {c} connections",
+                 lambda t: f"{t.url}/v2/bench/small/manifests/{t.seeded['manifest']}", c)
+            rate(f"blob_head_{c}", f"blob HEAD, {c} connections",
+                 lambda t: f"{t.url}/v2/bench/small/blobs/{t.seeded['layer']}", c, "HEAD")
+
+            def timed(key: str, label: str, fn: Callable[[Target, int], Any], mb: float | None) -> None:
+                fig = Figure(key, label, mb is not None, "MB/s" if mb is not None else "s")
+                for round_no, name in enumerate(order, start=1):
+                    t0 = time.perf_counter()
+                    fn(targets[name], round_no)
+                    seconds = time.perf_counter() - t0
+                    fig.add(name, mb / seconds if mb is not None else seconds)
+                figures.append(fig)
+                _report(fig)
+
+            timed("pushes", f"{opts.pushes} small images pushed at once", lambda t, n: _concurrent_pushes(t, opts.pushes, n), None)
+            timed("download", f"{size_mib} MiB download", lambda t, n: _curl(f"{t.url}/v2/bench/mono0/blobs/{digest}"), size_mib)
+            timed("upload_monolithic", f"{size_mib} MiB upload, monolithic", lambda t, n: _upload_monolithic(t, src, digest, n), size_mib)
+            timed("upload_chunked", f"{size_mib} MiB upload, 8 MiB chunks", lambda t, n: _upload_chunked(t, src, digest, n), size_mib)
+            timed("upload_streamed", f"{size_mib} MiB upload, streamed", lambda t, n: _upload_streamed(t, src, digest, n), size_mib)
+        finally:
+            for t in targets.values():
+                t.stop()
+    return {f.key: f.summary() for f in figures}
+
+
+def _report(fig: Figure) -> None:
+    s = fig.summary()
+    extra = ""
+    if "ours_p99_ms" in s:
+        extra = f"  p99 {s['ours_p99_ms']:.1f} vs {s['distribution_p99_ms']:.1f} ms"
+        errors = s.get("ours_errors", 0) + s.get("distribution_errors", 0)
+        if errors:
+            extra += f"  ERRORS ours {s.get('ours_errors', 0):.0f} distribution {s.get('distribution_errors', 0):.0f}"
+    pairs = "/".join(f"{p:.2f}" for p in s["pair_ratios"])
+    print(f"versus: {fig.label:40s} ours {s['ours']:9.2f}  distribution {s['distribution']:9.2f} {fig.unit:5s}"
+          f"  speed ratio {s['speed_ratio']:.2f} (pairs {pairs}){extra}", flush=True)
+

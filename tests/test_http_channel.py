@@ -1,0 +1,117 @@
+"""RegistryChannel hands each request its request line and the root when the
+headers are in, reading Twisted's private ``_command``/``_path``: these tests
+fail loudly if a Twisted upgrade changes that, instead of uploads silently
+losing their streaming body handling."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.testing import StringTransport
+
+from registry import errors
+from registry.errors import RegistryError
+
+from registry.app import make_root
+from registry.http import BodyHandling, RegistryChannel, RegistryRequest, RegistrySite
+from registry.resources.router import RegistryRoot, RouteMatch
+from registry.storage.factory import create_driver
+
+
+class RecordingRoot(RegistryRoot):
+    """The real root, remembering what it was handed at headers time."""
+
+    def __init__(self) -> None:
+        real = make_root(create_driver("inmemory", {}))
+        super().__init__(real.routes, real.extra_headers)
+        self.seen: list[tuple[bytes, bytes, int | None, RouteMatch | None]] = []
+
+    def headers_received(self, request: RegistryRequest, method: bytes, target: bytes, length: int | None) -> BodyHandling:
+        decision = super().headers_received(request, method, target, length)
+        self.seen.append((method, target, length, request.route_match))
+        return decision
+
+
+def test_request_line_reaches_the_root_before_the_body() -> None:
+    root = RecordingRoot()
+    site = RegistrySite(root)
+    channel = site.buildProtocol(None)
+    assert isinstance(channel, RegistryChannel)
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(
+        b"PATCH /v2/a/b/blobs/uploads/0123456789abcdef0123456789abcdef?x=1 HTTP/1.1\r\n"
+        b"Host: x\r\nContent-Length: 10\r\n\r\n"
+    )
+    # The headers are in, the body is not: the root has routed the request.
+    assert len(root.seen) == 1
+    method, target, length, match = root.seen[0]
+    assert (method, target, length) == (b"PATCH", b"/v2/a/b/blobs/uploads/0123456789abcdef0123456789abcdef?x=1", 10)
+    assert match is not None and match.route.name == "upload"
+    assert match.params == {"name": "a/b", "upload_id": "0123456789abcdef0123456789abcdef"}
+    assert match.query == {"x": ["1"]}
+    request = channel.requests[-1]
+    assert isinstance(request, RegistryRequest) and request.root is root
+    channel.connectionLost(Exception("done"))
+
+
+def test_request_line_names_twisteds_private_attributes() -> None:
+    channel = RegistryChannel()
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"GET /v2/ HTTP/1.1\r\n")
+    assert channel.request_line() == (b"GET", b"/v2/")
+    del channel._command
+    with pytest.raises(RuntimeError, match="_command/_path"):
+        channel.request_line()
+
+
+def test_unknown_endpoint_is_answered_from_the_stored_route_error() -> None:
+    root = RecordingRoot()
+    transport = StringTransport()
+    channel = RegistrySite(root).buildProtocol(None)
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert root.seen and root.seen[0][3] is None
+    assert transport.value().startswith(b"HTTP/1.1 404 ")
+    assert b"UNSUPPORTED" in transport.value()
+    channel.connectionLost(Exception("done"))
+
+
+class RefusingRoot(RegistryRoot):
+    """The real root with a ``before_body`` that refuses pushes to ``locked/*``
+    (the way authorisation will plug in), counting how often it ran."""
+
+    def __init__(self) -> None:
+        self.driver = create_driver("inmemory", {})
+        real = make_root(self.driver)
+        super().__init__(real.routes, real.extra_headers)
+        self.calls = 0
+
+    def before_body(self, request: RegistryRequest, match: RouteMatch, length: int | None) -> BodyHandling:
+        self.calls += 1
+        if (match.repository or "").startswith("locked/") and match.method != b"GET":
+            raise RegistryError(errors.DENIED, f"pushes to {match.repository} are refused", status=403)
+        return super().before_body(request, match, length)
+
+
+@pytest_twisted.ensureDeferred
+async def test_before_body_refuses_a_push_before_its_body_is_stored() -> None:
+    root = RefusingRoot()
+    port = reactor.listenTCP(0, RegistrySite(root), interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}"
+    try:
+        data = b"x" * 100_000
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        r = await treq.post(f"{url}/v2/locked/app/blobs/uploads/?digest={digest}", data=data)
+        assert r.code == 403
+        assert (await r.json())["errors"][0]["code"] == "DENIED"
+        assert root.calls == 1  # routed and checked once, at headers time
+        assert [info.path for info in await root.driver.walk("/") if not info.is_dir] == []
+        r = await treq.post(f"{url}/v2/open/app/blobs/uploads/?digest={digest}", data=data)
+        assert r.code == 201, await r.text()
+        assert root.calls == 2
+    finally:
+        await port.stopListening()

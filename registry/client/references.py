@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.digest import Digest, DigestError
-from registry.reference import NameError_, TagError, check_name, check_tag
+from registry.reference import InvalidNameError, InvalidTagError, check_name, check_tag
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -95,7 +95,7 @@ def parse_docker(text: str) -> DockerReference:
         check_name(path)
         if tag is not None:
             check_tag(tag)
-    except (NameError_, TagError) as error:
+    except (InvalidNameError, InvalidTagError) as error:
         raise ReferenceError_(f"docker://{text}: {error}") from None
     return DockerReference(host, path, tag, digest)
 
@@ -109,7 +109,7 @@ def parse_oci(text: str) -> OCIReference:
         return OCIReference(Path(text), None)
     try:
         check_tag(tag)
-    except TagError as error:
+    except InvalidTagError as error:
         raise ReferenceError_(f"oci:{text}: {error}") from None
     return OCIReference(Path(path), tag)
 

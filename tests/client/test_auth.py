@@ -1,5 +1,6 @@
-"""Authentication against CNCF Distribution 2.8.2: Basic (htpasswd) and Bearer
-tokens from a token server, through the library and the command."""
+"""Authentication against our registry and CNCF Distribution 2.8.2 (the latter
+under ``-m clients``): Basic (htpasswd) and Bearer tokens from a token
+server, through the library and the command."""
 
 from __future__ import annotations
 
@@ -30,21 +31,25 @@ from tests.clients.harness import (
     make_image,
     missing_tool,
     require,
+    twistd_path,
     wait_until,
     write_oci_layout,
 )
 
-pytestmark = pytest.mark.clients
+KINDS = ["ours", pytest.param("reference", marks=pytest.mark.clients)]
 
 USER, PASSWORD = "alice", "s3cret:with-colon"
 
 
-def start_distribution(workdir: Path, auth_yaml: str) -> Registry:
-    """Distribution with an ``auth:`` section; ready when ``/v2/`` answers 401."""
-    try:
-        binary = require("docker-registry", "docker-registry")
-    except MissingTool as error:
-        missing_tool(error)
+def start_with_auth(kind: str, workdir: Path, auth_yaml: str) -> Registry:
+    """A registry of ``kind`` with an ``auth:`` section; ready when ``/v2/`` answers 401."""
+    if kind == "ours":
+        argv = [twistd_path(), "-n", "--pidfile=", "registry", "--config"]
+    else:
+        try:
+            argv = [require("docker-registry", "docker-registry"), "serve"]
+        except MissingTool as error:
+            missing_tool(error)
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "config.yml"
@@ -55,8 +60,8 @@ def start_distribution(workdir: Path, auth_yaml: str) -> Registry:
         f"http: {{addr: 127.0.0.1:{port}, secret: client-auth-tests}}\n"
         f"auth:\n{auth_yaml}"
     )
-    process = ManagedProcess([binary, "serve", str(config)], workdir / "registry.log")
-    registry = Registry("reference", port, workdir / "storage", process)
+    process = ManagedProcess([*argv, str(config)], workdir / "registry.log")
+    registry = Registry(kind, port, workdir / "storage", process)
 
     def answers() -> bool:
         try:
@@ -65,36 +70,39 @@ def start_distribution(workdir: Path, auth_yaml: str) -> Registry:
             return False
 
     try:
-        wait_until(answers, timeout=30, what="distribution with auth", process=process)
+        wait_until(answers, timeout=30, what=f"{kind} registry with auth", process=process)
     except BaseException:
         process.stop()
         raise
     return registry
 
 
-@pytest.fixture(scope="module")
-def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+@pytest.fixture(scope="module", params=KINDS)
+def basic_registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     import bcrypt
 
     workdir = tmp_path_factory.mktemp("basic")
     htpasswd = workdir / "htpasswd"
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=5)).decode()
     htpasswd.write_text(f"{USER}:{hashed}\n")
-    registry = start_distribution(workdir, f"  htpasswd: {{realm: client-tests, path: {htpasswd}}}\n")
+    registry = start_with_auth(request.param, workdir, f"  htpasswd: {{realm: client-tests, path: {htpasswd}}}\n")
     try:
         yield registry
     finally:
         registry.stop()
 
 
-@pytest_twisted.async_yield_fixture(scope="module")
-async def token_setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Registry, TokenServer]]:
+@pytest_twisted.async_yield_fixture(scope="module", params=KINDS)
+async def token_setup(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Registry, TokenServer]]:
     workdir = tmp_path_factory.mktemp("token")
     server = TokenServer({USER: PASSWORD}, expires_in=300)
     port = reactor.listenTCP(0, Site(server), interface="127.0.0.1")
     bundle = server.write_bundle(workdir / "signer.pem")
     realm = f"http://127.0.0.1:{port.getHost().port}/token"
-    registry = start_distribution(
+    registry = start_with_auth(
+        request.param,
         workdir,
         f"  token: {{realm: '{realm}', service: {SERVICE}, issuer: {ISSUER}, rootcertbundle: {bundle}}}\n",
     )

@@ -50,14 +50,7 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Reg
         process.stop()
         raise
     try:
-        # The CA bundle holds the intermediate too: when started through
-        # twistd, the registry currently sends only the leaf certificate.
-        chain = pki.chain.read_text()
-        marker = "-----END CERTIFICATE-----"
-        intermediate = chain.split(marker)[1] + marker + "\n"
-        bundle = workdir / "ca-bundle.crt"
-        bundle.write_text(pki.root.read_text() + intermediate)
-        yield Registry("ours", port, workdir / "storage", process), bundle
+        yield Registry("ours", port, workdir / "storage", process), pki.root
     finally:
         process.stop()
 

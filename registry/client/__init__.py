@@ -4,16 +4,18 @@ distribution spec, for any registry.
 The public API:
 
 * :class:`RegistryClient` (``registry.client.client``): ping, blobs (HEAD,
-  streamed verified download with Range resume, resumable monolithic or
-  chunked upload, cross-repository mount), manifests (get/head/put/delete,
-  delete by tag), tags and catalog with pagination, referrers.
+  streamed verified download into any ``IConsumer`` with Range resume,
+  resumable monolithic or chunked upload from an :class:`IBlobSource`,
+  cross-repository mount), manifests (get/head/put/delete, delete by tag),
+  tags and catalog with pagination, referrers.
 * :mod:`registry.client.images`: push and pull whole images (multi-arch
   indexes included) between a registry and an OCI image layout directory,
   and copy between registries.
 * :mod:`registry.client.errors`: the typed exceptions.
 * :mod:`registry.client.auth`: credentials, ``WWW-Authenticate`` parsing,
   docker ``config.json`` / containers ``auth.json``.
-* :mod:`registry.client.cli`: the ``registry-client`` command.
+* :mod:`registry.client.cli`: the ``registry-client`` command (``execute``
+  runs one on a given reactor).
 """
 
 from registry.client.auth import Credentials, credentials_for, default_auth_files, load_auth_file
@@ -26,6 +28,8 @@ from registry.client.client import (
     RegistryClient,
 )
 from registry.client.consumers import BytesConsumer, FileConsumer
+from registry.client.images import ITransferProgress, copy_image, pull_image, push_image
+from registry.client.layout import OCILayout
 from registry.client.errors import (
     AuthenticationError,
     ClientError,
@@ -47,6 +51,8 @@ __all__ = [
     "FileConsumer",
     "FileSource",
     "IBlobSource",
+    "ITransferProgress",
+    "OCILayout",
     "MANIFEST_MEDIA_TYPES",
     "Manifest",
     "ManifestInfo",
@@ -58,7 +64,10 @@ __all__ = [
     "TransportError",
     "UploadOutcome",
     "UploadSettings",
+    "copy_image",
     "credentials_for",
     "default_auth_files",
     "load_auth_file",
+    "pull_image",
+    "push_image",
 ]

@@ -86,8 +86,3 @@ def repo(request: pytest.FixtureRequest) -> str:
     """A repository name unique to the test."""
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
     return f"client/{name}"
-
-
-@pytest.fixture
-def scratch(tmp_path: Path) -> Path:
-    return tmp_path

@@ -188,7 +188,8 @@ class RegistryClient:
         """``<scheme>://<host>``, probing the scheme first if it is not decided."""
         if self._scheme is None:
             try:
-                response = await self.session.send("GET", f"https://{self.host}/v2/")
+                # One try: a server that does not speak TLS fails the same way every time.
+                response = await self.session.send("GET", f"https://{self.host}/v2/", idempotent=False)
                 await drain(response)
                 self._scheme = "https"
             except TransportError:

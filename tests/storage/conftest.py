@@ -17,7 +17,7 @@ import pytest_twisted
 
 from registry.storage.driver import IStorageDriver
 from registry.storage.factory import create_driver
-from tests.storage.rgw import s3_driver, stop_shared_gateway
+from tests.storage.rgw import s3_driver, shared_gateway, stop_shared_gateway
 
 DriverMaker = Callable[[Path], IStorageDriver]
 
@@ -44,6 +44,8 @@ def _rgw_session() -> Any:
 def driver_name(request: pytest.FixtureRequest) -> str:
     """The id of the driver under test."""
     name: str = request.param
+    if name == "s3":
+        shared_gateway()  # starts the session's RGW, or skips (fails under CI) here, outside the reactor
     return name
 
 

@@ -88,7 +88,7 @@ from typing import Any, TypeVar
 
 import treq
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, ensureDeferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout, DeferredSemaphore, ensureDeferred, gatherResults, succeed
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -481,12 +481,17 @@ class S3Driver:
                     unbuffered=True, timeout=self.config.requesttimeout,
                 )
                 response: IResponse = await d
-            except (CancelledError, net_error.TimeoutError):
+            except (CancelledError, DeferredTimeout, net_error.TimeoutError):
                 raise DriverError(
                     NAME, f"{what}: no answer from {self.config.endpoint} within {self.config.requesttimeout:g} s "
                     "(endpoint down, overloaded or full?)",
                 ) from None
             except (net_error.ConnectError, net_error.DNSLookupError, ResponseFailed, net_error.ConnectionLost) as e:
+                if any(r.check(CancelledError, DeferredTimeout) for r in getattr(e, "reasons", [])):
+                    raise DriverError(
+                        NAME, f"{what}: no answer from {self.config.endpoint} within {self.config.requesttimeout:g} s "
+                        "(endpoint down, overloaded or full?)",
+                    ) from None
                 if attempt < len(RETRIES) and not isinstance(e, net_error.DNSLookupError):
                     await _sleep(self._reactor, RETRIES[attempt])
                     attempt += 1
@@ -507,7 +512,7 @@ class S3Driver:
         d.addTimeout(self.config.requesttimeout, self._reactor)
         try:
             return await d
-        except (CancelledError, net_error.TimeoutError):
+        except (CancelledError, DeferredTimeout, net_error.TimeoutError):
             raise DriverError(NAME, f"{what}: the response body stalled for {self.config.requesttimeout:g} s") from None
         except ResponseFailed as e:
             raise DriverError(NAME, f"{what}: connection lost while reading the response: {_describe(e)}") from None
@@ -1025,7 +1030,7 @@ class S3Reader:
             waiter.addTimeout(self._driver.config.requesttimeout, self._driver._reactor)
             try:
                 await waiter
-            except (CancelledError, net_error.TimeoutError):
+            except (CancelledError, DeferredTimeout, net_error.TimeoutError):
                 stream.waiter = None
                 self._abort()
                 raise DriverError(
@@ -1060,7 +1065,10 @@ class S3Writer:
         self._key = key
         self._base = base  # the object this session appends to (None: a new object)
         self.size = base.size if base is not None else 0
-        self._base_in_pending = base is None or base.size == 0
+        # Existing bytes under 5 MiB go ahead of the new ones in memory;
+        # 5 MiB or more are copied server-side as the first part(s).
+        self._small_base = base is not None and 0 < base.size < MIN_PART
+        self._copy_base = base is not None and base.size >= MIN_PART
         self._dirty = base is None  # a new object must be (re)created even if empty
         self._pending: list[bytes] = []
         self._pending_len = 0
@@ -1079,7 +1087,7 @@ class S3Writer:
         return ensureDeferred(self._write(bytes(data)))
 
     async def _write(self, data: bytes) -> None:
-        if not self._base_in_pending:
+        if self._small_base:
             await self._load_small_base()
         self._dirty = True
         self._pending.append(data)
@@ -1098,21 +1106,20 @@ class S3Writer:
         """Existing bytes under 5 MiB cannot be a part of their own: read
         them back (bounded) to go ahead of the new bytes."""
         base = self._base
-        assert base is not None
-        self._base_in_pending = True
-        if base.size < MIN_PART:
-            data = await self._driver._get_content(self._path)
-            if len(data) != base.size:
-                raise DriverError(NAME, f"{self._path} changed while it was being appended to")
-            self._pending.insert(0, data)
-            self._pending_len += len(data)
+        assert base is not None and base.size < MIN_PART
+        self._small_base = False
+        data = await self._driver._get_content(self._path)
+        if len(data) != base.size:
+            raise DriverError(NAME, f"{self._path} changed while it was being appended to")
+        self._pending.insert(0, data)
+        self._pending_len += len(data)
 
     async def _ensure_upload(self) -> None:
         if self._upload_id is not None:
             return
         self._upload_id = await self._driver._create_upload(self._key)
         base = self._base
-        if base is not None and base.size >= MIN_PART:
+        if self._copy_base and base is not None:
             parts = await self._driver._copy_ranges_as_parts(self._key, self._upload_id, self._key, base.size, base.etag, 1)
             self._parts.extend(parts)
             self._next_part = len(parts) + 1
@@ -1132,11 +1139,11 @@ class S3Writer:
         await self._wait_inflight()
         if not self._dirty:
             return
-        if not self._base_in_pending:
+        if self._small_base:
             await self._load_small_base()
         body = b"".join(self._pending)
         self._pending, self._pending_len = [], 0
-        if self._upload_id is None and self._base_in_pending:
+        if self._upload_id is None and not self._copy_base:
             await self._driver._put(self._key, body)
         else:
             await self._ensure_upload()
@@ -1147,6 +1154,8 @@ class S3Writer:
             await self._driver._complete(self._key, self._upload_id, self._parts)
         # The next session of this writer object would start from here.
         self._base = _Head(self.size, time.time(), "")
+        self._small_base = False
+        self._copy_base = False  # the writer is finished: the wrapper allows no further use
         self._upload_id = None
         self._parts = []
         self._next_part = 1

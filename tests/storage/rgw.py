@@ -361,13 +361,15 @@ def shared_gateway() -> RGW:
     if _shared is not None:
         return _shared
     if _shared_failure is None:
-        try:
-            _shared = start_rgw()
-            return _shared
-        except MissingTool as e:
-            _shared_failure = f"missing:{e}"
-        except RGWStartupFailed as e:
-            _shared_failure = f"failed:{e}"
+        for attempt in (1, 2):  # a second try from nothing if the first start failed
+            try:
+                _shared = start_rgw()
+                return _shared
+            except MissingTool as e:
+                _shared_failure = f"missing:{e}"
+                break
+            except RGWStartupFailed as e:
+                _shared_failure = f"failed:(attempt {attempt}) {e}"
     kind, _, detail = _shared_failure.partition(":")
     if kind == "missing":
         missing_tool(MissingTool(detail.split("'")[1] if "'" in detail else detail, "ceph"))

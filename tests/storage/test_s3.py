@@ -431,3 +431,96 @@ async def test_silent_endpoint_times_out(gateway: RGW, server: type[Protocol]) -
     finally:
         await close(driver)
         await port.stopListening()
+
+
+# -- a dropped connection while reading ----------------------------------------------------------
+
+
+class _Cutter:
+    """A TCP proxy to the gateway that, while armed, cuts the first
+    connection that has carried more than ``after`` response bytes
+    (``cut_now`` cuts every open connection)."""
+
+    def __init__(self, gateway: RGW, after: int) -> None:
+        from urllib.parse import urlsplit
+
+        from twisted.protocols import portforward
+
+        cutter = self
+        self.after = after
+        self.armed = False
+        self.cuts = 0
+        self.open: set[Any] = set()
+
+        class Client(portforward.ProxyClient):
+            received = 0
+
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                self.received += len(data)
+                if cutter.armed and self.received > cutter.after:
+                    cutter.armed = False
+                    cutter.cuts += 1
+                    self.transport.abortConnection()
+                    if self.peer is not None:
+                        self.peer.transport.abortConnection()
+
+        class ClientFactory(portforward.ProxyClientFactory):
+            protocol = Client
+
+        class Server(portforward.ProxyServer):
+            clientProtocolFactory = ClientFactory
+
+            def connectionMade(self) -> None:
+                cutter.open.add(self)
+                super().connectionMade()
+
+            def connectionLost(self, reason: Any) -> None:
+                cutter.open.discard(self)
+                super().connectionLost(reason)
+
+        target = urlsplit(gateway.endpoint)
+        factory = portforward.ProxyFactory(target.hostname, target.port)
+        factory.protocol = Server
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.endpoint = f"http://127.0.0.1:{self.port.getHost().port}"
+
+    def cut_now(self) -> None:
+        for server in list(self.open):
+            self.cuts += 1
+            server.transport.abortConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reader_resumes_after_a_dropped_connection(gateway: RGW, root: str) -> None:
+    cutter = _Cutter(gateway, after=3 * MiB)
+    direct = s3_driver(rootdirectory=root)
+    proxied = s3_driver(rootdirectory=root, regionendpoint=cutter.endpoint)
+    try:
+        data = pattern(8 * MiB + 1, seed=30)
+        await direct.put_content("/blob", data)
+        reader = await proxied.reader("/blob", 1000)
+        cutter.armed = True
+        parts = []
+        while chunk := await reader.read(256 * 1024):
+            parts.append(chunk)
+        await reader.close()
+        assert cutter.cuts == 1
+        assert b"".join(parts) == data[1000:]
+        # A replaced object is not stitched together from two versions (big
+        # enough that the rest cannot sit in socket buffers when cut).
+        big = pattern(48 * MiB, seed=32)
+        await direct.put_content("/blob", big)
+        reader = await proxied.reader("/blob")
+        first = await reader.read(1000)
+        await direct.put_content("/blob", pattern(8 * MiB + 1, seed=31))
+        cutter.cut_now()
+        with pytest.raises(DriverError, match="replaced while it was being read"):
+            while await reader.read(256 * 1024):
+                pass
+        await reader.close()
+        assert first == big[:1000]
+        await direct.delete("/blob")
+    finally:
+        await close(direct, proxied)
+        await cutter.port.stopListening()

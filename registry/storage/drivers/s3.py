@@ -5,7 +5,8 @@ unchanged: ``storage.s3.{accesskey, secretkey, region, regionendpoint,
 forcepathstyle, bucket, rootdirectory, secure, v4auth, chunksize,
 multipartcopychunksize, multipartcopymaxconcurrency,
 multipartcopythresholdsize, storageclass, encrypt}`` (plus ``keyid``,
-``sessiontoken``, ``objectacl`` and this driver's ``requesttimeout``).
+``sessiontoken``, ``objectacl`` — ``none`` sends no ACL, for buckets with
+ACLs disabled — and this driver's ``requesttimeout``).
 Without ``accesskey``/``secretkey`` the credentials come from botocore's
 chain (``AWS_*`` environment variables, ``~/.aws``, instance metadata...).
 
@@ -426,7 +427,7 @@ class S3Driver:
                 headers["x-amz-server-side-encryption-aws-kms-key-id"] = self.config.keyid
             else:
                 headers["x-amz-server-side-encryption"] = "AES256"
-        if self.config.objectacl:
+        if self.config.objectacl.lower() != "none":
             headers["x-amz-acl"] = self.config.objectacl
         return headers
 
@@ -468,6 +469,10 @@ class S3Driver:
         )
         payload_hash = await self._payload_hash(body) if body else hashlib.sha256(b"").hexdigest()
         what = what or f"{method} {urllib.parse.unquote(url)}"
+        # A CompleteMultipartUpload whose answer was lost may have completed:
+        # sending it again would fail with NoSuchUpload. Everything else is
+        # idempotent (or, for CreateMultipartUpload, harmless to repeat).
+        retryable = not (method == "POST" and query is not None and "uploadId" in query)
         attempt = 0
         while True:
             all_headers = dict(headers or {})
@@ -492,7 +497,7 @@ class S3Driver:
                         NAME, f"{what}: no answer from {self.config.endpoint} within {self.config.requesttimeout:g} s "
                         "(endpoint down, overloaded or full?)",
                     ) from None
-                if attempt < len(RETRIES) and not isinstance(e, net_error.DNSLookupError):
+                if attempt < len(RETRIES) and retryable and not isinstance(e, net_error.DNSLookupError):
                     await _sleep(self._reactor, RETRIES[attempt])
                     attempt += 1
                     continue
@@ -500,7 +505,7 @@ class S3Driver:
             if response.code in ok:
                 return response
             content = b"" if method == "HEAD" else await self._body(response, what)
-            if response.code in (500, 502, 503, 504) and attempt < len(RETRIES):
+            if response.code in (500, 502, 503, 504) and attempt < len(RETRIES) and retryable:
                 await _sleep(self._reactor, RETRIES[attempt])
                 attempt += 1
                 continue
@@ -783,7 +788,7 @@ class S3Driver:
             if head is None:
                 raise PathNotFoundError(path, NAME)
             if offset == head.size:
-                return S3Reader(self, None, 0, path)
+                return S3Reader(self, None, 0, path, offset)
             raise InvalidOffsetError(path, offset, NAME)
         skip = 0
         if response.code == 200 and offset > 0:  # the range was ignored
@@ -791,7 +796,7 @@ class S3Driver:
                 await self._discard(response)
                 raise InvalidOffsetError(path, offset, NAME)
             skip = offset
-        return S3Reader(self, response, skip, path)
+        return S3Reader(self, response, skip, path, offset)
 
     def writer(self, path: str, append: bool = False) -> "Deferred[IFileWriter]":
         """Fire with an ``S3Writer`` (see the module docstring)."""
@@ -1007,17 +1012,44 @@ class _BodyStream(Protocol):
 @implementer(IFileReader)
 class S3Reader:
     """Streams one GET of the object; a ``read`` waits at most the request
-    timeout for bytes. A single GET reads one version of the object, even
-    if it is replaced meanwhile."""
+    timeout for bytes. A GET reads one version of the object even if it is
+    replaced meanwhile; if the connection drops (an endpoint closing a
+    connection a slow client left paused), the reader continues with a
+    ranged GET of the same version (``If-Match`` its ETag) or fails."""
 
-    def __init__(self, driver: S3Driver, response: IResponse | None, skip: int, path: str) -> None:
+    RESUMES = 3
+
+    def __init__(self, driver: S3Driver, response: IResponse | None, skip: int, path: str, offset: int) -> None:
         self._driver = driver
         self._path = path
         self._stream = _BodyStream(skip)
+        self._pos = offset  # absolute offset of the next byte read() returns
+        self._etag = ""
+        self._resumes = 0
+        self._closed = False
         if response is None:
             self._stream.done = True
         else:
+            self._etag = response.headers.getRawHeaders("etag", [""])[0]
             response.deliverBody(self._stream)
+
+    async def _resume(self) -> bool:
+        """After a dropped connection: a new GET from ``_pos`` (True), or
+        False when that is not possible (no ETag, too many drops)."""
+        if not self._etag or self._resumes >= self.RESUMES or self._closed:
+            return False
+        self._resumes += 1
+        driver = self._driver
+        response = await driver._request(
+            "GET", driver._k(self._path), headers={"Range": f"bytes={self._pos}-", "If-Match": self._etag},
+            ok=(206, 412), what=f"GET {self._path} from byte {self._pos}",
+        )
+        if response.code == 412:
+            await driver._discard(response)
+            raise DriverError(NAME, f"reading {self._path}: the object was replaced while it was being read")
+        self._stream = _BodyStream(0)
+        response.deliverBody(self._stream)
+        return True
 
     def read(self, max_bytes: int) -> "Deferred[bytes]":
         return ensureDeferred(self._read(max_bytes))
@@ -1038,8 +1070,12 @@ class S3Reader:
                     f"{self._driver.config.requesttimeout:g} s",
                 ) from None
         if stream.chunks:
-            return stream.take(max_bytes)
+            data = stream.take(max_bytes)
+            self._pos += len(data)
+            return data
         if stream.failure is not None:
+            if await self._resume():
+                return await self._read(max_bytes)
             raise DriverError(NAME, f"reading {self._path}: connection lost: {_describe(stream.failure.value)}")
         return b""
 
@@ -1050,6 +1086,7 @@ class S3Reader:
         self._stream.done = True
 
     def close(self) -> "Deferred[None]":
+        self._closed = True
         self._abort()
         self._stream.chunks.clear()
         return succeed(None)

@@ -524,3 +524,29 @@ async def test_reader_resumes_after_a_dropped_connection(gateway: RGW, root: str
     finally:
         await close(direct, proxied)
         await cutter.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_startup_check_logs_what_to_fix(gateway: RGW) -> None:
+    from twisted.internet.task import deferLater
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "registry.storage.s3":
+            events.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        bad = create_driver("s3", gateway.params(bucket="missing-at-start"))
+        good = create_driver("s3", gateway.params())
+        for _ in range(100):
+            if len(events) >= 2:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        assert any("start-up check failed" in e and "bucket 'missing-at-start' does not exist" in e for e in events), events
+        assert any(f"bucket {gateway.bucket!r} at {gateway.endpoint} is reachable" in e for e in events), events
+        await close(bad, good)
+    finally:
+        globalLogPublisher.removeObserver(observer)

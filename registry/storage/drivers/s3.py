@@ -20,7 +20,8 @@ Non-blocking
   seconds, default 60) and so does every wait for response bytes: a dead,
   slow or full endpoint gives a ``DriverError`` naming the endpoint and
   what to check, never a hang. Bad credentials and a missing bucket give a
-  ``DriverError`` saying so; ``check()`` reports them at start-up.
+  ``DriverError`` saying so; ``check()`` (run when the reactor starts, its
+  outcome logged) reports them at start-up.
 
 Keys
   The object at driver path ``/a/b`` is the key ``<rootdirectory>/a/b``.
@@ -1285,7 +1286,30 @@ def create(params: Mapping[str, Any], reactor: Any = None) -> S3Driver:
     from registry.storage.factory import warn_unknown_params
 
     warn_unknown_params(NAME, params, known=KNOWN_PARAMS)
-    return S3Driver(parse_params(params), reactor)
+    driver = S3Driver(parse_params(params), reactor)
+    driver._reactor.callWhenRunning(_startup_check, driver)
+    return driver
+
+
+def _startup_check(driver: S3Driver) -> None:
+    """Once the reactor runs: ``check()`` the bucket, logging an error that
+    says what to fix (requests will fail with the same message), or that
+    the bucket is reachable."""
+    from twisted.logger import Logger
+
+    log = Logger(namespace="registry.storage.s3")
+    if driver._closed:
+        return
+    endpoint, bucket = driver.config.endpoint, driver.config.bucket
+
+    def ok(_: object) -> None:
+        log.info("storage.s3: bucket {bucket!r} at {endpoint} is reachable", bucket=bucket, endpoint=endpoint)
+
+    def failed(failure: Failure) -> None:
+        if not driver._closed:
+            log.error("storage.s3: start-up check failed: {error}", error=str(failure.value))
+
+    driver.check().addCallbacks(ok, failed)
 
 
 __all__ = ["S3Driver", "S3Reader", "S3Writer", "S3Config", "S3Error", "create", "parse_params", "check_path"]

@@ -56,7 +56,7 @@ class Recorder:
 
 async def close(*drivers: IStorageDriver) -> None:
     for d in drivers:
-        await inner(d).close()
+        await d.close()
 
 
 async def uploads_below(driver: IStorageDriver, prefix: str) -> list[str]:

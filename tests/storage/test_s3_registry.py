@@ -31,7 +31,7 @@ class Instance:
 
     async def stop(self) -> None:
         await self.port.stopListening()
-        await getattr(self.driver, "wrapped", self.driver).close()
+        await self.driver.close()
 
 
 @pytest_twisted.async_yield_fixture

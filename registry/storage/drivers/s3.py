@@ -101,6 +101,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
+from registry.storage.params import warn_unknown_params
 from registry.storage.driver import (
     DriverError,
     FileInfo,
@@ -351,7 +352,6 @@ class S3Driver:
         self._http_pool.cachedConnectionTimeout = 60
         self._http = treq.client.HTTPClient(Agent(reactor, pool=self._http_pool, connectTimeout=min(config.requesttimeout, 10)))
         self._threads: ThreadPool | None = None
-        self._shutdown_trigger: Any = None
         self._closed = False
         self._credentials: Any = None  # botocore Credentials (maybe refreshable)
         self._bucket_checked = False
@@ -371,20 +371,22 @@ class S3Driver:
         if self._threads is None:
             self._threads = ThreadPool(minthreads=0, maxthreads=4, name=f"storage-{NAME}")
             self._threads.start()
-            self._shutdown_trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self._threads.stop)
         return self._threads
 
     def _in_thread(self, fn: Callable[..., T], *args: Any) -> "Deferred[T]":
+        if self._closed:
+            raise DriverError(NAME, "the driver was closed")
         return deferToThreadPool(self._reactor, self._pool(), fn, *args)
 
     def close(self) -> "Deferred[None]":
-        """Close the connection pool and stop the thread pool. Idempotent."""
+        """Close the connection pool and stop the thread pool (``IStorageDriver.close``;
+        the application calls it when it stops). Idempotent; later requests
+        fail with ``DriverError``."""
         if self._closed:
             return succeed(None)
         self._closed = True
         ds: list[Deferred[Any]] = [self._http_pool.closeCachedConnections()]
         if self._threads is not None:
-            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
             threads, self._threads = self._threads, None
             ds.append(deferToThreadPool(self._reactor, self._reactor.getThreadPool(), threads.stop))
         return gatherResults(ds).addCallback(lambda _: None)
@@ -1283,8 +1285,6 @@ async def _quietly(awaitable: Awaitable[Any]) -> None:
 def create(params: Mapping[str, Any], reactor: Any = None) -> S3Driver:
     """Build the driver from ``storage.s3`` parameters (``ValueError`` names
     the key at fault)."""
-    from registry.storage.factory import warn_unknown_params
-
     warn_unknown_params(NAME, params, known=KNOWN_PARAMS)
     driver = S3Driver(parse_params(params), reactor)
     driver._reactor.callWhenRunning(_startup_check, driver)

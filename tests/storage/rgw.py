@@ -129,9 +129,9 @@ class RGW:
             raise RuntimeError(f"radosgw-admin {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
         return result.stdout
 
-    def create_bucket(self, name: str) -> None:
+    def create_bucket(self, name: str, keys: tuple[str, str] | None = None) -> None:
         """Create bucket ``name`` through the S3 API (a signed PUT)."""
-        status = s3_request(self, "PUT", f"/{name}")
+        status = s3_request(self, "PUT", f"/{name}", keys=keys)
         if status not in (200, 409):
             raise RuntimeError(f"creating bucket {name!r} answered HTTP {status}")
 
@@ -153,15 +153,18 @@ class RGW:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def s3_request(rgw: RGW, method: str, path: str, body: bytes = b"", timeout: float = 10) -> int:
-    """One SigV4-signed request to the gateway (synchronous, for set-up);
-    returns the HTTP status."""
+def s3_request(
+    rgw: RGW, method: str, path: str, body: bytes = b"", timeout: float = 10, keys: tuple[str, str] | None = None
+) -> int:
+    """One SigV4-signed request to the gateway (synchronous, for set-up),
+    as the test user or with ``keys`` (access, secret); returns the HTTP status."""
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
+    access, secret = keys or (rgw.access_key, rgw.secret_key)
     request = AWSRequest(method=method, url=rgw.endpoint + path, data=body)
-    S3SigV4Auth(Credentials(rgw.access_key, rgw.secret_key), "s3", rgw.region).add_auth(request)
+    S3SigV4Auth(Credentials(access, secret), "s3", rgw.region).add_auth(request)
     prepared = urllib.request.Request(rgw.endpoint + path, data=body or None, method=method, headers=dict(request.headers.items()))
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:

@@ -550,3 +550,28 @@ async def test_startup_check_logs_what_to_fix(gateway: RGW) -> None:
         await close(bad, good)
     finally:
         globalLogPublisher.removeObserver(observer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_bucket_is_a_clear_error(gateway: RGW) -> None:
+    """A user whose quota (1 MiB) is reached: writes fail saying so."""
+    suffix = uuid.uuid4().hex[:8]
+    access, secret = f"FULL{suffix.upper()}", f"full-secret-{suffix}"
+    gateway.admin("user", "create", "--uid", f"full-{suffix}", "--display-name", "full", "--access-key", access, "--secret", secret)
+    gateway.admin("quota", "set", "--quota-scope=user", f"--uid=full-{suffix}", "--max-size=1048576")
+    gateway.admin("quota", "enable", "--quota-scope=user", f"--uid=full-{suffix}")
+    bucket = f"full-{suffix}"
+    gateway.create_bucket(bucket, keys=(access, secret))
+    driver = create_driver("s3", gateway.params(bucket=bucket, accesskey=access, secretkey=secret))
+    try:
+        await driver.put_content("/small", b"fits")
+        with pytest.raises(DriverError, match="full"):
+            await driver.put_content("/big", pattern(2 * MiB, seed=40))
+        writer = await driver.writer("/big")
+        with pytest.raises(DriverError, match="full"):
+            await writer.write(pattern(6 * MiB, seed=41))  # a whole 5 MiB part
+            await writer.commit()
+        await driver.delete("/")
+        assert await driver.walk("/") == []
+    finally:
+        await close(driver)

@@ -19,6 +19,7 @@ from registry.http import RegistrySite
 from registry.storage.driver import IStorageDriver
 from tests.storage.conformance import MiB, pattern
 from tests.storage.rgw import RGW, s3_driver, shared_gateway
+from tests.storage.test_s3 import Recorder
 
 
 class Instance:
@@ -78,9 +79,14 @@ async def test_chunked_upload_across_instances_then_redirected_get(instances: tu
     assert r.headers.getRawHeaders("range")[0] == f"0-{len(data) - 1}"
     await r.content()
     sep = "&" if "?" in path else "?"
+    recorder = Recorder(b.driver)
     r = await treq.put(f"{b.url}{path}{sep}digest={digest}")
     assert r.code == 201, await r.text()
     await r.content()
+    # Finishing verified the digest from the stored hash state and moved the
+    # 13 MiB server-side: no byte of the blob came back through the registry.
+    assert [(m, k) for m, k, _, h in recorder.calls if m == "GET" and k and k.endswith("/data")] == []
+    assert len(recorder.copies()) == 1  # below the 32 MiB threshold: one CopyObject
 
     blob_url = f"{a.url}/v2/team/app/blobs/{digest}"
     r = await treq.head(blob_url)

@@ -61,6 +61,13 @@ Writers: appends on a store without append
   5 MiB or more costs a server-side copy of it (no bytes through the
   registry). ``commit`` after a ``close`` with no new bytes is free.
 
+Objects versus directories
+  The contract forbids an object where a directory is or below another
+  object. S3 has no such rule, so ``put_content``, ``writer(append=False)``
+  and ``move`` check first, concurrently: a one-key listing below the path
+  and a HEAD of each ancestor (for a registry link path about ten small
+  requests in parallel, one round trip of latency).
+
 Moves
   ``move`` is a server-side copy (CopyObject below
   ``multipartcopythresholdsize``, a multipart copy in

@@ -81,6 +81,7 @@ def make_root(
     prefix: str = "/",
     relative_urls: bool = False,
     extra_headers: dict[str, list[str]] | None = None,
+    redirect: bool = True,
 ) -> RegistryRoot:
     """The root resource over ``driver`` (tests use this with any driver)."""
     ctx = Context(
@@ -91,6 +92,7 @@ def make_root(
         prefix=prefix,
         relative_urls=relative_urls,
         extra_headers=dict(extra_headers or {}),
+        redirect=redirect,
     )
     return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access)
 
@@ -127,6 +129,7 @@ def make_application(
         relative_urls=config.http.relativeurls,
         extra_headers=config.http.headers,
         access=access,
+        redirect=not config.storage.redirect_disable,
     )
     listeners = [main_listener(config.http, RegistrySite(root), reactor, listen)]
     # The driver's thread pool / child process stops with the application

@@ -125,3 +125,23 @@ async def test_monolithic_push_and_wrong_digest(instances: tuple[Instance, Insta
     assert r.code == 400
     body: Any = await r.json()
     assert body["errors"][0]["code"] == "DIGEST_INVALID"
+
+
+@pytest_twisted.ensureDeferred
+async def test_redirect_disable_serves_blobs_through_the_registry() -> None:
+    # storage.redirect.disable: true -> the bytes come from the registry, no 307.
+    shared_gateway()
+    driver = s3_driver(rootdirectory=f"t-{uuid.uuid4().hex[:12]}")
+    port = reactor.listenTCP(0, RegistrySite(make_root(driver, redirect=False)), interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}"
+    try:
+        data = pattern(20_000, seed=23)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        r = await treq.post(f"{url}/v2/direct/blobs/uploads/?digest={digest}", data=data)
+        assert r.code == 201, await r.text()
+        r = await treq.get(f"{url}/v2/direct/blobs/{digest}", allow_redirects=False)
+        assert r.code == 200 and await r.content() == data
+    finally:
+        await driver.delete("/")
+        await port.stopListening()
+        await driver.close()

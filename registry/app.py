@@ -63,6 +63,9 @@ class RegistryApplication:
     services: list[IService] = field(default_factory=list)
     #: The storage driver the application was built over.
     driver: IStorageDriver | None = None
+    #: The Redis client (``redis`` configured), whose ``status()`` says
+    #: whether Redis is reachable (for the health check); else None.
+    redis: Any = None
 
     def listener(self, name: str) -> Listener:
         """The listener called ``name``; ``KeyError`` if there is none."""
@@ -82,10 +85,19 @@ def make_root(
     relative_urls: bool = False,
     extra_headers: dict[str, list[str]] | None = None,
     redirect: bool = True,
+    cache: Any = None,
+    lock: Any = None,
 ) -> RegistryRoot:
-    """The root resource over ``driver`` (tests use this with any driver)."""
+    """The root resource over ``driver`` (tests use this with any driver);
+    ``cache`` (an ``IDescriptorCache``) is put in front of the blob
+    descriptors, ``lock`` (an ``IUploadLock``) replaces the process-local
+    upload lock."""
+    from registry.storage.blobs import BlobDescriptors
+    from registry.storage.cache import CachedBlobDescriptors
+
+    descriptors = CachedBlobDescriptors(BlobDescriptors(driver), cache) if cache is not None else None
     ctx = Context(
-        DataModel.over(driver),
+        DataModel.over(driver, descriptors=descriptors, lock=lock),
         delete_enabled=delete_enabled,
         readonly=readonly,
         base_url=base_url,
@@ -120,6 +132,7 @@ def make_application(
             raise ConfigError("auth", None, str(e)) from None
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
+    redis, cache, lock = _shared_state(config, reactor)
     root = make_root(
         driver,
         delete_enabled=config.storage.delete_enabled,
@@ -130,16 +143,48 @@ def make_application(
         extra_headers=config.http.headers,
         access=access,
         redirect=not config.storage.redirect_disable,
+        cache=cache,
+        lock=lock,
     )
     listeners = [main_listener(config.http, RegistrySite(root), reactor, listen)]
     # The driver's thread pool / child process stops with the application
     # (after the listeners: the tap stops listeners first).
     services: list[IService] = [DriverService(driver)]
+    if redis is not None:
+        from registry.redis import RedisService
+
+        services.append(RedisService(redis))
     if not config.storage.readonly:
         purging = purge_service(config.storage.uploadpurging, driver)
         if purging is not None:
             services.append(purging)
-    return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver)
+    return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver, redis=redis)
+
+
+def _shared_state(config: Config, reactor: Any) -> tuple[Any, Any, Any]:
+    """``(redis client, descriptor cache, upload lock)`` for ``redis`` and
+    ``storage.cache``: with ``redis`` the upload locks are shared through
+    it (instances on one storage never interleave an upload's requests)."""
+    cache_kind = config.storage.cache_blobdescriptor
+    if config.redis is None:
+        if cache_kind == "redis":
+            raise ConfigError("storage.cache.blobdescriptor", cache_kind, "needs the redis section (redis.addr)")
+        if cache_kind == "inmemory":
+            from registry.storage.cache import InMemoryDescriptorCache
+
+            return None, InMemoryDescriptorCache(), None
+        return None, None, None
+    from registry.redis import RedisClient, settings_from_config
+    from registry.storage.cache import InMemoryDescriptorCache, RedisDescriptorCache
+    from registry.storage.redislock import RedisUploadLocks
+
+    client = RedisClient(reactor, settings_from_config(config.redis))
+    cache: Any = None
+    if cache_kind == "redis":
+        cache = RedisDescriptorCache(client)
+    elif cache_kind == "inmemory":
+        cache = InMemoryDescriptorCache()
+    return client, cache, RedisUploadLocks(client, reactor=reactor)
 
 
 def main_listener(http: HTTPConfig, site: RegistrySite, reactor: Any, listen: str | None = None) -> Listener:

@@ -324,6 +324,22 @@ def strings(*, key: str | None = None) -> Any:
     return _meta(Key(key, _read_strings, (), is_string=True), ())
 
 
+def _read_int(loader: _Loader, dotted: str, spec: Key) -> int:
+    value = loader._get(dotted)
+    if value is None or value == "":
+        return int(spec.default)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise loader._error(dotted, value, "must be a whole number (0 or more)")
+    return value
+
+
+def integer(default: int, *, key: str | None = None) -> Any:
+    """A whole number >= 0 (``redis.db``, ``redis.pool.maxidle``)."""
+    return _meta(Key(key, _read_int, default), default)
+
+
 def mapping(*, key: str | None = None, read: _Reader | None = None) -> Any:
     """A mapping with free-form keys (``log.fields``); ``read`` converts it."""
     return _meta(Key(key, read or _read_mapping, open=True), default_factory=dict)
@@ -392,7 +408,7 @@ class StorageConfig:
     Every key of ``storage`` that is not declared here (or ignored) names the
     driver; the loader picks it (``driver``, ``params``)."""
 
-    IGNORED: ClassVar[tuple[str, ...]] = ("cache",)
+    IGNORED: ClassVar[tuple[str, ...]] = ("cache.blobdescriptorsize",)
 
     driver: str = ""
     params: dict[str, Any] = field(default_factory=dict)
@@ -402,6 +418,35 @@ class StorageConfig:
     #: when the driver can sign a URL (S3).
     redirect_disable: bool = boolean(False, key="redirect.disable")
     uploadpurging: UploadPurgingConfig = section(UploadPurgingConfig, key="maintenance.uploadpurging")
+    #: ``storage.cache.blobdescriptor``: cache blob sizes and repository
+    #: links in ``redis`` (shared; needs the ``redis`` section) or
+    #: ``inmemory`` (this process); None: no cache (registry.storage.cache).
+    cache_blobdescriptor: str | None = string(None, key="cache.blobdescriptor", choices=("redis", "inmemory"))
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """``redis.*``: the Redis server shared by the instances (upload locks,
+    the blob-descriptor cache); durations in seconds."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("tls", "username", "sentinelmastername", "addrs", "clientname")
+
+    addr: str = string(None, required=True)
+    password: str | None = string(None)
+    db: int = integer(0)
+    dialtimeout: float = duration("5s")
+    readtimeout: float = duration("5s")
+    writetimeout: float = duration("5s")
+    pool_maxidle: int = integer(16, key="pool.maxidle")
+    pool_maxactive: int = integer(64, key="pool.maxactive")
+    pool_idletimeout: float = duration("300s", key="pool.idletimeout")
+
+    def checked(self, check: Checker) -> RedisConfig:
+        try:
+            parse_addr(self.addr)
+        except ValueError as e:
+            raise check.error("addr", str(e)) from None
+        return self
 
 
 def _check_host(host: str) -> str:
@@ -590,7 +635,6 @@ class Config:
         "middleware",
         "reporting",
         "notifications",
-        "redis",
         "health",
         "catalog",
         "proxy",
@@ -606,6 +650,8 @@ class Config:
     )
     http: HTTPConfig = section(HTTPConfig)
     auth: AuthConfig = section(AuthConfig)
+    #: ``redis``: None when absent (no shared locks, no Redis cache).
+    redis: RedisConfig | None = section(RedisConfig, optional=True)
     raw: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 

@@ -35,9 +35,10 @@ a reader's storage read and its cache fill are more than ``tombstone_s``
 
 The bounds that remain: Redis unreachable when ``unlink`` runs leaves the
 entry until its ``ttl`` (300 s); the in-memory cache cannot be reached by a
-collector in another process, so there a deleted blob may be answered from
-the cache for up to the in-memory ``ttl`` (default 30 s) — use the Redis
-cache when instances share a storage that garbage collection sweeps. Write
+collector in another process nor by another instance's ``unlink``, so there
+a deleted blob or removed link may be answered from the cache for up to the
+in-memory ``ttl`` (default 30 s) — use the Redis cache when several
+instances share a storage, or garbage collection sweeps it while serving. Write
 paths do not trust the cache: a manifest PUT and a blob link verify with the
 driver (``registry.storage.fence``), and a failed ``link`` forgets the
 digest.

@@ -38,7 +38,8 @@ def model_of(app: object) -> Any:
     return next(r.handler for r in root.routes if r.name == "catalog").ctx.model
 
 
-def test_wiring(tmp_path: Path, redis_server: RedisServer) -> None:
+@pytest_twisted.ensureDeferred
+async def test_wiring(tmp_path: Path, redis_server: RedisServer) -> None:
     app = make_application(load_config(config_for(tmp_path, redis_server, "redis"), {}), reactor)
     model = model_of(app)
     assert isinstance(model.blobs.descriptors, CachedBlobDescriptors)
@@ -57,6 +58,9 @@ def test_wiring(tmp_path: Path, redis_server: RedisServer) -> None:
 
     with pytest.raises(ConfigError, match="needs the redis section"):
         make_application(load_config(config_for(tmp_path, None, "redis"), {}), reactor)
+    for built in (app, plain, local):
+        await built.driver.close()  # type: ignore[union-attr]
+    app.redis.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -96,7 +100,5 @@ async def test_serves_and_survives_redis_going_away(tmp_path: Path, redis_server
         assert body["errors"][0]["code"] == "UNAVAILABLE"
     finally:
         await port.stopListening()
-        for service in app.services:
-            if service.running:
-                await service.stopService()
+        await app.driver.close()  # type: ignore[union-attr]
         app.redis.close()

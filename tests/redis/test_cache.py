@@ -68,8 +68,21 @@ def make_cache(request: Any, redis_server: RedisServer) -> Any:
     return make
 
 
+_open: list[IStorageDriver] = []
+
+
 def fs(root: Path) -> IStorageDriver:
-    return create_driver("filesystem", {"rootdirectory": str(root)})
+    driver = create_driver("filesystem", {"rootdirectory": str(root)})
+    _open.append(driver)
+    return driver
+
+
+@pytest_twisted.async_yield_fixture(autouse=True)
+async def _close_drivers() -> AsyncIterator[None]:
+    """Every driver a test made stops its thread pool afterwards."""
+    yield
+    while _open:
+        await _open.pop().close()  # type: ignore[attr-defined]
 
 
 async def store_blob(driver: IStorageDriver, data: bytes) -> Digest:

@@ -188,3 +188,27 @@ async def test_cancelling_a_wait_and_redis_down(redis_server: RedisServer) -> No
     with pytest.raises(LockUnavailable, match="cannot be taken"):
         await a.acquire("repo", "u")
     assert a.local.held() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_outage_is_logged_once(redis_server: RedisServer) -> None:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, object]] = []
+
+    def observe(event: dict[str, object]) -> None:
+        if event.get("log_namespace") == "registry.redis":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        client = client_for(redis_server, dial_timeout=1)
+        assert await client.execute("PING") == "PONG"
+        client.close()
+        client = RedisClient(reactor, RedisSettings("127.0.0.1", free_port(), dial_timeout=1))
+        for _ in range(5):
+            with pytest.raises(RedisUnavailable):
+                await client.execute("GET", "x")
+        assert len(events) == 1 and "unavailable" in str(events[0]["log_format"])
+    finally:
+        globalLogPublisher.removeObserver(observe)

@@ -34,7 +34,7 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 class Instance:
-    def __init__(self, workdir: Path, storage: Path, redis: RedisServer) -> None:
+    def __init__(self, workdir: Path, storage: dict[str, object], redis: RedisServer) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         config = workdir / "config.yml"
@@ -42,7 +42,8 @@ class Instance:
             "version: 0.1\n"
             "log: {level: info}\n"
             "storage:\n"
-            f"  filesystem: {{rootdirectory: {storage}}}\n"
+            f"  {json.dumps(storage)[1:-1]}\n"
+            "  redirect: {disable: true}\n"
             "  delete: {enabled: true}\n"
             "  cache: {blobdescriptor: redis}\n"
             "  maintenance: {uploadpurging: {enabled: false}}\n"
@@ -128,15 +129,24 @@ http {{
         return found
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[list[Instance], Balancer, RedisServer]]:
+@pytest.fixture(params=["filesystem", "s3"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[list[Instance], Balancer, RedisServer]]:
+    """Three instances on one storage: a filesystem directory, or a bucket
+    of a throwaway Ceph RGW (skipped without Ceph)."""
     if not available():
         pytest.skip("redis-server is not installed (scripts/install-system-deps.sh installs it)")
     if not os.access(NGINX, os.X_OK):
         pytest.skip("nginx is not installed (scripts/install-system-deps.sh installs nginx-light)")
+    if request.param == "s3":
+        import uuid
+
+        from tests.storage.rgw import shared_gateway
+
+        storage: dict[str, object] = {"s3": shared_gateway().params(rootdirectory=f"t-{uuid.uuid4().hex[:12]}", chunksize=5 * 1024 * 1024)}
+    else:
+        (tmp_path / "storage").mkdir()
+        storage = {"filesystem": {"rootdirectory": str(tmp_path / "storage")}}
     redis = RedisServer()
-    storage = tmp_path / "storage"
-    storage.mkdir()
     instances: list[Instance] = []
     balancer = None
     try:

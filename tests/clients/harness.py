@@ -335,14 +335,19 @@ def http_request(
     body: bytes | None = None,
     timeout: float = 10,
     cafile: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
 ) -> HTTPResponse:
     """Send one request (no proxy) and return the answer, error statuses included.
 
-    ``https`` URLs are verified against ``cafile`` (the test CA's root)."""
+    ``https`` URLs are verified against ``cafile`` (the test CA's root);
+    ``client_cert`` is (certificate, key) for mutual TLS."""
     request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
     if cafile is not None:
-        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(cafile))))
+        context = ssl.create_default_context(cafile=str(cafile))
+        if client_cert is not None:
+            context.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
+        handlers.append(urllib.request.HTTPSHandler(context=context))
     opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(request, timeout=timeout) as response:
@@ -368,6 +373,8 @@ class Registry:
     #: ``https`` when the registry serves TLS (``http.tls``), verified against ``cafile``.
     scheme: str = "http"
     cafile: Path | None = None
+    #: (certificate, key) presented when ``http.tls.clientcas`` asks for one.
+    client_cert: tuple[Path, Path] | None = None
 
     @property
     def host(self) -> str:
@@ -390,7 +397,7 @@ class Registry:
 
     def get(self, path: str, headers: Mapping[str, str] | None = None) -> HTTPResponse:
         """GET ``path`` (starting with ``/v2/``) from the registry."""
-        return http_request(self.url + path, headers=headers, cafile=self.cafile)
+        return http_request(self.url + path, headers=headers, cafile=self.cafile, client_cert=self.client_cert)
 
     def manifest(self, repository: str, reference: str) -> HTTPResponse:
         """GET a manifest accepting every manifest type the clients use."""
@@ -414,11 +421,11 @@ class Registry:
 
 def _wait_for_v2(
     process: ManagedProcess, url: str, what: str, timeout: float,
-    cafile: Path | None = None, ready: Sequence[int] = (200,),
+    cafile: Path | None = None, ready: Sequence[int] = (200,), client_cert: tuple[Path, Path] | None = None,
 ) -> None:
     def answers() -> bool:
         try:
-            return http_request(url + "/v2/", timeout=2, cafile=cafile).status in ready
+            return http_request(url + "/v2/", timeout=2, cafile=cafile, client_cert=client_cert).status in ready
         except OSError:
             return False
 
@@ -461,6 +468,7 @@ def _start_registry(
     kind: str, argv: Callable[[Path], list[str]], what: str,
     workdir: Path, timeout: float, storage: Path | None,
     extra: Mapping[str, Any] | None = None, cafile: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
 ) -> Registry:
     """Write a Distribution-style config (with ``extra`` merged in) into
     ``workdir``, start ``argv(config)`` and wait until ``GET /v2/`` answers
@@ -475,10 +483,10 @@ def _start_registry(
     config.write_text(distribution_config(port, storage, extra))
     process = ManagedProcess(argv(config), workdir / "registry.log", cwd=workdir)
     tls = bool(extra and isinstance(extra.get("http"), Mapping) and extra["http"].get("tls"))
-    registry = Registry(kind, port, storage, process, "https" if tls else "http", cafile)
+    registry = Registry(kind, port, storage, process, "https" if tls else "http", cafile, client_cert)
     ready = (401,) if extra and extra.get("auth") else (200,)
     try:
-        _wait_for_v2(process, registry.url, what, timeout, cafile, ready)
+        _wait_for_v2(process, registry.url, what, timeout, cafile, ready, client_cert)
     except BaseException:
         process.stop()
         raise
@@ -513,6 +521,7 @@ def twistd_path() -> str:
 def start_our_registry(
     workdir: Path, timeout: float = 30, storage: Path | None = None,
     *, extra_config: Mapping[str, Any] | None = None, cafile: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
 ) -> Registry:
     """Start this project's registry: ``twistd -n --pidfile= registry --config``.
 
@@ -520,12 +529,13 @@ def start_our_registry(
     does not answer within ``timeout`` seconds (200; 401 with ``auth``).
     ``storage`` is the storage root directory (default: ``<workdir>/storage``).
     ``extra_config`` is merged into the configuration (``auth``,
-    ``http.tls``); ``cafile`` is the CA that signed ``http.tls.certificate``.
+    ``http.tls``); ``cafile`` is the CA that signed ``http.tls.certificate``
+    and ``client_cert`` the (certificate, key) for ``http.tls.clientcas``.
     """
     twistd = twistd_path()
     return _start_registry(
         "ours", lambda config: [twistd, "-n", "--pidfile=", "registry", "--config", str(config)],
-        "our registry (twistd registry)", workdir, timeout, storage, extra_config, cafile,
+        "our registry (twistd registry)", workdir, timeout, storage, extra_config, cafile, client_cert,
     )
 
 

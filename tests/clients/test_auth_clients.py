@@ -38,7 +38,6 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.auth.pki import CA
 from tests.clients.harness import (
-    CommandFailed,
     DockerDaemon,
     Podman,
     Registry,
@@ -444,3 +443,39 @@ def test_podman_login_push_pull_logout(
         assert podman.run("image", "exists", remote, check=False).returncode == 1
     finally:
         podman.run("rmi", "--force", hex_id, check=False)
+
+
+# ---------------------------------------------------------------- mutual TLS
+
+
+def test_skopeo_mutual_tls_client_certificate_from_cert_dir(
+    skopeo: Skopeo, clients_root: Path, pki: PKI, cert_dir: Path, repo: str, scratch: Path
+) -> None:
+    """``http.tls.clientcas``: skopeo presents ``client.cert``/``client.key``
+    from its ``--cert-dir`` and copies; with only ``ca.crt`` there (no client
+    certificate) the handshake is refused, and a certificate from a CA the
+    registry does not list is refused too."""
+    extra = {"http": {"tls": {"certificate": str(pki.chain), "key": str(pki.key), "clientcas": [str(pki.client_ca)]}}}
+    registry = start_our_registry(
+        clients_root / "auth-mtls", extra_config=extra, cafile=pki.root, client_cert=(pki.client_cert, pki.client_key)
+    )
+    try:
+        with_client = scratch / "with-client-cert"
+        stranger = scratch / "with-stranger-cert"
+        for directory, (cert, key) in ((with_client, (pki.client_cert, pki.client_key)),
+                                       (stranger, (pki.stranger_cert, pki.stranger_key))):  # fmt: skip
+            directory.mkdir()
+            shutil.copy(pki.root, directory / "ca.crt")
+            shutil.copy(cert, directory / "client.cert")
+            shutil.copy(key, directory / "client.key")
+        layout = write_oci_layout(scratch / "layout", [make_image(repo, layers=1, layer_size=16 * 1024)], "v1")
+        target = registry.docker_ref(repo, "v1")
+        skopeo.run("copy", "--dest-tls-verify=true", "--dest-cert-dir", str(with_client), layout.reference, target)
+        raw = skopeo.run("inspect", "--tls-verify=true", "--cert-dir", str(with_client), "--raw", target).stdout
+        assert sha256_digest(raw.encode()) == layout.digest
+        for refused_dir in (cert_dir, stranger):
+            refused = skopeo.run("inspect", "--tls-verify=true", "--cert-dir", str(refused_dir), target, check=False)
+            assert refused.returncode != 0
+            assert "remote error: tls:" in refused.stderr, failure_text(refused)
+    finally:
+        registry.stop()

@@ -65,11 +65,11 @@ def main(argv: list[str]) -> None:
 
     def failed(failure: Any) -> None:
         print(f"token server cannot listen: {failure.getErrorMessage()}", file=sys.stderr)
-        reactor.stop()  # type: ignore[attr-defined]
+        reactor.stop()
 
     endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     endpoint.listen(Site(root)).addCallbacks(listening, failed)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":

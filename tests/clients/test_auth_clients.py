@@ -18,9 +18,12 @@ certificate verification there, so the docker tests prove that docker
 speaks TLS to the registry (the port serves nothing else) and authenticates,
 not that it verified the chain; the root is still installed in
 ``/etc/docker/certs.d/<host:port>/ca.crt`` as a user would, and removed
-afterwards. skopeo and podman run with ``--tls-verify=true`` and
-``--cert-dir`` holding only the test root, and the skopeo test shows that
-without ``--cert-dir`` the same command fails certificate verification.
+afterwards (checked by hand: with no CA installed at all, dockerd still
+reaches such a registry over TLS). skopeo and podman run with
+``--tls-verify=true`` and ``--cert-dir`` holding only the test root, and the
+skopeo test shows that without ``--cert-dir`` the same command fails
+certificate verification. A third registry asks for client certificates
+(``http.tls.clientcas``), which skopeo presents from its ``--cert-dir``.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from twisted.web.resource import IResource
 from registry.auth import IAccessController
 from registry.config import Config, ConfigError, HTTPConfig, UploadPurgingConfig, parse_addr
 from registry.http import RegistrySite
+from registry.observe import Observability
 from registry.resources.context import Context
 from registry.resources.router import RegistryRoot, build_routes
 from registry.storage.driver import IStorageDriver
@@ -81,8 +82,10 @@ def make_root(
     prefix: str = "/",
     relative_urls: bool = False,
     extra_headers: dict[str, list[str]] | None = None,
+    events: Any = None,
 ) -> RegistryRoot:
-    """The root resource over ``driver`` (tests use this with any driver)."""
+    """The root resource over ``driver`` (tests use this with any driver);
+    ``events``: an ``IEventSink`` told of pushes, pulls and deletes."""
     ctx = Context(
         DataModel.over(driver),
         delete_enabled=delete_enabled,
@@ -91,6 +94,7 @@ def make_root(
         prefix=prefix,
         relative_urls=relative_urls,
         extra_headers=dict(extra_headers or {}),
+        events=events,
     )
     return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access)
 
@@ -118,6 +122,7 @@ def make_application(
             raise ConfigError("auth", None, str(e)) from None
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
+    observe = Observability.from_config(config, driver, reactor)
     root = make_root(
         driver,
         delete_enabled=config.storage.delete_enabled,
@@ -127,11 +132,15 @@ def make_application(
         relative_urls=config.http.relativeurls,
         extra_headers=config.http.headers,
         access=access,
+        events=observe.notifier,
     )
-    listeners = [main_listener(config.http, RegistrySite(root), reactor, listen)]
+    listeners = [main_listener(config.http, RegistrySite(root, observer=observe.metrics), reactor, listen)]
+    debug = observe.debug_listener(config.http)
+    if debug is not None:
+        listeners.append(debug)
     # The driver's thread pool / child process stops with the application
     # (after the listeners: the tap stops listeners first).
-    services: list[IService] = [DriverService(driver)]
+    services: list[IService] = [DriverService(driver), *observe.services()]
     if not config.storage.readonly:
         purging = purge_service(config.storage.uploadpurging, driver)
         if purging is not None:

@@ -4,6 +4,7 @@ configuration sets (deletes, read-only mode, external URL)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs
 
 from registry import errors
@@ -29,6 +30,14 @@ class Context:
     prefix: str = "/"  # http.prefix: the path before v2/, with both slashes
     relative_urls: bool = False  # http.relativeurls: never absolute URLs
     extra_headers: dict[str, list[str]] = field(default_factory=dict)  # http.headers
+    #: Where pushes, pulls, mounts and deletes are reported
+    #: (``registry.observe.notifications.IEventSink``); None: nowhere.
+    events: Any = None
+
+    def notify(self, request: RegistryRequest, action: str, target: dict[str, Any]) -> None:
+        """Report ``action`` on ``target`` (queued; never blocks the request)."""
+        if self.events is not None:
+            self.events.emit(action, target, request)
 
     def url(self, path: str) -> str:
         """The URL clients use for the API path ``path`` (``/v2/...``): under

@@ -229,3 +229,28 @@ def test_notifications_config() -> None:
             REGISTRY_YAML + "notifications:\n  endpoints:\n    - {name: a, url: 'http://x'}\n    - {name: a, url: 'http://y'}\n",
             {},
         )
+
+
+@pytest_twisted.ensureDeferred
+async def test_actor_is_the_authenticated_user(receiver: Receiver, tmp_path: Any) -> None:
+    import base64
+
+    import bcrypt
+
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"alice:{bcrypt.hashpw(b'wonder', bcrypt.gensalt(rounds=4)).decode()}\n")
+    yaml_text = (
+        notifications_yaml(endpoint_yaml(receiver.url))
+        + f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n"
+    )
+    async with run_registry(yaml_text) as r:
+        auth = {"Authorization": "Basic " + base64.b64encode(b"alice:wonder").decode()}
+        await r.push_blob("alice/app", b"by alice", headers=auth)
+        refused = await treq.post(f"{r.url}/v2/alice/app/blobs/uploads/?digest={sha(b'x')}", data=b"x")
+        assert refused.code == 401
+        await refused.content()
+        await receiver.wait_for(lambda: len(receiver.events) == 1)
+        await deferLater(reactor, 0.1, lambda: None)
+        (event,) = receiver.events
+        assert event["actor"] == {"name": "alice"}
+        assert event["target"]["repository"] == "alice/app"

@@ -66,3 +66,24 @@ async def test_malformed_id_is_replaced_and_errors_carry_one(registry: Running, 
     assert other != made
     await r2.content()
     assert [e.get("request_id") for e in access_events] == [made, other]
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_access_line_has_the_request_id_and_log_fields(registry: Running) -> None:
+    import io
+    import json
+
+    from registry.config import LogConfig
+    from registry.logs import setup_logging
+
+    out = io.StringIO()
+    observer = setup_logging(LogConfig(level="info", formatter="json", fields={"service": "registry"}), out)
+    try:
+        r = await treq.get(f"{registry.url}/v2/", headers={"X-Request-Id": "json-line-1"})
+        await r.content()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    (access,) = [line for line in lines if line["namespace"] == ACCESS_NAMESPACE]
+    assert access["request_id"] == "json-line-1" and access["service"] == "registry"
+    assert "request_id=json-line-1" in access["message"]

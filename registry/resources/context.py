@@ -4,13 +4,16 @@ configuration sets (deletes, read-only mode, external URL)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from registry import errors
 from registry.errors import RegistryError
 from registry.http import RegistryRequest
 from registry.storage.model import DataModel
+
+if TYPE_CHECKING:
+    from registry.observe.notifications import IEventSink
 
 # Advertised to clients as the smallest non-final chunk we would like; any
 # size is accepted.
@@ -32,7 +35,7 @@ class Context:
     extra_headers: dict[str, list[str]] = field(default_factory=dict)  # http.headers
     #: Where pushes, pulls, mounts and deletes are reported
     #: (``registry.observe.notifications.IEventSink``); None: nowhere.
-    events: Any = None
+    events: IEventSink | None = None
 
     def notify(self, request: RegistryRequest, action: str, target: dict[str, Any]) -> None:
         """Report ``action`` on ``target`` (queued; never blocks the request)."""

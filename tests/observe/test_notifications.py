@@ -210,6 +210,14 @@ async def test_dead_endpoint_keeps_memory_bounded() -> None:
         assert elapsed < 60
 
 
+def test_notifier_provides_the_event_sink_interface() -> None:
+    from zope.interface.verify import verifyObject
+
+    from registry.observe.notifications import IEventSink
+
+    assert verifyObject(IEventSink, Notifier([]))
+
+
 def test_notifications_config() -> None:
     config = load_config(
         REGISTRY_YAML

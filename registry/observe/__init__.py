@@ -69,16 +69,12 @@ class Observability:
 
     def debug_listener(self, http: HTTPConfig) -> Listener | None:
         """``http.debug.addr``'s listener (None when it is not set)."""
-        from twisted.web.server import Site
-
         from registry.app import Listener, endpoint_description
-        from registry.observe.debug import DebugResource
+        from registry.observe.debug import DebugResource, DebugSite
         from registry.observe.health import HealthChecks
 
         if self.debug_addr is None:
             return None
         plain = dataclasses.replace(http, addr=self.debug_addr, net="tcp", tls_certificate=None, tls_key=None)
         resource = DebugResource(self.health or HealthChecks(), self.metrics, self.metrics_path)
-        site = Site(resource)
-        site.noisy = False
-        return Listener("debug", endpoint_description(plain), site)
+        return Listener("debug", endpoint_description(plain), DebugSite(resource))

@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
+from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import Request, Site
 
 from registry.observe.health import HealthChecks, HealthResource
 from registry.observe.metrics import CONTENT_TYPE_LATEST, RegistryMetrics
@@ -47,3 +48,13 @@ class DebugResource(Resource):
             return f"not found; this debug listener serves {paths}\n".encode()
         result: bytes = page.render(request)
         return result
+
+
+class DebugSite(Site):
+    """The debug listener's Site: no access log line per scrape or probe
+    (Prometheus and load balancers ask every few seconds)."""
+
+    noisy = False
+
+    def log(self, request: http.Request) -> None:
+        pass

@@ -134,6 +134,8 @@ def make_application(
         access=access,
         events=observe.notifier,
     )
+    if observe.health is not None and observe.health.checks:
+        root.health = observe.health
     listeners = [main_listener(config.http, RegistrySite(root, observer=observe.metrics), reactor, listen)]
     debug = observe.debug_listener(config.http)
     if debug is not None:

@@ -71,8 +71,15 @@ async def test_storage_driver_check_names_the_failing_driver(tmp_path: Path) -> 
         assert code == 503
         assert list(body) == ["storagedriver_filesystem"]
         assert "symbolic links" in body["storagedriver_filesystem"]
+        # Meanwhile the registry itself answers 503, as Distribution does.
+        down = await treq.get(f"{r.url}/v2/")
+        assert down.code == 503
+        assert (await down.json())["errors"][0]["code"] == "UNAVAILABLE"
         os.unlink(root / "docker")
         assert await until(lambda: health(r.debug_url), (200, {})) == (200, {})
+        up = await treq.get(f"{r.url}/v2/")
+        assert up.code == 200
+        await up.content()
 
 
 @pytest_twisted.ensureDeferred

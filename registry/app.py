@@ -23,6 +23,7 @@ from twisted.web.resource import IResource
 from registry.auth import IAccessController
 from registry.config import Config, ConfigError, HTTPConfig, UploadPurgingConfig, parse_addr
 from registry.http import RegistrySite
+from registry.observe import Observability
 from registry.resources.context import Context
 from registry.resources.router import RegistryRoot, build_routes
 from registry.storage.driver import IStorageDriver
@@ -82,8 +83,10 @@ def make_root(
     relative_urls: bool = False,
     extra_headers: dict[str, list[str]] | None = None,
     redirect: bool = True,
+    events: Any = None,
 ) -> RegistryRoot:
-    """The root resource over ``driver`` (tests use this with any driver)."""
+    """The root resource over ``driver`` (tests use this with any driver);
+    ``events``: an ``IEventSink`` told of pushes, pulls and deletes."""
     ctx = Context(
         DataModel.over(driver),
         delete_enabled=delete_enabled,
@@ -93,6 +96,7 @@ def make_root(
         relative_urls=relative_urls,
         extra_headers=dict(extra_headers or {}),
         redirect=redirect,
+        events=events,
     )
     return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access)
 
@@ -120,6 +124,7 @@ def make_application(
             raise ConfigError("auth", None, str(e)) from None
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
+    observe = Observability.from_config(config, driver, reactor)
     root = make_root(
         driver,
         delete_enabled=config.storage.delete_enabled,
@@ -130,11 +135,17 @@ def make_application(
         extra_headers=config.http.headers,
         access=access,
         redirect=not config.storage.redirect_disable,
+        events=observe.notifier,
     )
-    listeners = [main_listener(config.http, RegistrySite(root), reactor, listen)]
+    if observe.health is not None and observe.health.checks:
+        root.health = observe.health
+    listeners = [main_listener(config.http, RegistrySite(root, observer=observe.metrics), reactor, listen)]
+    debug = observe.debug_listener(config.http)
+    if debug is not None:
+        listeners.append(debug)
     # The driver's thread pool / child process stops with the application
     # (after the listeners: the tap stops listeners first).
-    services: list[IService] = [DriverService(driver)]
+    services: list[IService] = [DriverService(driver), *observe.services()]
     if access is not None:
         # The access controller's thread pool (bcrypt) stops with the application.
         services.append(_ClosingService(access.close))

@@ -136,6 +136,13 @@ def make_application(
         purging = purge_service(config.storage.uploadpurging, driver)
         if purging is not None:
             services.append(purging)
+        # Scheduled garbage collection (storage.maintenance.gc); never in
+        # read-only mode. After DriverService, so it stops before the driver.
+        from registry.storage.gcservice import gc_schedule_service
+
+        collecting = gc_schedule_service(config.storage.gc, driver)
+        if collecting is not None:
+            services.append(collecting)
     return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver)
 
 

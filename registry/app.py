@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.internet import TimerService
-from twisted.application.service import IService
-from twisted.internet.defer import ensureDeferred
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.web.resource import IResource
 
@@ -27,6 +27,7 @@ from registry.resources.context import Context
 from registry.resources.router import RegistryRoot, build_routes
 from registry.storage.driver import IStorageDriver
 from registry.storage.model import DataModel
+from registry.storage.verify import LayerVerifier
 
 __all__ = [
     "Listener",
@@ -81,16 +82,19 @@ def make_root(
     prefix: str = "/",
     relative_urls: bool = False,
     extra_headers: dict[str, list[str]] | None = None,
+    layer_verifier: LayerVerifier | None = None,
 ) -> RegistryRoot:
-    """The root resource over ``driver`` (tests use this with any driver)."""
+    """The root resource over ``driver`` (tests use this with any driver);
+    ``layer_verifier``: verified pushes (``validation.manifests.verifylayers``)."""
     ctx = Context(
-        DataModel.over(driver),
+        DataModel.over(driver, verifier=layer_verifier),
         delete_enabled=delete_enabled,
         readonly=readonly,
         base_url=base_url,
         prefix=prefix,
         relative_urls=relative_urls,
         extra_headers=dict(extra_headers or {}),
+        layers=layer_verifier,
     )
     return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access)
 
@@ -118,6 +122,12 @@ def make_application(
             raise ConfigError("auth", None, str(e)) from None
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
+    validation = config.validation.manifests
+    verifier = (
+        LayerVerifier(driver, max_uncompressed=validation.maxuncompressedlayersize, reactor=reactor)
+        if validation.verifylayers
+        else None
+    )
     root = make_root(
         driver,
         delete_enabled=config.storage.delete_enabled,
@@ -127,6 +137,7 @@ def make_application(
         relative_urls=config.http.relativeurls,
         extra_headers=config.http.headers,
         access=access,
+        layer_verifier=verifier,
     )
     listeners = [main_listener(config.http, RegistrySite(root), reactor, listen)]
     # The driver's thread pool / child process stops with the application
@@ -143,6 +154,9 @@ def make_application(
         collecting = gc_schedule_service(config.storage.gc, driver)
         if collecting is not None:
             services.append(collecting)
+    if verifier is not None:
+        # Its thread pool stops after the listeners, before the driver.
+        services.append(VerifierService(verifier))
     return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver)
 
 
@@ -170,6 +184,17 @@ def purge_service(purging: UploadPurgingConfig, driver: IStorageDriver) -> IServ
         return None
     age, dry_run = purging.age, purging.dryrun
     return TimerService(purging.interval, lambda: ensureDeferred(purge_uploads(driver, age, dry_run)))
+
+
+class VerifierService(Service):
+    """Stops a ``LayerVerifier``'s thread pool when the application stops."""
+
+    def __init__(self, verifier: LayerVerifier) -> None:
+        self.verifier = verifier
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return ensureDeferred(self.verifier.close())
 
 
 def _escape(value: str) -> str:

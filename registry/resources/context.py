@@ -10,6 +10,7 @@ from registry import errors
 from registry.errors import RegistryError
 from registry.http import RegistryRequest
 from registry.storage.model import DataModel
+from registry.storage.verify import LayerVerifier
 
 # Advertised to clients as the smallest non-final chunk we would like; any
 # size is accepted.
@@ -29,6 +30,7 @@ class Context:
     prefix: str = "/"  # http.prefix: the path before v2/, with both slashes
     relative_urls: bool = False  # http.relativeurls: never absolute URLs
     extra_headers: dict[str, list[str]] = field(default_factory=dict)  # http.headers
+    layers: LayerVerifier | None = None  # validation.manifests.verifylayers: recorded layer info
 
     def url(self, path: str) -> str:
         """The URL clients use for the API path ``path`` (``/v2/...``): under

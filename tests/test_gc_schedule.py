@@ -77,12 +77,12 @@ async def test_two_instances_over_one_storage_collect_once_per_interval(tmp_path
             await sleep(0.1)
     finally:
         await stop(a, b)
-    runs = sorted([(r.started, r.finished, "a") for r in a.runs] + [(r.started, r.finished, "b") for r in b.runs])
+    runs = sorted([(r.taken, r.started, r.finished) for r in [*a.runs, *b.runs]])
     # About one run per interval: at least two in 4.5 s (a loaded machine is slow), never more than one per interval.
     assert 2 <= len(runs) <= 5, runs
-    for (s1, f1, _), (s2, _, _) in zip(runs, runs[1:]):
+    for (t1, _, f1), (t2, s2, _) in zip(runs, runs[1:]):
         assert f1 <= s2, f"runs overlap: {runs}"
-        assert s2 - s1 >= 1.0, f"two runs within one interval: {runs}"
+        assert t2 - t1 >= 1.0, f"two runs within one interval: {runs}"
     assert all(r.error is None for r in [*a.runs, *b.runs])
     # The orphan was collected by exactly one run; the others found nothing.
     collected = [r.report for r in [*a.runs, *b.runs] if r.report and orphan in dict(r.report.blobs)]

@@ -56,6 +56,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from registry.config import GCConfig
 from registry.storage import paths
 from registry.storage.driver import IStorageDriver, PathNotFoundError, StorageError
 from registry.storage.gc import GCError, GCReport, collect
@@ -105,8 +106,10 @@ class Lease:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One collection this instance ran."""
+    """One collection this instance ran: when it took the lease (the
+    schedule's ``last_started``), started and finished collecting."""
 
+    taken: float
     started: float
     finished: float
     report: GCReport | None
@@ -256,7 +259,14 @@ class GCScheduleService(Service):
         await self._run(mine)
 
     async def _run(self, mine: Lease) -> None:
-        renew = LoopingCall(lambda: ensureDeferred(self._renew(mine.token)))
+        renewing: list[Deferred[None]] = []
+
+        def renew_once() -> Deferred[None]:
+            d = ensureDeferred(self._renew(mine.token))
+            renewing[:] = [d]
+            return d
+
+        renew = LoopingCall(renew_once)
         renew.clock = self.clock
         renew.start(self.lease_s / 3, now=False).addErrback(
             lambda f: None if f.check(_LeaseLost) else log.failure("garbage collection lease renewal failed", f)
@@ -278,11 +288,19 @@ class GCScheduleService(Service):
         except (GCError, StorageError) as e:
             error = str(e)
             log.error("scheduled garbage collection failed: {error}", error=error)
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+            log.failure("scheduled garbage collection failed")
         finally:
             if renew.running:
                 renew.stop()
+            if renewing and not renewing[0].called:
+                # A renewal writing after the release would re-take the lease.
+                pending: Deferred[None] = Deferred()
+                renewing[0].addBoth(lambda _: pending.callback(None))
+                await pending
             finished = self.clock.seconds()
-            self.runs.append(RunRecord(started, finished, report, error))
+            self.runs.append(RunRecord(mine.last_started, started, finished, report, error))
             summary = report.summary() if report is not None else f"failed: {error}"
             done = Lease(
                 last_started=mine.last_started, last_finished=finished, last_owner=self.owner, last_summary=summary[:500]
@@ -316,8 +334,8 @@ class _LeaseLost(Exception):
     """Ends the renewal loop (LoopingCall stops on an error)."""
 
 
-def gc_schedule_service(config: Any, driver: IStorageDriver) -> GCScheduleService | None:
-    """``storage.maintenance.gc`` (a ``GCConfig``) as a service, None when disabled."""
+def gc_schedule_service(config: GCConfig, driver: IStorageDriver) -> GCScheduleService | None:
+    """``storage.maintenance.gc`` as a service, None when disabled."""
     if not config.enabled:
         return None
     return GCScheduleService(

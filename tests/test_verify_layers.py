@@ -268,8 +268,9 @@ async def test_a_gzip_bomb_is_refused_past_the_limit_in_bounded_memory_off_the_r
     code, message = await error_of(r)
     assert code == "MANIFEST_INVALID" and "inflates to more than 268435456 bytes" in message, message
     assert elapsed < 30, elapsed
+    # Inflating 256 MiB takes seconds here: on the reactor thread it would stall every tick that long.
     assert ping_s < 1.0, ping_s
-    assert max(gaps) < 0.5, max(gaps)
+    assert max(gaps) < 1.0, max(gaps)
     assert peak[0] - baseline < 128 << 20, (peak[0] - baseline) >> 20
     # The refusal is recorded: the bomb is never inflated again.
     computed = server.verifier.computed

@@ -12,7 +12,7 @@ with them.  Tests that only need a root over some driver use :func:`make_root`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, Service
@@ -82,6 +82,7 @@ def make_root(
     prefix: str = "/",
     relative_urls: bool = False,
     extra_headers: dict[str, list[str]] | None = None,
+    redirect: bool = True,
     layer_verifier: LayerVerifier | None = None,
 ) -> RegistryRoot:
     """The root resource over ``driver`` (tests use this with any driver);
@@ -94,6 +95,7 @@ def make_root(
         prefix=prefix,
         relative_urls=relative_urls,
         extra_headers=dict(extra_headers or {}),
+        redirect=redirect,
         layers=layer_verifier,
     )
     return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access)
@@ -137,12 +139,16 @@ def make_application(
         relative_urls=config.http.relativeurls,
         extra_headers=config.http.headers,
         access=access,
+        redirect=not config.storage.redirect_disable,
         layer_verifier=verifier,
     )
     listeners = [main_listener(config.http, RegistrySite(root), reactor, listen)]
     # The driver's thread pool / child process stops with the application
     # (after the listeners: the tap stops listeners first).
     services: list[IService] = [DriverService(driver)]
+    if access is not None:
+        # The access controller's thread pool (bcrypt) stops with the application.
+        services.append(_ClosingService(access.close))
     if not config.storage.readonly:
         purging = purge_service(config.storage.uploadpurging, driver)
         if purging is not None:
@@ -158,6 +164,17 @@ def make_application(
         # Its thread pool stops after the listeners, before the driver.
         services.append(VerifierService(verifier))
     return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver)
+
+
+class _ClosingService(Service):
+    """Calls ``close`` when the application stops (after the listeners)."""
+
+    def __init__(self, close: Callable[[], Deferred[None]]) -> None:
+        self._close = close
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._close()
 
 
 def main_listener(http: HTTPConfig, site: RegistrySite, reactor: Any, listen: str | None = None) -> Listener:

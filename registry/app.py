@@ -28,6 +28,7 @@ from registry.resources.context import Context
 from registry.resources.router import RegistryRoot, build_routes
 from registry.storage.driver import IStorageDriver
 from registry.storage.model import DataModel
+from registry.storage.verify import LayerVerifier
 
 __all__ = [
     "Listener",
@@ -84,11 +85,13 @@ def make_root(
     extra_headers: dict[str, list[str]] | None = None,
     redirect: bool = True,
     events: Any = None,
+    layer_verifier: LayerVerifier | None = None,
 ) -> RegistryRoot:
     """The root resource over ``driver`` (tests use this with any driver);
-    ``events``: an ``IEventSink`` told of pushes, pulls and deletes."""
+    ``events``: an ``IEventSink`` told of pushes, pulls and deletes;
+    ``layer_verifier``: verified pushes (``validation.manifests.verifylayers``)."""
     ctx = Context(
-        DataModel.over(driver),
+        DataModel.over(driver, verifier=layer_verifier),
         delete_enabled=delete_enabled,
         readonly=readonly,
         base_url=base_url,
@@ -97,6 +100,7 @@ def make_root(
         extra_headers=dict(extra_headers or {}),
         redirect=redirect,
         events=events,
+        layers=layer_verifier,
     )
     return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access)
 
@@ -125,6 +129,12 @@ def make_application(
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
     observe = Observability.from_config(config, driver, reactor)
+    validation = config.validation.manifests
+    verifier = (
+        LayerVerifier(driver, max_uncompressed=validation.maxuncompressedlayersize, reactor=reactor)
+        if validation.verifylayers
+        else None
+    )
     root = make_root(
         driver,
         delete_enabled=config.storage.delete_enabled,
@@ -136,6 +146,7 @@ def make_application(
         access=access,
         redirect=not config.storage.redirect_disable,
         events=observe.notifier,
+        layer_verifier=verifier,
     )
     if observe.health is not None and observe.health.checks:
         root.health = observe.health
@@ -153,6 +164,16 @@ def make_application(
         purging = purge_service(config.storage.uploadpurging, driver)
         if purging is not None:
             services.append(purging)
+        # Scheduled garbage collection (storage.maintenance.gc); never in
+        # read-only mode. After DriverService, so it stops before the driver.
+        from registry.storage.gcservice import gc_schedule_service
+
+        collecting = gc_schedule_service(config.storage.gc, driver)
+        if collecting is not None:
+            services.append(collecting)
+    if verifier is not None:
+        # Its thread pool stops after the listeners, before the driver.
+        services.append(VerifierService(verifier))
     return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver)
 
 
@@ -191,6 +212,17 @@ def purge_service(purging: UploadPurgingConfig, driver: IStorageDriver) -> IServ
         return None
     age, dry_run = purging.age, purging.dryrun
     return TimerService(purging.interval, lambda: ensureDeferred(purge_uploads(driver, age, dry_run)))
+
+
+class VerifierService(Service):
+    """Stops a ``LayerVerifier``'s thread pool when the application stops."""
+
+    def __init__(self, verifier: LayerVerifier) -> None:
+        self.verifier = verifier
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return ensureDeferred(self.verifier.close())
 
 
 def _escape(value: str) -> str:

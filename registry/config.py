@@ -49,6 +49,8 @@ __all__ = [
     "LogConfig",
     "StorageConfig",
     "UploadPurgingConfig",
+    "GCConfig",
+    "ValidationConfig",
     "load_config",
     "load_config_file",
     "parse_addr",
@@ -422,6 +424,26 @@ class UploadPurgingConfig:
 
 
 @dataclass(frozen=True)
+class GCConfig:
+    """``storage.maintenance.gc`` (this registry's key): scheduled garbage
+    collection in the server (``registry.storage.gcservice``); durations in
+    seconds."""
+
+    enabled: bool = boolean(False)
+    interval: float = duration("24h")
+    grace: float = duration("1h")
+    deleteuntagged: bool = boolean(False)
+    dryrun: bool = boolean(False)
+
+    def checked(self, check: Checker) -> GCConfig:
+        if self.interval <= 0:
+            raise check.error("interval", 'must be a positive duration, e.g. "24h"')
+        if self.grace < 0:
+            raise check.error("grace", 'cannot be negative (e.g. "1h"; "0s" only when nothing pushes meanwhile)')
+        return self
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     """``storage.*``: the one driver with its raw parameters, plus registry switches.
 
@@ -438,6 +460,7 @@ class StorageConfig:
     #: when the driver can sign a URL (S3).
     redirect_disable: bool = boolean(False, key="redirect.disable")
     uploadpurging: UploadPurgingConfig = section(UploadPurgingConfig, key="maintenance.uploadpurging")
+    gc: GCConfig = section(GCConfig, key="maintenance.gc")
 
 
 def _check_host(host: str) -> str:
@@ -743,6 +766,43 @@ class NotificationsConfig:
             if endpoint.url is None and not endpoint.disabled:
                 check.warn(f"endpoints.{i}.url", f"missing; endpoint {endpoint.name!r} is not used")
         return self
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
+               "g": 1000**3, "gb": 1000**3, "gib": 1 << 30, "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}
+
+
+def _read_size(loader: _Loader, dotted: str, spec: Key) -> int:
+    """A byte count: an integer, or a number with a unit (``"64GiB"``, ``"500MB"``)."""
+    value = loader._get(dotted)
+    if value is None:
+        return int(spec.default)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(value)) if isinstance(value, (str, int)) else None
+    if m is None or m.group(2).lower() not in _SIZE_UNITS or int(m.group(1)) <= 0:
+        raise loader._error(dotted, value, 'must be a positive size in bytes, e.g. 68719476736 or "64GiB"')
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+@dataclass(frozen=True)
+class ManifestValidationConfig:
+    """``validation.manifests``: ``verifylayers`` (this registry's key)
+    checks each layer's uncompressed digest against the config's
+    ``rootfs.diff_ids`` on manifest PUT (``registry.storage.verify``);
+    ``maxuncompressedlayersize`` bounds the bytes one layer may inflate to."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("urls", "indexes")
+
+    verifylayers: bool = boolean(False)
+    maxuncompressedlayersize: int = custom(_read_size, 64 << 30)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """``validation``: what a manifest PUT checks beyond the spec."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("enabled", "disabled")
+
+    manifests: ManifestValidationConfig = section(ManifestValidationConfig)
 
 
 def _read_version(loader: _Loader, dotted: str, spec: Key) -> str:
@@ -778,7 +838,6 @@ class Config:
         "catalog",
         "proxy",
         "compatibility",
-        "validation",
         "policy",
     )
 
@@ -791,6 +850,7 @@ class Config:
     auth: AuthConfig = section(AuthConfig)
     notifications: NotificationsConfig = section(NotificationsConfig)
     health: HealthConfig = section(HealthConfig)
+    validation: ValidationConfig = section(ValidationConfig)
     raw: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 

@@ -11,6 +11,7 @@ from registry import errors
 from registry.errors import RegistryError
 from registry.http import RegistryRequest
 from registry.storage.model import DataModel
+from registry.storage.verify import LayerVerifier
 
 if TYPE_CHECKING:
     from registry.observe.notifications import IEventSink
@@ -42,6 +43,7 @@ class Context:
         """Report ``action`` on ``target`` (queued; never blocks the request)."""
         if self.events is not None:
             self.events.emit(action, target, request)
+    layers: LayerVerifier | None = None  # validation.manifests.verifylayers: recorded layer info
 
     def url(self, path: str) -> str:
         """The URL clients use for the API path ``path`` (``/v2/...``): under

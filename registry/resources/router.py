@@ -32,6 +32,7 @@ from registry.resources.base import render_async, write_error
 from registry.resources.blobs import BlobResource
 from registry.resources.catalog import CatalogResource
 from registry.resources.context import SMALL_BODY, Context
+from registry.resources.layers import LayerInfoResource
 from registry.resources.manifests import ManifestResource
 from registry.resources.referrers import ReferrersResource
 from registry.resources.tags import TagsResource
@@ -286,6 +287,7 @@ _ACCESS_KINDS = {
     "upload": "upload",
     "blob": "blobs",
     "referrers": "referrers",
+    "layer-info": "blobs",
 }
 
 
@@ -311,6 +313,8 @@ def build_routes(ctx: Context) -> list[Route]:
         Route("upload", rf"{v2}/{name}/blobs/uploads/(?P<upload_id>[^/]+)$", UploadResource(ctx)),
         Route("blob", rf"{v2}/{name}/blobs/(?P<digest>[^/]+)$", BlobResource(ctx)),
         Route("referrers", rf"{v2}/{name}/referrers/(?P<digest>[^/]+)$", ReferrersResource(ctx)),
+        # This registry's extension (registry.resources.layers); no spec path has a "_" component.
+        Route("layer-info", rf"{v2}/{name}/_registry/layers/(?P<digest>[^/]+)$", LayerInfoResource(ctx)),
     ]
 
 

@@ -3,7 +3,8 @@
 # drive for real: the docker daemon and CLI (docker.io, which brings
 # containerd and runc), skopeo, podman, CNCF Distribution 2.8 (the reference
 # registry, package docker-registry) and redis-server; wrk and hey drive the
-# request-rate figures of `make bench` (section versus).
+# request-rate figures of `make bench` (section versus); chromium (headless)
+# and chromium-driver drive the web page's browser tests (tests/ui/).
 #
 # Idempotent and fast when everything is present: only missing packages are
 # installed, `apt-get update` runs at most once.  No service is started: a
@@ -37,6 +38,8 @@ declare -A WANTED=(
     [redis-server]=redis-server
     [wrk]=wrk
     [hey]=hey
+    [chromium]=chromium
+    [chromedriver]=chromium-driver
 )
 # Not needed here: podman and skopeo use the vfs storage driver as root, so
 # fuse-overlayfs, uidmap and slirp4netns (all only "Recommends") stay out.

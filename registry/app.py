@@ -81,8 +81,12 @@ def make_root(
     prefix: str = "/",
     relative_urls: bool = False,
     extra_headers: dict[str, list[str]] | None = None,
+    ui: bool = False,
+    secret: str | None = None,
 ) -> RegistryRoot:
-    """The root resource over ``driver`` (tests use this with any driver)."""
+    """The root resource over ``driver`` (tests use this with any driver);
+    ``ui``: serve the web page under ``<prefix>ui/`` (``secret``, from
+    ``http.secret``, signs its form tokens; random when None)."""
     ctx = Context(
         DataModel.over(driver),
         delete_enabled=delete_enabled,
@@ -92,7 +96,12 @@ def make_root(
         relative_urls=relative_urls,
         extra_headers=dict(extra_headers or {}),
     )
-    return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access)
+    page = None
+    if ui:
+        from registry.ui import UIResource
+
+        page = UIResource(ctx, access, secret=secret.encode("utf-8") if secret else None)
+    return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access, ui=page)
 
 
 def make_application(
@@ -127,6 +136,8 @@ def make_application(
         relative_urls=config.http.relativeurls,
         extra_headers=config.http.headers,
         access=access,
+        ui=config.ui.active(config.http, listen),
+        secret=config.http.secret,
     )
     listeners = [main_listener(config.http, RegistrySite(root), reactor, listen)]
     # The driver's thread pool / child process stops with the application

@@ -48,6 +48,7 @@ __all__ = [
     "HTTPConfig",
     "LogConfig",
     "StorageConfig",
+    "UIConfig",
     "UploadPurgingConfig",
     "load_config",
     "load_config_file",
@@ -557,6 +558,51 @@ class AuthConfig:
         return {}
 
 
+_LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a listening host only this machine reaches: ``localhost``
+    or a loopback address (127.0.0.0/8, ``::1``); False for all interfaces ("")."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen_interface(listen: str) -> str | None:
+    """The ``interface=`` of a server endpoint string (``--listen``), unescaped."""
+    m = re.search(r"(?:^|:)interface=((?:\\.|[^:])*)", listen)
+    return re.sub(r"\\(.)", r"\1", m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class UIConfig:
+    """``ui``: the web page under ``<http.prefix>ui/`` on the main listener."""
+
+    #: Unset: on when the main listener is loopback only (see ``active``).
+    enabled: bool | None = custom(_read_bool, None)
+
+    def active(self, http: HTTPConfig, listen: str | None = None) -> bool:
+        """Whether to serve the page: ``ui.enabled`` when set, otherwise
+        only when the registry listens on a loopback address (``http.addr``,
+        or the ``interface`` of ``--listen`` when given)."""
+        if self.enabled is not None:
+            return self.enabled
+        if listen is not None:
+            interface = _listen_interface(listen)
+            return interface is not None and is_loopback_host(interface)
+        if http.net == "unix":
+            return False
+        try:
+            host, _ = parse_addr(http.addr)
+        except ValueError:
+            return False
+        return is_loopback_host(host)
+
+
 def _read_version(loader: _Loader, dotted: str, spec: Key) -> str:
     value = loader._get(dotted)
     if value is None:
@@ -603,6 +649,7 @@ class Config:
     )
     http: HTTPConfig = section(HTTPConfig)
     auth: AuthConfig = section(AuthConfig)
+    ui: UIConfig = section(UIConfig)
     raw: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 

@@ -122,14 +122,16 @@ def _call(method: str, url: str, body: bytes | None = None, headers: dict[str, s
         return response.status, {k.lower(): v for k, v in response.headers.items()}
 
 
-def push(base_url: str, name: str, built: Built, tag: str | None = None) -> None:
-    """Push ``built`` (blobs, children, then the manifest) to the registry at ``base_url``."""
+def push(base_url: str, name: str, built: Built, tag: str | None = None, headers: dict[str, str] | None = None) -> None:
+    """Push ``built`` (blobs, children, then the manifest) to the registry at
+    ``base_url``, sending ``headers`` (credentials) with every request."""
+    extra = headers or {}
     for child in built.children:
-        push(base_url, name, child)
+        push(base_url, name, child, headers=extra)
     for blob in built.blobs:
         status, _ = _call("POST", f"{base_url}/v2/{name}/blobs/uploads/?digest={sha(blob)}", blob,
-                          {"Content-Type": "application/octet-stream"})
+                          {"Content-Type": "application/octet-stream", **extra})
         assert status == 201
     status, _ = _call("PUT", f"{base_url}/v2/{name}/manifests/{tag or built.digest}", built.body,
-                      {"Content-Type": built.media_type})
+                      {"Content-Type": built.media_type, **extra})
     assert status == 201

@@ -218,20 +218,23 @@ def repository_page(
     body.append(tags.p(f"{total} tag{'s' if total != 1 else ''}", class_="count"))
     headers = ["Tag", "Digest", "Type", "Size", "Created", "Platforms"] + (["" ] if can_delete else [])
     trs = []
+    # Tags are [A-Za-z0-9_.-] by their grammar: nothing to quote in a URL.
+    repo_url = urls.repository(name)
     for tag, summary in rows:
-        cells: list[Tag] = [tags.td(link(urls.manifest(name, tag), tag), class_="tag")]
+        # Few elements per row: a page of many tags is flattened quickly.
+        cells: list[Tag] = [tags.td(tags.a(tag, href=f"{repo_url}/-/manifest/{tag}"), class_="tag")]
         if summary is None:
             cells.append(tags.td("the tag's manifest cannot be read", colspan="5", class_="broken"))
         else:
             cells += [
                 tags.td(digest_tag(summary.digest)),
-                tags.td(type_label(summary.media_type)),
-                tags.td(size_cell(summary.size)),
+                tags.td(_TYPE_LABELS.get(summary.media_type, summary.media_type), title=summary.media_type, class_="type"),
+                tags.td(human_size(summary.size), title=f"{summary.size} bytes", class_="size"),
                 tags.td(summary.created or "", class_="created"),
                 tags.td(*[tags.span(p, class_="platform") for p in summary.platforms], class_="platforms"),
             ]
         if can_delete:
-            cells.append(tags.td(link(urls.delete(name, tag=tag), "Delete", class_="danger"), class_="actions"))
+            cells.append(tags.td(tags.a("Delete", href=f"{repo_url}/-/delete?tag={tag}", class_="danger"), class_="actions"))
         trs.append(tags.tr(*cells, class_="tag-row", **{"data-tag": tag}))
     if rows:
         body.append(table(headers, trs, class_="tags"))

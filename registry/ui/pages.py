@@ -20,6 +20,7 @@ from twisted.web.template import Tag, flattenString, tags
 
 from registry.digest import Digest
 from registry.manifest_types import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor
+from registry.ui.serialize import serialize
 from registry.ui.views import ConfigDetail, ManifestDetail, Summary
 
 DOCTYPE = b"<!DOCTYPE html>\n"
@@ -154,7 +155,13 @@ def layout(page: Page, title: str, crumbs: Sequence[tuple[str, str | None]], *bo
 
 
 async def render(tree: Tag) -> bytes:
-    """The page as UTF-8 bytes, doctype first."""
+    """The page as UTF-8 bytes, doctype first (``serialize``: the same
+    bytes as ``flattenString``, without its per-element cost)."""
+    return DOCTYPE + serialize(tree)
+
+
+async def render_with_twisted(tree: Tag) -> bytes:
+    """The page through ``flattenString`` (the reference ``render`` matches)."""
     return DOCTYPE + await flattenString(None, tree)
 
 

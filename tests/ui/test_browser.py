@@ -51,7 +51,7 @@ def shots_dir(tmp_path: Path) -> Path:
     return path
 
 
-def test_browse_filter_paginate_delete_and_escape(registry: Registry, browser: Browser, tmp_path: Path) -> None:
+def test_browse_filter_paginate_delete_and_escape(browser: Browser, registry: Registry, tmp_path: Path) -> None:
     shots = shots_dir(tmp_path)
     base = registry.url
     web = image("web", labels={"org.opencontainers.image.title": "web", "evil": HOSTILE})

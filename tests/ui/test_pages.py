@@ -228,6 +228,8 @@ async def test_every_response_has_the_security_headers_and_the_stylesheet_is_cac
     assert sheet.header("Content-Security-Policy") == CONTENT_SECURITY_POLICY
     assert "--accent" in sheet.text and "@import" not in sheet.text and "url(" not in sheet.text
     assert (await ui.get("/ui/static/style-0000000000000000.css")).code == 404
+    head = await ui.request("HEAD", "/ui/r/a")
+    assert head.code == 200 and head.text == "" and head.header("Content-Security-Policy") == CONTENT_SECURITY_POLICY
     redirect = await ui.request("GET", "/ui", allow_redirects=False)
     assert redirect.code == 301 and redirect.header("Location") == "/ui/"
 

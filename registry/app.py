@@ -12,11 +12,11 @@ with them.  Tests that only need a root over some driver use :func:`make_root`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.internet import TimerService
-from twisted.application.service import IService
-from twisted.internet.defer import ensureDeferred
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.web.resource import IResource
 
@@ -81,6 +81,7 @@ def make_root(
     prefix: str = "/",
     relative_urls: bool = False,
     extra_headers: dict[str, list[str]] | None = None,
+    redirect: bool = True,
     ui: bool = False,
     secret: str | None = None,
 ) -> RegistryRoot:
@@ -95,6 +96,7 @@ def make_root(
         prefix=prefix,
         relative_urls=relative_urls,
         extra_headers=dict(extra_headers or {}),
+        redirect=redirect,
     )
     page = None
     if ui:
@@ -136,6 +138,7 @@ def make_application(
         relative_urls=config.http.relativeurls,
         extra_headers=config.http.headers,
         access=access,
+        redirect=not config.storage.redirect_disable,
         ui=config.ui.active(config.http, listen),
         secret=config.http.secret,
     )
@@ -143,11 +146,25 @@ def make_application(
     # The driver's thread pool / child process stops with the application
     # (after the listeners: the tap stops listeners first).
     services: list[IService] = [DriverService(driver)]
+    if access is not None:
+        # The access controller's thread pool (bcrypt) stops with the application.
+        services.append(_ClosingService(access.close))
     if not config.storage.readonly:
         purging = purge_service(config.storage.uploadpurging, driver)
         if purging is not None:
             services.append(purging)
     return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver)
+
+
+class _ClosingService(Service):
+    """Calls ``close`` when the application stops (after the listeners)."""
+
+    def __init__(self, close: Callable[[], Deferred[None]]) -> None:
+        self._close = close
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._close()
 
 
 def main_listener(http: HTTPConfig, site: RegistrySite, reactor: Any, listen: str | None = None) -> Listener:

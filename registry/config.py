@@ -393,12 +393,15 @@ class StorageConfig:
     Every key of ``storage`` that is not declared here (or ignored) names the
     driver; the loader picks it (``driver``, ``params``)."""
 
-    IGNORED: ClassVar[tuple[str, ...]] = ("cache", "redirect")
+    IGNORED: ClassVar[tuple[str, ...]] = ("cache",)
 
     driver: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     delete_enabled: bool = boolean(False, key="delete.enabled")
     readonly: bool = boolean(False, key="maintenance.readonly.enabled")
+    #: ``storage.redirect.disable``: serve blob GETs through the registry even
+    #: when the driver can sign a URL (S3).
+    redirect_disable: bool = boolean(False, key="redirect.disable")
     uploadpurging: UploadPurgingConfig = section(UploadPurgingConfig, key="maintenance.uploadpurging")
 
 

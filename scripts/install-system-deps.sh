@@ -3,8 +3,11 @@
 # drive for real: the docker daemon and CLI (docker.io, which brings
 # containerd and runc), skopeo, podman, CNCF Distribution 2.8 (the reference
 # registry, package docker-registry) and redis-server; wrk and hey drive the
-# request-rate figures of `make bench` (section versus); chromium (headless)
-# and chromium-driver drive the web page's browser tests (tests/ui/).
+# request-rate figures of `make bench` (section versus); a single-node Ceph
+# (ceph-mon, ceph-osd, radosgw; no ceph-mgr) whose RADOS Gateway is the real
+# S3 endpoint the S3 storage driver's tests start (tests/storage/rgw.py);
+# chromium (headless) and chromium-driver drive the web page's browser
+# tests (tests/ui/).
 #
 # Idempotent and fast when everything is present: only missing packages are
 # installed, `apt-get update` runs at most once.  No service is started: a
@@ -38,6 +41,9 @@ declare -A WANTED=(
     [redis-server]=redis-server
     [wrk]=wrk
     [hey]=hey
+    [ceph-mon]=ceph-mon
+    [ceph-osd]=ceph-osd
+    [radosgw]=radosgw
     [chromium]=chromium
     [chromedriver]=chromium-driver
 )

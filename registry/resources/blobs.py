@@ -133,7 +133,9 @@ class BlobResource:
             ) from None
         except ValueError as e:
             raise RegistryError(errors.RANGE_INVALID, str(e), headers={"Content-Range": f"bytes */{size}"}) from None
-        if request.method == b"GET" and rng is None:
+        # HEAD is answered here (never redirected: a round trip for nothing);
+        # so are ranged GETs, and everything when storage.redirect.disable.
+        if request.method == b"GET" and rng is None and self.ctx.redirect:
             url = await self.ctx.model.blobs.redirect_url(d)
             if url:
                 empty_response(request, 307, {"Location": url})

@@ -29,6 +29,7 @@ class Context:
     prefix: str = "/"  # http.prefix: the path before v2/, with both slashes
     relative_urls: bool = False  # http.relativeurls: never absolute URLs
     extra_headers: dict[str, list[str]] = field(default_factory=dict)  # http.headers
+    redirect: bool = True  # storage.redirect.disable: false -> blob GETs may redirect to the driver's URL
 
     def url(self, path: str) -> str:
         """The URL clients use for the API path ``path`` (``/v2/...``): under

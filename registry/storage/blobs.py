@@ -14,6 +14,7 @@ from registry.digest import Digest
 from registry.storage import paths
 from registry.storage.driver import IFileReader, IStorageDriver, PathNotFoundError
 from registry.storage.errors import BlobUnknown
+from registry.storage.fence import wait_clear
 from registry.storage.interfaces import IBlobDescriptors, IBlobStore
 
 
@@ -24,6 +25,10 @@ def link_content(d: Digest) -> bytes:
 def parse_link(data: bytes) -> Digest:
     """Parse a link file's content; a corrupt link reads as a missing one."""
     return Digest.parse(data.strip().decode("ascii", "replace"))
+
+
+#: How often ``link`` re-writes a link a concurrent sweep removed.
+LINK_ATTEMPTS = 5
 
 
 @implementer(IBlobDescriptors)
@@ -49,7 +54,32 @@ class BlobDescriptors:
         return True
 
     async def link(self, name: str, d: Digest) -> None:
-        await self.driver.put_content(paths.layer_link(name, d), link_content(d))
+        """Write the link, then let any garbage collection sweeping ``d``
+        finish and verify the blob and the link are still there (see
+        ``registry.storage.fence``): a link is never reported made to a blob
+        a concurrent sweep removes. Fails with ``BlobUnknown`` (link removed
+        again) if the blob's data is gone."""
+        path = paths.layer_link(name, d)
+        for _ in range(LINK_ATTEMPTS):
+            await self.driver.put_content(path, link_content(d))
+            await wait_clear(self.driver, [d])
+            try:
+                await self.driver.stat(paths.blob_data(d))
+            except PathNotFoundError:
+                await self._unlink_quietly(name, d)
+                raise BlobUnknown(d, name) from None
+            try:
+                await self.driver.stat(path)
+                return
+            except PathNotFoundError:
+                continue  # swept while we waited: write it again
+        raise BlobUnknown(d, name)
+
+    async def _unlink_quietly(self, name: str, d: Digest) -> None:
+        try:
+            await self.driver.delete(paths.layer_link(name, d).rsplit("/", 1)[0])
+        except PathNotFoundError:
+            pass
 
     async def unlink(self, name: str, d: Digest) -> None:
         try:

@@ -58,7 +58,9 @@ class IBlobDescriptors(Interface):
 
     def link(name: str, d: "Digest") -> "Awaitable[None]":
         """Make blob ``d`` part of repository ``name``. Idempotent. The caller
-        has made sure the blob is stored."""
+        has made sure the blob is stored; fails with ``BlobUnknown`` (and no
+        link left) if a garbage collection in another process removed it
+        meanwhile (``registry.storage.fence``)."""
 
     def unlink(name: str, d: "Digest") -> "Awaitable[None]":
         """Remove blob ``d`` from repository ``name`` (its data stays until
@@ -136,7 +138,10 @@ class IManifestStore(Interface):
         """Store ``body`` (parsed as ``manifest``, digest ``d``) as a revision
         of ``name``, and tag it ``tag`` if given. Fails, before anything is
         written, with ``ManifestBlobUnknown`` (a referenced blob or child
-        manifest is not in ``name``) or ``ManifestInvalid``."""
+        manifest is not in ``name``) or ``ManifestInvalid``; or with
+        ``ManifestBlobUnknown`` after undoing its writes, when a concurrent
+        garbage collection removed a referenced blob (never a success that
+        leaves a dangling reference)."""
 
     def delete(name: str, d: "Digest") -> "Awaitable[list[str]]":
         """Remove manifest ``d`` from ``name``, with every tag pointing at it

@@ -7,7 +7,10 @@ A manifest with a ``subject`` is also recorded under
 referrers index; Distribution ignores the directory).
 
 Every check runs before the first write, so a refused manifest changes
-nothing. The OCI empty descriptor's blob (``{}``,
+nothing (except when a garbage collection in another process removes a
+referenced blob between the check and the write: then the PUT undoes its
+writes and is refused, see ``ManifestStore._settle`` and
+``registry.storage.fence``). The OCI empty descriptor's blob (``{}``,
 ``sha256:44136fa3...``) is the one exception to "every referenced blob must
 already be in the repository": its content is fixed, so a manifest that
 references it with size 2 is accepted and the blob is stored and linked
@@ -33,7 +36,27 @@ from registry.storage import paths
 from registry.storage.blobs import link_content, parse_link
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 from registry.storage.errors import BlobUnknown, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
+from registry.storage.fence import wait_clear
 from registry.storage.interfaces import IBlobStore, IManifestStore, ITagStore
+
+#: How often a manifest PUT restores what a concurrent sweep removed before
+#: giving up with ``ManifestBlobUnknown``.
+SETTLE_ATTEMPTS = 5
+
+
+async def _exists(driver: IStorageDriver, path: str) -> bool:
+    try:
+        await driver.stat(path)
+    except PathNotFoundError:
+        return False
+    return True
+
+
+async def _delete_quietly(driver: IStorageDriver, path: str) -> None:
+    try:
+        await driver.delete(path)
+    except PathNotFoundError:
+        pass
 
 
 @implementer(IManifestStore)
@@ -94,17 +117,83 @@ class ManifestStore:
     async def put(self, name: str, body: bytes, manifest: Manifest, d: Digest, tag: str | None = None) -> None:
         """Store the validated ``manifest`` (``body`` with digest ``d``) in
         ``name``, tagging it ``tag`` if given. Fails with
-        ``ManifestBlobUnknown`` / ``ManifestInvalid`` before writing anything."""
+        ``ManifestBlobUnknown`` / ``ManifestInvalid`` before writing anything,
+        or with ``ManifestBlobUnknown`` after undoing its writes when a
+        garbage collection running concurrently removed a referenced blob
+        (see ``_settle``)."""
         store_empty = await self._check_references(name, manifest)
         if store_empty:
             await self.blobs.put_content(OCI_EMPTY_DIGEST, OCI_EMPTY_CONTENT)
             await self.blobs.descriptors.link(name, OCI_EMPTY_DIGEST)
+        await self._write(name, body, manifest, d, tag)
+        await self._settle(name, body, manifest, d, tag)
+
+    async def _write(self, name: str, body: bytes, manifest: Manifest, d: Digest, tag: str | None) -> None:
         await self.blobs.put_content(d, body)
         await self.driver.put_content(paths.manifest_revision_link(name, d), link_content(d))
         if manifest.subject is not None:
             await self.driver.put_content(paths.referrer_link(name, manifest.subject.digest, d), link_content(d))
         if tag is not None:
             await self.tags.tag(name, tag, d)
+
+    async def _settle(self, name: str, body: bytes, manifest: Manifest, d: Digest, tag: str | None) -> None:
+        """The writer's half of the sweep-fence handshake
+        (``registry.storage.fence``): the revision link is written; now wait
+        for any sweep of a digest this manifest depends on, then verify with
+        the driver (not a cache) that all of it still exists. What this PUT
+        can restore itself (its own bytes, revision, a layer link to a blob
+        whose data is there) is written again and checked again; a blob or
+        child manifest that is gone makes the PUT fail with
+        ``ManifestBlobUnknown`` after removing its revision, so the client
+        pushes them again. A success therefore never leaves a reference to
+        something a concurrent collection deleted."""
+        driver = self.driver
+        blob_digests = [desc.digest for desc in manifest.blobs]
+        child_digests = [c.digest for c in manifest.children]
+        for _ in range(SETTLE_ATTEMPTS):
+            await wait_clear(driver, [d, *blob_digests, *child_digests])
+            missing_blobs = [b for b in blob_digests if not await _exists(driver, paths.blob_data(b))]
+            if OCI_EMPTY_DIGEST in missing_blobs:
+                await self.blobs.put_content(OCI_EMPTY_DIGEST, OCI_EMPTY_CONTENT)
+                missing_blobs.remove(OCI_EMPTY_DIGEST)
+            missing_children = [
+                c for c in child_digests if not await _exists(driver, paths.manifest_revision_link(name, c))
+            ]
+            if missing_blobs or missing_children:
+                await self._undo(name, manifest, d, tag)
+                if missing_blobs:
+                    raise ManifestBlobUnknown(name, list(dict.fromkeys(missing_blobs)), "blob")
+                raise ManifestBlobUnknown(name, list(dict.fromkeys(missing_children)), "manifest")
+            restored = False
+            for b in blob_digests:
+                if not await _exists(driver, paths.layer_link(name, b)):
+                    try:
+                        await self.blobs.descriptors.link(name, b)
+                    except BlobUnknown:
+                        await self._undo(name, manifest, d, tag)
+                        raise ManifestBlobUnknown(name, [b], "blob") from None
+                    restored = True
+            if not await _exists(driver, paths.blob_data(d)) or not await _exists(
+                driver, paths.manifest_revision_link(name, d)
+            ):
+                await self._write(name, body, manifest, d, tag)
+                restored = True
+            if not restored:
+                return
+        raise ManifestBlobUnknown(name, [d, *blob_digests], "blob")
+
+    async def _undo(self, name: str, manifest: Manifest, d: Digest, tag: str | None) -> None:
+        """Take back a PUT whose references vanished: its revision, its
+        referrers entry and its tag (if the tag still points at it)."""
+        if tag is not None:
+            try:
+                if await self.tags.resolve(name, tag) == d:
+                    await self.tags.untag(name, tag)
+            except ManifestUnknown:
+                pass
+        if manifest.subject is not None:
+            await _delete_quietly(self.driver, paths.referrer_link(name, manifest.subject.digest, d))
+        await _delete_quietly(self.driver, paths.manifest_revision_link(name, d))
 
     async def delete(self, name: str, d: Digest) -> list[str]:
         """Remove manifest ``d`` from ``name`` with every tag pointing at it

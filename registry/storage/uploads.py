@@ -28,7 +28,7 @@ from registry.digest import Digest
 from registry.hashing import Sha256
 from registry.storage import paths
 from registry.storage.driver import IFileWriter, IStorageDriver, PathNotFoundError
-from registry.storage.errors import DigestMismatch, UploadOffsetMismatch, UploadUnknown
+from registry.storage.errors import BlobUnknown, DigestMismatch, UploadOffsetMismatch, UploadUnknown
 from registry.storage.interfaces import IBlobStore, IUploadAppender, IUploadLock, IUploadStore
 from registry.storage.locks import ProcessLocks
 
@@ -179,12 +179,22 @@ class UploadStore:
             if actual != expected:
                 raise DigestMismatch(expected, actual, size)
             data_path = paths.upload_data(name, upload_id)
-            if await self.blobs.descriptors.size(expected) is None:
-                # Make the bytes durable before they become the blob.
-                writer = await self.driver.writer(data_path, append=True)
-                await writer.commit()
-                await self.driver.move(data_path, paths.blob_data(expected))
-            await self.blobs.descriptors.link(name, expected)
+            moved = False
+            for attempt in range(3):
+                if await self.blobs.descriptors.size(expected) is None:
+                    # Make the bytes durable before they become the blob.
+                    writer = await self.driver.writer(data_path, append=True)
+                    await writer.commit()
+                    await self.driver.move(data_path, paths.blob_data(expected))
+                    moved = True
+                try:
+                    await self.blobs.descriptors.link(name, expected)
+                    break
+                except BlobUnknown:
+                    # A garbage collection swept the stored copy while we
+                    # linked it: ours is still here, store it instead.
+                    if moved or attempt == 2:
+                        raise
             await self.driver.delete(paths.upload_dir(name, upload_id))
             return size
         finally:

@@ -86,10 +86,14 @@ def make_root(
     redirect: bool = True,
     events: Any = None,
     layer_verifier: LayerVerifier | None = None,
+    ui: bool = False,
+    secret: str | None = None,
 ) -> RegistryRoot:
     """The root resource over ``driver`` (tests use this with any driver);
     ``events``: an ``IEventSink`` told of pushes, pulls and deletes;
-    ``layer_verifier``: verified pushes (``validation.manifests.verifylayers``)."""
+    ``layer_verifier``: verified pushes (``validation.manifests.verifylayers``);
+    ``ui``: serve the web page under ``<prefix>ui/`` (``secret``, from
+    ``http.secret``, signs its form tokens; random when None)."""
     ctx = Context(
         DataModel.over(driver, verifier=layer_verifier),
         delete_enabled=delete_enabled,
@@ -102,7 +106,12 @@ def make_root(
         events=events,
         layers=layer_verifier,
     )
-    return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access)
+    page = None
+    if ui:
+        from registry.ui import UIResource
+
+        page = UIResource(ctx, access, secret=secret.encode("utf-8") if secret else None)
+    return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access, ui=page)
 
 
 def make_application(
@@ -147,6 +156,8 @@ def make_application(
         redirect=not config.storage.redirect_disable,
         events=observe.notifier,
         layer_verifier=verifier,
+        ui=config.ui.active(config.http, listen),
+        secret=config.http.secret,
     )
     if observe.health is not None and observe.health.checks:
         root.health = observe.health

@@ -48,6 +48,7 @@ __all__ = [
     "HTTPConfig",
     "LogConfig",
     "StorageConfig",
+    "UIConfig",
     "UploadPurgingConfig",
     "GCConfig",
     "ValidationConfig",
@@ -766,6 +767,8 @@ class NotificationsConfig:
             if endpoint.url is None and not endpoint.disabled:
                 check.warn(f"endpoints.{i}.url", f"missing; endpoint {endpoint.name!r} is not used")
         return self
+
+
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
                "g": 1000**3, "gb": 1000**3, "gib": 1 << 30, "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}
 
@@ -803,6 +806,51 @@ class ValidationConfig:
     IGNORED: ClassVar[tuple[str, ...]] = ("enabled", "disabled")
 
     manifests: ManifestValidationConfig = section(ManifestValidationConfig)
+
+
+_LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a listening host only this machine reaches: ``localhost``
+    or a loopback address (127.0.0.0/8, ``::1``); False for all interfaces ("")."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen_interface(listen: str) -> str | None:
+    """The ``interface=`` of a server endpoint string (``--listen``), unescaped."""
+    m = re.search(r"(?:^|:)interface=((?:\\.|[^:])*)", listen)
+    return re.sub(r"\\(.)", r"\1", m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class UIConfig:
+    """``ui``: the web page under ``<http.prefix>ui/`` on the main listener."""
+
+    #: Unset: on when the main listener is loopback only (see ``active``).
+    enabled: bool | None = custom(_read_bool, None)
+
+    def active(self, http: HTTPConfig, listen: str | None = None) -> bool:
+        """Whether to serve the page: ``ui.enabled`` when set, otherwise
+        only when the registry listens on a loopback address (``http.addr``,
+        or the ``interface`` of ``--listen`` when given)."""
+        if self.enabled is not None:
+            return self.enabled
+        if listen is not None:
+            interface = _listen_interface(listen)
+            return interface is not None and is_loopback_host(interface)
+        if http.net == "unix":
+            return False
+        try:
+            host, _ = parse_addr(http.addr)
+        except ValueError:
+            return False
+        return is_loopback_host(host)
 
 
 def _read_version(loader: _Loader, dotted: str, spec: Key) -> str:
@@ -851,6 +899,7 @@ class Config:
     notifications: NotificationsConfig = section(NotificationsConfig)
     health: HealthConfig = section(HealthConfig)
     validation: ValidationConfig = section(ValidationConfig)
+    ui: UIConfig = section(UIConfig)
     raw: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, cast, runtime_checkable
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet.defer import Deferred
@@ -37,6 +37,9 @@ from registry.resources.manifests import ManifestResource
 from registry.resources.referrers import ReferrersResource
 from registry.resources.tags import TagsResource
 from registry.resources.uploads import UploadResource, UploadStartResource
+
+if TYPE_CHECKING:
+    from registry.ui import UIResource
 
 API_VERSION_HEADER = (b"Docker-Distribution-API-Version", b"registry/2.0")
 
@@ -113,6 +116,7 @@ class RegistryRoot(Resource):
         routes: Sequence[Route],
         extra_headers: dict[str, list[str]] | None = None,
         access: IAccessController | None = None,
+        ui: UIResource | None = None,
     ) -> None:
         super().__init__()
         self.routes = list(routes)
@@ -123,6 +127,9 @@ class RegistryRoot(Resource):
         #: fails, every request is answered 503 UNAVAILABLE, as Distribution
         #: does, so a load balancer takes the instance out.  None: no checks.
         self.health: Any = None
+        #: The web page (``ui.enabled``): serves ``<prefix>ui/...`` itself,
+        #: outside the API's routes and JSON errors, asking ``access`` per page.
+        self.ui = ui
 
     def match(self, path: bytes) -> tuple[Route, dict[str, str]]:
         """The route for ``path`` and its validated parameters; raises
@@ -167,6 +174,8 @@ class RegistryRoot(Resource):
         time), keep the outcome on the request, and say how its body is
         received.  A request that cannot be served gets a small body buffer
         that is dropped; ``render`` answers it with the error."""
+        if self.ui is not None and self.ui.handles(target.partition(b"?")[0]):
+            return LimitedBody(SMALL_BODY)  # the web page's forms are small
         try:
             match = self.resolve(method, target)
         except Exception as e:
@@ -247,6 +256,8 @@ class RegistryRoot(Resource):
         request.setHeader(*API_VERSION_HEADER)
         for header, values in self.extra_headers.items():
             request.responseHeaders.setRawHeaders(header, values)
+        if self.ui is not None and self.ui.handles(request.path):
+            return self.ui.render(request)
         method = request.method.upper()
 
         async def handle() -> None:

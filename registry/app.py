@@ -81,16 +81,21 @@ def make_root(
     prefix: str = "/",
     relative_urls: bool = False,
     extra_headers: dict[str, list[str]] | None = None,
+    model: DataModel | None = None,
+    pull_through: bool = False,
 ) -> RegistryRoot:
-    """The root resource over ``driver`` (tests use this with any driver)."""
+    """The root resource over ``driver`` (tests use this with any driver);
+    ``model`` replaces ``DataModel.over(driver)`` (a pull-through cache's,
+    with ``pull_through``: pushes and deletes refused)."""
     ctx = Context(
-        DataModel.over(driver),
+        model if model is not None else DataModel.over(driver),
         delete_enabled=delete_enabled,
         readonly=readonly,
         base_url=base_url,
         prefix=prefix,
         relative_urls=relative_urls,
         extra_headers=dict(extra_headers or {}),
+        pull_through=pull_through,
     )
     return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access)
 
@@ -118,6 +123,19 @@ def make_application(
             raise ConfigError("auth", None, str(e)) from None
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
+    services: list[IService] = []
+    model: DataModel | None = None
+    if config.proxy.remoteurl:
+        # A pull-through cache: read-through stores over an upstream client
+        # (no request is made before the first pull: it starts while the
+        # upstream is down), whose connections close with the application.
+        from registry.proxy import Upstream, UpstreamService, pull_through_model
+
+        upstream = Upstream(
+            config.proxy.remoteurl, username=config.proxy.username, password=config.proxy.password, reactor=reactor
+        )
+        model = pull_through_model(driver, upstream, config.proxy.ttl, reactor)
+        services.append(UpstreamService(upstream))
     root = make_root(
         driver,
         delete_enabled=config.storage.delete_enabled,
@@ -127,11 +145,13 @@ def make_application(
         relative_urls=config.http.relativeurls,
         extra_headers=config.http.headers,
         access=access,
+        model=model,
+        pull_through=model is not None,
     )
     listeners = [main_listener(config.http, RegistrySite(root), reactor, listen)]
     # The driver's thread pool / child process stops with the application
     # (after the listeners: the tap stops listeners first).
-    services: list[IService] = [DriverService(driver)]
+    services.insert(0, DriverService(driver))
     if not config.storage.readonly:
         purging = purge_service(config.storage.uploadpurging, driver)
         if purging is not None:

@@ -92,7 +92,11 @@ class ProxyBlobStore:
         while True:
             fetch = self.fetches.get(d)
             if fetch is None:
-                if await self.descriptors.size(d) is not None:
+                stored = await self.descriptors.size(d) is not None
+                # Another pull may have started the flight while we looked.
+                fetch = self.fetches.get(d)
+            if fetch is None:
+                if stored:
                     return await self.local.open(d, offset)
                 source = self._sources.get(d)
                 if source is None:
@@ -114,11 +118,12 @@ class ProxyBlobStore:
         fetch = BlobFetch(self.upstream, self.local, self.uploads, name, d, size, self.clock, **self.fetch_options)
         self.fetches[d] = fetch
 
-        def ended(_: object) -> None:
-            if self.fetches.get(d) is fetch:
+        def ended(done: BlobFetch) -> None:
+            if self.fetches.get(d) is done:
                 del self.fetches[d]
 
-        Deferred.fromCoroutine(fetch.run()).addBoth(ended)
+        fetch.on_done = ended
+        Deferred.fromCoroutine(fetch.run())  # never fails
         return fetch
 
     async def get_content(self, d: Digest) -> bytes:

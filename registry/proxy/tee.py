@@ -102,6 +102,8 @@ class BlobFetch:
         self.done = False
         self.stored_ok = False
         self.peak_window = 0
+        #: Called when the flight ends, before anyone waiting is told.
+        self.on_done: Any = None
         # The storage sink reads from the start; registered before any byte arrives.
         self.sink = TeeReader(self, 0, trusted=True)
 
@@ -299,6 +301,8 @@ class BlobFetch:
 
     def _finish(self) -> None:
         self.done = True
+        if self.on_done is not None:
+            self.on_done(self)
         waiters, self._stored = self._stored, []
         for w in waiters:
             w.callback(self.stored_ok)

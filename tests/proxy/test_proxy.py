@@ -83,7 +83,9 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     up_port = reactor.listenTCP(0, RegistrySite(make_root(up_driver, access=access, delete_enabled=True)), interface="127.0.0.1")
     relay = CountingRelay(up_port.getHost().port)
     upstream = Upstream(relay.url, username=USER, password=PASSWORD, reactor=reactor)
-    proxy_driver = create_driver("inmemory", {})
+    # The filesystem driver answers from a thread pool: pulls interleave at
+    # every storage call, as they do in production.
+    proxy_driver = create_driver("filesystem", {"rootdirectory": str(tmp_path / "proxy")})
     model = pull_through_model(proxy_driver, upstream, 3600.0, reactor, high_water=256 * 1024, retain=64 * 1024, laggard_timeout=0.5)
     proxy_port = reactor.listenTCP(
         0, RegistrySite(make_root(proxy_driver, model=model, pull_through=True)), interface="127.0.0.1"
@@ -97,6 +99,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         await relay.close()
         await proxy_port.stopListening()
         await up_port.stopListening()
+        await proxy_driver.close()
 
 
 async def get(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, Any, bytes]:
@@ -127,6 +130,7 @@ async def test_pull_through_then_cached_with_upstream_down(setup: Setup) -> None
     assert code == 200 and headers.getRawHeaders("content-length") == [str(len(await setup.pusher.read_blob("lib/app", Digest.parse(config_digest))))]
     assert setup.relay.count("GET", f"/blobs/{config_digest}") == 0
     # Stored as a push would have: blob data, layer links, revision, tag.
+    await settle(setup)
     for layer in layers:
         assert await setup.proxy_driver.get_content(paths.blob_data(Digest.parse(sha(layer)))) == layer
         assert await setup.model.blobs.descriptors.is_linked("lib/app", Digest.parse(sha(layer)))
@@ -196,8 +200,7 @@ async def test_concurrent_pulls_share_one_upstream_fetch(setup: Setup) -> None:
         code, _, body = value
         assert code == 200 and body == blob
     assert setup.relay.count("GET", f"/blobs/{sha(blob)}") == 1
-    fetches = setup.model.blobs.fetches  # type: ignore[attr-defined]
-    assert fetches == {}
+    await settle(setup)
     # A later pull, and a Range request, come from storage.
     code, headers, body = await get(url, {"Range": "bytes=100-199"})
     assert code == 206 and body == blob[100:200]
@@ -260,6 +263,15 @@ async def test_digest_mismatch_discards_the_local_copy(setup: Setup) -> None:
     except Exception:
         uploads = []
     assert uploads == []
+
+
+async def settle(setup: Setup) -> None:
+    """Wait until every upstream download has been stored (clients get their
+    last byte when it is verified, a moment before the commit)."""
+    fetches = setup.model.blobs.fetches  # type: ignore[attr-defined]
+    for fetch in list(fetches.values()):
+        assert await fetch.wait_stored()
+    assert fetches == {}
 
 
 async def asyncio_sleep(seconds: float) -> None:

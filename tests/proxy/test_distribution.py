@@ -254,3 +254,75 @@ async def test_256_mib_blob_by_8_clients_is_fetched_once_in_bounded_memory(
     finally:
         proxy.stop()
         await relay.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_authenticated_upstream(tmp_path: Path) -> None:
+    """Distribution with ``auth: token`` (a token server in this process) as
+    the upstream of an in-process proxy: the proxy gets its own tokens with
+    its credentials; its clients see neither."""
+    import treq
+    from twisted.web.server import Site
+
+    from registry.app import make_root
+    from registry.client import BytesSource
+    from registry.http import RegistrySite
+    from registry.proxy import Upstream, pull_through_model
+    from registry.storage.factory import create_driver
+    from tests.client.tokenserver import ISSUER, SERVICE, TokenServer
+
+    try:
+        binary = require("docker-registry", "docker-registry")
+    except MissingTool as error:
+        missing_tool(error)
+    server = TokenServer({USER: PASSWORD}, expires_in=300)
+    token_port = reactor.listenTCP(0, Site(server), interface="127.0.0.1")
+    workdir = tmp_path / "upstream"
+    workdir.mkdir()
+    bundle = server.write_bundle(workdir / "signer.pem")
+    realm = f"http://127.0.0.1:{token_port.getHost().port}/token"
+    port = free_port()
+    config = workdir / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage: {{filesystem: {{rootdirectory: {workdir / 'storage'}}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}, secret: proxy-tests}}\n"
+        f"auth: {{token: {{realm: '{realm}', service: {SERVICE}, issuer: {ISSUER}, rootcertbundle: {bundle}}}}}\n"
+    )
+    upstream = Registry("reference", port, workdir / "storage", ManagedProcess([binary, "serve", str(config)], workdir / "registry.log"))
+    _wait_for(upstream, 401, "upstream Distribution with token auth")
+    pusher = RegistryClient(upstream.host, reactor=reactor, credentials=Credentials(USER, PASSWORD))
+    upstream_client = Upstream(upstream.url, username=USER, password=PASSWORD, reactor=reactor)
+    driver = create_driver("filesystem", {"rootdirectory": str(tmp_path / "proxy")})
+    proxy_port = reactor.listenTCP(
+        0, RegistrySite(make_root(driver, model=pull_through_model(driver, upstream_client, 60.0, reactor), pull_through=True)),
+        interface="127.0.0.1",
+    )
+    try:
+        layer, config_blob = os.urandom(200_000), b'{"architecture":"amd64","os":"linux"}'
+        for blob in (layer, config_blob):
+            await pusher.push_blob("lib/tok", Digest.parse(sha256_digest(blob)), BytesSource(blob))
+        manifest = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(config_blob), "size": len(config_blob)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256_digest(layer), "size": len(layer)}],
+        }).encode()
+        await pusher.put_manifest("lib/tok", "v1", manifest, "application/vnd.oci.image.manifest.v1+json")
+        issued = len(server.issued)
+        base = f"http://127.0.0.1:{proxy_port.getHost().port}/v2/lib/tok"
+        r = await treq.get(f"{base}/manifests/v1", headers={"Accept": ", ".join(ALL_MANIFEST_TYPES)}, persistent=False)
+        assert r.code == 200 and await r.content() == manifest
+        assert r.headers.getRawHeaders("www-authenticate") is None
+        r = await treq.get(f"{base}/blobs/{sha256_digest(layer)}", persistent=False)
+        assert r.code == 200 and await r.content() == layer
+        # The proxy asked the token server itself, for pull scopes only.
+        assert len(server.issued) > issued
+        assert all(scope == ["repository:lib/tok:pull"] for scope in server.issued[issued:]), server.issued[issued:]
+    finally:
+        await proxy_port.stopListening()
+        await upstream_client.close()
+        await pusher.close()
+        await driver.close()
+        upstream.stop()
+        await token_port.stopListening()

@@ -30,16 +30,20 @@ from registry.client import Credentials, FileSource, RegistryClient
 from registry.digest import Digest
 from tests.clients.harness import (
     ALL_MANIFEST_TYPES,
+    DockerDaemon,
     MEDIA_OCI_INDEX,
     ManagedProcess,
     MissingTool,
     Registry,
     Skopeo,
+    SystemLeftovers,
     free_port,
     http_request,
     make_image,
     missing_tool,
+    new_workdir,
     read_oci_layout,
+    remove_tree,
     require,
     sha256_digest,
     twistd_path,
@@ -180,6 +184,39 @@ def test_skopeo_pulls_through_and_from_cache_with_upstream_down(tmp_path: Path, 
         if proxy is not None:
             proxy.stop()
         upstream.stop()
+
+
+def test_docker_pull_through_and_from_cache(tmp_path: Path, skopeo: Skopeo) -> None:
+    leftovers = SystemLeftovers()
+    docker_dir = new_workdir("proxy-docker-")  # short: containerd's socket paths must fit
+    try:
+        daemon = DockerDaemon(docker_dir)
+    except MissingTool as error:
+        remove_tree(docker_dir)
+        missing_tool(error)
+    upstream = start_upstream(tmp_path / "upstream")
+    proxy: Registry | None = None
+    daemon.start()
+    try:
+        image = make_image("proxy-docker", layers=2)
+        layout = write_oci_layout(tmp_path / "layout", [image], "v1")
+        skopeo.copy(layout.reference, upstream.docker_ref("lib/docker", "v1"), f"--dest-creds={USER}:{PASSWORD}")
+        proxy = start_proxy(tmp_path / "proxy", upstream.url)
+        reference = proxy.ref("lib/docker", "v1")  # 127.0.0.0/8 is an insecure registry to docker
+        daemon.docker("pull", reference)
+        assert daemon.image_diff_ids(reference) == image.diff_ids
+        assert daemon.image_id(reference) == image.config_digest
+        daemon.docker("rmi", reference)
+        upstream.stop()
+        daemon.docker("pull", reference)
+        assert daemon.image_diff_ids(reference) == image.diff_ids
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        upstream.stop()
+        daemon.stop()
+        remove_tree(docker_dir)
+        leftovers.remove()
 
 
 BIG = 256 * 1024 * 1024

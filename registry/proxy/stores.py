@@ -40,10 +40,13 @@ from registry.proxy.tee import BlobFetch
 from registry.proxy.upstream import Upstream, UpstreamUnavailable
 from registry.storage import paths
 from registry.storage.blobs import link_content
-from registry.storage.driver import IFileReader, IStorageDriver, PathNotFoundError
+from registry.storage.driver import DriverError, IFileReader, IStorageDriver, PathNotFoundError
 from registry.storage.errors import BlobUnknown, ManifestUnknown
 from registry.storage.interfaces import IBlobStore, IManifestStore, ITagStore, IUploadStore
 
+#: Flights a pull that joined too late waits for before giving up, when
+#: storing the blob keeps failing.
+OPEN_ATTEMPTS = 3
 #: Blobs whose upstream repository ``repo_size`` remembers for ``open``.
 SOURCES_KEPT = 4096
 
@@ -89,7 +92,7 @@ class ProxyBlobStore:
             self._sources.popitem(last=False)
 
     async def open(self, d: Digest, offset: int = 0) -> IFileReader:
-        while True:
+        for _ in range(OPEN_ATTEMPTS):
             fetch = self.fetches.get(d)
             if fetch is None:
                 stored = await self.descriptors.size(d) is not None
@@ -113,6 +116,7 @@ class ProxyBlobStore:
                     raise fetch.error
                 raise UpstreamUnavailable(f"blob {d}", str(fetch.error))
             # Verified but not stored (a storage failure): fetch again.
+        raise DriverError("proxy", f"blob {d} was fetched from the upstream but could not be stored")
 
     def _start(self, d: Digest, name: str, size: int) -> BlobFetch:
         fetch = BlobFetch(self.upstream, self.local, self.uploads, name, d, size, self.clock, **self.fetch_options)

@@ -340,3 +340,38 @@ def test_proxy_config() -> None:
     for bad in ("ftp://x", "https://u:p@host", "https://host/path", "nohost"):
         with pytest.raises(ConfigError, match="proxy.remoteurl"):
             load_config(f"version: 0.1\nstorage: {{inmemory: {{}}}}\nproxy: {{remoteurl: '{bad}'}}\n", {})
+
+
+@pytest_twisted.ensureDeferred
+async def test_application_with_proxy_section_starts_with_the_upstream_down(tmp_path: Path) -> None:
+    """``make_application`` wires the cache from ``proxy:``; nothing is asked
+    of the (unreachable) upstream until a pull, which then gets a 503."""
+    from twisted.application.internet import TimerService
+
+    from registry.app import make_application
+    from registry.proxy import UpstreamService
+
+    dead = CountingRelay(1)
+    await dead.down()  # a port that was free a moment ago: connections are refused
+    config = load_config(
+        f"version: 0.1\nstorage: {{filesystem: {{rootdirectory: {tmp_path / 'store'}}}}}\n"
+        f"proxy: {{remoteurl: '{dead.url}', username: u, password: p}}\n",
+        {},
+    )
+    app = make_application(config, reactor)
+    assert any(isinstance(s, UpstreamService) for s in app.services)
+    port = reactor.listenTCP(0, app.listener("main").factory, interface="127.0.0.1")
+    try:
+        base = f"http://127.0.0.1:{port.getHost().port}"
+        code, _, _ = await get(f"{base}/v2/")
+        assert code == 200
+        code, _, body = await get(f"{base}/v2/lib/app/manifests/v1", ACCEPT)
+        assert code == 503 and error_code(body) == "UNAVAILABLE"
+        assert str(dead.port_number).encode() not in body
+        code, _, body = await get(f"{base}/v2/lib/app/blobs/uploads/", method="POST")
+        assert code == 405 and error_code(body) == "UNSUPPORTED"
+    finally:
+        await port.stopListening()
+        for service in reversed(app.services):
+            if not isinstance(service, TimerService):  # never started
+                await service.stopService()

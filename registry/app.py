@@ -12,17 +12,18 @@ with them.  Tests that only need a root over some driver use :func:`make_root`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.internet import TimerService
-from twisted.application.service import IService
-from twisted.internet.defer import ensureDeferred
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.web.resource import IResource
 
 from registry.auth import IAccessController
 from registry.config import Config, ConfigError, HTTPConfig, UploadPurgingConfig, parse_addr
 from registry.http import RegistrySite
+from registry.observe import Observability
 from registry.resources.context import Context
 from registry.resources.router import RegistryRoot, build_routes
 from registry.storage.driver import IStorageDriver
@@ -81,10 +82,13 @@ def make_root(
     prefix: str = "/",
     relative_urls: bool = False,
     extra_headers: dict[str, list[str]] | None = None,
+    redirect: bool = True,
+    events: Any = None,
     model: DataModel | None = None,
     pull_through: bool = False,
 ) -> RegistryRoot:
     """The root resource over ``driver`` (tests use this with any driver);
+    ``events``: an ``IEventSink`` told of pushes, pulls and deletes;
     ``model`` replaces ``DataModel.over(driver)`` (a pull-through cache's,
     with ``pull_through``: pushes and deletes refused)."""
     ctx = Context(
@@ -95,6 +99,8 @@ def make_root(
         prefix=prefix,
         relative_urls=relative_urls,
         extra_headers=dict(extra_headers or {}),
+        redirect=redirect,
+        events=events,
         pull_through=pull_through,
     )
     return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access)
@@ -123,8 +129,9 @@ def make_application(
             raise ConfigError("auth", None, str(e)) from None
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
-    services: list[IService] = []
+    observe = Observability.from_config(config, driver, reactor)
     model: DataModel | None = None
+    upstream_service: IService | None = None
     if config.proxy.remoteurl:
         # A pull-through cache: read-through stores over an upstream client
         # (no request is made before the first pull: it starts while the
@@ -135,7 +142,7 @@ def make_application(
             config.proxy.remoteurl, username=config.proxy.username, password=config.proxy.password, reactor=reactor
         )
         model = pull_through_model(driver, upstream, config.proxy.ttl, reactor)
-        services.append(UpstreamService(upstream))
+        upstream_service = UpstreamService(upstream)
     root = make_root(
         driver,
         delete_enabled=config.storage.delete_enabled,
@@ -145,18 +152,41 @@ def make_application(
         relative_urls=config.http.relativeurls,
         extra_headers=config.http.headers,
         access=access,
+        redirect=not config.storage.redirect_disable,
+        events=observe.notifier,
         model=model,
         pull_through=model is not None,
     )
-    listeners = [main_listener(config.http, RegistrySite(root), reactor, listen)]
+    if observe.health is not None and observe.health.checks:
+        root.health = observe.health
+    listeners = [main_listener(config.http, RegistrySite(root, observer=observe.metrics), reactor, listen)]
+    debug = observe.debug_listener(config.http)
+    if debug is not None:
+        listeners.append(debug)
     # The driver's thread pool / child process stops with the application
     # (after the listeners: the tap stops listeners first).
-    services.insert(0, DriverService(driver))
+    services: list[IService] = [DriverService(driver), *observe.services()]
+    if access is not None:
+        # The access controller's thread pool (bcrypt) stops with the application.
+        services.append(_ClosingService(access.close))
+    if upstream_service is not None:
+        services.append(upstream_service)
     if not config.storage.readonly:
         purging = purge_service(config.storage.uploadpurging, driver)
         if purging is not None:
             services.append(purging)
     return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver)
+
+
+class _ClosingService(Service):
+    """Calls ``close`` when the application stops (after the listeners)."""
+
+    def __init__(self, close: Callable[[], Deferred[None]]) -> None:
+        self._close = close
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._close()
 
 
 def main_listener(http: HTTPConfig, site: RegistrySite, reactor: Any, listen: str | None = None) -> Listener:

@@ -225,6 +225,27 @@ def _read_strings(loader: _Loader, dotted: str, spec: Key) -> tuple[str, ...]:
     raise loader._error(dotted, value, "must be a list of strings")
 
 
+def _read_int(loader: _Loader, dotted: str, spec: Key) -> int:
+    value = loader._get(dotted)
+    if value is None:
+        return int(spec.default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise loader._error(dotted, value, "must be a whole number, 0 or more")
+    return value
+
+
+def _read_section_list(loader: _Loader, dotted: str, spec: Key) -> tuple[Any, ...]:
+    # ``notifications.endpoints``, ``health.http``: a list of sections, each
+    # read like a section at ``<dotted>.<index>``.
+    assert spec.section is not None
+    value = loader._get(dotted)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise loader._error(dotted, value, "must be a list")
+    return tuple(loader._section(spec.section, f"{dotted}.{i}") for i in range(len(value)))
+
+
 def _read_section(loader: _Loader, dotted: str, spec: Key) -> Any:
     assert spec.section is not None
     if not spec.required and loader._get(dotted) is None:
@@ -337,6 +358,17 @@ def section(cls: type, *, key: str | None = None, optional: bool = False) -> Any
     return _meta(spec, default_factory=cls)
 
 
+def integer(default: int, *, key: str | None = None) -> Any:
+    """A whole number, 0 or more."""
+    return _meta(Key(key, _read_int, default), default)
+
+
+def section_list(cls: type, *, key: str | None = None) -> Any:
+    """A list of sections (``notifications.endpoints``); each element's keys
+    are declared by ``cls``; absent: an empty tuple."""
+    return _meta(Key(key, _read_section_list, section=cls), ())
+
+
 def custom(read: _Reader, default: Any = None, *, key: str | None = None, is_string: bool = False) -> Any:
     """A key with its own reader (``version``, ``http.headers``)."""
     return _meta(Key(key, read, default, is_string=is_string), default)
@@ -356,6 +388,10 @@ class Checker:
     def raw(self, name: str) -> Any:
         """The section's key ``name`` as written (after overrides)."""
         return self._loader._get(self.key(name))
+
+    def warn(self, name: str, message: str) -> None:
+        """Add a warning about the section's key ``name`` to ``Config.warnings``."""
+        self._loader.warnings.append(f"configuration key {self.key(name)}: {message}")
 
     def error(self, name: str, message: str) -> ConfigError:
         """A ConfigError for the section's key ``name`` with its raw value."""
@@ -392,12 +428,15 @@ class StorageConfig:
     Every key of ``storage`` that is not declared here (or ignored) names the
     driver; the loader picks it (``driver``, ``params``)."""
 
-    IGNORED: ClassVar[tuple[str, ...]] = ("cache", "redirect")
+    IGNORED: ClassVar[tuple[str, ...]] = ("cache",)
 
     driver: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     delete_enabled: bool = boolean(False, key="delete.enabled")
     readonly: bool = boolean(False, key="maintenance.readonly.enabled")
+    #: ``storage.redirect.disable``: serve blob GETs through the registry even
+    #: when the driver can sign a URL (S3).
+    redirect_disable: bool = boolean(False, key="redirect.disable")
     uploadpurging: UploadPurgingConfig = section(UploadPurgingConfig, key="maintenance.uploadpurging")
 
 
@@ -430,6 +469,39 @@ def _read_headers(loader: _Loader, dotted: str, spec: Key) -> dict[str, list[str
     return headers
 
 
+def _check_debug_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError('must begin with "/", e.g. "/metrics"')
+    return path
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    """``http.debug.prometheus``: the metrics page on the debug listener."""
+
+    enabled: bool = boolean(False)
+    path: str = string("/metrics", check=_check_debug_path)
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """``http.debug``: the debug listener (off without ``addr``): health
+    and, when enabled, Prometheus metrics."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("tls",)
+
+    addr: str | None = string(None)
+    prometheus: PrometheusConfig = section(PrometheusConfig)
+
+    def checked(self, check: Checker) -> DebugConfig:
+        if self.addr is not None:
+            try:
+                parse_addr(self.addr)
+            except ValueError as e:
+                raise check.error("addr", str(e)) from None
+        return self
+
+
 @dataclass(frozen=True)
 class HTTPConfig:
     """``http.*``: where to listen and how the registry names itself."""
@@ -437,7 +509,6 @@ class HTTPConfig:
     IGNORED: ClassVar[tuple[str, ...]] = (
         "tls.letsencrypt",
         "draintimeout",
-        "debug",
         "http2",
     )
 
@@ -460,6 +531,7 @@ class HTTPConfig:
     tls_ciphersuites: tuple[str, ...] = strings(key="tls.ciphersuites")
     #: ``http.headers``: extra response headers, each a list of values.
     headers: dict[str, list[str]] = mapping(read=_read_headers)
+    debug: DebugConfig = section(DebugConfig)
 
     def checked(self, check: Checker) -> HTTPConfig:
         if self.net == "unix":
@@ -584,6 +656,122 @@ class ProxyConfig:
         return self
 
 
+def _check_http_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError('must be an absolute http(s) URL such as "https://hooks.example.com/registry"')
+    return url
+
+
+@dataclass(frozen=True)
+class StorageDriverHealthConfig:
+    """``health.storagedriver``: a periodic stat of the storage root."""
+
+    enabled: bool = boolean(False)
+    interval: float = duration("10s")
+    #: Consecutive failures before the check reports unhealthy (0: the first).
+    threshold: int = integer(0)
+
+
+@dataclass(frozen=True)
+class FileHealthConfig:
+    """``health.file[]``: unhealthy while the file exists (a maintenance switch)."""
+
+    file: str = string(None, required=True)
+    interval: float = duration("10s")
+
+
+@dataclass(frozen=True)
+class HTTPHealthConfig:
+    """``health.http[]``: a HEAD request to ``uri`` must answer ``statuscode``."""
+
+    uri: str = string(None, required=True, check=_check_http_url)
+    headers: dict[str, list[str]] = mapping(read=_read_headers)
+    statuscode: int = integer(200)
+    timeout: float = duration("3s")
+    interval: float = duration("10s")
+    threshold: int = integer(0)
+
+
+@dataclass(frozen=True)
+class TCPHealthConfig:
+    """``health.tcp[]``: a TCP connection to ``addr`` must open."""
+
+    addr: str = string(None, required=True)
+    timeout: float = duration("3s")
+    interval: float = duration("10s")
+    threshold: int = integer(0)
+
+    def checked(self, check: Checker) -> TCPHealthConfig:
+        try:
+            host, _ = parse_addr(self.addr)
+        except ValueError as e:
+            raise check.error("addr", str(e)) from None
+        if not host:
+            raise check.error("addr", "needs a host to connect to")
+        return self
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """``health``: the checks ``GET /debug/health`` reports."""
+
+    storagedriver: StorageDriverHealthConfig = section(StorageDriverHealthConfig)
+    file: tuple[FileHealthConfig, ...] = section_list(FileHealthConfig)
+    http: tuple[HTTPHealthConfig, ...] = section_list(HTTPHealthConfig)
+    tcp: tuple[TCPHealthConfig, ...] = section_list(TCPHealthConfig)
+
+
+@dataclass(frozen=True)
+class IgnoreConfig:
+    """``notifications.endpoints[].ignore``: events not sent to the endpoint."""
+
+    mediatypes: tuple[str, ...] = strings()
+    actions: tuple[str, ...] = strings()
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """``notifications.endpoints[]``: one webhook (defaults are Distribution's)."""
+
+    name: str = string(None, required=True)
+    #: None: the endpoint is not used (a warning says so).
+    url: str | None = string(None, check=_check_http_url)
+    headers: dict[str, list[str]] = mapping(read=_read_headers)
+    timeout: float = duration("1s")
+    #: Consecutive failed deliveries before the endpoint backs off.
+    threshold: int = integer(10)
+    backoff: float = duration("1s")
+    ignoredmediatypes: tuple[str, ...] = strings()
+    ignore: IgnoreConfig = section(IgnoreConfig)
+    disabled: bool = boolean(False)
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """``notifications.events``."""
+
+    includereferences: bool = boolean(False)
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    """``notifications``: webhooks told of pushes, pulls, mounts and deletes."""
+
+    endpoints: tuple[EndpointConfig, ...] = section_list(EndpointConfig)
+    events: EventsConfig = section(EventsConfig)
+
+    def checked(self, check: Checker) -> NotificationsConfig:
+        names = [e.name for e in self.endpoints]
+        for name in names:
+            if names.count(name) > 1:
+                raise check.error("endpoints", f"two endpoints are named {name!r}; names must be unique")
+        for i, endpoint in enumerate(self.endpoints):
+            if endpoint.url is None and not endpoint.disabled:
+                check.warn(f"endpoints.{i}.url", f"missing; endpoint {endpoint.name!r} is not used")
+        return self
+
+
 def _read_version(loader: _Loader, dotted: str, spec: Key) -> str:
     value = loader._get(dotted)
     if value is None:
@@ -613,9 +801,7 @@ class Config:
     IGNORED: ClassVar[tuple[str, ...]] = (
         "middleware",
         "reporting",
-        "notifications",
         "redis",
-        "health",
         "catalog",
         "compatibility",
         "validation",
@@ -630,6 +816,8 @@ class Config:
     http: HTTPConfig = section(HTTPConfig)
     auth: AuthConfig = section(AuthConfig)
     proxy: ProxyConfig = section(ProxyConfig)
+    notifications: NotificationsConfig = section(NotificationsConfig)
+    health: HealthConfig = section(HealthConfig)
     raw: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -874,12 +1062,21 @@ class _Loader:
                 self._warn_key(dotted, "not supported by this registry")
             elif isinstance(spec, dict) and isinstance(value, dict):
                 self._check_keys(value, spec, [*path, key])
+            elif isinstance(spec, dict) and isinstance(value, list):
+                # A list of sections: each element against the section's keys.
+                for i, item in enumerate(value):
+                    if isinstance(item, dict):
+                        self._check_keys(item, spec, [*path, key, str(i)])
 
     # -- typed getters --
 
     def _get(self, path: str) -> Any:
         node: Any = self.tree
         for part in path.split("."):
+            if isinstance(node, list) and part.isdigit():
+                # An element of a list of sections (``notifications.endpoints.0``).
+                node = node[int(part)] if int(part) < len(node) else None
+                continue
             if not isinstance(node, dict):
                 return None
             node = node.get(part)
@@ -937,7 +1134,8 @@ class _Loader:
         """Each section above ``dotted`` must be a mapping (or absent)."""
         parts = dotted.split(".")
         for i in range(1, len(parts)):
-            self._mapping(".".join(parts[:i]))
+            if not isinstance(self._get(".".join(parts[:i])), list):
+                self._mapping(".".join(parts[:i]))
 
     def _storage(self, dotted: str) -> StorageConfig:
         storage = self._get(dotted)

@@ -3,7 +3,9 @@
 # drive for real: the docker daemon and CLI (docker.io, which brings
 # containerd and runc), skopeo, podman, CNCF Distribution 2.8 (the reference
 # registry, package docker-registry) and redis-server; wrk and hey drive the
-# request-rate figures of `make bench` (section versus).
+# request-rate figures of `make bench` (section versus); a single-node Ceph
+# (ceph-mon, ceph-osd, radosgw; no ceph-mgr) whose RADOS Gateway is the real
+# S3 endpoint the S3 storage driver's tests start (tests/storage/rgw.py).
 #
 # Idempotent and fast when everything is present: only missing packages are
 # installed, `apt-get update` runs at most once.  No service is started: a
@@ -37,6 +39,9 @@ declare -A WANTED=(
     [redis-server]=redis-server
     [wrk]=wrk
     [hey]=hey
+    [ceph-mon]=ceph-mon
+    [ceph-osd]=ceph-osd
+    [radosgw]=radosgw
 )
 # Not needed here: podman and skopeo use the vfs storage driver as root, so
 # fuse-overlayfs, uidmap and slirp4netns (all only "Recommends") stay out.

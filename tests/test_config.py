@@ -177,6 +177,7 @@ def test_distribution_config_works_with_warnings_for_the_rest() -> None:
     assert config.storage.params == {"rootdirectory": "/var/lib/registry", "maxthreads": 100}
     assert config.storage.delete_enabled is True
     assert config.storage.readonly is False
+    assert config.storage.redirect_disable is False
     assert config.storage.uploadpurging == UploadPurgingConfig(enabled=True, age=168 * 3600, interval=24 * 3600, dryrun=False)
     assert config.http.addr == "localhost:5000"
     assert config.http.prefix == "/my/nested/registry/"
@@ -196,15 +197,11 @@ def test_distribution_config_works_with_warnings_for_the_rest() -> None:
     assert warned == {
         "log.hooks",
         "storage.cache",
-        "storage.redirect",
         "middleware",
         "reporting",
         "http.draintimeout",
-        "http.debug",
         "http.http2",
-        "notifications",
         "redis",
-        "health",
         "validation",
         "catalog",
     }

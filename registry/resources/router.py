@@ -118,6 +118,10 @@ class RegistryRoot(Resource):
         self.extra_headers = extra_headers or {}
         #: The access controller (None: every request is allowed, as Distribution without ``auth``).
         self.access = access
+        #: Health checks (``registry.observe.health.HealthChecks``): while any
+        #: fails, every request is answered 503 UNAVAILABLE, as Distribution
+        #: does, so a load balancer takes the instance out.  None: no checks.
+        self.health: Any = None
 
     def match(self, path: bytes) -> tuple[Route, dict[str, str]]:
         """The route for ``path`` and its validated parameters; raises
@@ -168,6 +172,11 @@ class RegistryRoot(Resource):
             request.route_error = e
             return LimitedBody(SMALL_BODY)
         request.route_match = match
+        if self.health is not None and self.health.failing():
+            request.route_error = RegistryError(
+                errors.UNAVAILABLE, "a health check fails: see /debug/health on the debug listener"
+            )
+            return LimitedBody(SMALL_BODY)
         try:
             return self.before_body(request, match, length)
         except Exception as e:

@@ -52,6 +52,7 @@ _BUILTIN: dict[str, str | DriverFactory] = {
     "inmemory": "registry.storage.drivers.inmemory:create",
     "filesystem": "registry.storage.drivers.filesystem:create",
     "outofprocess": "registry.storage.drivers.outofprocess:create_explicit",
+    "s3": "registry.storage.drivers.s3:create",
 }
 
 

@@ -17,6 +17,7 @@ import pytest_twisted
 
 from registry.storage.driver import IStorageDriver
 from registry.storage.factory import create_driver
+from tests.storage.rgw import s3_driver, shared_gateway, stop_shared_gateway
 
 DriverMaker = Callable[[Path], IStorageDriver]
 
@@ -25,15 +26,26 @@ DRIVERS: dict[str, DriverMaker] = {
     "filesystem": lambda root: create_driver("filesystem", {"rootdirectory": str(root)}),
     # Out-of-process: the filesystem driver served by registry-storage-filesystem over AMP.
     "filesystem-amp": lambda root: create_driver("outofprocess", {"executable": "filesystem", "params": {"rootdirectory": str(root)}}),
+    # S3 on a throwaway Ceph RADOS Gateway (tests/storage/rgw.py), one per session; skips without Ceph.
+    "s3": lambda root: s3_driver(),
 }
 
 IN_PROCESS_MEMORY = {"inmemory"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _rgw_session() -> Any:
+    """Stops the session's RGW (started on first use by ``s3_driver``)."""
+    yield
+    stop_shared_gateway()
 
 
 @pytest.fixture(params=sorted(DRIVERS))
 def driver_name(request: pytest.FixtureRequest) -> str:
     """The id of the driver under test."""
     name: str = request.param
+    if name == "s3":
+        shared_gateway()  # starts the session's RGW, or skips (fails under CI) here, outside the reactor
     return name
 
 

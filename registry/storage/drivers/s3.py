@@ -1,0 +1,1322 @@
+"""The S3 storage driver (built-in name ``s3``): objects in an S3 bucket.
+
+Configured with Distribution's keys, so a Distribution ``config.yml`` works
+unchanged: ``storage.s3.{accesskey, secretkey, region, regionendpoint,
+forcepathstyle, bucket, rootdirectory, secure, v4auth, chunksize,
+multipartcopychunksize, multipartcopymaxconcurrency,
+multipartcopythresholdsize, storageclass, encrypt}`` (plus ``keyid``,
+``sessiontoken``, ``objectacl`` — ``none`` sends no ACL, for buckets with
+ACLs disabled — and this driver's ``requesttimeout``).
+Without ``accesskey``/``secretkey`` the credentials come from botocore's
+chain (``AWS_*`` environment variables, ``~/.aws``, instance metadata...).
+
+Non-blocking
+  Every S3 request goes through treq on the reactor, over the driver's own
+  persistent connection pool, signed with botocore's SigV4 signer (headers,
+  or the query for presigned URLs). Signing is pure computation; the only
+  calls that may block (resolving or refreshing credentials through
+  botocore's chain, hashing a large request body) run in the driver's
+  bounded thread pool. Every request has a timeout (``requesttimeout``
+  seconds, default 60) and so does every wait for response bytes: a dead,
+  slow or full endpoint gives a ``DriverError`` naming the endpoint and
+  what to check, never a hang. Bad credentials and a missing bucket give a
+  ``DriverError`` saying so; ``check()`` (run when the reactor starts, its
+  outcome logged) reports them at start-up.
+
+Keys
+  The object at driver path ``/a/b`` is the key ``<rootdirectory>/a/b``.
+  Directories are implicit: ``list`` and ``walk`` derive them from key
+  prefixes (paginated ListObjectsV2, so 10,000 tags list fine); a directory
+  exists while some key lies below it. Keys outside the path grammar (put
+  there by something else) are not shown.
+
+Writers: appends on a store without append
+  The state of a writer lives in the bucket, never only in this process:
+  after ``close`` (or ``commit``) the object at the key *is* everything
+  written so far, readable and ``stat``-able by any instance, so
+  ``writer(path, append=True)`` on any instance continues from its size
+  (one HEAD). Within one writer session the new bytes are gathered into
+  parts of ``chunksize`` (at least S3's 5 MiB minimum); the first full part
+  starts a multipart upload on the key, and the part uploads while the next
+  one fills (memory: about two parts). When the session ends with ``close``
+  or ``commit`` the new object is produced as
+
+  * existing bytes under 5 MiB: read back once (bounded by 5 MiB) and sent
+    ahead of the new bytes, in one PUT when the total is small or as the
+    first part of the multipart upload;
+  * existing bytes of 5 MiB or more: copied server-side with UploadPartCopy
+    (``x-amz-copy-source-if-match`` its ETag, so a concurrent change fails
+    loudly instead of mixing content) as the first part(s), never streamed
+    through the registry; the new bytes follow as parts, the last one of
+    any size;
+
+  and CompleteMultipartUpload (or the PUT) swaps the object in atomically.
+  A crash within a session loses only that session's unclosed bytes: the
+  object keeps its previous complete content (the offset the registry's
+  upload status reports), and the abandoned multipart upload is aborted
+  when the writer is cancelled or its directory deleted (``delete`` of a
+  directory also aborts the multipart uploads below it; a bucket lifecycle
+  rule ``AbortIncompleteMultipartUpload`` catches the rest). The price of
+  readability after every ``close``: each append session to an object of
+  5 MiB or more costs a server-side copy of it (no bytes through the
+  registry). ``commit`` after a ``close`` with no new bytes is free.
+
+Objects versus directories
+  The contract forbids an object where a directory is or below another
+  object. S3 has no such rule, so ``put_content``, ``writer(append=False)``
+  and ``move`` check first, concurrently: a one-key listing below the path
+  and a HEAD of each ancestor (for a registry link path about ten small
+  requests in parallel, one round trip of latency).
+
+Moves
+  ``move`` is a server-side copy (CopyObject below
+  ``multipartcopythresholdsize``, a multipart copy in
+  ``multipartcopychunksize`` parts with ``multipartcopymaxconcurrency``
+  requests in flight above it) followed by a delete of the source.
+
+Redirects
+  ``redirect_url(path, "GET")`` is a SigV4-presigned URL valid for 20
+  minutes (as Distribution's); other methods get ``None``.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import hashlib
+import re
+import time
+import urllib.parse
+import xml.etree.ElementTree as ET
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from datetime import datetime
+from typing import Any, TypeVar
+
+import treq
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout, DeferredSemaphore, ensureDeferred, gatherResults, succeed
+from twisted.internet.protocol import Protocol
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+from zope.interface import implementer
+
+from registry.storage.params import warn_unknown_params
+from registry.storage.driver import (
+    DriverError,
+    FileInfo,
+    IFileReader,
+    IFileWriter,
+    IStorageDriver,
+    InvalidOffsetError,
+    PathNotFoundError,
+    check_path,
+)
+
+NAME = "s3"
+MiB = 1 << 20
+GiB = 1 << 30
+MIN_PART = 5 * MiB  # S3's minimum size of every part but the last
+MAX_PART = 5 * GiB
+DEFAULT_CHUNKSIZE = 10 * MiB
+DEFAULT_COPY_CHUNKSIZE = 32 * MiB
+DEFAULT_COPY_CONCURRENCY = 8
+DEFAULT_COPY_THRESHOLD = 32 * MiB
+DEFAULT_TIMEOUT = 60.0
+PRESIGN_SECONDS = 20 * 60
+LIST_PAGE = 1000
+DELETE_BATCH = 1000
+HASH_INLINE = 256 * 1024  # bodies above this are hashed in the thread pool
+READ_HIGH_WATER = 2 * MiB  # a reader pauses its GET above this many buffered bytes
+RETRIES = (0.2, 1.0)  # pauses before retrying a request that failed transiently
+
+_S3NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
+_STORAGE_CLASSES = ("STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+                    "GLACIER_IR", "OUTPOSTS", "NONE")
+KNOWN_PARAMS = (
+    "accesskey", "secretkey", "region", "regionendpoint", "forcepathstyle", "bucket", "rootdirectory",
+    "secure", "v4auth", "chunksize", "multipartcopychunksize", "multipartcopymaxconcurrency",
+    "multipartcopythresholdsize", "storageclass", "encrypt", "keyid", "sessiontoken", "objectacl",
+    "requesttimeout",
+)
+
+T = TypeVar("T")
+
+
+# --- configuration ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """The validated ``storage.s3`` parameters."""
+
+    bucket: str
+    region: str
+    endpoint: str  # scheme://host[:port], no trailing slash
+    forcepathstyle: bool = False
+    accesskey: str | None = None
+    secretkey: str | None = None
+    sessiontoken: str | None = None
+    rootdirectory: str = ""  # without leading/trailing slashes
+    chunksize: int = DEFAULT_CHUNKSIZE
+    copychunksize: int = DEFAULT_COPY_CHUNKSIZE
+    copyconcurrency: int = DEFAULT_COPY_CONCURRENCY
+    copythreshold: int = DEFAULT_COPY_THRESHOLD
+    storageclass: str = "STANDARD"
+    encrypt: bool = False
+    keyid: str | None = None
+    objectacl: str = "private"
+    requesttimeout: float = DEFAULT_TIMEOUT
+
+
+def _key(name: str) -> str:
+    return f"storage.{NAME}.{name}"
+
+
+def _bool(params: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = params.get(name, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ValueError(f"{_key(name)}: must be true or false, got {value!r}")
+
+
+def _int(params: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = params.get(name, default)
+    if isinstance(value, bool):
+        raise ValueError(f"{_key(name)}: must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ValueError(f"{_key(name)}: must be a number, got {value!r}") from None
+    if not isinstance(value, int):
+        raise ValueError(f"{_key(name)}: must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{_key(name)}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def _str(params: Mapping[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{_key(name)}: must be a string, got {value!r}")
+    return value
+
+
+def parse_params(params: Mapping[str, Any]) -> S3Config:
+    """Validate ``storage.s3`` parameters; ``ValueError`` names the key."""
+    bucket = _str(params, "bucket")
+    if bucket is None:
+        raise ValueError(f"{_key('bucket')}: required (the name of an existing bucket)")
+    secure = _bool(params, "secure", True)
+    endpoint = _str(params, "regionendpoint")
+    region = _str(params, "region")
+    if region is None:
+        if endpoint is None:
+            raise ValueError(f"{_key('region')}: required (or set {_key('regionendpoint')})")
+        region = "us-east-1"
+    if endpoint is None:
+        endpoint = f"{'https' if secure else 'http'}://s3.{region}.amazonaws.com"
+    elif "://" not in endpoint:
+        endpoint = f"{'https' if secure else 'http'}://{endpoint}"
+    parsed = urllib.parse.urlsplit(endpoint)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"{_key('regionendpoint')}: must be an http(s) URL, got {endpoint!r}")
+    endpoint = f"{parsed.scheme}://{parsed.netloc}"
+    accesskey, secretkey = _str(params, "accesskey"), _str(params, "secretkey")
+    if (accesskey is None) != (secretkey is None):
+        missing = "secretkey" if secretkey is None else "accesskey"
+        raise ValueError(f"{_key(missing)}: required when the other key is set (or leave both out to use the environment)")
+    if not _bool(params, "v4auth", True):
+        from twisted.logger import Logger
+
+        Logger().warn("storage.s3.v4auth: false is not supported; signing with AWS Signature V4")
+    root = params.get("rootdirectory", "") or ""
+    if not isinstance(root, str):
+        raise ValueError(f"{_key('rootdirectory')}: must be a string, got {root!r}")
+    root = root.strip("/")
+    if root and not all(_SEGMENT_RE.match(seg) and seg not in (".", "..") for seg in root.split("/")):
+        raise ValueError(f"{_key('rootdirectory')}: must be /segment[/segment...] of A-Z a-z 0-9 . _ : -, got {root!r}")
+    storageclass = (_str(params, "storageclass") or "STANDARD").upper()
+    if storageclass not in _STORAGE_CLASSES:
+        raise ValueError(f"{_key('storageclass')}: must be one of {', '.join(_STORAGE_CLASSES)}, got {storageclass!r}")
+    timeout = params.get("requesttimeout", DEFAULT_TIMEOUT)
+    try:
+        timeout = float(timeout)
+    except (TypeError, ValueError):
+        raise ValueError(f"{_key('requesttimeout')}: must be a number of seconds, got {timeout!r}") from None
+    if not 0 < timeout <= 3600:
+        raise ValueError(f"{_key('requesttimeout')}: must be between 0 and 3600 seconds, got {timeout}")
+    return S3Config(
+        bucket=bucket,
+        region=region,
+        endpoint=endpoint,
+        forcepathstyle=_bool(params, "forcepathstyle", False),
+        accesskey=accesskey,
+        secretkey=secretkey,
+        sessiontoken=_str(params, "sessiontoken"),
+        rootdirectory=root,
+        chunksize=_int(params, "chunksize", DEFAULT_CHUNKSIZE, MIN_PART, MAX_PART),
+        # a copied range may absorb a < 5 MiB remainder: keep it under 5 GiB
+        copychunksize=_int(params, "multipartcopychunksize", DEFAULT_COPY_CHUNKSIZE, MIN_PART, MAX_PART - MIN_PART),
+        copyconcurrency=_int(params, "multipartcopymaxconcurrency", DEFAULT_COPY_CONCURRENCY, 1, 1000),
+        copythreshold=_int(params, "multipartcopythresholdsize", DEFAULT_COPY_THRESHOLD, 0, MAX_PART),
+        storageclass=storageclass,
+        encrypt=_bool(params, "encrypt", False),
+        keyid=_str(params, "keyid"),
+        objectacl=_str(params, "objectacl") or "private",
+        requesttimeout=timeout,
+    )
+
+
+# --- S3 errors ------------------------------------------------------------------
+
+
+class S3Error(DriverError):
+    """An S3 request failed: HTTP status, S3 error code and a message that
+    says what to check."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(NAME, detail)
+        self.status = status
+        self.code = code
+
+
+def _text(elem: ET.Element | None, tag: str, default: str = "") -> str:
+    if elem is None:
+        return default
+    found = elem.find(_S3NS + tag)
+    if found is None:
+        found = elem.find(tag)
+    return found.text or default if found is not None else default
+
+
+def _parse_xml(body: bytes, what: str) -> ET.Element:
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError as e:
+        raise DriverError(NAME, f"{what}: the endpoint answered something that is not S3 XML ({e})") from None
+
+
+def _iso_time(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def _http_time(text: str | None) -> float:
+    if not text:
+        return time.time()
+    try:
+        return parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError):
+        return time.time()
+
+
+def _valid_relative(rel: str) -> bool:
+    return bool(rel) and all(_SEGMENT_RE.match(seg) and seg not in (".", "..") for seg in rel.split("/"))
+
+
+# --- the driver -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Head:
+    size: int
+    mod_time: float
+    etag: str
+
+
+@implementer(IStorageDriver)
+class S3Driver:
+    """An ``IStorageDriver`` over one S3 bucket (see the module docstring)."""
+
+    name = NAME
+
+    def __init__(self, config: S3Config, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.config = config
+        self._reactor = reactor
+        self._prefix = config.rootdirectory + "/" if config.rootdirectory else ""
+        self._http_pool = HTTPConnectionPool(reactor, persistent=True)
+        self._http_pool.maxPersistentPerHost = 32
+        self._http_pool.cachedConnectionTimeout = 60
+        self._http = treq.client.HTTPClient(Agent(reactor, pool=self._http_pool, connectTimeout=min(config.requesttimeout, 10)))
+        self._threads: ThreadPool | None = None
+        self._closed = False
+        self._credentials: Any = None  # botocore Credentials (maybe refreshable)
+        self._bucket_checked = False
+        parsed = urllib.parse.urlsplit(config.endpoint)
+        if config.forcepathstyle:
+            self._base = f"{config.endpoint}/{config.bucket}"
+        else:
+            self._base = f"{parsed.scheme}://{config.bucket}.{parsed.netloc}"
+        if config.accesskey is not None:
+            from botocore.credentials import Credentials
+
+            self._credentials = Credentials(config.accesskey, config.secretkey, config.sessiontoken)
+
+    # -- resources ---------------------------------------------------------------
+
+    def _pool(self) -> ThreadPool:
+        if self._threads is None:
+            self._threads = ThreadPool(minthreads=0, maxthreads=4, name=f"storage-{NAME}")
+            self._threads.start()
+        return self._threads
+
+    def _in_thread(self, fn: Callable[..., T], *args: Any) -> "Deferred[T]":
+        if self._closed:
+            raise DriverError(NAME, "the driver was closed")
+        return deferToThreadPool(self._reactor, self._pool(), fn, *args)
+
+    def close(self) -> "Deferred[None]":
+        """Close the connection pool and stop the thread pool (``IStorageDriver.close``;
+        the application calls it when it stops). Idempotent; later requests
+        fail with ``DriverError``."""
+        if self._closed:
+            return succeed(None)
+        self._closed = True
+        ds: list[Deferred[Any]] = [self._http_pool.closeCachedConnections()]
+        if self._threads is not None:
+            threads, self._threads = self._threads, None
+            ds.append(deferToThreadPool(self._reactor, self._reactor.getThreadPool(), threads.stop))
+        return gatherResults(ds).addCallback(lambda _: None)
+
+    async def _frozen_credentials(self) -> Any:
+        creds = self._credentials
+        if creds is None:
+            creds = self._credentials = await self._in_thread(_resolve_credentials)
+            if creds is None:
+                raise DriverError(
+                    NAME,
+                    "no credentials: set storage.s3.accesskey and storage.s3.secretkey, or provide them "
+                    "through the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or ~/.aws",
+                )
+        refresh_needed = getattr(creds, "refresh_needed", None)
+        if refresh_needed is not None and refresh_needed():
+            return await self._in_thread(creds.get_frozen_credentials)
+        return creds.get_frozen_credentials()
+
+    # -- paths and keys ------------------------------------------------------------
+
+    def _k(self, path: str) -> str:
+        return self._prefix + path[1:] if path != "/" else self._prefix
+
+    def _path(self, key: str) -> str:
+        return "/" + key[len(self._prefix):]
+
+    def _url(self, key: str, query: Mapping[str, str] | None = None) -> str:
+        url = self._base + "/" + urllib.parse.quote(key, safe="/~")
+        if query:
+            url += "?" + urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote, safe="~")
+        return url
+
+    def _write_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.config.storageclass != "NONE":
+            headers["x-amz-storage-class"] = self.config.storageclass
+        if self.config.encrypt:
+            if self.config.keyid:
+                headers["x-amz-server-side-encryption"] = "aws:kms"
+                headers["x-amz-server-side-encryption-aws-kms-key-id"] = self.config.keyid
+            else:
+                headers["x-amz-server-side-encryption"] = "AES256"
+        if self.config.objectacl.lower() != "none":
+            headers["x-amz-acl"] = self.config.objectacl
+        return headers
+
+    # -- HTTP ------------------------------------------------------------------------
+
+    async def _sign(self, method: str, url: str, headers: dict[str, str], payload_hash: str) -> dict[str, str]:
+        from botocore.awsrequest import AWSRequest
+
+        creds = await self._frozen_credentials()
+        request = AWSRequest(method=method, url=url, headers=headers)
+        request.context["payload_sha256"] = payload_hash
+        _HeaderSigner(creds, "s3", self.config.region).add_auth(request)
+        return dict(request.headers.items())
+
+    async def _payload_hash(self, body: bytes) -> str:
+        if len(body) <= HASH_INLINE:
+            return hashlib.sha256(body).hexdigest()
+        return await self._in_thread(lambda: hashlib.sha256(body).hexdigest())
+
+    async def _request(
+        self,
+        method: str,
+        key: str | None,
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        ok: tuple[int, ...] = (200,),
+        stream: bool = False,
+        what: str = "",
+    ) -> IResponse:
+        """One signed request; returns the response when its status is in
+        ``ok`` (its body unread), else raises ``S3Error``. ``key`` None is
+        the bucket itself. Transient failures (connection refused or reset,
+        500/503) are retried; a timeout is not."""
+        if self._closed:
+            raise DriverError(NAME, "the driver was closed")
+        url = self._url(key, query) if key is not None else self._base + "/" + (
+            "?" + urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote, safe="~") if query else ""
+        )
+        payload_hash = await self._payload_hash(body) if body else hashlib.sha256(b"").hexdigest()
+        what = what or f"{method} {urllib.parse.unquote(url)}"
+        # A CompleteMultipartUpload whose answer was lost may have completed:
+        # sending it again would fail with NoSuchUpload. Everything else is
+        # idempotent (or, for CreateMultipartUpload, harmless to repeat).
+        retryable = not (method == "POST" and query is not None and "uploadId" in query)
+        attempt = 0
+        while True:
+            all_headers = dict(headers or {})
+            if body or method in ("PUT", "POST"):
+                all_headers["Content-Length"] = str(len(body))
+            signed = await self._sign(method, url, all_headers, payload_hash)
+            twisted_headers = Headers({k.encode(): [v.encode()] for k, v in signed.items() if k.lower() != "content-length"})
+            try:
+                d = self._http.request(
+                    method, url, headers=twisted_headers, data=body if body or method in ("PUT", "POST") else None,
+                    unbuffered=True, timeout=self.config.requesttimeout,
+                )
+                response: IResponse = await d
+            except (CancelledError, DeferredTimeout, net_error.TimeoutError):
+                raise DriverError(
+                    NAME, f"{what}: no answer from {self.config.endpoint} within {self.config.requesttimeout:g} s "
+                    "(endpoint down, overloaded or full?)",
+                ) from None
+            except (net_error.ConnectError, net_error.DNSLookupError, ResponseFailed, net_error.ConnectionLost) as e:
+                if any(r.check(CancelledError, DeferredTimeout) for r in getattr(e, "reasons", [])):
+                    raise DriverError(
+                        NAME, f"{what}: no answer from {self.config.endpoint} within {self.config.requesttimeout:g} s "
+                        "(endpoint down, overloaded or full?)",
+                    ) from None
+                if attempt < len(RETRIES) and retryable and not isinstance(e, net_error.DNSLookupError):
+                    await _sleep(self._reactor, RETRIES[attempt])
+                    attempt += 1
+                    continue
+                raise DriverError(NAME, f"{what}: cannot reach {self.config.endpoint}: {_describe(e)}") from None
+            if response.code in ok:
+                return response
+            content = b"" if method == "HEAD" else await self._body(response, what)
+            if response.code in (500, 502, 503, 504) and attempt < len(RETRIES) and retryable:
+                await _sleep(self._reactor, RETRIES[attempt])
+                attempt += 1
+                continue
+            raise self._error(response.code, content, what)
+
+    async def _body(self, response: IResponse, what: str, limit: int | None = None) -> bytes:
+        """The whole response body, with the request timeout as deadline."""
+        d = treq.content(response)
+        d.addTimeout(self.config.requesttimeout, self._reactor)
+        try:
+            return await d
+        except (CancelledError, DeferredTimeout, net_error.TimeoutError):
+            raise DriverError(NAME, f"{what}: the response body stalled for {self.config.requesttimeout:g} s") from None
+        except ResponseFailed as e:
+            raise DriverError(NAME, f"{what}: connection lost while reading the response: {_describe(e)}") from None
+
+    def _error(self, status: int, body: bytes, what: str) -> S3Error:
+        code, message = "", ""
+        if body:
+            try:
+                root = ET.fromstring(body)
+                code, message = _text(root, "Code"), _text(root, "Message")
+            except ET.ParseError:
+                message = body[:200].decode("utf-8", "replace")
+        label = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+        bucket = self.config.bucket
+        if code == "NoSuchBucket" or (status == 404 and code == "" and what.startswith("bucket")):
+            hint = f"bucket {bucket!r} does not exist at {self.config.endpoint}: create it, or fix storage.s3.bucket"
+        elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken") or (
+            status == 403 and code in ("", "AccessDenied")
+        ):
+            hint = (
+                f"{self.config.endpoint} refused the credentials for bucket {bucket!r}: check storage.s3.accesskey "
+                "and storage.s3.secretkey (or the AWS_* environment / ~/.aws), storage.s3.region, and the bucket's policy"
+            )
+        elif code in ("QuotaExceeded", "EntityTooLarge") or status == 507:
+            hint = "the bucket is full (quota reached)"
+        elif status in (500, 502, 503, 504) or code in ("SlowDown", "ServiceUnavailable"):
+            hint = f"{self.config.endpoint} is unavailable or overloaded; try again"
+        elif code == "PermanentRedirect" or status == 301:
+            hint = f"bucket {bucket!r} is in another region: fix storage.s3.region / storage.s3.regionendpoint"
+        else:
+            hint = "the S3 request failed"
+        return S3Error(status, code, f"{what}: {hint} ({label})")
+
+    async def _xml(self, method: str, key: str | None, query: Mapping[str, str] | None = None, **kw: Any) -> ET.Element:
+        what = kw.get("what") or f"{method} {key}"
+        response = await self._request(method, key, query, **kw)
+        body = await self._body(response, what)
+        root = _parse_xml(body, what)
+        if root.tag in ("Error", _S3NS + "Error"):  # S3 may report an error inside a 200
+            raise self._error(500 if not _text(root, "Code") else 409, body, what)
+        return root
+
+    # -- primitive operations --------------------------------------------------------
+
+    async def _head(self, key: str) -> _Head | None:
+        response = await self._request("HEAD", key, ok=(200, 404), what=f"HEAD {key}")
+        await self._discard(response)
+        if response.code == 404:
+            await self._check_bucket()
+            return None
+        headers = response.headers
+        length = headers.getRawHeaders("content-length", ["0"])[0]
+        etag = headers.getRawHeaders("etag", [""])[0]
+        return _Head(int(length), _http_time(headers.getRawHeaders("last-modified", [None])[0]), etag)
+
+    async def _check_bucket(self) -> None:
+        """A 404 on a HEAD says nothing about why: once, make sure the bucket
+        exists, so a missing bucket is a clear error, not "path not found"."""
+        if self._bucket_checked:
+            return
+        response = await self._request("HEAD", None, ok=(200,), what=f"bucket {self.config.bucket!r}")
+        await self._discard(response)
+        self._bucket_checked = True
+
+    async def _discard(self, response: IResponse) -> None:
+        if response.code != 204 and response.length not in (0,):
+            try:
+                await self._body(response, "discard")
+            except DriverError:
+                pass
+
+    async def _list_pages(
+        self, prefix: str, delimiter: str | None = None, max_keys: int = LIST_PAGE
+    ) -> AsyncIterator[tuple[list[tuple[str, int, float]], list[str]]]:
+        """Pages of ListObjectsV2: ([(key, size, mtime)], [common prefixes])."""
+        token: str | None = None
+        while True:
+            query = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys)}
+            if delimiter:
+                query["delimiter"] = delimiter
+            if token:
+                query["continuation-token"] = token
+            root = await self._xml("GET", None, query, what=f"list {prefix!r}")
+            contents = [
+                (_text(c, "Key"), int(_text(c, "Size", "0")), _iso_time(_text(c, "LastModified")))
+                for c in root.iter(_S3NS + "Contents")
+            ]
+            prefixes = [_text(p, "Prefix") for p in root.iter(_S3NS + "CommonPrefixes")]
+            yield contents, prefixes
+            token = _text(root, "NextContinuationToken") or None
+            if _text(root, "IsTruncated") != "true" or token is None or max_keys < LIST_PAGE:
+                return
+
+    async def _first_below(self, key: str) -> tuple[str, int, float] | None:
+        """Some object below directory ``key`` (None: not a directory)."""
+        async for contents, _ in self._list_pages(key + "/", max_keys=1):
+            return contents[0] if contents else None
+        return None
+
+    async def _check_can_create(self, path: str) -> None:
+        """``DriverError`` if ``path`` is a directory or lies below an object."""
+        key = self._k(path)
+        segments = path.split("/")[1:]
+        ancestors = ["/" + "/".join(segments[:i]) for i in range(1, len(segments))]
+        checks: builtins.list[Deferred[Any]] = [ensureDeferred(self._first_below(key))] + [ensureDeferred(self._head(self._k(a))) for a in ancestors]
+        results = await gatherResults(checks, consumeErrors=True).addErrback(lambda f: f.value.subFailure)
+        if results[0] is not None:
+            raise DriverError(NAME, f"cannot create {path}: it is a directory")
+        for ancestor, head in zip(ancestors, results[1:]):
+            if head is not None:
+                raise DriverError(NAME, f"cannot create {path}: {ancestor} is an object, not a directory")
+
+    async def _put(self, key: str, data: bytes) -> None:
+        response = await self._request("PUT", key, headers=self._write_headers(), body=data, what=f"PUT {key}")
+        await self._discard(response)
+
+    async def _delete_key(self, key: str) -> None:
+        response = await self._request("DELETE", key, ok=(200, 204, 404), what=f"DELETE {key}")
+        await self._discard(response)
+
+    async def _delete_keys(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            objects = "".join(f"<Object><Key>{_xml_escape(k)}</Key></Object>" for k in batch)
+            body = f'<?xml version="1.0" encoding="UTF-8"?><Delete><Quiet>true</Quiet>{objects}</Delete>'.encode()
+            md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+            root = await self._xml("POST", None, {"delete": ""}, headers={"Content-MD5": md5}, body=body,
+                                   what=f"delete {len(batch)} objects")
+            errors = [(_text(e, "Key"), _text(e, "Code")) for e in root.iter(_S3NS + "Error")]
+            errors = [(k, c) for k, c in errors if c != "NoSuchKey"]
+            if errors:
+                raise DriverError(NAME, f"deleting objects failed for {len(errors)} keys, e.g. {errors[0][0]} ({errors[0][1]})")
+
+    async def _abort_uploads_below(self, prefix: str) -> None:
+        """Abort every multipart upload on a key starting with ``prefix``."""
+        marker: dict[str, str] = {}
+        while True:
+            root = await self._xml("GET", None, {"uploads": "", "prefix": prefix, **marker}, what=f"list uploads {prefix!r}")
+            uploads = [(_text(u, "Key"), _text(u, "UploadId")) for u in root.iter(_S3NS + "Upload")]
+            await gatherResults([ensureDeferred(self._abort(k, u)) for k, u in uploads], consumeErrors=True).addErrback(
+                lambda f: f.value.subFailure
+            )
+            if _text(root, "IsTruncated") != "true" or not uploads:
+                return
+            marker = {"key-marker": _text(root, "NextKeyMarker"), "upload-id-marker": _text(root, "NextUploadIdMarker")}
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        response = await self._request("DELETE", key, {"uploadId": upload_id}, ok=(200, 204, 404), what=f"abort upload of {key}")
+        await self._discard(response)
+
+    async def _create_upload(self, key: str) -> str:
+        root = await self._xml("POST", key, {"uploads": ""}, headers=self._write_headers(), what=f"start upload of {key}")
+        upload_id = _text(root, "UploadId")
+        if not upload_id:
+            raise DriverError(NAME, f"start upload of {key}: the endpoint returned no UploadId")
+        return upload_id
+
+    async def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        response = await self._request(
+            "PUT", key, {"partNumber": str(number), "uploadId": upload_id}, body=data, what=f"part {number} of {key}"
+        )
+        await self._discard(response)
+        return response.headers.getRawHeaders("etag", [""])[0]
+
+    async def _copy_part(self, key: str, upload_id: str, number: int, source: str, first: int, last: int, etag: str) -> str:
+        headers = {
+            "x-amz-copy-source": "/" + urllib.parse.quote(f"{self.config.bucket}/{source}", safe="/~"),
+            "x-amz-copy-source-range": f"bytes={first}-{last}",
+        }
+        if etag:
+            headers["x-amz-copy-source-if-match"] = etag
+        root = await self._xml(
+            "PUT", key, {"partNumber": str(number), "uploadId": upload_id}, headers=headers,
+            what=f"copy {source} bytes {first}-{last} to part {number} of {key}",
+        )
+        return _text(root, "ETag")
+
+    async def _complete(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        body = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{_xml_escape(e)}</ETag></Part>" for n, e in sorted(parts))
+        await self._xml(
+            "POST", key, {"uploadId": upload_id},
+            body=f"<CompleteMultipartUpload>{body}</CompleteMultipartUpload>".encode(), what=f"complete upload of {key}",
+        )
+
+    async def _copy_ranges_as_parts(
+        self, key: str, upload_id: str, source: str, size: int, etag: str, first_part: int
+    ) -> list[tuple[int, str]]:
+        """Copy ``source`` server-side into parts ``first_part``... of the
+        upload, every range at least 5 MiB, ``copyconcurrency`` at a time."""
+        chunk = self.config.copychunksize
+        bounds = []
+        start = 0
+        while start < size:
+            end = min(start + chunk, size)
+            if size - end < MIN_PART:
+                end = size  # fold a short remainder into this range
+            bounds.append((start, end - 1))
+            start = end
+        semaphore = DeferredSemaphore(self.config.copyconcurrency)
+
+        def one(i: int, first: int, last: int) -> Deferred[tuple[int, str]]:
+            async def run() -> tuple[int, str]:
+                number = first_part + i
+                return number, await self._copy_part(key, upload_id, number, source, first, last, etag)
+
+            return semaphore.run(lambda: ensureDeferred(run()))
+
+        results = await gatherResults([one(i, a, b) for i, (a, b) in enumerate(bounds)], consumeErrors=True).addErrback(
+            lambda f: f.value.subFailure
+        )
+        return list(results)
+
+    async def _server_copy(self, source: str, dest: str, head: _Head) -> None:
+        if head.size < max(self.config.copythreshold, 1) or head.size < MIN_PART:
+            headers = self._write_headers()
+            headers["x-amz-copy-source"] = "/" + urllib.parse.quote(f"{self.config.bucket}/{source}", safe="/~")
+            await self._xml("PUT", dest, headers=headers, what=f"copy {source} to {dest}")
+            return
+        upload_id = await self._create_upload(dest)
+        try:
+            parts = await self._copy_ranges_as_parts(dest, upload_id, source, head.size, head.etag, 1)
+            await self._complete(dest, upload_id, parts)
+        except BaseException:
+            await _quietly(self._abort(dest, upload_id))
+            raise
+
+    # -- IStorageDriver -----------------------------------------------------------------
+
+    def get_content(self, path: str) -> "Deferred[bytes]":
+        """Fire with the whole object (one GET)."""
+        return ensureDeferred(self._get_content(path))
+
+    async def _get_content(self, path: str) -> bytes:
+        key = self._k(path)
+        response = await self._request("GET", key, ok=(200, 404), what=f"GET {path}")
+        if response.code == 404:
+            content = await self._body(response, f"GET {path}")
+            error = self._error(404, content, f"GET {path}")
+            if error.code == "NoSuchBucket":
+                raise error
+            raise PathNotFoundError(path, NAME)
+        return await self._body(response, f"GET {path}")
+
+    def put_content(self, path: str, data: bytes) -> "Deferred[None]":
+        """Check that ``path`` can hold an object, then PUT it (atomic)."""
+        return ensureDeferred(self._put_content(path, bytes(data)))
+
+    async def _put_content(self, path: str, data: bytes) -> None:
+        await self._check_can_create(path)
+        await self._put(self._k(path), data)
+
+    def reader(self, path: str, offset: int = 0) -> "Deferred[IFileReader]":
+        """Fire with a reader streaming one GET from ``offset``."""
+        return ensureDeferred(self._reader(path, offset))
+
+    async def _reader(self, path: str, offset: int) -> IFileReader:
+        key = self._k(path)
+        headers = {"Range": f"bytes={offset}-"} if offset > 0 else {}
+        response = await self._request("GET", key, headers=headers, ok=(200, 206, 404, 416), what=f"GET {path}")
+        if response.code in (404, 416):
+            content = await self._body(response, f"GET {path}")
+            if response.code == 404:
+                error = self._error(404, content, f"GET {path}")
+                if error.code == "NoSuchBucket":
+                    raise error
+                raise PathNotFoundError(path, NAME)
+            head = await self._head(key)
+            if head is None:
+                raise PathNotFoundError(path, NAME)
+            if offset == head.size:
+                return S3Reader(self, None, 0, path, offset)
+            raise InvalidOffsetError(path, offset, NAME)
+        skip = 0
+        if response.code == 200 and offset > 0:  # the range was ignored
+            if response.length is not None and isinstance(response.length, int) and offset > response.length:
+                await self._discard(response)
+                raise InvalidOffsetError(path, offset, NAME)
+            skip = offset
+        return S3Reader(self, response, skip, path, offset)
+
+    def writer(self, path: str, append: bool = False) -> "Deferred[IFileWriter]":
+        """Fire with an ``S3Writer`` (see the module docstring)."""
+        return ensureDeferred(self._writer(path, append))
+
+    async def _writer(self, path: str, append: bool) -> IFileWriter:
+        key = self._k(path)
+        if append:
+            head = await self._head(key)
+            if head is None:
+                raise PathNotFoundError(path, NAME)
+            return S3Writer(self, path, key, head)
+        await self._check_can_create(path)
+        return S3Writer(self, path, key, None)
+
+    def stat(self, path: str) -> "Deferred[FileInfo]":
+        """HEAD the object; else look for a key below (a directory)."""
+        return ensureDeferred(self._stat(path))
+
+    async def _stat(self, path: str) -> FileInfo:
+        key = self._k(path)
+        head = await self._head(key)
+        if head is not None:
+            return FileInfo(path, head.size, head.mod_time, False)
+        below = await self._first_below(key)
+        if below is None:
+            raise PathNotFoundError(path, NAME)
+        return FileInfo(path, 0, below[2], True)
+
+    def list(self, path: str) -> "Deferred[list[str]]":
+        """Direct children of ``path`` from a paginated delimited listing."""
+        return ensureDeferred(self._list(path))
+
+    async def _list(self, path: str) -> builtins.list[str]:
+        prefix = self._k(path) if path == "/" else self._k(path) + "/"
+        children: set[str] = set()
+        async for contents, prefixes in self._list_pages(prefix, delimiter="/"):
+            for key, _, _ in contents:
+                rel = key[len(prefix):]
+                if _valid_relative(rel):
+                    children.add(rel)
+            for common in prefixes:
+                rel = common[len(prefix):].rstrip("/")
+                if _valid_relative(rel):
+                    children.add(rel)
+        if not children and path != "/":
+            raise PathNotFoundError(path, NAME)
+        base = "" if path == "/" else path
+        return sorted(f"{base}/{name}" for name in children)
+
+    def move(self, source: str, dest: str) -> "Deferred[None]":
+        """Server-side copy (multipart above the threshold), then delete."""
+        return ensureDeferred(self._move(source, dest))
+
+    async def _move(self, source: str, dest: str) -> None:
+        src_key = self._k(source)
+        head = await self._head(src_key)
+        if head is None:
+            raise PathNotFoundError(source, NAME)
+        if source == dest:
+            return
+        await self._check_can_create(dest)
+        await self._server_copy(src_key, self._k(dest), head)
+        await self._delete_key(src_key)
+
+    def delete(self, path: str) -> "Deferred[None]":
+        """Delete an object, or every key below a directory (batched)."""
+        return ensureDeferred(self._delete(path))
+
+    async def _delete(self, path: str) -> None:
+        key = self._k(path)
+        if path != "/":
+            head = await self._head(key)
+            if head is not None:
+                await self._delete_key(key)
+                return
+        prefix = key if path == "/" else key + "/"
+        found = False
+        # Collect a page, delete it, list again: deleting while paginating is
+        # not guaranteed to be stable.
+        while True:
+            keys: builtins.list[str] = []
+            async for contents, _ in self._list_pages(prefix):
+                keys.extend(k for k, _, _ in contents)
+                if len(keys) >= 10 * DELETE_BATCH:
+                    break
+            if not keys:
+                break
+            found = True
+            await self._delete_keys(keys)
+        await self._abort_uploads_below(prefix)
+        if not found and path != "/":
+            raise PathNotFoundError(path, NAME)
+
+    def walk(self, path: str) -> "Deferred[builtins.list[FileInfo]]":
+        """Every object and directory below ``path`` from a recursive listing."""
+        return ensureDeferred(self._walk(path))
+
+    async def _walk(self, path: str) -> builtins.list[FileInfo]:
+        prefix = self._k(path) if path == "/" else self._k(path) + "/"
+        base = "" if path == "/" else path
+        infos: dict[str, FileInfo] = {}
+        dir_times: dict[str, float] = {}
+        async for contents, _ in self._list_pages(prefix):
+            for key, size, mtime in contents:
+                rel = key[len(prefix):]
+                if not _valid_relative(rel):
+                    continue
+                full = f"{base}/{rel}"
+                infos[full] = FileInfo(full, size, mtime, False)
+                segments = rel.split("/")
+                for i in range(1, len(segments)):
+                    d = f"{base}/" + "/".join(segments[:i])
+                    dir_times[d] = max(dir_times.get(d, 0.0), mtime)
+        if not infos and path != "/":
+            raise PathNotFoundError(path, NAME)
+        for d, mtime in dir_times.items():
+            infos.setdefault(d, FileInfo(d, 0, mtime, True))
+        return [infos[p] for p in sorted(infos, key=lambda p: p.split("/"))]
+
+    def redirect_url(self, path: str, method: str = "GET") -> "Deferred[str | None]":
+        """A presigned GET URL (20 minutes); ``None`` for other methods."""
+        return ensureDeferred(self._redirect_url(path, method))
+
+    async def _redirect_url(self, path: str, method: str) -> str | None:
+        if method.upper() != "GET":
+            return None
+        from botocore.auth import S3SigV4QueryAuth
+        from botocore.awsrequest import AWSRequest
+
+        creds = await self._frozen_credentials()
+        request = AWSRequest(method="GET", url=self._url(self._k(path)))
+        S3SigV4QueryAuth(creds, "s3", self.config.region, expires=PRESIGN_SECONDS).add_auth(request)
+        url: str = request.url
+        return url
+
+    # -- start-up check -------------------------------------------------------------------
+
+    def check(self) -> "Deferred[None]":
+        """Fail with a ``DriverError`` that says what to fix when the
+        endpoint is unreachable, the credentials are refused or the bucket
+        is missing (one HEAD of the bucket and a one-key listing)."""
+        return ensureDeferred(self._check())
+
+    async def _check(self) -> None:
+        response = await self._request("HEAD", None, ok=(200,), what=f"bucket {self.config.bucket!r}")
+        await self._discard(response)
+        self._bucket_checked = True
+        async for _ in self._list_pages(self._prefix, max_keys=1):
+            break
+
+
+# --- readers and writers ----------------------------------------------------------------
+
+
+class _BodyStream(Protocol):
+    """Receives a GET's body, pausing the connection while too much is buffered."""
+
+    def __init__(self, skip: int) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.skip = skip
+        self.done = False
+        self.failure: Failure | None = None
+        self.waiter: Deferred[None] | None = None
+        self.paused = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.skip:
+            dropped = min(self.skip, len(data))
+            self.skip -= dropped
+            data = data[dropped:]
+            if not data:
+                return
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > READ_HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            producer: Any = self.transport
+            producer.pauseProducing()
+        self._wake()
+
+    def connectionLost(self, reason: Failure = net_error.ConnectionDone()) -> None:  # type: ignore[assignment]
+        self.done = True
+        if not reason.check(ResponseDone, PotentialDataLoss):
+            self.failure = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None:
+            waiter, self.waiter = self.waiter, None
+            waiter.callback(None)
+
+    def take(self, max_bytes: int) -> bytes:
+        out: list[bytes] = []
+        want = max_bytes
+        while self.chunks and want > 0:
+            chunk = self.chunks.popleft()
+            if len(chunk) > want:
+                self.chunks.appendleft(chunk[want:])
+                chunk = chunk[:want]
+            out.append(chunk)
+            want -= len(chunk)
+        data = b"".join(out)
+        self.buffered -= len(data)
+        if self.paused and self.buffered <= READ_HIGH_WATER // 2 and self.transport is not None:
+            self.paused = False
+            producer: Any = self.transport
+            producer.resumeProducing()
+        return data
+
+
+@implementer(IFileReader)
+class S3Reader:
+    """Streams one GET of the object; a ``read`` waits at most the request
+    timeout for bytes. A GET reads one version of the object even if it is
+    replaced meanwhile; if the connection drops (an endpoint closing a
+    connection a slow client left paused), the reader continues with a
+    ranged GET of the same version (``If-Match`` its ETag) or fails."""
+
+    RESUMES = 3
+
+    def __init__(self, driver: S3Driver, response: IResponse | None, skip: int, path: str, offset: int) -> None:
+        self._driver = driver
+        self._path = path
+        self._stream = _BodyStream(skip)
+        self._pos = offset  # absolute offset of the next byte read() returns
+        self._etag = ""
+        self._resumes = 0
+        self._closed = False
+        if response is None:
+            self._stream.done = True
+        else:
+            self._etag = response.headers.getRawHeaders("etag", [""])[0]
+            response.deliverBody(self._stream)
+
+    async def _resume(self) -> bool:
+        """After a dropped connection: a new GET from ``_pos`` (True), or
+        False when that is not possible (no ETag, too many drops)."""
+        if not self._etag or self._resumes >= self.RESUMES or self._closed:
+            return False
+        self._resumes += 1
+        driver = self._driver
+        response = await driver._request(
+            "GET", driver._k(self._path), headers={"Range": f"bytes={self._pos}-", "If-Match": self._etag},
+            ok=(206, 412), what=f"GET {self._path} from byte {self._pos}",
+        )
+        if response.code == 412:
+            await driver._discard(response)
+            raise DriverError(NAME, f"reading {self._path}: the object was replaced while it was being read")
+        self._stream = _BodyStream(0)
+        response.deliverBody(self._stream)
+        return True
+
+    def read(self, max_bytes: int) -> "Deferred[bytes]":
+        return ensureDeferred(self._read(max_bytes))
+
+    async def _read(self, max_bytes: int) -> bytes:
+        stream = self._stream
+        while not stream.chunks and not stream.done:
+            waiter: Deferred[None] = Deferred()
+            stream.waiter = waiter
+            waiter.addTimeout(self._driver.config.requesttimeout, self._driver._reactor)
+            try:
+                await waiter
+            except (CancelledError, DeferredTimeout, net_error.TimeoutError):
+                stream.waiter = None
+                self._abort()
+                raise DriverError(
+                    NAME, f"reading {self._path}: no bytes from {self._driver.config.endpoint} for "
+                    f"{self._driver.config.requesttimeout:g} s",
+                ) from None
+        if stream.chunks:
+            data = stream.take(max_bytes)
+            self._pos += len(data)
+            return data
+        if stream.failure is not None:
+            if await self._resume():
+                return await self._read(max_bytes)
+            raise DriverError(NAME, f"reading {self._path}: connection lost: {_describe(stream.failure.value)}")
+        return b""
+
+    def _abort(self) -> None:
+        if not self._stream.done and self._stream.transport is not None:
+            producer: Any = self._stream.transport
+            producer.stopProducing()
+        self._stream.done = True
+
+    def close(self) -> "Deferred[None]":
+        self._closed = True
+        self._abort()
+        self._stream.chunks.clear()
+        return succeed(None)
+
+
+@implementer(IFileWriter)
+class S3Writer:
+    """Appends to one object; see "Writers" in the module docstring."""
+
+    def __init__(self, driver: S3Driver, path: str, key: str, base: _Head | None) -> None:
+        self._driver = driver
+        self._path = path
+        self._key = key
+        self._base = base  # the object this session appends to (None: a new object)
+        self.size = base.size if base is not None else 0
+        # Existing bytes under 5 MiB go ahead of the new ones in memory;
+        # 5 MiB or more are copied server-side as the first part(s).
+        self._small_base = base is not None and 0 < base.size < MIN_PART
+        self._copy_base = base is not None and base.size >= MIN_PART
+        self._dirty = base is None  # a new object must be (re)created even if empty
+        self._pending: list[bytes] = []
+        self._pending_len = 0
+        self._upload_id: str | None = None
+        self._parts: list[tuple[int, str]] = []
+        self._next_part = 1
+        self._inflight: Deferred[None] | None = None
+
+    @property
+    def _chunk(self) -> int:
+        return self._driver.config.chunksize
+
+    def write(self, data: bytes) -> "Deferred[None]":
+        if not data:
+            return succeed(None)
+        return ensureDeferred(self._write(bytes(data)))
+
+    async def _write(self, data: bytes) -> None:
+        if self._small_base:
+            await self._load_small_base()
+        self._dirty = True
+        self._pending.append(data)
+        self._pending_len += len(data)
+        self.size += len(data)
+        if self._pending_len >= self._chunk:
+            await self._wait_inflight()
+            await self._ensure_upload()
+            body = b"".join(self._pending)
+            self._pending, self._pending_len = [], 0
+            number = self._next_part
+            self._next_part += 1
+            self._inflight = ensureDeferred(self._send_part(number, body))
+
+    async def _load_small_base(self) -> None:
+        """Existing bytes under 5 MiB cannot be a part of their own: read
+        them back (bounded) to go ahead of the new bytes."""
+        base = self._base
+        assert base is not None and base.size < MIN_PART
+        self._small_base = False
+        data = await self._driver._get_content(self._path)
+        if len(data) != base.size:
+            raise DriverError(NAME, f"{self._path} changed while it was being appended to")
+        self._pending.insert(0, data)
+        self._pending_len += len(data)
+
+    async def _ensure_upload(self) -> None:
+        if self._upload_id is not None:
+            return
+        self._upload_id = await self._driver._create_upload(self._key)
+        base = self._base
+        if self._copy_base and base is not None:
+            parts = await self._driver._copy_ranges_as_parts(self._key, self._upload_id, self._key, base.size, base.etag, 1)
+            self._parts.extend(parts)
+            self._next_part = len(parts) + 1
+
+    async def _send_part(self, number: int, body: bytes) -> None:
+        assert self._upload_id is not None
+        etag = await self._driver._upload_part(self._key, self._upload_id, number, body)
+        self._parts.append((number, etag))
+
+    async def _wait_inflight(self) -> None:
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            await inflight
+
+    async def _finish(self) -> None:
+        """Make the object at the key everything written so far."""
+        await self._wait_inflight()
+        if not self._dirty:
+            return
+        if self._small_base:
+            await self._load_small_base()
+        body = b"".join(self._pending)
+        self._pending, self._pending_len = [], 0
+        if self._upload_id is None and not self._copy_base:
+            await self._driver._put(self._key, body)
+        else:
+            await self._ensure_upload()
+            assert self._upload_id is not None
+            if body or not self._parts:
+                await self._send_part(self._next_part, body)
+                self._next_part += 1
+            await self._driver._complete(self._key, self._upload_id, self._parts)
+        # The next session of this writer object would start from here.
+        self._base = _Head(self.size, time.time(), "")
+        self._small_base = False
+        self._copy_base = False  # the writer is finished: the wrapper allows no further use
+        self._upload_id = None
+        self._parts = []
+        self._next_part = 1
+        self._dirty = False
+
+    def close(self) -> "Deferred[None]":
+        """Make the bytes so far the object (readable, appendable by anyone)."""
+        return ensureDeferred(self._close())
+
+    async def _close(self) -> None:
+        try:
+            await self._finish()
+        except BaseException:
+            await self._abandon()
+            raise
+
+    def commit(self) -> "Deferred[None]":
+        """Same as ``close``: a completed S3 object is durable."""
+        return self.close()
+
+    def cancel(self) -> "Deferred[None]":
+        """Abort the upload and delete the object."""
+        return ensureDeferred(self._cancel())
+
+    async def _cancel(self) -> None:
+        await self._abandon()
+        await self._driver._delete_key(self._key)
+
+    async def _abandon(self) -> None:
+        if self._inflight is not None:
+            await _quietly(self._wait_inflight())
+        self._pending = []
+        if self._upload_id is not None:
+            upload_id, self._upload_id = self._upload_id, None
+            await _quietly(self._driver._abort(self._key, upload_id))
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+class _HeaderSigner:
+    """botocore's S3 SigV4 header signer, with the payload hash we computed
+    (or ``UNSIGNED-PAYLOAD``) instead of botocore reading the body."""
+
+    def __new__(cls, credentials: Any, service: str, region: str) -> Any:
+        from botocore.auth import S3SigV4Auth
+
+        class Signer(S3SigV4Auth):
+            def payload(self, request: Any) -> str:
+                value: str = request.context["payload_sha256"]
+                return value
+
+        return Signer(credentials, service, region)
+
+
+def _resolve_credentials() -> Any:
+    """botocore's credential chain (blocking: runs in the thread pool)."""
+    import botocore.session
+
+    return botocore.session.get_session().get_credentials()
+
+
+def _xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def _describe(exc: BaseException) -> str:
+    reasons = getattr(exc, "reasons", None)
+    if reasons:
+        return "; ".join(_describe(r.value) for r in reasons)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _sleep(reactor: Any, seconds: float) -> "Deferred[None]":
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except Exception:
+        pass
+
+
+def create(params: Mapping[str, Any], reactor: Any = None) -> S3Driver:
+    """Build the driver from ``storage.s3`` parameters (``ValueError`` names
+    the key at fault)."""
+    warn_unknown_params(NAME, params, known=KNOWN_PARAMS)
+    driver = S3Driver(parse_params(params), reactor)
+    driver._reactor.callWhenRunning(_startup_check, driver)
+    return driver
+
+
+def _startup_check(driver: S3Driver) -> None:
+    """Once the reactor runs: ``check()`` the bucket, logging an error that
+    says what to fix (requests will fail with the same message), or that
+    the bucket is reachable."""
+    from twisted.logger import Logger
+
+    log = Logger(namespace="registry.storage.s3")
+    if driver._closed:
+        return
+    endpoint, bucket = driver.config.endpoint, driver.config.bucket
+
+    def ok(_: object) -> None:
+        log.info("storage.s3: bucket {bucket!r} at {endpoint} is reachable", bucket=bucket, endpoint=endpoint)
+
+    def failed(failure: Failure) -> None:
+        if not driver._closed:
+            log.error("storage.s3: start-up check failed: {error}", error=str(failure.value))
+
+    driver.check().addCallbacks(ok, failed)
+
+
+__all__ = ["S3Driver", "S3Reader", "S3Writer", "S3Config", "S3Error", "create", "parse_params", "check_path"]

@@ -1,0 +1,577 @@
+"""The S3 driver against a real S3 (the session's Ceph RADOS Gateway, see
+``tests/storage/rgw.py``), beyond the shared conformance suite: appends
+resumed by other driver instances and after a crash, server-side copies,
+pagination, presigned URLs, configuration, and clear errors (bad
+credentials, a missing bucket, an unreachable or silent endpoint) instead
+of hangs."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResults
+from twisted.internet.protocol import Factory, Protocol
+
+from registry.config import load_config
+from registry.storage.driver import DriverError, IStorageDriver, PathNotFoundError
+from registry.storage.drivers.s3 import S3Driver, parse_params
+from registry.storage.factory import create_driver
+from tests.storage.conformance import MiB, pattern, read_all, write_all
+from tests.storage.rgw import RGW, s3_driver, shared_gateway
+
+
+def inner(driver: IStorageDriver) -> S3Driver:
+    """The S3 driver inside the wrapper ``create_driver`` returns."""
+    found: Any = getattr(driver, "wrapped", driver)
+    assert isinstance(found, S3Driver)
+    return found
+
+
+class Recorder:
+    """Records every S3 request a driver makes (method, key, query, headers)."""
+
+    def __init__(self, driver: IStorageDriver) -> None:
+        self.calls: list[tuple[str, str | None, dict[str, str], dict[str, str]]] = []
+        s3 = inner(driver)
+        original = s3._request
+
+        async def recording(method: str, key: str | None, query: Any = None, headers: Any = None, **kw: Any) -> Any:
+            self.calls.append((method, key, dict(query or {}), dict(headers or {})))
+            return await original(method, key, query, headers, **kw)
+
+        s3._request = recording  # type: ignore[method-assign]
+
+    def copies(self) -> list[dict[str, str]]:
+        return [h for m, _, _, h in self.calls if m == "PUT" and "x-amz-copy-source" in h]
+
+    def gets(self, key: str) -> int:
+        return sum(1 for m, k, q, _ in self.calls if m == "GET" and k == key)
+
+
+async def close(*drivers: IStorageDriver) -> None:
+    for d in drivers:
+        await d.close()
+
+
+async def uploads_below(driver: IStorageDriver, prefix: str) -> list[str]:
+    """Keys of the multipart uploads in progress below ``prefix`` (raw S3)."""
+    s3 = inner(driver)
+    root = await s3._xml("GET", None, {"uploads": "", "prefix": s3._k(prefix)})
+    ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+    return [u.findtext(ns + "Key") or "" for u in root.iter(ns + "Upload")]
+
+
+@pytest.fixture
+def gateway() -> RGW:
+    return shared_gateway()
+
+
+@pytest.fixture
+def root() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest_twisted.async_yield_fixture
+async def pair(gateway: RGW, root: str) -> AsyncIterator[tuple[IStorageDriver, IStorageDriver]]:
+    """Two independent driver instances (two registry processes) on one root,
+    with 5 MiB parts."""
+    a = s3_driver(rootdirectory=root, chunksize=5 * MiB)
+    b = s3_driver(rootdirectory=root, chunksize=5 * MiB)
+    try:
+        yield a, b
+        assert await a.walk("/") == [], "test left objects behind"
+    finally:
+        await close(a, b)
+
+
+# -- appends across instances ------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_append_continues_on_another_instance(pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    a, b = pair
+    path = "/repo/_uploads/u/data"
+    pieces = [pattern(6 * MiB + 5, seed=1), pattern(3 * MiB, seed=2), pattern(7, seed=3), pattern(11 * MiB, seed=4)]
+    writer = await a.writer(path)
+    for start in range(0, len(pieces[0]), 256 * 1024):
+        await writer.write(pieces[0][start : start + 256 * 1024])
+    await writer.close()
+    expected = pieces[0]
+    for i, piece in enumerate(pieces[1:]):
+        driver = (b, a)[i % 2]
+        recorder = Recorder(driver)
+        writer = await driver.writer(path, append=True)
+        assert writer.size == len(expected)
+        for start in range(0, len(piece), 1 * MiB):
+            await writer.write(piece[start : start + MiB])
+        await writer.close()
+        # The existing >= 5 MiB were copied inside S3, never read back.
+        assert recorder.gets(inner(driver)._k(path)) == 0
+        copies = recorder.copies()
+        assert copies, recorder.calls
+        assert all(h["x-amz-copy-source-if-match"] for h in copies)
+        expected += piece
+        other = a if driver is b else b
+        assert (await other.stat(path)).size == len(expected)
+        assert await read_all(other, path, len(expected) - len(piece) - 3, MiB) == expected[-len(piece) - 3 :]
+    writer = await b.writer(path, append=True)
+    await writer.commit()  # nothing new: no request rewrites the object
+    assert await a.get_content(path) == expected
+    await a.delete("/repo")
+
+
+@pytest_twisted.ensureDeferred
+async def test_small_existing_bytes_are_read_back_once(pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    a, b = pair
+    await a.put_content("/u/data", b"head-")
+    recorder = Recorder(b)
+    writer = await b.writer("/u/data", append=True)
+    await writer.write(pattern(6 * MiB, seed=5))  # crosses a part: base + new bytes in part 1
+    await writer.write(b"-tail")
+    await writer.commit()
+    assert recorder.gets(inner(b)._k("/u/data")) == 1
+    assert recorder.copies() == []
+    assert await a.get_content("/u/data") == b"head-" + pattern(6 * MiB, seed=5) + b"-tail"
+    await a.delete("/u")
+
+
+@pytest_twisted.ensureDeferred
+async def test_crash_mid_session_keeps_the_last_close(pair: tuple[IStorageDriver, IStorageDriver], gateway: RGW, root: str) -> None:
+    a, b = pair
+    path = "/repo/_uploads/crash/data"
+    await write_all(a, path, pattern(1000, seed=6))
+    crashed = s3_driver(rootdirectory=root, chunksize=5 * MiB)
+    writer = await crashed.writer(path, append=True)
+    for start in range(0, 12 * MiB, MiB):  # two parts reach S3, then the process "dies"
+        await writer.write(pattern(MiB, seed=start))
+    await writer._inner._wait_inflight()  # type: ignore[attr-defined]  # the last part reached S3
+    await close(crashed)
+    assert await uploads_below(b, "/repo/_uploads/crash") == [inner(b)._k(path)]
+    # Another instance sees the bytes of the last close and continues there.
+    assert (await b.stat(path)).size == 1000
+    writer = await b.writer(path, append=True)
+    assert writer.size == 1000
+    await writer.write(b"after the crash")
+    await writer.commit()
+    assert await a.get_content(path) == pattern(1000, seed=6) + b"after the crash"
+    # Deleting the upload's directory also aborts the abandoned multipart upload.
+    await a.delete("/repo/_uploads/crash")
+    assert await uploads_below(b, "/repo") == []
+    assert await a.walk("/") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_aborts_the_multipart_upload(pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    a, b = pair
+    await a.put_content("/c/data", pattern(6 * MiB, seed=7))
+    writer = await b.writer("/c/data", append=True)
+    await writer.write(pattern(6 * MiB, seed=8))
+    await writer.cancel()
+    assert await uploads_below(a, "/c") == []
+    with pytest.raises(PathNotFoundError):
+        await a.stat("/c/data")
+
+
+# -- server-side copies ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_move_above_threshold_is_a_multipart_copy(gateway: RGW, root: str) -> None:
+    driver = s3_driver(
+        rootdirectory=root, multipartcopythresholdsize=5 * MiB, multipartcopychunksize=5 * MiB, multipartcopymaxconcurrency=3
+    )
+    try:
+        data = pattern(17 * MiB + 3, seed=9)
+        await driver.put_content("/up/data", data)
+        recorder = Recorder(driver)
+        await driver.move("/up/data", "/blobs/sha256/ab/abcd/data")
+        copies = recorder.copies()
+        # 17 MiB in 5 MiB ranges, the short remainder folded into the last.
+        assert {h["x-amz-copy-source-range"] for h in copies} == {
+            f"bytes=0-{5 * MiB - 1}", f"bytes={5 * MiB}-{10 * MiB - 1}", f"bytes={10 * MiB}-{17 * MiB + 2}"
+        }
+        assert recorder.gets(inner(driver)._k("/up/data")) == 0
+        assert await driver.get_content("/blobs/sha256/ab/abcd/data") == data
+        assert await driver.list("/") == ["/blobs"]
+        await driver.delete("/")
+    finally:
+        await close(driver)
+
+
+# -- listing ---------------------------------------------------------------------------------
+
+
+async def put_raw(driver: IStorageDriver, paths: list[str], concurrency: int = 32) -> None:
+    """Store small objects with plain PUTs, many at once (test set-up)."""
+    s3 = inner(driver)
+    semaphore = DeferredSemaphore(concurrency)
+    await gatherResults(
+        [semaphore.run(lambda p=p: ensureDeferred(s3._put(s3._k(p), p.encode()))) for p in paths], consumeErrors=True
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_walk_delete_paginate(gateway: RGW, root: str) -> None:
+    driver = s3_driver(rootdirectory=root)
+    try:
+        names = [f"/tags/t{i:05d}" for i in range(2345)]  # three pages of 1000
+        await put_raw(driver, names + ["/tags-other"])
+        assert await driver.list("/tags") == sorted(names)
+        walked = await driver.walk("/")
+        assert [i.path for i in walked] == ["/tags", *sorted(names), "/tags-other"]
+        await driver.delete("/tags")
+        assert await driver.list("/") == ["/tags-other"]
+        await driver.delete("/")
+        assert await driver.walk("/") == []
+    finally:
+        await close(driver)
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_ten_thousand_tags(gateway: RGW, root: str) -> None:
+    driver = s3_driver(rootdirectory=root)
+    try:
+        tags = [f"v{i}" for i in range(10_000)]
+        base = "/docker/registry/v2/repositories/big/_manifests/tags"
+        await put_raw(driver, [f"{base}/{t}/current/link" for t in tags], concurrency=64)
+        assert await driver.list(base) == sorted(f"{base}/{t}" for t in tags)
+        assert len([i for i in await driver.walk(base) if not i.is_dir]) == 10_000
+        await driver.delete("/docker")
+        assert await driver.walk("/") == []
+    finally:
+        await close(driver)
+
+
+# -- presigned redirects -------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_redirect_url_is_a_working_presigned_get(gateway: RGW, root: str) -> None:
+    driver = s3_driver(rootdirectory=root)
+    try:
+        data = pattern(70_000, seed=10)
+        await driver.put_content("/blobs/x/data", data)
+        url = await driver.redirect_url("/blobs/x/data")
+        assert url is not None and url.startswith(gateway.endpoint + "/")
+        assert "X-Amz-Expires=1200" in url and "X-Amz-Signature=" in url
+        response = await treq.get(url)  # no credentials: the URL carries them
+        assert response.code == 200
+        assert await response.content() == data
+        tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+        response = await treq.get(tampered)
+        assert response.code == 403
+        await response.content()
+        assert await driver.redirect_url("/blobs/x/data", "PUT") is None
+        await driver.delete("/blobs")
+    finally:
+        await close(driver)
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def test_distribution_config_and_env_overrides(gateway: RGW) -> None:
+    yaml_text = f"""
+version: 0.1
+storage:
+  s3:
+    accesskey: {gateway.access_key}
+    secretkey: wrong
+    region: {gateway.region}
+    regionendpoint: {gateway.endpoint}
+    forcepathstyle: true
+    bucket: other
+    rootdirectory: /a/b
+    secure: false
+    v4auth: true
+    chunksize: 5242880
+    multipartcopychunksize: 33554432
+    multipartcopymaxconcurrency: 100
+    multipartcopythresholdsize: 33554432
+    storageclass: STANDARD
+    encrypt: false
+  redirect:
+    disable: false
+http:
+  addr: 127.0.0.1:5000
+"""
+    env = {"REGISTRY_STORAGE_S3_BUCKET": gateway.bucket, "REGISTRY_STORAGE_S3_SECRETKEY": gateway.secret_key,
+           "REGISTRY_STORAGE_S3_CHUNKSIZE": "6291456"}
+    config = load_config(yaml_text, env)
+    assert config.storage.driver == "s3"
+    s3 = inner(create_driver("s3", dict(config.storage.params)))
+    assert (s3.config.bucket, s3.config.secretkey, s3.config.chunksize) == (gateway.bucket, gateway.secret_key, 6 * MiB)
+    assert (s3.config.rootdirectory, s3.config.copyconcurrency, s3.config.forcepathstyle) == ("a/b", 100, True)
+
+
+@pytest.mark.parametrize(
+    "params, key",
+    [
+        ({"region": "us-east-1"}, "storage.s3.bucket"),
+        ({"bucket": "b"}, "storage.s3.region"),
+        ({"bucket": "b", "region": "r", "chunksize": 1024}, "storage.s3.chunksize"),
+        ({"bucket": "b", "region": "r", "chunksize": "lots"}, "storage.s3.chunksize"),
+        ({"bucket": "b", "region": "r", "secure": "maybe"}, "storage.s3.secure"),
+        ({"bucket": "b", "region": "r", "accesskey": "AK"}, "storage.s3.secretkey"),
+        ({"bucket": "b", "region": "r", "regionendpoint": "ftp://x"}, "storage.s3.regionendpoint"),
+        ({"bucket": "b", "region": "r", "storageclass": "COLD"}, "storage.s3.storageclass"),
+        ({"bucket": "b", "region": "r", "rootdirectory": "/a/../b"}, "storage.s3.rootdirectory"),
+        ({"bucket": "b", "region": "r", "multipartcopymaxconcurrency": 0}, "storage.s3.multipartcopymaxconcurrency"),
+    ],
+)
+def test_bad_parameters_name_their_key(params: dict[str, Any], key: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_params(params)
+    assert str(info.value).startswith(key + ":")
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_from_the_environment(gateway: RGW, root: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    for name in list(__import__("os").environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", gateway.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", gateway.secret_key)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    params = gateway.params(rootdirectory=root)
+    del params["accesskey"], params["secretkey"]
+    driver = create_driver("s3", params)
+    try:
+        await driver.put_content("/env", b"from the environment")
+        assert await driver.get_content("/env") == b"from the environment"
+        await driver.delete("/env")
+    finally:
+        await close(driver)
+
+
+# -- errors instead of hangs ------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_credentials_are_a_clear_error(gateway: RGW, root: str) -> None:
+    driver = create_driver("s3", gateway.params(rootdirectory=root, secretkey="not-the-secret"))
+    try:
+        with pytest.raises(DriverError, match="refused the credentials.*storage.s3.secretkey"):
+            await inner(driver).check()
+        with pytest.raises(DriverError, match="refused the credentials"):
+            await driver.put_content("/x", b"x")
+        with pytest.raises(DriverError, match="refused the credentials"):
+            await driver.stat("/x")
+    finally:
+        await close(driver)
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_bucket_is_a_clear_error(gateway: RGW) -> None:
+    driver = create_driver("s3", gateway.params(bucket="no-such-bucket"))
+    try:
+        with pytest.raises(DriverError, match="bucket 'no-such-bucket' does not exist"):
+            await inner(driver).check()
+        # Not "path not found": the registry must answer 503, not 404.
+        for call in (lambda: driver.stat("/x"), lambda: driver.get_content("/x"), lambda: driver.reader("/x"), lambda: driver.list("/")):
+            with pytest.raises(DriverError, match="does not exist"):
+                await call()
+    finally:
+        await close(driver)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_endpoint_fails_fast(gateway: RGW) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    driver = create_driver("s3", gateway.params(regionendpoint=f"http://127.0.0.1:{port}", requesttimeout=5))
+    try:
+        began = time.monotonic()
+        with pytest.raises(DriverError, match=f"cannot reach http://127.0.0.1:{port}"):
+            await driver.stat("/x")
+        assert time.monotonic() - began < 5
+    finally:
+        await close(driver)
+
+
+class _Silent(Protocol):
+    """Accepts a connection and never answers (a hung endpoint)."""
+
+
+class _StallsMidBody(Protocol):
+    """Answers a GET with headers and part of the body, then goes silent."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: \"x\"\r\n\r\n" + b"a" * 10)
+
+
+@pytest.mark.parametrize("server", [_Silent, _StallsMidBody])
+@pytest_twisted.ensureDeferred
+async def test_silent_endpoint_times_out(gateway: RGW, server: type[Protocol]) -> None:
+    port = reactor.listenTCP(0, Factory.forProtocol(server), interface="127.0.0.1")
+    driver = create_driver("s3", gateway.params(regionendpoint=f"http://127.0.0.1:{port.getHost().port}", requesttimeout=1))
+    try:
+        began = time.monotonic()
+        with pytest.raises(DriverError, match="no answer|no bytes|stalled"):
+            if server is _Silent:
+                await driver.get_content("/x")
+            else:
+                reader = await driver.reader("/x")
+                assert await reader.read(100) == b"a" * 10
+                await reader.read(100)
+        assert time.monotonic() - began < 5
+    finally:
+        await close(driver)
+        await port.stopListening()
+
+
+# -- a dropped connection while reading ----------------------------------------------------------
+
+
+class _Cutter:
+    """A TCP proxy to the gateway that, while armed, cuts the first
+    connection that has carried more than ``after`` response bytes
+    (``cut_now`` cuts every open connection)."""
+
+    def __init__(self, gateway: RGW, after: int) -> None:
+        from urllib.parse import urlsplit
+
+        from twisted.protocols import portforward
+
+        cutter = self
+        self.after = after
+        self.armed = False
+        self.cuts = 0
+        self.open: set[Any] = set()
+
+        class Client(portforward.ProxyClient):
+            received = 0
+
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                self.received += len(data)
+                if cutter.armed and self.received > cutter.after:
+                    cutter.armed = False
+                    cutter.cuts += 1
+                    self.transport.abortConnection()
+                    if self.peer is not None:
+                        self.peer.transport.abortConnection()
+
+        class ClientFactory(portforward.ProxyClientFactory):
+            protocol = Client
+
+        class Server(portforward.ProxyServer):
+            clientProtocolFactory = ClientFactory
+
+            def connectionMade(self) -> None:
+                cutter.open.add(self)
+                super().connectionMade()
+
+            def connectionLost(self, reason: Any) -> None:
+                cutter.open.discard(self)
+                super().connectionLost(reason)
+
+        target = urlsplit(gateway.endpoint)
+        factory = portforward.ProxyFactory(target.hostname, target.port)
+        factory.protocol = Server
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.endpoint = f"http://127.0.0.1:{self.port.getHost().port}"
+
+    def cut_now(self) -> None:
+        for server in list(self.open):
+            self.cuts += 1
+            server.transport.abortConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reader_resumes_after_a_dropped_connection(gateway: RGW, root: str) -> None:
+    cutter = _Cutter(gateway, after=3 * MiB)
+    direct = s3_driver(rootdirectory=root)
+    proxied = s3_driver(rootdirectory=root, regionendpoint=cutter.endpoint)
+    try:
+        data = pattern(8 * MiB + 1, seed=30)
+        await direct.put_content("/blob", data)
+        reader = await proxied.reader("/blob", 1000)
+        cutter.armed = True
+        parts = []
+        while chunk := await reader.read(256 * 1024):
+            parts.append(chunk)
+        await reader.close()
+        assert cutter.cuts == 1
+        assert b"".join(parts) == data[1000:]
+        # A replaced object is not stitched together from two versions (big
+        # enough that the rest cannot sit in socket buffers when cut).
+        big = pattern(48 * MiB, seed=32)
+        await direct.put_content("/blob", big)
+        reader = await proxied.reader("/blob")
+        first = await reader.read(1000)
+        await direct.put_content("/blob", pattern(8 * MiB + 1, seed=31))
+        cutter.cut_now()
+        with pytest.raises(DriverError, match="replaced while it was being read"):
+            while await reader.read(256 * 1024):
+                pass
+        await reader.close()
+        assert first == big[:1000]
+        await direct.delete("/blob")
+    finally:
+        await close(direct, proxied)
+        await cutter.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_startup_check_logs_what_to_fix(gateway: RGW) -> None:
+    from twisted.internet.task import deferLater
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "registry.storage.s3":
+            events.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        bad = create_driver("s3", gateway.params(bucket="missing-at-start"))
+        good = create_driver("s3", gateway.params())
+        for _ in range(100):
+            if len(events) >= 2:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        assert any("start-up check failed" in e and "bucket 'missing-at-start' does not exist" in e for e in events), events
+        assert any(f"bucket {gateway.bucket!r} at {gateway.endpoint} is reachable" in e for e in events), events
+        await close(bad, good)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_bucket_is_a_clear_error(gateway: RGW) -> None:
+    """A user whose quota (1 MiB) is reached: writes fail saying so."""
+    suffix = uuid.uuid4().hex[:8]
+    access, secret = f"FULL{suffix.upper()}", f"full-secret-{suffix}"
+    gateway.admin("user", "create", "--uid", f"full-{suffix}", "--display-name", "full", "--access-key", access, "--secret", secret)
+    gateway.admin("quota", "set", "--quota-scope=user", f"--uid=full-{suffix}", "--max-size=1048576")
+    gateway.admin("quota", "enable", "--quota-scope=user", f"--uid=full-{suffix}")
+    bucket = f"full-{suffix}"
+    gateway.create_bucket(bucket, keys=(access, secret))
+    driver = create_driver("s3", gateway.params(bucket=bucket, accesskey=access, secretkey=secret))
+    try:
+        await driver.put_content("/small", b"fits")
+        with pytest.raises(DriverError, match="full"):
+            await driver.put_content("/big", pattern(2 * MiB, seed=40))
+        writer = await driver.writer("/big")
+        with pytest.raises(DriverError, match="full"):
+            await writer.write(pattern(6 * MiB, seed=41))  # a whole 5 MiB part
+            await writer.commit()
+        await driver.delete("/")
+        assert await driver.walk("/") == []
+    finally:
+        await close(driver)

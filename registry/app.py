@@ -88,14 +88,18 @@ def make_root(
     layer_verifier: LayerVerifier | None = None,
     ui: bool = False,
     secret: str | None = None,
+    model: DataModel | None = None,
+    pull_through: bool = False,
 ) -> RegistryRoot:
     """The root resource over ``driver`` (tests use this with any driver);
     ``events``: an ``IEventSink`` told of pushes, pulls and deletes;
     ``layer_verifier``: verified pushes (``validation.manifests.verifylayers``);
     ``ui``: serve the web page under ``<prefix>ui/`` (``secret``, from
-    ``http.secret``, signs its form tokens; random when None)."""
+    ``http.secret``, signs its form tokens; random when None);
+    ``model`` replaces ``DataModel.over(driver)`` (a pull-through cache's,
+    with ``pull_through``: pushes and deletes refused)."""
     ctx = Context(
-        DataModel.over(driver, verifier=layer_verifier),
+        model if model is not None else DataModel.over(driver, verifier=layer_verifier),
         delete_enabled=delete_enabled,
         readonly=readonly,
         base_url=base_url,
@@ -105,6 +109,7 @@ def make_root(
         redirect=redirect,
         events=events,
         layers=layer_verifier,
+        pull_through=pull_through,
     )
     page = None
     if ui:
@@ -144,6 +149,19 @@ def make_application(
         if validation.verifylayers
         else None
     )
+    model: DataModel | None = None
+    upstream_service: IService | None = None
+    if config.proxy.remoteurl:
+        # A pull-through cache: read-through stores over an upstream client
+        # (no request is made before the first pull: it starts while the
+        # upstream is down), whose connections close with the application.
+        from registry.proxy import Upstream, UpstreamService, pull_through_model
+
+        upstream = Upstream(
+            config.proxy.remoteurl, username=config.proxy.username, password=config.proxy.password, reactor=reactor
+        )
+        model = pull_through_model(driver, upstream, config.proxy.ttl, reactor)
+        upstream_service = UpstreamService(upstream)
     root = make_root(
         driver,
         delete_enabled=config.storage.delete_enabled,
@@ -158,6 +176,8 @@ def make_application(
         layer_verifier=verifier,
         ui=config.ui.active(config.http, listen),
         secret=config.http.secret,
+        model=model,
+        pull_through=model is not None,
     )
     if observe.health is not None and observe.health.checks:
         root.health = observe.health
@@ -171,6 +191,8 @@ def make_application(
     if access is not None:
         # The access controller's thread pool (bcrypt) stops with the application.
         services.append(_ClosingService(access.close))
+    if upstream_service is not None:
+        services.append(upstream_service)
     if not config.storage.readonly:
         purging = purge_service(config.storage.uploadpurging, driver)
         if purging is not None:

@@ -653,6 +653,33 @@ class AuthConfig:
         return {}
 
 
+def _check_remoteurl(value: str) -> str:
+    from registry.proxy.upstream import split_remote_url
+
+    split_remote_url(value)
+    return value.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """``proxy``: run as a pull-through cache of ``remoteurl`` (Distribution's
+    keys). ``username``/``password`` are the cache's own credentials at the
+    upstream (Basic or token authentication), never given to clients. ``ttl``
+    is how long a cached tag is served before it is checked again with the
+    upstream (manifests by digest and blobs are kept for good); ``0`` checks
+    every time. (Distribution reads ``ttl`` as the expiry of cached content.)"""
+
+    remoteurl: str | None = string(None, check=_check_remoteurl)
+    username: str | None = string(None)
+    password: str | None = string(None)
+    ttl: float = duration("5m")
+
+    def checked(self, check: Checker) -> ProxyConfig:
+        if self.password and not self.username:
+            raise check.error("username", "required when proxy.password is set")
+        return self
+
+
 def _check_http_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -884,7 +911,6 @@ class Config:
         "reporting",
         "redis",
         "catalog",
-        "proxy",
         "compatibility",
         "policy",
     )
@@ -896,6 +922,7 @@ class Config:
     )
     http: HTTPConfig = section(HTTPConfig)
     auth: AuthConfig = section(AuthConfig)
+    proxy: ProxyConfig = section(ProxyConfig)
     notifications: NotificationsConfig = section(NotificationsConfig)
     health: HealthConfig = section(HealthConfig)
     validation: ValidationConfig = section(ValidationConfig)

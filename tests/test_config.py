@@ -202,11 +202,11 @@ def test_distribution_config_works_with_warnings_for_the_rest() -> None:
         "http.draintimeout",
         "http.http2",
         "redis",
-        "proxy",
         "validation.manifests.urls",  # validation itself is implemented (verifylayers)
         "catalog",
     }
     assert all("not supported by this registry; ignored" in w for w in config.warnings)
+    assert config.proxy.remoteurl == "https://registry-1.docker.io"
 
 
 def test_every_supported_key() -> None:
@@ -379,9 +379,9 @@ def test_configuration_path_variable_is_not_an_override() -> None:
 
 
 def test_unknown_override_warns_with_key_and_variable() -> None:
-    config = load(None, {"REGISTRY_HTTP_ADRESS": ":1", "REGISTRY_PROXY_REMOTEURL": "https://h", "REGISTRY__X": "1"})
+    config = load(None, {"REGISTRY_HTTP_ADRESS": ":1", "REGISTRY_REDIS_ADDR": "h:6379", "REGISTRY__X": "1"})
     assert "configuration key http.adress: unknown key; ignored (set by environment variable REGISTRY_HTTP_ADRESS)" in config.warnings
-    assert any(w.startswith("configuration key proxy: not supported") and "REGISTRY_PROXY_REMOTEURL" in w
+    assert any(w.startswith("configuration key redis: not supported") and "REGISTRY_REDIS_ADDR" in w
                for w in config.warnings)
     assert any("REGISTRY__X" in w for w in config.warnings)
     assert config.http.addr == "127.0.0.1:5000"

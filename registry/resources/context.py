@@ -34,6 +34,7 @@ class Context:
     prefix: str = "/"  # http.prefix: the path before v2/, with both slashes
     relative_urls: bool = False  # http.relativeurls: never absolute URLs
     extra_headers: dict[str, list[str]] = field(default_factory=dict)  # http.headers
+    pull_through: bool = False  # proxy.remoteurl: a pull-through cache refuses pushes and deletes
     redirect: bool = True  # storage.redirect.disable: false -> blob GETs may redirect to the driver's URL
     #: Where pushes, pulls, mounts and deletes are reported
     #: (``registry.observe.notifications.IEventSink``); None: nowhere.
@@ -56,6 +57,12 @@ class Context:
         return full
 
     def check_writable(self) -> None:
+        if self.pull_through:
+            raise RegistryError(
+                errors.UNSUPPORTED,
+                "this registry is a pull-through cache (proxy.remoteurl): pushes and deletes are not supported; "
+                "push to the upstream registry instead",
+            )
         if self.readonly:
             raise RegistryError(
                 errors.UNSUPPORTED,

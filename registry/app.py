@@ -12,21 +12,23 @@ with them.  Tests that only need a root over some driver use :func:`make_root`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.internet import TimerService
-from twisted.application.service import IService
-from twisted.internet.defer import ensureDeferred
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.web.resource import IResource
 
 from registry.auth import IAccessController
 from registry.config import Config, ConfigError, HTTPConfig, UploadPurgingConfig, parse_addr
 from registry.http import RegistrySite
+from registry.observe import Observability
 from registry.resources.context import Context
 from registry.resources.router import RegistryRoot, build_routes
 from registry.storage.driver import IStorageDriver
 from registry.storage.model import DataModel
+from registry.storage.verify import LayerVerifier
 
 __all__ = [
     "Listener",
@@ -85,19 +87,32 @@ def make_root(
     relative_urls: bool = False,
     extra_headers: dict[str, list[str]] | None = None,
     redirect: bool = True,
+    events: Any = None,
+    layer_verifier: LayerVerifier | None = None,
+    ui: bool = False,
+    secret: str | None = None,
+    model: DataModel | None = None,
+    pull_through: bool = False,
     cache: Any = None,
     lock: Any = None,
 ) -> RegistryRoot:
     """The root resource over ``driver`` (tests use this with any driver);
-    ``cache`` (an ``IDescriptorCache``) is put in front of the blob
-    descriptors, ``lock`` (an ``IUploadLock``) replaces the process-local
-    upload lock."""
-    from registry.storage.blobs import BlobDescriptors
-    from registry.storage.cache import CachedBlobDescriptors
+    ``events``: an ``IEventSink`` told of pushes, pulls and deletes;
+    ``layer_verifier``: verified pushes (``validation.manifests.verifylayers``);
+    ``ui``: serve the web page under ``<prefix>ui/`` (``secret``, from
+    ``http.secret``, signs its form tokens; random when None);
+    ``model`` replaces ``DataModel.over(driver)`` (a pull-through cache's,
+    with ``pull_through``: pushes and deletes refused); otherwise ``cache``
+    (an ``IDescriptorCache``) is put in front of the blob descriptors and
+    ``lock`` (an ``IUploadLock``) replaces the process-local upload lock."""
+    if model is None:
+        from registry.storage.blobs import BlobDescriptors
+        from registry.storage.cache import CachedBlobDescriptors
 
-    descriptors = CachedBlobDescriptors(BlobDescriptors(driver), cache) if cache is not None else None
+        descriptors = CachedBlobDescriptors(BlobDescriptors(driver), cache) if cache is not None else None
+        model = DataModel.over(driver, verifier=layer_verifier, descriptors=descriptors, lock=lock)
     ctx = Context(
-        DataModel.over(driver, descriptors=descriptors, lock=lock),
+        model,
         delete_enabled=delete_enabled,
         readonly=readonly,
         base_url=base_url,
@@ -105,8 +120,16 @@ def make_root(
         relative_urls=relative_urls,
         extra_headers=dict(extra_headers or {}),
         redirect=redirect,
+        events=events,
+        layers=layer_verifier,
+        pull_through=pull_through,
     )
-    return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access)
+    page = None
+    if ui:
+        from registry.ui import UIResource
+
+        page = UIResource(ctx, access, secret=secret.encode("utf-8") if secret else None)
+    return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access, ui=page)
 
 
 def make_application(
@@ -133,6 +156,26 @@ def make_application(
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
     redis, cache, lock = _shared_state(config, reactor)
+    observe = Observability.from_config(config, driver, reactor)
+    validation = config.validation.manifests
+    verifier = (
+        LayerVerifier(driver, max_uncompressed=validation.maxuncompressedlayersize, reactor=reactor)
+        if validation.verifylayers
+        else None
+    )
+    model: DataModel | None = None
+    upstream_service: IService | None = None
+    if config.proxy.remoteurl:
+        # A pull-through cache: read-through stores over an upstream client
+        # (no request is made before the first pull: it starts while the
+        # upstream is down), whose connections close with the application.
+        from registry.proxy import Upstream, UpstreamService, pull_through_model
+
+        upstream = Upstream(
+            config.proxy.remoteurl, username=config.proxy.username, password=config.proxy.password, reactor=reactor
+        )
+        model = pull_through_model(driver, upstream, config.proxy.ttl, reactor)
+        upstream_service = UpstreamService(upstream)
     root = make_root(
         driver,
         delete_enabled=config.storage.delete_enabled,
@@ -143,13 +186,29 @@ def make_application(
         extra_headers=config.http.headers,
         access=access,
         redirect=not config.storage.redirect_disable,
+        events=observe.notifier,
+        layer_verifier=verifier,
+        ui=config.ui.active(config.http, listen),
+        secret=config.http.secret,
+        model=model,
+        pull_through=model is not None,
         cache=cache,
         lock=lock,
     )
-    listeners = [main_listener(config.http, RegistrySite(root), reactor, listen)]
+    if observe.health is not None and observe.health.checks:
+        root.health = observe.health
+    listeners = [main_listener(config.http, RegistrySite(root, observer=observe.metrics), reactor, listen)]
+    debug = observe.debug_listener(config.http)
+    if debug is not None:
+        listeners.append(debug)
     # The driver's thread pool / child process stops with the application
     # (after the listeners: the tap stops listeners first).
-    services: list[IService] = [DriverService(driver)]
+    services: list[IService] = [DriverService(driver), *observe.services()]
+    if access is not None:
+        # The access controller's thread pool (bcrypt) stops with the application.
+        services.append(_ClosingService(access.close))
+    if upstream_service is not None:
+        services.append(upstream_service)
     if redis is not None:
         from registry.redis import RedisService
 
@@ -158,7 +217,34 @@ def make_application(
         purging = purge_service(config.storage.uploadpurging, driver)
         if purging is not None:
             services.append(purging)
+        # Scheduled garbage collection (storage.maintenance.gc); never in
+        # read-only mode. After DriverService, so it stops before the driver.
+        from registry.storage.gcservice import gc_schedule_service
+
+        collecting = gc_schedule_service(config.storage.gc, driver, _collect_for(cache))
+        if collecting is not None:
+            services.append(collecting)
+    if verifier is not None:
+        # Its thread pool stops after the listeners, before the driver.
+        services.append(VerifierService(verifier))
     return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver, redis=redis)
+
+
+def _collect_for(cache: Any) -> Any:
+    """A scheduled collection that forgets what it sweeps in ``cache``
+    (either kind: this process's or Redis)."""
+    from registry.storage.gc import collect
+
+    if cache is None:
+        return collect
+    from registry.storage.cache import collector_invalidate
+
+    invalidate = collector_invalidate(cache)
+
+    async def collect_and_invalidate(driver: IStorageDriver, **kwargs: Any) -> Any:
+        return await collect(driver, invalidate=invalidate, **kwargs)
+
+    return collect_and_invalidate
 
 
 def _shared_state(config: Config, reactor: Any) -> tuple[Any, Any, Any]:
@@ -187,6 +273,17 @@ def _shared_state(config: Config, reactor: Any) -> tuple[Any, Any, Any]:
     return client, cache, RedisUploadLocks(client, reactor=reactor)
 
 
+class _ClosingService(Service):
+    """Calls ``close`` when the application stops (after the listeners)."""
+
+    def __init__(self, close: Callable[[], Deferred[None]]) -> None:
+        self._close = close
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._close()
+
+
 def main_listener(http: HTTPConfig, site: RegistrySite, reactor: Any, listen: str | None = None) -> Listener:
     """The main listener: ``--listen`` as given, TLS from ``http.tls`` (an
     endpoint object: the chain, client CAs and minimum version), else the
@@ -211,6 +308,17 @@ def purge_service(purging: UploadPurgingConfig, driver: IStorageDriver) -> IServ
         return None
     age, dry_run = purging.age, purging.dryrun
     return TimerService(purging.interval, lambda: ensureDeferred(purge_uploads(driver, age, dry_run)))
+
+
+class VerifierService(Service):
+    """Stops a ``LayerVerifier``'s thread pool when the application stops."""
+
+    def __init__(self, verifier: LayerVerifier) -> None:
+        self.verifier = verifier
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return ensureDeferred(self.verifier.close())
 
 
 def _escape(value: str) -> str:

@@ -48,7 +48,10 @@ __all__ = [
     "HTTPConfig",
     "LogConfig",
     "StorageConfig",
+    "UIConfig",
     "UploadPurgingConfig",
+    "GCConfig",
+    "ValidationConfig",
     "load_config",
     "load_config_file",
     "parse_addr",
@@ -225,6 +228,27 @@ def _read_strings(loader: _Loader, dotted: str, spec: Key) -> tuple[str, ...]:
     raise loader._error(dotted, value, "must be a list of strings")
 
 
+def _read_int(loader: _Loader, dotted: str, spec: Key) -> int:
+    value = loader._get(dotted)
+    if value is None:
+        return int(spec.default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise loader._error(dotted, value, "must be a whole number, 0 or more")
+    return value
+
+
+def _read_section_list(loader: _Loader, dotted: str, spec: Key) -> tuple[Any, ...]:
+    # ``notifications.endpoints``, ``health.http``: a list of sections, each
+    # read like a section at ``<dotted>.<index>``.
+    assert spec.section is not None
+    value = loader._get(dotted)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise loader._error(dotted, value, "must be a list")
+    return tuple(loader._section(spec.section, f"{dotted}.{i}") for i in range(len(value)))
+
+
 def _read_section(loader: _Loader, dotted: str, spec: Key) -> Any:
     assert spec.section is not None
     if not spec.required and loader._get(dotted) is None:
@@ -324,22 +348,6 @@ def strings(*, key: str | None = None) -> Any:
     return _meta(Key(key, _read_strings, (), is_string=True), ())
 
 
-def _read_int(loader: _Loader, dotted: str, spec: Key) -> int:
-    value = loader._get(dotted)
-    if value is None or value == "":
-        return int(spec.default)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise loader._error(dotted, value, "must be a whole number (0 or more)")
-    return value
-
-
-def integer(default: int, *, key: str | None = None) -> Any:
-    """A whole number >= 0 (``redis.db``, ``redis.pool.maxidle``)."""
-    return _meta(Key(key, _read_int, default), default)
-
-
 def mapping(*, key: str | None = None, read: _Reader | None = None) -> Any:
     """A mapping with free-form keys (``log.fields``); ``read`` converts it."""
     return _meta(Key(key, read or _read_mapping, open=True), default_factory=dict)
@@ -351,6 +359,17 @@ def section(cls: type, *, key: str | None = None, optional: bool = False) -> Any
     if optional:
         return _meta(spec, None)
     return _meta(spec, default_factory=cls)
+
+
+def integer(default: int, *, key: str | None = None) -> Any:
+    """A whole number, 0 or more."""
+    return _meta(Key(key, _read_int, default), default)
+
+
+def section_list(cls: type, *, key: str | None = None) -> Any:
+    """A list of sections (``notifications.endpoints``); each element's keys
+    are declared by ``cls``; absent: an empty tuple."""
+    return _meta(Key(key, _read_section_list, section=cls), ())
 
 
 def custom(read: _Reader, default: Any = None, *, key: str | None = None, is_string: bool = False) -> Any:
@@ -372,6 +391,10 @@ class Checker:
     def raw(self, name: str) -> Any:
         """The section's key ``name`` as written (after overrides)."""
         return self._loader._get(self.key(name))
+
+    def warn(self, name: str, message: str) -> None:
+        """Add a warning about the section's key ``name`` to ``Config.warnings``."""
+        self._loader.warnings.append(f"configuration key {self.key(name)}: {message}")
 
     def error(self, name: str, message: str) -> ConfigError:
         """A ConfigError for the section's key ``name`` with its raw value."""
@@ -402,6 +425,26 @@ class UploadPurgingConfig:
 
 
 @dataclass(frozen=True)
+class GCConfig:
+    """``storage.maintenance.gc`` (this registry's key): scheduled garbage
+    collection in the server (``registry.storage.gcservice``); durations in
+    seconds."""
+
+    enabled: bool = boolean(False)
+    interval: float = duration("24h")
+    grace: float = duration("1h")
+    deleteuntagged: bool = boolean(False)
+    dryrun: bool = boolean(False)
+
+    def checked(self, check: Checker) -> GCConfig:
+        if self.interval <= 0:
+            raise check.error("interval", 'must be a positive duration, e.g. "24h"')
+        if self.grace < 0:
+            raise check.error("grace", 'cannot be negative (e.g. "1h"; "0s" only when nothing pushes meanwhile)')
+        return self
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     """``storage.*``: the one driver with its raw parameters, plus registry switches.
 
@@ -418,6 +461,7 @@ class StorageConfig:
     #: when the driver can sign a URL (S3).
     redirect_disable: bool = boolean(False, key="redirect.disable")
     uploadpurging: UploadPurgingConfig = section(UploadPurgingConfig, key="maintenance.uploadpurging")
+    gc: GCConfig = section(GCConfig, key="maintenance.gc")
     #: ``storage.cache.blobdescriptor``: cache blob sizes and repository
     #: links in ``redis`` (shared; needs the ``redis`` section) or
     #: ``inmemory`` (this process); None: no cache (registry.storage.cache).
@@ -478,6 +522,39 @@ def _read_headers(loader: _Loader, dotted: str, spec: Key) -> dict[str, list[str
     return headers
 
 
+def _check_debug_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError('must begin with "/", e.g. "/metrics"')
+    return path
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    """``http.debug.prometheus``: the metrics page on the debug listener."""
+
+    enabled: bool = boolean(False)
+    path: str = string("/metrics", check=_check_debug_path)
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """``http.debug``: the debug listener (off without ``addr``): health
+    and, when enabled, Prometheus metrics."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("tls",)
+
+    addr: str | None = string(None)
+    prometheus: PrometheusConfig = section(PrometheusConfig)
+
+    def checked(self, check: Checker) -> DebugConfig:
+        if self.addr is not None:
+            try:
+                parse_addr(self.addr)
+            except ValueError as e:
+                raise check.error("addr", str(e)) from None
+        return self
+
+
 @dataclass(frozen=True)
 class HTTPConfig:
     """``http.*``: where to listen and how the registry names itself."""
@@ -485,7 +562,6 @@ class HTTPConfig:
     IGNORED: ClassVar[tuple[str, ...]] = (
         "tls.letsencrypt",
         "draintimeout",
-        "debug",
         "http2",
     )
 
@@ -508,6 +584,7 @@ class HTTPConfig:
     tls_ciphersuites: tuple[str, ...] = strings(key="tls.ciphersuites")
     #: ``http.headers``: extra response headers, each a list of values.
     headers: dict[str, list[str]] = mapping(read=_read_headers)
+    debug: DebugConfig = section(DebugConfig)
 
     def checked(self, check: Checker) -> HTTPConfig:
         if self.net == "unix":
@@ -605,6 +682,233 @@ class AuthConfig:
         return {}
 
 
+def _check_remoteurl(value: str) -> str:
+    from registry.proxy.upstream import split_remote_url
+
+    split_remote_url(value)
+    return value.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """``proxy``: run as a pull-through cache of ``remoteurl`` (Distribution's
+    keys). ``username``/``password`` are the cache's own credentials at the
+    upstream (Basic or token authentication), never given to clients. ``ttl``
+    is how long a cached tag is served before it is checked again with the
+    upstream (manifests by digest and blobs are kept for good); ``0`` checks
+    every time. (Distribution reads ``ttl`` as the expiry of cached content.)"""
+
+    remoteurl: str | None = string(None, check=_check_remoteurl)
+    username: str | None = string(None)
+    password: str | None = string(None)
+    ttl: float = duration("5m")
+
+    def checked(self, check: Checker) -> ProxyConfig:
+        if self.password and not self.username:
+            raise check.error("username", "required when proxy.password is set")
+        return self
+
+
+def _check_http_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError('must be an absolute http(s) URL such as "https://hooks.example.com/registry"')
+    return url
+
+
+@dataclass(frozen=True)
+class StorageDriverHealthConfig:
+    """``health.storagedriver``: a periodic stat of the storage root."""
+
+    enabled: bool = boolean(False)
+    interval: float = duration("10s")
+    #: Consecutive failures before the check reports unhealthy (0: the first).
+    threshold: int = integer(0)
+
+
+@dataclass(frozen=True)
+class FileHealthConfig:
+    """``health.file[]``: unhealthy while the file exists (a maintenance switch)."""
+
+    file: str = string(None, required=True)
+    interval: float = duration("10s")
+
+
+@dataclass(frozen=True)
+class HTTPHealthConfig:
+    """``health.http[]``: a HEAD request to ``uri`` must answer ``statuscode``."""
+
+    uri: str = string(None, required=True, check=_check_http_url)
+    headers: dict[str, list[str]] = mapping(read=_read_headers)
+    statuscode: int = integer(200)
+    timeout: float = duration("3s")
+    interval: float = duration("10s")
+    threshold: int = integer(0)
+
+
+@dataclass(frozen=True)
+class TCPHealthConfig:
+    """``health.tcp[]``: a TCP connection to ``addr`` must open."""
+
+    addr: str = string(None, required=True)
+    timeout: float = duration("3s")
+    interval: float = duration("10s")
+    threshold: int = integer(0)
+
+    def checked(self, check: Checker) -> TCPHealthConfig:
+        try:
+            host, _ = parse_addr(self.addr)
+        except ValueError as e:
+            raise check.error("addr", str(e)) from None
+        if not host:
+            raise check.error("addr", "needs a host to connect to")
+        return self
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """``health``: the checks ``GET /debug/health`` reports."""
+
+    storagedriver: StorageDriverHealthConfig = section(StorageDriverHealthConfig)
+    file: tuple[FileHealthConfig, ...] = section_list(FileHealthConfig)
+    http: tuple[HTTPHealthConfig, ...] = section_list(HTTPHealthConfig)
+    tcp: tuple[TCPHealthConfig, ...] = section_list(TCPHealthConfig)
+
+
+@dataclass(frozen=True)
+class IgnoreConfig:
+    """``notifications.endpoints[].ignore``: events not sent to the endpoint."""
+
+    mediatypes: tuple[str, ...] = strings()
+    actions: tuple[str, ...] = strings()
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """``notifications.endpoints[]``: one webhook (defaults are Distribution's)."""
+
+    name: str = string(None, required=True)
+    #: None: the endpoint is not used (a warning says so).
+    url: str | None = string(None, check=_check_http_url)
+    headers: dict[str, list[str]] = mapping(read=_read_headers)
+    timeout: float = duration("1s")
+    #: Consecutive failed deliveries before the endpoint backs off.
+    threshold: int = integer(10)
+    backoff: float = duration("1s")
+    ignoredmediatypes: tuple[str, ...] = strings()
+    ignore: IgnoreConfig = section(IgnoreConfig)
+    disabled: bool = boolean(False)
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """``notifications.events``."""
+
+    includereferences: bool = boolean(False)
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    """``notifications``: webhooks told of pushes, pulls, mounts and deletes."""
+
+    endpoints: tuple[EndpointConfig, ...] = section_list(EndpointConfig)
+    events: EventsConfig = section(EventsConfig)
+
+    def checked(self, check: Checker) -> NotificationsConfig:
+        names = [e.name for e in self.endpoints]
+        for name in names:
+            if names.count(name) > 1:
+                raise check.error("endpoints", f"two endpoints are named {name!r}; names must be unique")
+        for i, endpoint in enumerate(self.endpoints):
+            if endpoint.url is None and not endpoint.disabled:
+                check.warn(f"endpoints.{i}.url", f"missing; endpoint {endpoint.name!r} is not used")
+        return self
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
+               "g": 1000**3, "gb": 1000**3, "gib": 1 << 30, "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}
+
+
+def _read_size(loader: _Loader, dotted: str, spec: Key) -> int:
+    """A byte count: an integer, or a number with a unit (``"64GiB"``, ``"500MB"``)."""
+    value = loader._get(dotted)
+    if value is None:
+        return int(spec.default)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(value)) if isinstance(value, (str, int)) else None
+    if m is None or m.group(2).lower() not in _SIZE_UNITS or int(m.group(1)) <= 0:
+        raise loader._error(dotted, value, 'must be a positive size in bytes, e.g. 68719476736 or "64GiB"')
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+@dataclass(frozen=True)
+class ManifestValidationConfig:
+    """``validation.manifests``: ``verifylayers`` (this registry's key)
+    checks each layer's uncompressed digest against the config's
+    ``rootfs.diff_ids`` on manifest PUT (``registry.storage.verify``);
+    ``maxuncompressedlayersize`` bounds the bytes one layer may inflate to."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("urls", "indexes")
+
+    verifylayers: bool = boolean(False)
+    maxuncompressedlayersize: int = custom(_read_size, 64 << 30)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """``validation``: what a manifest PUT checks beyond the spec."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("enabled", "disabled")
+
+    manifests: ManifestValidationConfig = section(ManifestValidationConfig)
+
+
+_LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a listening host only this machine reaches: ``localhost``
+    or a loopback address (127.0.0.0/8, ``::1``); False for all interfaces ("")."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen_interface(listen: str) -> str | None:
+    """The ``interface=`` of a server endpoint string (``--listen``), unescaped."""
+    m = re.search(r"(?:^|:)interface=((?:\\.|[^:])*)", listen)
+    return re.sub(r"\\(.)", r"\1", m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class UIConfig:
+    """``ui``: the web page under ``<http.prefix>ui/`` on the main listener."""
+
+    #: Unset: on when the main listener is loopback only (see ``active``).
+    enabled: bool | None = custom(_read_bool, None)
+
+    def active(self, http: HTTPConfig, listen: str | None = None) -> bool:
+        """Whether to serve the page: ``ui.enabled`` when set, otherwise
+        only when the registry listens on a loopback address (``http.addr``,
+        or the ``interface`` of ``--listen`` when given)."""
+        if self.enabled is not None:
+            return self.enabled
+        if listen is not None:
+            interface = _listen_interface(listen)
+            return interface is not None and is_loopback_host(interface)
+        if http.net == "unix":
+            return False
+        try:
+            host, _ = parse_addr(http.addr)
+        except ValueError:
+            return False
+        return is_loopback_host(host)
+
+
 def _read_version(loader: _Loader, dotted: str, spec: Key) -> str:
     value = loader._get(dotted)
     if value is None:
@@ -634,12 +938,8 @@ class Config:
     IGNORED: ClassVar[tuple[str, ...]] = (
         "middleware",
         "reporting",
-        "notifications",
-        "health",
         "catalog",
-        "proxy",
         "compatibility",
-        "validation",
         "policy",
     )
 
@@ -650,6 +950,11 @@ class Config:
     )
     http: HTTPConfig = section(HTTPConfig)
     auth: AuthConfig = section(AuthConfig)
+    proxy: ProxyConfig = section(ProxyConfig)
+    notifications: NotificationsConfig = section(NotificationsConfig)
+    health: HealthConfig = section(HealthConfig)
+    validation: ValidationConfig = section(ValidationConfig)
+    ui: UIConfig = section(UIConfig)
     #: ``redis``: None when absent (no shared locks, no Redis cache).
     redis: RedisConfig | None = section(RedisConfig, optional=True)
     raw: dict[str, Any] = field(default_factory=dict)
@@ -896,12 +1201,21 @@ class _Loader:
                 self._warn_key(dotted, "not supported by this registry")
             elif isinstance(spec, dict) and isinstance(value, dict):
                 self._check_keys(value, spec, [*path, key])
+            elif isinstance(spec, dict) and isinstance(value, list):
+                # A list of sections: each element against the section's keys.
+                for i, item in enumerate(value):
+                    if isinstance(item, dict):
+                        self._check_keys(item, spec, [*path, key, str(i)])
 
     # -- typed getters --
 
     def _get(self, path: str) -> Any:
         node: Any = self.tree
         for part in path.split("."):
+            if isinstance(node, list) and part.isdigit():
+                # An element of a list of sections (``notifications.endpoints.0``).
+                node = node[int(part)] if int(part) < len(node) else None
+                continue
             if not isinstance(node, dict):
                 return None
             node = node.get(part)
@@ -959,7 +1273,8 @@ class _Loader:
         """Each section above ``dotted`` must be a mapping (or absent)."""
         parts = dotted.split(".")
         for i in range(1, len(parts)):
-            self._mapping(".".join(parts[:i]))
+            if not isinstance(self._get(".".join(parts[:i])), list):
+                self._mapping(".".join(parts[:i]))
 
     def _storage(self, dotted: str) -> StorageConfig:
         storage = self._get(dotted)

@@ -60,6 +60,16 @@ HEADERS_TOO_LARGE_RESPONSE = _refusal(
 )
 
 
+class RequestObserver(Protocol):
+    """Hears about requests for metrics (``registry.observe.metrics``)."""
+
+    def upload_started(self, request: RegistryRequest) -> None:
+        """``request`` streams an upload body (until it finishes or is lost)."""
+
+    def request_finished(self, request: RegistryRequest, duration_s: float) -> None:
+        """``request`` was answered (called with its access-log line)."""
+
+
 class BodySink(Protocol):
     """Receives a request body as it arrives (see ``registry.resources.uploads``)."""
 
@@ -137,6 +147,11 @@ class RegistryRequest(server.Request):
     _pending_size = 0
     _pending_received: tuple[bytes, bytes, bytes] | None = None
     _length: int | None = None
+    #: This request's id (``registry.observe.requestid``), set when its
+    #: headers are in; echoed in ``X-Request-Id`` and the access log.
+    request_id = ""
+    #: Body bytes received (for the bytes-received metric).
+    received_bytes = 0
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -167,6 +182,9 @@ class RegistryRequest(server.Request):
         elif decision is not None:
             self.body_sink = decision
             self.content = io.BytesIO()
+            observer = self._observer()
+            if observer is not None:
+                observer.upload_started(self)
         else:
             super().gotLength(length)
 
@@ -189,6 +207,7 @@ class RegistryRequest(server.Request):
         self._decided(LimitedBody(0))
 
     def handleContentChunk(self, data: bytes) -> None:
+        self.received_bytes += len(data)
         if self._pending is not None:
             self._pending.append(data)
             self._pending_size += len(data)
@@ -243,6 +262,19 @@ class RegistryRequest(server.Request):
         return cast(IPushProducer, transport)
 
     # -- helpers -----------------------------------------------------------
+
+    def assign_request_id(self) -> None:
+        """Keep the client's well-formed ``X-Request-Id`` or make one; echo
+        it in the response and the access log."""
+        from registry.observe.requestid import REQUEST_ID_HEADER, choose_request_id
+
+        self.request_id = choose_request_id(self.getHeader(REQUEST_ID_HEADER))
+        self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
+        self.log_fields["request_id"] = self.request_id
+
+    def _observer(self) -> RequestObserver | None:
+        site = getattr(self.channel, "site", None)
+        return getattr(site, "observer", None)
 
     @property
     def gone(self) -> bool:
@@ -363,6 +395,7 @@ class RegistryChannel(http.HTTPChannel):
         if isinstance(request, RegistryRequest) and isinstance(site, RegistrySite):
             request.request_line = self.request_line()
             request.root = site.root
+            request.assign_request_id()
         super().allHeadersReceived()
 
 
@@ -377,14 +410,18 @@ class RegistrySite(server.Site):
     displayTracebacks = False
     noisy = False  # no "Starting factory" lines; the tap announces the listener
 
-    def __init__(self, root: RegistryRoot, *args: Any, **kw: Any) -> None:
+    def __init__(self, root: RegistryRoot, *args: Any, observer: RequestObserver | None = None, **kw: Any) -> None:
         super().__init__(root, *args, **kw)
         #: The registry's root resource, typed: requests route through it
         #: when their headers are in.
         self.root = root
+        #: Told of uploads and finished requests (metrics); None: nobody.
+        self.observer = observer
 
     def log(self, request: http.Request) -> None:
         from registry import logs
 
         duration = time.monotonic() - getattr(request, "started", time.monotonic())
         logs.log_request(request, duration, getattr(request, "log_fields", {}))
+        if self.observer is not None and isinstance(request, RegistryRequest):
+            self.observer.request_finished(request, duration)

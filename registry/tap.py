@@ -29,7 +29,7 @@ from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
@@ -279,8 +279,17 @@ class RegistryService(MultiService):
         def stop_all(group: list[IService]) -> Deferred[Any]:
             return DeferredList([maybeDeferred(s.stopService) for s in group], consumeErrors=True)
 
+        async def stop_in_turn(_: Any) -> None:
+            # Reverse order of addition, each waited for: later services
+            # (purging, GC, access control) stop before the storage driver.
+            for service in services:
+                try:
+                    await maybeDeferred(service.stopService)
+                except Exception:
+                    _log.failure("stopping a service failed")
+
         d = stop_all(list(self._listening))
-        d.addCallback(lambda _: stop_all(services))
+        d.addCallback(lambda _: ensureDeferred(stop_in_turn(_)))
         d.addCallback(lambda _: None)
         return d
 

@@ -5,7 +5,9 @@
 # registry, package docker-registry) and redis-server; wrk and hey drive the
 # request-rate figures of `make bench` (section versus); a single-node Ceph
 # (ceph-mon, ceph-osd, radosgw; no ceph-mgr) whose RADOS Gateway is the real
-# S3 endpoint the S3 storage driver's tests start (tests/storage/rgw.py).
+# S3 endpoint the S3 storage driver's tests start (tests/storage/rgw.py);
+# chromium (headless) and chromium-driver drive the web page's browser
+# tests (tests/ui/).
 #
 # Idempotent and fast when everything is present: only missing packages are
 # installed, `apt-get update` runs at most once.  No service is started: a
@@ -43,6 +45,8 @@ declare -A WANTED=(
     [ceph-mon]=ceph-mon
     [ceph-osd]=ceph-osd
     [radosgw]=radosgw
+    [chromium]=chromium
+    [chromedriver]=chromium-driver
 )
 # Not needed here: podman and skopeo use the vfs storage driver as root, so
 # fuse-overlayfs, uidmap and slirp4netns (all only "Recommends") stay out.

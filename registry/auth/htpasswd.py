@@ -54,6 +54,8 @@ DEFAULT_MAXTHREADS = 4
 DEFAULT_MAX_PENDING = 64
 DEFAULT_CACHE_SECONDS = 60.0
 CACHE_ENTRIES = 1024
+#: ``Basic`` credentials of an empty user name and password (``base64(":")``).
+EMPTY_BASIC = b"Og=="
 
 
 class HtpasswdError(ValueError):
@@ -277,6 +279,11 @@ class HtpasswdAccessController:
             scheme, rest = split_authorization(credentials.authorization)
             if scheme != "basic":
                 raise MalformedCredentials("this registry uses Basic authentication")
+            if rest == EMPTY_BASIC:
+                # skopeo and podman (containers/image) send "Basic Og==", an
+                # empty user and password, when they hold no credentials for
+                # the registry: that is no login, not a malformed one.
+                return fail(self.challenge(needed))
             user, password = parse_basic(rest)
         except MalformedCredentials as e:
             return fail(unauthorized(str(e), self.www_authenticate, needed))

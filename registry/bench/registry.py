@@ -15,62 +15,15 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from registry.bench.servers import our_argv
+from registry.bench.servers import start as start_registry
+
 MIB = 1 << 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _twistd() -> str:
-    candidate = Path(sys.executable).with_name("twistd")
-    return str(candidate) if candidate.exists() else "twistd"
-
-
-class _Server:
-    def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
-        storage = workdir / "storage"
-        storage.mkdir()
-        config = workdir / "config.yml"
-        config.write_text(
-            "version: 0.1\nlog:\n  level: warn\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
-        )
-        self.log = open(workdir / "registry.log", "wb")
-        self.proc = subprocess.Popen(
-            [_twistd(), "-n", "--pidfile=", "registry", "--config", str(config)],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/v2/", timeout=2).read()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"registry did not start; see {workdir / 'registry.log'}")
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 def _http(port: int, head: bytes, body: memoryview | bytes = b"") -> tuple[int, dict[str, str]]:
@@ -125,7 +78,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures["file_copy_mbps"] = size_mib / copy_s
         print(f"registry: plain file copy (with fsync)        {figures['file_copy_mbps']:8.0f} MB/s  (reference)")
 
-        server = _Server(work)
+        server = start_registry("registry", our_argv, work / "server")
         try:
             t = time.perf_counter()
             _curl("-X", "POST", "-T", str(src), "-H", "Content-Type: application/octet-stream",

@@ -32,7 +32,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -41,92 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from registry.bench.servers import Target, distribution_argv, our_argv, start
+
 MIB = 1 << 20
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@dataclass
-class Target:
-    """One running registry."""
-
-    label: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log: Any
-    workdir: Path
-    seeded: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
-def _wait_ready(target: Target) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(target.url + "/v2/", timeout=2).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline or target.proc.poll() is not None:
-                target.stop()
-                raise RuntimeError(f"{target.label} did not start; see {target.workdir / 'server.log'}")
-            time.sleep(0.1)
-
-
-def _start(label: str, argv_for: Callable[[Path, int], list[str]], workdir: Path) -> Target:
-    workdir.mkdir(parents=True)
-    port = _free_port()
-    log = open(workdir / "server.log", "wb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    proc = subprocess.Popen(argv_for(workdir, port), stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
-    target = Target(label, port, proc, log, workdir)
-    _wait_ready(target)
-    return target
-
-
-def _config(workdir: Path, port: int) -> Path:
-    storage = workdir / "storage"
-    storage.mkdir()
-    config = workdir / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
-    )
-    return config
-
-
-def _ours(workdir: Path, port: int) -> list[str]:
-    twistd = Path(sys.executable).with_name("twistd")
-    return [str(twistd) if twistd.exists() else "twistd", "-n", "--pidfile=", "registry", "--config", str(_config(workdir, port))]
-
-
-def _distribution(workdir: Path, port: int) -> list[str]:
-    return ["docker-registry", "serve", str(_config(workdir, port))]
 
 
 # -- requests over plain http.client (a new connection per request) ------------
@@ -364,8 +287,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         targets: dict[str, Target] = {}
         try:
-            targets["ours"] = _start("ours", _ours, work / "ours")
-            targets["distribution"] = _start("distribution", _distribution, work / "distribution")
+            targets["ours"] = start("ours", our_argv, work / "ours")
+            targets["distribution"] = start("distribution", distribution_argv, work / "distribution")
             for t in targets.values():
                 manifest_digest, layer_digest = _push_image(t.port, "bench/small", "latest", b"seed")
                 t.seeded = {"manifest": manifest_digest, "layer": layer_digest}

@@ -133,6 +133,8 @@ class BlobResource:
             ) from None
         except ValueError as e:
             raise RegistryError(errors.RANGE_INVALID, str(e), headers={"Content-Range": f"bytes */{size}"}) from None
+        if request.method == b"GET":
+            self.ctx.notify(request, "pull", _blob_target(self.ctx, name, d, size))
         # HEAD is answered here (never redirected: a round trip for nothing);
         # so are ranged GETs, and everything when storage.redirect.disable.
         if request.method == b"GET" and rng is None and self.ctx.redirect:
@@ -159,4 +161,11 @@ class BlobResource:
         d = Digest.parse(digest)
         request.log_fields.update(repository=name, digest=str(d))
         await self.ctx.model.blobs.descriptors.unlink(name, d)
+        self.ctx.notify(request, "delete", {"digest": str(d), "repository": name})
         empty_response(request, 202, {"Docker-Content-Digest": str(d)})
+
+
+def _blob_target(ctx: Context, name: str, d: Digest, size: int, **extra: str) -> dict[str, object]:
+    from registry.observe.notifications import blob_target
+
+    return blob_target(name, str(d), size, ctx.url(f"/v2/{name}/blobs/{d}"), **extra)

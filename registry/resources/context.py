@@ -4,12 +4,17 @@ configuration sets (deletes, read-only mode, external URL)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from registry import errors
 from registry.errors import RegistryError
 from registry.http import RegistryRequest
 from registry.storage.model import DataModel
+from registry.storage.verify import LayerVerifier
+
+if TYPE_CHECKING:
+    from registry.observe.notifications import IEventSink
 
 # Advertised to clients as the smallest non-final chunk we would like; any
 # size is accepted.
@@ -29,7 +34,17 @@ class Context:
     prefix: str = "/"  # http.prefix: the path before v2/, with both slashes
     relative_urls: bool = False  # http.relativeurls: never absolute URLs
     extra_headers: dict[str, list[str]] = field(default_factory=dict)  # http.headers
+    pull_through: bool = False  # proxy.remoteurl: a pull-through cache refuses pushes and deletes
     redirect: bool = True  # storage.redirect.disable: false -> blob GETs may redirect to the driver's URL
+    #: Where pushes, pulls, mounts and deletes are reported
+    #: (``registry.observe.notifications.IEventSink``); None: nowhere.
+    events: IEventSink | None = None
+
+    def notify(self, request: RegistryRequest, action: str, target: dict[str, Any]) -> None:
+        """Report ``action`` on ``target`` (queued; never blocks the request)."""
+        if self.events is not None:
+            self.events.emit(action, target, request)
+    layers: LayerVerifier | None = None  # validation.manifests.verifylayers: recorded layer info
 
     def url(self, path: str) -> str:
         """The URL clients use for the API path ``path`` (``/v2/...``): under
@@ -42,6 +57,12 @@ class Context:
         return full
 
     def check_writable(self) -> None:
+        if self.pull_through:
+            raise RegistryError(
+                errors.UNSUPPORTED,
+                "this registry is a pull-through cache (proxy.remoteurl): pushes and deletes are not supported; "
+                "push to the upstream registry instead",
+            )
         if self.readonly:
             raise RegistryError(
                 errors.UNSUPPORTED,

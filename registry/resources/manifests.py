@@ -65,6 +65,14 @@ class ManifestResource:
             )
         return LimitedBody(SMALL_BODY)
 
+    def _target(self, name: str, d: Digest, body: bytes, media_type: str, tag: str | None) -> dict[str, object]:
+        from registry.observe.notifications import manifest_references, manifest_target
+
+        url = self.ctx.url(f"/v2/{name}/manifests/{d}")
+        return manifest_target(
+            name, str(d), media_type, len(body), url, tag, lambda: manifest_references(body, media_type)
+        )
+
     async def GET(self, request: RegistryRequest, name: str, reference: str) -> None:
         request.log_fields.update(repository=name, reference=reference)
         tag, digest = lookup_reference(name, reference)
@@ -85,6 +93,7 @@ class ManifestResource:
         request.setHeader(b"Docker-Content-Digest", str(d).encode())
         request.setHeader(b"ETag", f'"{d}"'.encode())
         if request.method != b"HEAD":
+            self.ctx.notify(request, "pull", self._target(name, d, body, media_type, tag))
             request.write(body)
 
     HEAD = GET
@@ -107,6 +116,7 @@ class ManifestResource:
                 {"expected": str(digest), "actual": str(actual)},
             )
         await self.ctx.model.manifests.put(name, body, manifest, actual, tag)
+        self.ctx.notify(request, "push", self._target(name, actual, body, manifest.media_type, tag))
         headers = {
             "Location": self.ctx.url(f"/v2/{name}/manifests/{actual}"),
             "Docker-Content-Digest": str(actual),
@@ -121,8 +131,10 @@ class ManifestResource:
         request.log_fields.update(repository=name, reference=reference)
         if tag is not None:
             await self.ctx.model.tags.untag(name, tag)
+            self.ctx.notify(request, "delete", {"repository": name, "tag": tag})
             empty_response(request, 202)
             return
         assert digest is not None
         await self.ctx.model.manifests.delete(name, digest)
+        self.ctx.notify(request, "delete", {"repository": name, "digest": str(digest)})
         empty_response(request, 202, {"Docker-Content-Digest": str(digest)})

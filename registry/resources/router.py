@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, cast, runtime_checkable
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet.defer import Deferred
@@ -32,10 +32,14 @@ from registry.resources.base import render_async, write_error
 from registry.resources.blobs import BlobResource
 from registry.resources.catalog import CatalogResource
 from registry.resources.context import SMALL_BODY, Context
+from registry.resources.layers import LayerInfoResource
 from registry.resources.manifests import ManifestResource
 from registry.resources.referrers import ReferrersResource
 from registry.resources.tags import TagsResource
 from registry.resources.uploads import UploadResource, UploadStartResource
+
+if TYPE_CHECKING:
+    from registry.ui import UIResource
 
 API_VERSION_HEADER = (b"Docker-Distribution-API-Version", b"registry/2.0")
 
@@ -112,12 +116,20 @@ class RegistryRoot(Resource):
         routes: Sequence[Route],
         extra_headers: dict[str, list[str]] | None = None,
         access: IAccessController | None = None,
+        ui: UIResource | None = None,
     ) -> None:
         super().__init__()
         self.routes = list(routes)
         self.extra_headers = extra_headers or {}
         #: The access controller (None: every request is allowed, as Distribution without ``auth``).
         self.access = access
+        #: Health checks (``registry.observe.health.HealthChecks``): while any
+        #: fails, every request is answered 503 UNAVAILABLE, as Distribution
+        #: does, so a load balancer takes the instance out.  None: no checks.
+        self.health: Any = None
+        #: The web page (``ui.enabled``): serves ``<prefix>ui/...`` itself,
+        #: outside the API's routes and JSON errors, asking ``access`` per page.
+        self.ui = ui
 
     def match(self, path: bytes) -> tuple[Route, dict[str, str]]:
         """The route for ``path`` and its validated parameters; raises
@@ -162,12 +174,19 @@ class RegistryRoot(Resource):
         time), keep the outcome on the request, and say how its body is
         received.  A request that cannot be served gets a small body buffer
         that is dropped; ``render`` answers it with the error."""
+        if self.ui is not None and self.ui.handles(target.partition(b"?")[0]):
+            return LimitedBody(SMALL_BODY)  # the web page's forms are small
         try:
             match = self.resolve(method, target)
         except Exception as e:
             request.route_error = e
             return LimitedBody(SMALL_BODY)
         request.route_match = match
+        if self.health is not None and self.health.failing():
+            request.route_error = RegistryError(
+                errors.UNAVAILABLE, "a health check fails: see /debug/health on the debug listener"
+            )
+            return LimitedBody(SMALL_BODY)
         try:
             return self.before_body(request, match, length)
         except Exception as e:
@@ -237,6 +256,8 @@ class RegistryRoot(Resource):
         request.setHeader(*API_VERSION_HEADER)
         for header, values in self.extra_headers.items():
             request.responseHeaders.setRawHeaders(header, values)
+        if self.ui is not None and self.ui.handles(request.path):
+            return self.ui.render(request)
         method = request.method.upper()
 
         async def handle() -> None:
@@ -277,6 +298,7 @@ _ACCESS_KINDS = {
     "upload": "upload",
     "blob": "blobs",
     "referrers": "referrers",
+    "layer-info": "blobs",
 }
 
 
@@ -302,6 +324,8 @@ def build_routes(ctx: Context) -> list[Route]:
         Route("upload", rf"{v2}/{name}/blobs/uploads/(?P<upload_id>[^/]+)$", UploadResource(ctx)),
         Route("blob", rf"{v2}/{name}/blobs/(?P<digest>[^/]+)$", BlobResource(ctx)),
         Route("referrers", rf"{v2}/{name}/referrers/(?P<digest>[^/]+)$", ReferrersResource(ctx)),
+        # This registry's extension (registry.resources.layers); no spec path has a "_" component.
+        Route("layer-info", rf"{v2}/{name}/_registry/layers/(?P<digest>[^/]+)$", LayerInfoResource(ctx)),
     ]
 
 

@@ -24,6 +24,7 @@ from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.http import LimitedBody, RegistryRequest
 from registry.resources.base import empty_response, range_header, to_registry_error
+from registry.resources.blobs import _blob_target
 from registry.resources.context import SMALL_BODY, Context, query_values
 from registry.storage.interfaces import IUploadAppender
 
@@ -240,6 +241,10 @@ class UploadStartResource:
             mounted = request.mount_allowed and await ctx.model.try_mount(name, mount, source, automatic=automatic)
             if mounted:
                 request.log_fields["digest"] = str(mount)
+                if ctx.events is not None:
+                    size = await ctx.model.blobs.descriptors.size(mount) or 0
+                    extra = {"fromRepository": source} if source else {}
+                    ctx.notify(request, "mount", _blob_target(ctx, name, mount, size, **extra))
                 empty_response(request, 201, blob_created_headers(ctx, name, mount))
                 return
             upload_id = await ctx.model.uploads.create(name)
@@ -255,7 +260,8 @@ class UploadStartResource:
         if "digest" in q:
             d = Digest.parse(q["digest"][0])
             request.log_fields["digest"] = str(d)
-            await ctx.model.uploads.commit(name, sink.upload_id, d)
+            size = await ctx.model.uploads.commit(name, sink.upload_id, d)
+            ctx.notify(request, "push", _blob_target(ctx, name, d, size))
             empty_response(request, 201, blob_created_headers(ctx, name, d))
             return
         empty_response(request, 202, {**upload_headers(ctx, name, sink.upload_id, offset), **ctx.chunk_headers()})
@@ -319,7 +325,8 @@ class UploadResource:
         await self._body_outcome(request, name, upload_id)
         d = Digest.parse(query_values(request)["digest"][0])
         request.log_fields["digest"] = str(d)
-        await self.ctx.model.uploads.commit(name, upload_id, d)
+        size = await self.ctx.model.uploads.commit(name, upload_id, d)
+        self.ctx.notify(request, "push", _blob_target(self.ctx, name, d, size))
         empty_response(request, 201, blob_created_headers(self.ctx, name, d))
 
     async def DELETE(self, request: RegistryRequest, name: str, upload_id: str) -> None:

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
@@ -304,6 +304,18 @@ class CachedBlobDescriptors:
         """Whether the cache's store is reachable (for the health check)."""
         result: dict[str, Any] = self.cache.status()
         return result
+
+
+def collector_invalidate(cache: IDescriptorCache) -> Callable[[list[Digest]], Awaitable[None]]:
+    """For a collector in this process (``storage.maintenance.gc``): forget
+    digests in ``cache``, failing when its store cannot be reached (the
+    collector then deletes nothing)."""
+
+    async def invalidate(digests: list[Digest]) -> None:
+        if not await cache.forget(digests):
+            raise RedisError("the blob-descriptor cache's Redis cannot be reached")
+
+    return invalidate
 
 
 async def invalidate_digests(client: RedisClient, digests: Iterable[Digest]) -> None:

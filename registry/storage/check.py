@@ -36,6 +36,7 @@ from registry.storage.blobs import link_content, parse_link
 from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 from registry.storage.purge import _started
+from registry.storage.verify import is_record_path
 
 QUARANTINE = f"{paths.ROOT}/_quarantine"
 READ_CHUNK = 1 << 20
@@ -157,6 +158,8 @@ class Checker:
         for info in infos:
             self.progress("re-hash blobs", done, total)
             parts = info.path.split("/")
+            if is_record_path(info.path):
+                continue  # a verified layer's record beside its blob (registry.storage.verify)
             try:
                 d = Digest.parse(f"{parts[-4]}:{parts[-2]}")
             except (DigestError, IndexError):

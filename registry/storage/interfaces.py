@@ -165,6 +165,13 @@ class ICatalog(Interface):
         """Fire with True if ``name`` is a repository (has layers or
         manifests)."""
 
+    def page(n: int, last: str | None = None, prefix: str = "") -> "Awaitable[tuple[list[str], bool]]":
+        """Fire with ``(names, more)``: at most ``n`` repository names that
+        sort after ``last`` (code-point order, as ``repositories``) and
+        start with ``prefix``, and whether more such names follow. Reads
+        only what the page needs (the web page shows 10,000 repositories a
+        page at a time without walking them all)."""
+
 
 class IUploadLock(Interface):
     """Mutual exclusion of the requests of one upload: the requests that

@@ -38,6 +38,7 @@ from registry.storage.driver import IStorageDriver, PathNotFoundError
 from registry.storage.errors import BlobUnknown, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown
 from registry.storage.fence import wait_clear
 from registry.storage.interfaces import IBlobStore, IManifestStore, ITagStore
+from registry.storage.verify import ILayerVerifier
 
 #: How often a manifest PUT restores what a concurrent sweep removed before
 #: giving up with ``ManifestBlobUnknown``.
@@ -63,12 +64,17 @@ async def _delete_quietly(driver: IStorageDriver, path: str) -> None:
 class ManifestStore:
     """Stores, reads and deletes manifests of repositories through a driver;
     manifest bytes are blobs of ``blobs``, tags those of ``tags`` (the data
-    model passes its own, so wrappers around them see these uses too)."""
+    model passes its own, so wrappers around them see these uses too).
+    ``verifier`` (``validation.manifests.verifylayers``) checks an image's
+    layers against its config before anything is written."""
 
-    def __init__(self, driver: IStorageDriver, blobs: IBlobStore, tags: ITagStore) -> None:
+    def __init__(
+        self, driver: IStorageDriver, blobs: IBlobStore, tags: ITagStore, verifier: ILayerVerifier | None = None
+    ) -> None:
         self.driver = driver
         self.blobs = blobs
         self.tags = tags
+        self.verifier = verifier
 
     async def exists(self, name: str, d: Digest) -> bool:
         """True if manifest ``d`` is a revision of repository ``name``."""
@@ -122,6 +128,8 @@ class ManifestStore:
         garbage collection running concurrently removed a referenced blob
         (see ``_settle``)."""
         store_empty = await self._check_references(name, manifest)
+        if self.verifier is not None:
+            await self.verifier.verify(name, manifest)
         if store_empty:
             await self.blobs.put_content(OCI_EMPTY_DIGEST, OCI_EMPTY_CONTENT)
             await self.blobs.descriptors.link(name, OCI_EMPTY_DIGEST)

@@ -31,6 +31,7 @@ from registry.storage.interfaces import (
 from registry.storage.locks import ProcessLocks
 from registry.storage.manifests import ManifestStore
 from registry.storage.tags import TagStore
+from registry.storage.verify import ILayerVerifier
 from registry.storage.uploads import UploadStore
 
 
@@ -61,17 +62,19 @@ class DataModel:
         descriptors: IBlobDescriptors | None = None,
         tags: ITagStore | None = None,
         lock: IUploadLock | None = None,
+        verifier: ILayerVerifier | None = None,
     ) -> DataModel:
         """The data model over ``driver``: driver-backed stores, with
         ``descriptors`` (default ``BlobDescriptors(driver)``), ``tags``
         (default ``TagStore(driver)``) and the upload ``lock`` (default
-        ``ProcessLocks()``) used wherever the stores need them."""
+        ``ProcessLocks()``) used wherever the stores need them; ``verifier``
+        checks layers on manifest PUT (``registry.storage.verify``)."""
         blobs = BlobStore(driver, descriptors if descriptors is not None else BlobDescriptors(driver))
         tag_store = tags if tags is not None else TagStore(driver)
         return cls(
             blobs=blobs,
             uploads=UploadStore(driver, blobs, lock if lock is not None else ProcessLocks()),
-            manifests=ManifestStore(driver, blobs, tag_store),
+            manifests=ManifestStore(driver, blobs, tag_store, verifier),
             tags=tag_store,
             catalog=Catalog(driver),
         )

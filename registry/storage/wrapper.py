@@ -25,6 +25,7 @@ it). ``DriverService`` hands a driver's lifecycle to the application.
 from __future__ import annotations
 
 import builtins
+import time
 from typing import Any, Callable, TypeVar
 
 from twisted.application.service import Service
@@ -44,6 +45,10 @@ from registry.storage.driver import (
 )
 
 T = TypeVar("T")
+
+#: Told of each driver operation: ``(driver, operation, seconds, succeeded)``
+#: (``registry.observe.metrics`` records latencies from it).
+OperationObserver = Callable[[str, str, float, bool], None]
 
 
 def _normalise(driver_name: str) -> Callable[[Failure], Failure]:
@@ -206,6 +211,9 @@ class StorageDriverWrapper:
         self._closing: Deferred[None] | None = None
         self._close_result: Failure | bool | None = None
         self._close_waiters: list[Deferred[None]] = []
+        #: Times every operation (not each read/write of a stream: those are
+        #: the hot path); None: nothing is timed.
+        self.observer: OperationObserver | None = None
 
     @property
     def wrapped(self) -> IStorageDriver:
@@ -218,7 +226,17 @@ class StorageDriverWrapper:
                 check_path(path, allow_root=allow_root)
             except StorageError as exc:
                 return _invalid(self.name, exc)
-        return _call(self.name, getattr(self._driver, method), *args, **kwargs)
+        observer = self.observer
+        if observer is None:
+            return _call(self.name, getattr(self._driver, method), *args, **kwargs)
+        started = time.monotonic()
+        d = _call(self.name, getattr(self._driver, method), *args, **kwargs)
+
+        def timed(result: Any) -> Any:
+            observer(self.name, method, time.monotonic() - started, not isinstance(result, Failure))
+            return result
+
+        return d.addBoth(timed)
 
     def get_content(self, path: str) -> Deferred[bytes]:
         """See ``IStorageDriver.get_content``."""

@@ -224,6 +224,16 @@ async def test_malformed_credentials(controller: HtpasswdAccessController) -> No
 
 
 @pytest_twisted.ensureDeferred
+async def test_empty_basic_credentials_are_no_credentials(controller: HtpasswdAccessController) -> None:
+    # containers/image (skopeo, podman) sends "Basic Og==" (":") when it holds
+    # no credentials; the answer must be the one for no login at all.
+    e = await refusal(controller, Credentials(b"Basic " + base64.b64encode(b":")))
+    assert isinstance(e, AuthChallenge)
+    assert (e.status, e.code, e.message, e.www_authenticate) == (401, errors.UNAUTHORIZED, "authentication required", CHALLENGE)
+    assert controller.checks == 0
+
+
+@pytest_twisted.ensureDeferred
 async def test_password_longer_than_bcrypt_allows(tmp_path: Path) -> None:
     path = tmp_path / "htpasswd"
     long_password = "p" * 72

@@ -33,6 +33,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tarfile
 import tempfile
@@ -41,7 +42,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, NoReturn, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
+
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,16 +150,19 @@ def run(
     env: Mapping[str, str] | None = None,
     timeout: float = 180,
     check: bool = True,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to completion and return its result.
 
+    ``input`` is written to its stdin (else stdin is ``/dev/null``).
     Raises :class:`CommandFailed` (with stdout and stderr in the message) when
     ``check`` is true and the command exits non-zero.
     """
     result = subprocess.run(
         list(argv),
         env=child_env(env),
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if input is None else None,
+        input=input,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -328,10 +334,21 @@ def http_request(
     headers: Mapping[str, str] | None = None,
     body: bytes | None = None,
     timeout: float = 10,
+    cafile: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
 ) -> HTTPResponse:
-    """Send one request (no proxy) and return the answer, error statuses included."""
+    """Send one request (no proxy) and return the answer, error statuses included.
+
+    ``https`` URLs are verified against ``cafile`` (the test CA's root);
+    ``client_cert`` is (certificate, key) for mutual TLS."""
     request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if cafile is not None:
+        context = ssl.create_default_context(cafile=str(cafile))
+        if client_cert is not None:
+            context.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(request, timeout=timeout) as response:
             return HTTPResponse(
@@ -353,6 +370,11 @@ class Registry:
     port: int
     storage: Path
     process: ManagedProcess
+    #: ``https`` when the registry serves TLS (``http.tls``), verified against ``cafile``.
+    scheme: str = "http"
+    cafile: Path | None = None
+    #: (certificate, key) presented when ``http.tls.clientcas`` asks for one.
+    client_cert: tuple[Path, Path] | None = None
 
     @property
     def host(self) -> str:
@@ -361,8 +383,8 @@ class Registry:
 
     @property
     def url(self) -> str:
-        """Base URL, ``http://127.0.0.1:<port>``."""
-        return f"http://{self.host}"
+        """Base URL, ``http://127.0.0.1:<port>`` (``https://`` with TLS)."""
+        return f"{self.scheme}://{self.host}"
 
     def ref(self, repository: str, tag_or_digest: str = "latest") -> str:
         """An image reference ``127.0.0.1:<port>/<repository>:<tag>`` (or ``@digest``)."""
@@ -375,7 +397,7 @@ class Registry:
 
     def get(self, path: str, headers: Mapping[str, str] | None = None) -> HTTPResponse:
         """GET ``path`` (starting with ``/v2/``) from the registry."""
-        return http_request(self.url + path, headers=headers)
+        return http_request(self.url + path, headers=headers, cafile=self.cafile, client_cert=self.client_cert)
 
     def manifest(self, repository: str, reference: str) -> HTTPResponse:
         """GET a manifest accepting every manifest type the clients use."""
@@ -397,18 +419,36 @@ class Registry:
         self.process.stop()
 
 
-def _wait_for_v2(process: ManagedProcess, url: str, what: str, timeout: float) -> None:
-    def answers_200() -> bool:
+def _wait_for_v2(
+    process: ManagedProcess, url: str, what: str, timeout: float,
+    cafile: Path | None = None, ready: Sequence[int] = (200,), client_cert: tuple[Path, Path] | None = None,
+) -> None:
+    def answers() -> bool:
         try:
-            return http_request(url + "/v2/", timeout=2).status == 200
+            return http_request(url + "/v2/", timeout=2, cafile=cafile, client_cert=client_cert).status in ready
         except OSError:
             return False
 
-    wait_until(answers_200, timeout=timeout, what=what, process=process)
+    wait_until(answers, timeout=timeout, what=what, process=process)
 
 
-def distribution_config(port: int, storage: Path) -> str:
-    """A Distribution-style ``config.yml`` body: filesystem storage, delete on."""
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, mappings key by key (``extra`` wins)."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def distribution_config(port: int, storage: Path, extra: Mapping[str, Any] | None = None) -> str:
+    """A Distribution-style ``config.yml`` body: filesystem storage, delete on;
+    ``extra`` (e.g. ``{"auth": {...}, "http": {"tls": {...}}}``) merged in."""
+    if extra:
+        base = yaml.safe_load(distribution_config(port, storage))
+        return str(yaml.safe_dump(_merge(base, extra), sort_keys=False))
     return (
         "version: 0.1\n"
         "log:\n"
@@ -427,19 +467,26 @@ def distribution_config(port: int, storage: Path) -> str:
 def _start_registry(
     kind: str, argv: Callable[[Path], list[str]], what: str,
     workdir: Path, timeout: float, storage: Path | None,
+    extra: Mapping[str, Any] | None = None, cafile: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
 ) -> Registry:
-    """Write a Distribution-style config into ``workdir``, start ``argv(config)``
-    and wait until ``GET /v2/`` answers 200 (else :class:`StartupFailed`)."""
+    """Write a Distribution-style config (with ``extra`` merged in) into
+    ``workdir``, start ``argv(config)`` and wait until ``GET /v2/`` answers
+    200, or 401 when ``extra`` configures ``auth`` (else :class:`StartupFailed`).
+    With ``http.tls`` in ``extra`` the registry is reached over https,
+    verified against ``cafile``."""
     workdir.mkdir(parents=True, exist_ok=True)
     storage = storage or workdir / "storage"
     storage.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "config.yml"
-    config.write_text(distribution_config(port, storage))
+    config.write_text(distribution_config(port, storage, extra))
     process = ManagedProcess(argv(config), workdir / "registry.log", cwd=workdir)
-    registry = Registry(kind, port, storage, process)
+    tls = bool(extra and isinstance(extra.get("http"), Mapping) and extra["http"].get("tls"))
+    registry = Registry(kind, port, storage, process, "https" if tls else "http", cafile, client_cert)
+    ready = (401,) if extra and extra.get("auth") else (200,)
     try:
-        _wait_for_v2(process, registry.url, what, timeout)
+        _wait_for_v2(process, registry.url, what, timeout, cafile, ready, client_cert)
     except BaseException:
         process.stop()
         raise
@@ -472,19 +519,65 @@ def twistd_path() -> str:
 
 
 def start_our_registry(
-    workdir: Path, timeout: float = 30, storage: Path | None = None
+    workdir: Path, timeout: float = 30, storage: Path | None = None,
+    *, extra_config: Mapping[str, Any] | None = None, cafile: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
 ) -> Registry:
     """Start this project's registry: ``twistd -n --pidfile= registry --config``.
 
     Raises :class:`StartupFailed` (with the process's output) if ``GET /v2/``
-    does not answer 200 within ``timeout`` seconds.  ``storage`` is the storage
-    root directory (default: ``<workdir>/storage``).
+    does not answer within ``timeout`` seconds (200; 401 with ``auth``).
+    ``storage`` is the storage root directory (default: ``<workdir>/storage``).
+    ``extra_config`` is merged into the configuration (``auth``,
+    ``http.tls``); ``cafile`` is the CA that signed ``http.tls.certificate``
+    and ``client_cert`` the (certificate, key) for ``http.tls.clientcas``.
     """
     twistd = twistd_path()
     return _start_registry(
         "ours", lambda config: [twistd, "-n", "--pidfile=", "registry", "--config", str(config)],
-        "our registry (twistd registry)", workdir, timeout, storage,
+        "our registry (twistd registry)", workdir, timeout, storage, extra_config, cafile, client_cert,
     )
+
+
+@dataclass
+class TokenServerProcess:
+    """A test token server (``tests.clients.tokenserver_main``) in its own process."""
+
+    process: ManagedProcess
+    port: int
+
+    @property
+    def realm(self) -> str:
+        """The token URL, for ``auth.token.realm``."""
+        return f"http://127.0.0.1:{self.port}/token"
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM: its reactor stops and it exits)."""
+        self.process.stop()
+
+
+def start_token_server(workdir: Path, settings: Mapping[str, Any], timeout: float = 30) -> TokenServerProcess:
+    """Run ``tests.auth.tokenserver.TokenServer`` as its own process on a free
+    127.0.0.1 port (``settings``: see ``tests/clients/tokenserver_main.py``,
+    without ``port_file``) and wait until it listens."""
+    import sys
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    port_file = workdir / "port"
+    port_file.unlink(missing_ok=True)
+    settings_file = workdir / "settings.json"
+    settings_file.write_text(json.dumps({**settings, "port_file": str(port_file)}))
+    process = ManagedProcess(
+        [sys.executable, "-m", "tests.clients.tokenserver_main", str(settings_file)],
+        workdir / "tokenserver.log",
+        cwd=REPO_ROOT,
+    )
+    try:
+        wait_until(port_file.exists, timeout=timeout, what="token server", process=process)
+        return TokenServerProcess(process, int(port_file.read_text()))
+    except BaseException:
+        process.stop()
+        raise
 
 
 class DockerDaemon:
@@ -556,6 +649,23 @@ class DockerDaemon:
     def output(self) -> str:
         """The daemon's log so far."""
         return self.process.output() if self.process else ""
+
+    def login(
+        self, host: str, user: str, password: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``docker login --password-stdin`` (credentials land in the CLI's
+        private ``config.json``; the daemon does the HTTP)."""
+        return run(
+            [self.cli, "-H", f"unix://{self.socket}", "login", "--username", user, "--password-stdin", host],
+            env={"DOCKER_CONFIG": str(self.client_config)},
+            check=check,
+            timeout=60,
+            input=password + "\n",
+        )
+
+    def logout(self, host: str) -> subprocess.CompletedProcess[str]:
+        """``docker logout``: forget the credentials for ``host``."""
+        return self.docker("logout", host)
 
     def image_id(self, reference: str) -> str:
         """The local image ID (``sha256:<config digest>``) of ``reference``."""

@@ -1,0 +1,146 @@
+"""Prometheus metrics of one registry process (``prometheus-client``).
+
+Every metric lives in the :class:`RegistryMetrics`' own ``CollectorRegistry``
+(not the library's global one), so several registries in one process (tests)
+do not collide.  Labels are bounded: the route *name* (``manifest``,
+``blob``...: never a repository or a digest), a method from the fixed HTTP
+set (anything else is ``OTHER``), the status code, the storage driver's name
+and the driver operation.
+
+What is measured:
+
+* ``registry_http_requests_total{route,method,status}``
+* ``registry_http_request_duration_seconds{route,method}`` (histogram)
+* ``registry_http_request_body_bytes_total{route}`` and
+  ``registry_http_response_body_bytes_total{route}``
+* ``registry_uploads_in_progress``: upload requests streaming a body now
+* ``registry_storage_operation_duration_seconds{driver,operation}``
+  (histogram) and ``registry_storage_operation_errors_total{driver,operation}``
+* ``registry_notifications_*{endpoint}``: queue length, events sent, failed
+  deliveries, events dropped when a queue is full
+* the usual ``process_*``, ``python_gc_*`` and ``python_info``.
+
+One process, one set of numbers: several worker processes behind one
+port would each export their own (multi-process aggregation is not done yet).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+if TYPE_CHECKING:
+    from registry.http import RegistryRequest
+
+__all__ = ["CONTENT_TYPE_LATEST", "RegistryMetrics"]
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+#: Request durations: from a cached HEAD (ms) to a multi-GiB layer (minutes).
+_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+#: Driver operations: local disk (sub-ms) to an object store under load.
+_DRIVER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class RegistryMetrics:
+    """The metrics of one registry; a ``RequestObserver`` for the Site and
+    an ``OperationObserver`` for the storage driver wrapper."""
+
+    def __init__(self, process: bool = True) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "registry_http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "registry_http_request_duration_seconds",
+            "Time from the request's arrival to its last response byte",
+            ["route", "method"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.received = Counter(
+            "registry_http_request_body_bytes", "Request body bytes received", ["route"], registry=r
+        )
+        self.sent = Counter(
+            "registry_http_response_body_bytes", "Response body bytes sent", ["route"], registry=r
+        )
+        self.uploads = Gauge(
+            "registry_uploads_in_progress", "Upload requests streaming a body now", registry=r
+        )
+        self.driver_ops = Histogram(
+            "registry_storage_operation_duration_seconds",
+            "Storage driver operation latency (opening a reader/writer, not each read/write)",
+            ["driver", "operation"],
+            buckets=_DRIVER_BUCKETS,
+            registry=r,
+        )
+        self.driver_errors = Counter(
+            "registry_storage_operation_errors",
+            "Storage driver operations that failed (a missing path counts)",
+            ["driver", "operation"],
+            registry=r,
+        )
+        self.queue_length = Gauge(
+            "registry_notifications_queue_length", "Events waiting for delivery", ["endpoint"], registry=r
+        )
+        self.events_sent = Counter(
+            "registry_notifications_events_sent", "Events delivered (2xx answer)", ["endpoint"], registry=r
+        )
+        self.delivery_failures = Counter(
+            "registry_notifications_delivery_failures",
+            "Delivery attempts that failed (an error, a timeout, or an answer other than 2xx)",
+            ["endpoint"],
+            registry=r,
+        )
+        self.events_dropped = Counter(
+            "registry_notifications_events_dropped",
+            "Events dropped because the endpoint's queue was full",
+            ["endpoint"],
+            registry=r,
+        )
+        if process:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+
+    # -- the Site's RequestObserver --
+
+    def upload_started(self, request: RegistryRequest) -> None:
+        self.uploads.inc()
+        request.notifyFinish().addBoth(lambda _: self.uploads.dec())
+
+    def request_finished(self, request: RegistryRequest, duration_s: float) -> None:
+        match = request.route_match
+        route = match.route.name if match is not None else "unknown"
+        method = request.method.decode("ascii", "replace").upper() if request.method else "OTHER"
+        if method not in _METHODS:
+            method = "OTHER"
+        self.requests.labels(route, method, str(int(request.code))).inc()
+        self.duration.labels(route, method).observe(duration_s)
+        if request.received_bytes:
+            self.received.labels(route).inc(request.received_bytes)
+        if request.sentLength:
+            self.sent.labels(route).inc(request.sentLength)
+
+    # -- the storage wrapper's OperationObserver --
+
+    def driver_operation(self, driver: str, operation: str, seconds: float, succeeded: bool) -> None:
+        self.driver_ops.labels(driver, operation).observe(seconds)
+        if not succeeded:
+            self.driver_errors.labels(driver, operation).inc()
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

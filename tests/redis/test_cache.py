@@ -255,3 +255,19 @@ async def test_failed_link_forgets_the_digest(tmp_path: Path, make_cache: Any) -
     with pytest.raises(BlobUnknown):
         await cached.link("repo", d)
     assert await cached.size(d) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_scheduled_collection_in_this_process_forgets_in_the_inmemory_cache(tmp_path: Path) -> None:
+    """``storage.maintenance.gc`` runs the collector inside the server: the
+    collection the application schedules forgets swept digests in the
+    process's own cache too."""
+    from registry.app import _collect_for
+
+    cache = InMemoryDescriptorCache()
+    instance = CachedBlobDescriptors(BlobDescriptors(fs(tmp_path)), cache)
+    d = await _pushed_then_orphaned(tmp_path, instance)
+    report = await _collect_for(cache)(fs(tmp_path), grace_s=0)
+    assert [b for b, _ in report.blobs] == [str(d)]
+    assert await cache.size(d) is None and not await cache.linked("repo", d)
+    assert await instance.size(d) is None

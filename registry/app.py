@@ -65,6 +65,9 @@ class RegistryApplication:
     services: list[IService] = field(default_factory=list)
     #: The storage driver the application was built over.
     driver: IStorageDriver | None = None
+    #: The Redis client (``redis`` configured), whose ``status()`` says
+    #: whether Redis is reachable (for the health check); else None.
+    redis: Any = None
 
     def listener(self, name: str) -> Listener:
         """The listener called ``name``; ``KeyError`` if there is none."""
@@ -90,6 +93,8 @@ def make_root(
     secret: str | None = None,
     model: DataModel | None = None,
     pull_through: bool = False,
+    cache: Any = None,
+    lock: Any = None,
 ) -> RegistryRoot:
     """The root resource over ``driver`` (tests use this with any driver);
     ``events``: an ``IEventSink`` told of pushes, pulls and deletes;
@@ -97,9 +102,17 @@ def make_root(
     ``ui``: serve the web page under ``<prefix>ui/`` (``secret``, from
     ``http.secret``, signs its form tokens; random when None);
     ``model`` replaces ``DataModel.over(driver)`` (a pull-through cache's,
-    with ``pull_through``: pushes and deletes refused)."""
+    with ``pull_through``: pushes and deletes refused); otherwise ``cache``
+    (an ``IDescriptorCache``) is put in front of the blob descriptors and
+    ``lock`` (an ``IUploadLock``) replaces the process-local upload lock."""
+    if model is None:
+        from registry.storage.blobs import BlobDescriptors
+        from registry.storage.cache import CachedBlobDescriptors
+
+        descriptors = CachedBlobDescriptors(BlobDescriptors(driver), cache) if cache is not None else None
+        model = DataModel.over(driver, verifier=layer_verifier, descriptors=descriptors, lock=lock)
     ctx = Context(
-        model if model is not None else DataModel.over(driver, verifier=layer_verifier),
+        model,
         delete_enabled=delete_enabled,
         readonly=readonly,
         base_url=base_url,
@@ -142,6 +155,7 @@ def make_application(
             raise ConfigError("auth", None, str(e)) from None
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
+    redis, cache, lock = _shared_state(config, reactor)
     observe = Observability.from_config(config, driver, reactor)
     validation = config.validation.manifests
     verifier = (
@@ -178,6 +192,8 @@ def make_application(
         secret=config.http.secret,
         model=model,
         pull_through=model is not None,
+        cache=cache,
+        lock=lock,
     )
     if observe.health is not None and observe.health.checks:
         root.health = observe.health
@@ -193,6 +209,10 @@ def make_application(
         services.append(_ClosingService(access.close))
     if upstream_service is not None:
         services.append(upstream_service)
+    if redis is not None:
+        from registry.redis import RedisService
+
+        services.append(RedisService(redis))
     if not config.storage.readonly:
         purging = purge_service(config.storage.uploadpurging, driver)
         if purging is not None:
@@ -201,13 +221,56 @@ def make_application(
         # read-only mode. After DriverService, so it stops before the driver.
         from registry.storage.gcservice import gc_schedule_service
 
-        collecting = gc_schedule_service(config.storage.gc, driver)
+        collecting = gc_schedule_service(config.storage.gc, driver, _collect_for(cache))
         if collecting is not None:
             services.append(collecting)
     if verifier is not None:
         # Its thread pool stops after the listeners, before the driver.
         services.append(VerifierService(verifier))
-    return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver)
+    return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver, redis=redis)
+
+
+def _collect_for(cache: Any) -> Any:
+    """A scheduled collection that forgets what it sweeps in ``cache``
+    (either kind: this process's or Redis)."""
+    from registry.storage.gc import collect
+
+    if cache is None:
+        return collect
+    from registry.storage.cache import collector_invalidate
+
+    invalidate = collector_invalidate(cache)
+
+    async def collect_and_invalidate(driver: IStorageDriver, **kwargs: Any) -> Any:
+        return await collect(driver, invalidate=invalidate, **kwargs)
+
+    return collect_and_invalidate
+
+
+def _shared_state(config: Config, reactor: Any) -> tuple[Any, Any, Any]:
+    """``(redis client, descriptor cache, upload lock)`` for ``redis`` and
+    ``storage.cache``: with ``redis`` the upload locks are shared through
+    it (instances on one storage never interleave an upload's requests)."""
+    cache_kind = config.storage.cache_blobdescriptor
+    if config.redis is None:
+        if cache_kind == "redis":
+            raise ConfigError("storage.cache.blobdescriptor", cache_kind, "needs the redis section (redis.addr)")
+        if cache_kind == "inmemory":
+            from registry.storage.cache import InMemoryDescriptorCache
+
+            return None, InMemoryDescriptorCache(), None
+        return None, None, None
+    from registry.redis import RedisClient, settings_from_config
+    from registry.storage.cache import InMemoryDescriptorCache, RedisDescriptorCache
+    from registry.storage.redislock import RedisUploadLocks
+
+    client = RedisClient(reactor, settings_from_config(config.redis))
+    cache: Any = None
+    if cache_kind == "redis":
+        cache = RedisDescriptorCache(client)
+    elif cache_kind == "inmemory":
+        cache = InMemoryDescriptorCache()
+    return client, cache, RedisUploadLocks(client, reactor=reactor)
 
 
 class _ClosingService(Service):

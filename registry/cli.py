@@ -171,12 +171,34 @@ def serve(args: argparse.Namespace) -> int:
     return EXIT_FAILED  # not reached
 
 
-async def _garbage_collect(args: argparse.Namespace, driver: Any, out: TextIO, err: TextIO) -> int:
+async def _garbage_collect(
+    args: argparse.Namespace, driver: Any, out: TextIO, err: TextIO, config: Config | None = None
+) -> int:
     from registry.storage.gc import GarbageCollector, GCError
 
     bar = ProgressBar(err)
+    invalidate = None
+    if config is not None and config.redis is not None and config.storage.cache_blobdescriptor == "redis":
+        # Instances cache blob descriptors in Redis: forget what is swept
+        # (registry.storage.cache explains the order).
+        from twisted.internet import reactor
+
+        from registry.redis import RedisClient, settings_from_config
+        from registry.storage.cache import invalidate_digests
+
+        client = RedisClient(reactor, settings_from_config(config.redis))
+
+        async def invalidate_(digests: list[Any]) -> None:
+            await invalidate_digests(client, digests)
+
+        invalidate = invalidate_
     collector = GarbageCollector(
-        driver, grace_s=args.grace, delete_untagged=args.delete_untagged, dry_run=args.dry_run, progress=bar
+        driver,
+        grace_s=args.grace,
+        delete_untagged=args.delete_untagged,
+        dry_run=args.dry_run,
+        progress=bar,
+        invalidate=invalidate,
     )
     try:
         report = await collector.run()
@@ -272,7 +294,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
 
         try:
             if args.command == "garbage-collect":
-                return await _garbage_collect(args, driver, out, err)
+                return await _garbage_collect(args, driver, out, err, config)
             if args.command == "check":
                 return await _check(args, config, driver, out, err)
             return await _purge(args, config, driver, out)

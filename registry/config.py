@@ -451,7 +451,7 @@ class StorageConfig:
     Every key of ``storage`` that is not declared here (or ignored) names the
     driver; the loader picks it (``driver``, ``params``)."""
 
-    IGNORED: ClassVar[tuple[str, ...]] = ("cache",)
+    IGNORED: ClassVar[tuple[str, ...]] = ("cache.blobdescriptorsize",)
 
     driver: str = ""
     params: dict[str, Any] = field(default_factory=dict)
@@ -462,6 +462,35 @@ class StorageConfig:
     redirect_disable: bool = boolean(False, key="redirect.disable")
     uploadpurging: UploadPurgingConfig = section(UploadPurgingConfig, key="maintenance.uploadpurging")
     gc: GCConfig = section(GCConfig, key="maintenance.gc")
+    #: ``storage.cache.blobdescriptor``: cache blob sizes and repository
+    #: links in ``redis`` (shared; needs the ``redis`` section) or
+    #: ``inmemory`` (this process); None: no cache (registry.storage.cache).
+    cache_blobdescriptor: str | None = string(None, key="cache.blobdescriptor", choices=("redis", "inmemory"))
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """``redis.*``: the Redis server shared by the instances (upload locks,
+    the blob-descriptor cache); durations in seconds."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("tls", "username", "sentinelmastername", "addrs", "clientname")
+
+    addr: str = string(None, required=True)
+    password: str | None = string(None)
+    db: int = integer(0)
+    dialtimeout: float = duration("5s")
+    readtimeout: float = duration("5s")
+    writetimeout: float = duration("5s")
+    pool_maxidle: int = integer(16, key="pool.maxidle")
+    pool_maxactive: int = integer(64, key="pool.maxactive")
+    pool_idletimeout: float = duration("300s", key="pool.idletimeout")
+
+    def checked(self, check: Checker) -> RedisConfig:
+        try:
+            parse_addr(self.addr)
+        except ValueError as e:
+            raise check.error("addr", str(e)) from None
+        return self
 
 
 def _check_host(host: str) -> str:
@@ -909,7 +938,6 @@ class Config:
     IGNORED: ClassVar[tuple[str, ...]] = (
         "middleware",
         "reporting",
-        "redis",
         "catalog",
         "compatibility",
         "policy",
@@ -927,6 +955,8 @@ class Config:
     health: HealthConfig = section(HealthConfig)
     validation: ValidationConfig = section(ValidationConfig)
     ui: UIConfig = section(UIConfig)
+    #: ``redis``: None when absent (no shared locks, no Redis cache).
+    redis: RedisConfig | None = section(RedisConfig, optional=True)
     raw: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 

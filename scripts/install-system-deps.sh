@@ -39,6 +39,7 @@ declare -A WANTED=(
     [podman]=podman
     [docker-registry]=docker-registry
     [redis-server]=redis-server
+    [nginx]=nginx-light
     [wrk]=wrk
     [hey]=hey
     [ceph-mon]=ceph-mon

@@ -193,15 +193,18 @@ def test_distribution_config_works_with_warnings_for_the_rest() -> None:
         "X-Content-Type-Options": ["nosniff"],
         "Strict-Transport-Security": ["max-age=31536000"],
     }
+    # redis and storage.cache are implemented (shared upload locks, the blob-descriptor cache).
+    assert config.storage.cache_blobdescriptor == "redis"
+    assert config.redis is not None
+    assert (config.redis.addr, config.redis.password, config.redis.db) == ("localhost:6379", "asecret", 0)
+    assert (config.redis.dialtimeout, config.redis.readtimeout, config.redis.pool_maxidle) == (0.01, 5.0, 16)
     warned = {w.split(":")[0].removeprefix("configuration key ") for w in config.warnings}
     assert warned == {
         "log.hooks",
-        "storage.cache",
         "middleware",
         "reporting",
         "http.draintimeout",
         "http.http2",
-        "redis",
         "validation.manifests.urls",  # validation itself is implemented (verifylayers)
         "catalog",
     }
@@ -379,9 +382,10 @@ def test_configuration_path_variable_is_not_an_override() -> None:
 
 
 def test_unknown_override_warns_with_key_and_variable() -> None:
-    config = load(None, {"REGISTRY_HTTP_ADRESS": ":1", "REGISTRY_REDIS_ADDR": "h:6379", "REGISTRY__X": "1"})
+    # (redis is implemented now; reporting is a Distribution section this registry ignores)
+    config = load(None, {"REGISTRY_HTTP_ADRESS": ":1", "REGISTRY_REPORTING_BUGSNAG_APIKEY": "k", "REGISTRY__X": "1"})
     assert "configuration key http.adress: unknown key; ignored (set by environment variable REGISTRY_HTTP_ADRESS)" in config.warnings
-    assert any(w.startswith("configuration key redis: not supported") and "REGISTRY_REDIS_ADDR" in w
+    assert any(w.startswith("configuration key reporting: not supported") and "REGISTRY_REPORTING_BUGSNAG_APIKEY" in w
                for w in config.warnings)
     assert any("REGISTRY__X" in w for w in config.warnings)
     assert config.http.addr == "127.0.0.1:5000"
@@ -630,3 +634,34 @@ def test_tls_settings() -> None:
     env = load(None, {"REGISTRY_HTTP_TLS_CERTIFICATE": "/c", "REGISTRY_HTTP_TLS_KEY": "/k",
                       "REGISTRY_HTTP_TLS_CLIENTCAS": "/a,/b"}).http.tls_settings()
     assert env is not None and env.clientcas == ("/a", "/b")
+
+
+def test_redis_and_cache_keys() -> None:
+    config = load(
+        """\
+version: 0.1
+storage:
+  inmemory: {}
+  cache: {blobdescriptor: INMEMORY}
+redis:
+  addr: 127.0.0.1:6380
+  db: 3
+  readtimeout: 2s
+  writetimeout: 1s
+  pool: {maxidle: 2, maxactive: 8, idletimeout: 60s}
+"""
+    )
+    assert config.storage.cache_blobdescriptor == "inmemory"
+    assert config.redis is not None
+    assert (config.redis.db, config.redis.readtimeout, config.redis.writetimeout) == (3, 2.0, 1.0)
+    assert (config.redis.pool_maxidle, config.redis.pool_maxactive, config.redis.pool_idletimeout) == (2, 8, 60.0)
+    assert config.warnings == []
+    assert load("version: 0.1\nstorage: inmemory\n").redis is None
+    with pytest.raises(ConfigError, match="redis.addr"):
+        load("version: 0.1\nstorage: inmemory\nredis: {db: 1}\n")
+    with pytest.raises(ConfigError, match="redis.db.*whole number"):
+        load("version: 0.1\nstorage: inmemory\nredis: {addr: 'x:1', db: many}\n")
+    with pytest.raises(ConfigError, match="storage.cache.blobdescriptor.*one of"):
+        load("version: 0.1\nstorage: {inmemory: {}, cache: {blobdescriptor: memcached}}\n")
+    env = load("version: 0.1\nstorage: inmemory\n", {"REGISTRY_REDIS_ADDR": "127.0.0.1:7000", "REGISTRY_REDIS_DB": "2"})
+    assert env.redis is not None and (env.redis.addr, env.redis.db) == ("127.0.0.1:7000", 2)

@@ -328,7 +328,7 @@ def wait_for_port(port: int, process: subprocess.Popen[str], deadline: float = 3
 def test_twistd_runs_the_registry(tmp_path: Path) -> None:
     port = free_port()
     root = tmp_path / "data"
-    path = write_config(tmp_path / "config.yml", root, port, "log:\n  formatter: json\nredis: {}\n")
+    path = write_config(tmp_path / "config.yml", root, port, "log:\n  formatter: json\nreporting: {bugsnag: {apikey: k}}\n")
     process = subprocess.Popen(
         [str(TWISTD), "-n", "--pidfile=", "registry", "--config", str(path)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -349,7 +349,7 @@ def test_twistd_runs_the_registry(tmp_path: Path) -> None:
     # twistd's own text observer was replaced: every line is one JSON object.
     lines = [json.loads(line) for line in output.splitlines() if line.strip()]
     assert lines and all(isinstance(line, dict) for line in lines), output
-    assert any(line["namespace"] == "registry.tap" and "redis" in line["message"] and line["level"] == "warn"
+    assert any(line["namespace"] == "registry.tap" and "reporting" in line["message"] and line["level"] == "warn"
                for line in lines), output
     assert any(line["message"] == f"registry listening on 127.0.0.1:{port}" for line in lines), output
     access = [line for line in lines if line["namespace"] == "registry.access"]

@@ -85,7 +85,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from twisted.logger import Logger
 
@@ -189,6 +189,7 @@ class GarbageCollector:
         now: Callable[[], float] = time.time,
         lease_s: float = LEASE_S,
         batch_size: int = 256,
+        invalidate: Callable[[list[Digest]], Awaitable[None]] | None = None,
     ) -> None:
         if grace_s < 0:
             raise ValueError("the grace period cannot be negative")
@@ -200,6 +201,10 @@ class GarbageCollector:
         self.now = now
         self.lease_s = lease_s
         self.batch_size = batch_size
+        #: Forgets digests in a shared blob-descriptor cache (Redis): called
+        #: under the fence before a batch's links or blobs are deleted (a
+        #: failure stops the run before deleting) and again after.
+        self.invalidate = invalidate
         self.run_id = uuid.uuid4().hex
         self.cutoff = 0.0
         self.report = GCReport(dry_run=dry_run, grace_s=grace_s)
@@ -415,6 +420,7 @@ class GarbageCollector:
             fence = Fence(self.driver, self.run_id, batch, self.lease_s)
             await fence.raise_()
             try:
+                await self._invalidate(batch, before=True)
                 # Manifests pushed (or rewritten) since the mark.
                 now_referenced = set(referenced)
                 for d in (await self._read_repo(name, with_tags=False)).revisions:
@@ -435,6 +441,7 @@ class GarbageCollector:
                         break
                     await _delete_quietly(self.driver, paths.layer_link(name, d).rsplit("/", 1)[0])
                     self.report.links.append((name, str(d)))
+                await self._invalidate(batch, before=False)
             finally:
                 await fence.lower()
 
@@ -476,6 +483,8 @@ class GarbageCollector:
                 fence = Fence(self.driver, self.run_id, batch, self.lease_s)
                 await fence.raise_()
             try:
+                if fence is not None:
+                    await self._invalidate(batch, before=True)
                 in_use = await self._in_use(set(batch), marked)
                 for d in batch:
                     if d in in_use:
@@ -494,10 +503,28 @@ class GarbageCollector:
                         break
                     await _delete_quietly(self.driver, paths.blob_dir(d))
                     self.report.blobs.append((str(d), info.size))
+                if fence is not None:
+                    await self._invalidate(batch, before=False)
             finally:
                 if fence is not None:
                     await fence.lower()
         self.progress("sweep blobs", len(candidates), len(candidates))
+
+    async def _invalidate(self, batch: list[Digest], *, before: bool) -> None:
+        """Forget ``batch`` in the shared cache. Before deleting, a failure
+        stops the run (nothing deleted a cache could still serve); after, it
+        is logged (the tombstones written before still hold)."""
+        if self.invalidate is None:
+            return
+        try:
+            await self.invalidate(batch)
+        except Exception as e:
+            if before:
+                raise GCError(
+                    f"the blob-descriptor cache (Redis) cannot be reached ({e}); nothing was deleted "
+                    "that it could still serve: run garbage collection again when Redis is back"
+                ) from None
+            log.warn("forgetting swept digests in the cache failed after deleting them: {error}", error=e)
 
     async def _in_use(self, batch: set[Digest], marked: set[Digest]) -> set[Digest]:
         """The digests of ``batch`` that some repository links (a layer link

@@ -334,8 +334,10 @@ class _LeaseLost(Exception):
     """Ends the renewal loop (LoopingCall stops on an error)."""
 
 
-def gc_schedule_service(config: GCConfig, driver: IStorageDriver) -> GCScheduleService | None:
-    """``storage.maintenance.gc`` as a service, None when disabled."""
+def gc_schedule_service(config: GCConfig, driver: IStorageDriver, collect: Collect = collect) -> GCScheduleService | None:
+    """``storage.maintenance.gc`` as a service, None when disabled;
+    ``collect`` runs one collection (the app passes one that invalidates the
+    blob-descriptor cache)."""
     if not config.enabled:
         return None
     return GCScheduleService(
@@ -344,4 +346,5 @@ def gc_schedule_service(config: GCConfig, driver: IStorageDriver) -> GCScheduleS
         grace=config.grace,
         delete_untagged=config.deleteuntagged,
         dry_run=config.dryrun,
+        collect=collect,
     )

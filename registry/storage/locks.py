@@ -3,8 +3,8 @@
 One ``DeferredLock`` per upload that is in use, dropped when nobody holds or
 waits for it, so the table stays as small as the number of uploads being
 written right now. Instances sharing a storage are not excluded from each
-other: they rely on clients not racing one upload, until a shared lock
-(Redis) takes this one's place.
+other by it: with ``redis`` configured, ``registry.storage.redislock``
+takes this one's place (and uses it to queue one instance's requests).
 """
 
 from __future__ import annotations

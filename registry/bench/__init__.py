@@ -25,7 +25,11 @@ The known sections, run in this order by ``all``:
 * ``storage`` (``registry/bench/storage.py``): driver write/read throughput;
 * ``registry`` (``registry/bench/registry.py``): the HTTP registry end to end;
 * ``versus`` (``registry/bench/versus.py``): ours against CNCF Distribution
-  2.8.2 on the same machine, paired A/B/B/A runs, as speed ratios.
+  2.8.2 on the same machine, paired A/B/B/A runs, as speed ratios;
+* ``s3`` (``registry/bench/s3.py``): ours on a throwaway Ceph RGW against plain
+  S3 on the same gateway (multipart PUT, GET; downloads through the 307
+  redirect), and manifest GET req/s with and without the Redis
+  blob-descriptor cache.
 
 ``all`` runs every section whose module exists and says which do not exist
 yet.  Throughput figures are in MB/s with MB = 2**20 bytes.
@@ -34,6 +38,6 @@ yet.  Throughput figures are in MB/s with MB = 2**20 bytes.
 from __future__ import annotations
 
 #: Section names in the order ``all`` runs them.
-SECTIONS: tuple[str, ...] = ("hashing", "storage", "registry", "versus")
+SECTIONS: tuple[str, ...] = ("hashing", "storage", "registry", "versus", "s3")
 
 MiB = 1 << 20

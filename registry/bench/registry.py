@@ -13,40 +13,15 @@ import hashlib
 import mmap
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from registry.bench.servers import our_argv
+from registry.bench.servers import curl, our_argv, push_chunked
 from registry.bench.servers import start as start_registry
 
 MIB = 1 << 20
-
-
-def _http(port: int, head: bytes, body: memoryview | bytes = b"") -> tuple[int, dict[str, str]]:
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(head)
-        if body:
-            s.sendall(body)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = s.recv(65536)
-            if not more:
-                break
-            data += more
-    lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return int(lines[0].split()[1]), headers
-
-
-def _curl(*args: str) -> None:
-    subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", *args], check=True)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,7 +56,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         server = start_registry("registry", our_argv, work / "server")
         try:
             t = time.perf_counter()
-            _curl("-X", "POST", "-T", str(src), "-H", "Content-Type: application/octet-stream",
+            curl("-X", "POST", "-T", str(src), "-H", "Content-Type: application/octet-stream",
                   f"{server.url}/v2/bench/mono/blobs/uploads?digest={digest}")
             mono_s = time.perf_counter() - t
             figures["upload_monolithic_mbps"] = size_mib / mono_s
@@ -89,24 +64,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with open(src, "rb") as src_file, mmap.mmap(src_file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 view = memoryview(mm)
                 t = time.perf_counter()
-                status, hdrs = _http(server.port, b"POST /v2/bench/chunked/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-                assert status == 202, status
-                location = hdrs["location"]
-                for start in range(0, size, chunk):
-                    part = view[start : start + chunk]
-                    head = (f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-                            f"Content-Range: {start}-{start + len(part) - 1}\r\nContent-Length: {len(part)}\r\n\r\n").encode()
-                    status, hdrs = _http(server.port, head, part)
-                    assert status == 202, status
-                    location = hdrs["location"]
-                status, _ = _http(server.port, f"PUT {location}?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
-                assert status == 201, status
+                push_chunked(server.port, "bench/chunked", view, digest, chunk)
                 chunked_s = time.perf_counter() - t
-                del part, view  # release the mmap before it closes
+                view.release()  # before the mmap closes
             figures["upload_chunked_8mib_mbps"] = size_mib / chunked_s
 
             t = time.perf_counter()
-            _curl(f"{server.url}/v2/bench/mono/blobs/{digest}")
+            curl(f"{server.url}/v2/bench/mono/blobs/{digest}")
             get_s = time.perf_counter() - t
             figures["download_mbps"] = size_mib / get_s
         finally:

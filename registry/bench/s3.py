@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from registry.bench.servers import Target, free_port
+from registry.bench.servers import Target, curl, free_port, push_chunked, raw_http
 from registry.bench.servers import start as start_registry
 
 MIB = 1 << 20
@@ -47,37 +47,6 @@ CHUNK = 8 * MIB
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 _WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
 _WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
-
-
-def _http(host: str, port: int, head: bytes, body: memoryview | bytes = b"") -> tuple[int, dict[str, str], bytes]:
-    """One request over a fresh connection; returns status, headers and a small body."""
-    with socket.create_connection((host, port)) as s:
-        s.sendall(head)
-        if body:
-            s.sendall(body)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = s.recv(65536)
-            if not more:
-                break
-            data += more
-        top, _, rest = data.partition(b"\r\n\r\n")
-        lines = top.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        length = int(headers.get("content-length", "0") or 0)
-        while len(rest) < length:
-            more = s.recv(65536)
-            if not more:
-                break
-            rest += more
-    return int(lines[0].split()[1]), headers, rest
-
-
-def _curl(*args: str) -> None:
-    subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", *args], check=True)
 
 
 class _Presigner:
@@ -105,14 +74,14 @@ def _request_target(url: str) -> tuple[str, int, str]:
 
 def _plain_multipart_put(signer: _Presigner, key: str, view: memoryview) -> None:
     host, port, target = _request_target(signer.url("POST", key + "?uploads"))
-    status, _, body = _http(host, port, f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\n\r\n".encode())
+    status, _, body = raw_http(host, port, f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\n\r\n".encode())
     assert status == 200, (status, body[:300])
     upload_id = next(e.text for e in ET.fromstring(body).iter() if e.tag.endswith("UploadId"))
     etags = []
     for number, start in enumerate(range(0, len(view), PART), 1):
         part = view[start : start + PART]
         host, port, target = _request_target(signer.url("PUT", f"{key}?partNumber={number}&uploadId={upload_id}"))
-        status, headers, body = _http(
+        status, headers, body = raw_http(
             host, port, f"PUT {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(part)}\r\n\r\n".encode(), part
         )
         assert status == 200, (status, body[:300])
@@ -122,7 +91,7 @@ def _plain_multipart_put(signer: _Presigner, key: str, view: memoryview) -> None
         f"<Part><PartNumber>{n}</PartNumber><ETag>{e}</ETag></Part>" for n, e in enumerate(etags, 1)
     ) + "</CompleteMultipartUpload>"
     host, port, target = _request_target(signer.url("POST", f"{key}?uploadId={upload_id}"))
-    status, _, body = _http(
+    status, _, body = raw_http(
         host, port,
         f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(complete)}\r\n\r\n".encode(),
         complete.encode(),
@@ -179,7 +148,7 @@ def _push_manifest(server: Target, repo: str) -> str:
     blobs = []
     for content in (b'{"architecture":"amd64","os":"linux"}', os.urandom(4096)):
         digest = "sha256:" + hashlib.sha256(content).hexdigest()
-        status, _, _ = _http("127.0.0.1", server.port, (
+        status, _, _ = raw_http("127.0.0.1", server.port, (
             f"POST /v2/{repo}/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n"
             f"Content-Type: application/octet-stream\r\nContent-Length: {len(content)}\r\n\r\n").encode(), content)
         assert status == 201, status
@@ -189,7 +158,7 @@ def _push_manifest(server: Target, repo: str) -> str:
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blobs[0][0], "size": blobs[0][1]},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": blobs[1][0], "size": blobs[1][1]}],
     }).encode()
-    status, _, _ = _http("127.0.0.1", server.port, (
+    status, _, _ = raw_http("127.0.0.1", server.port, (
         f"PUT /v2/{repo}/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: {OCI_MANIFEST}\r\n"
         f"Content-Length: {len(manifest)}\r\n\r\n").encode(), manifest)
     assert status == 201, status
@@ -212,7 +181,6 @@ def _wrk(url: str, workdir: Path) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     size_mib = getattr(args, "mib", None) or 256
-    size = size_mib * MIB
     missing = [c for c in ("ceph-mon", "ceph-osd", "radosgw", "curl", "wrk", "redis-server") if shutil.which(c) is None]
     if missing:
         print(f"s3: {', '.join(missing)} not installed (scripts/install-system-deps.sh installs them); skipped")
@@ -250,42 +218,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 figures["plain_multipart_put_mbps"] = size_mib / (time.perf_counter() - t)
                 view.release()
             t = time.perf_counter()
-            _curl(signer.url("GET", key))
+            curl(signer.url("GET", key))
             figures["plain_get_mbps"] = size_mib / (time.perf_counter() - t)
 
             s3 = gateway.params(rootdirectory=f"bench-{uuid.uuid4().hex[:12]}")
             server = _ours(work / "server", s3)
             try:
                 t = time.perf_counter()
-                _curl("-X", "POST", "-T", str(src), "-H", "Content-Type: application/octet-stream",
+                curl("-X", "POST", "-T", str(src), "-H", "Content-Type: application/octet-stream",
                       f"{server.url}/v2/bench/mono/blobs/uploads?digest={digest}")
                 figures["upload_monolithic_mbps"] = size_mib / (time.perf_counter() - t)
 
                 with open(src, "rb") as src_file, mmap.mmap(src_file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                     view = memoryview(mm)
                     t = time.perf_counter()
-                    status, hdrs, _ = _http("127.0.0.1", server.port, b"POST /v2/bench/chunked/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-                    assert status == 202, status
-                    location = hdrs["location"]
-                    for start in range(0, size, CHUNK):
-                        part = view[start : start + CHUNK]
-                        head = (f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-                                f"Content-Range: {start}-{start + len(part) - 1}\r\nContent-Length: {len(part)}\r\n\r\n").encode()
-                        status, hdrs, _ = _http("127.0.0.1", server.port, head, part)
-                        assert status == 202, status
-                        location = hdrs["location"]
-                        del part
-                    sep = "&" if "?" in location else "?"
-                    status, _, _ = _http("127.0.0.1", server.port, f"PUT {location}{sep}digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
-                    assert status == 201, status
+                    push_chunked(server.port, "bench/chunked", view, digest, CHUNK)
                     figures["upload_chunked_8mib_mbps"] = size_mib / (time.perf_counter() - t)
                     view.release()
 
-                status, hdrs, _ = _http("127.0.0.1", server.port, f"GET /v2/bench/mono/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                status, hdrs, _ = raw_http("127.0.0.1", server.port, f"GET /v2/bench/mono/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 if status != 307:
                     raise RuntimeError(f"blob GET answered {status}, not a 307 redirect to the gateway")
                 t = time.perf_counter()
-                _curl("-L", f"{server.url}/v2/bench/mono/blobs/{digest}")
+                curl("-L", f"{server.url}/v2/bench/mono/blobs/{digest}")
                 figures["download_redirect_mbps"] = size_mib / (time.perf_counter() - t)
                 figures["manifest_get_rps_no_cache"] = _wrk(server.url + _push_manifest(server, "bench/manifest"), work)
             finally:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Target", "distribution_argv", "free_port", "our_argv", "start"]
+__all__ = ["Target", "curl", "distribution_argv", "free_port", "our_argv", "push_chunked", "raw_http", "start"]
 
 
 def free_port() -> int:
@@ -91,3 +91,57 @@ def our_argv(workdir: Path, port: int) -> list[str]:
 
 def distribution_argv(workdir: Path, port: int) -> list[str]:
     return ["docker-registry", "serve", str(_config(workdir, port))]
+
+
+def curl(*args: str) -> None:
+    """``curl`` that fails on an HTTP error and discards the body."""
+    subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", *args], check=True)
+
+
+def raw_http(host: str, port: int, head: bytes, body: memoryview | bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One request over a fresh connection, written as given (``head`` is
+    the request line and headers); returns status, headers (lower-cased
+    names) and the body when it has a Content-Length."""
+    with socket.create_connection((host, port)) as s:
+        s.sendall(head)
+        if body:
+            s.sendall(body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = s.recv(65536)
+            if not more:
+                break
+            data += more
+        top, _, rest = data.partition(b"\r\n\r\n")
+        lines = top.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        length = int(headers.get("content-length", "0") or 0)
+        while len(rest) < length:
+            more = s.recv(65536)
+            if not more:
+                break
+            rest += more
+    return int(lines[0].split()[1]), headers, rest
+
+
+def push_chunked(port: int, name: str, view: memoryview, digest: str, chunk: int) -> None:
+    """Upload ``view`` to repository ``name`` in PATCHes of ``chunk`` bytes
+    (with Content-Range), then PUT ``?digest=``; raw sockets, so the bytes
+    go from the caller's buffer (a memory map) without a copy."""
+    status, hdrs, _ = raw_http("127.0.0.1", port, f"POST /v2/{name}/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    assert status == 202, status
+    location = hdrs["location"]
+    for start in range(0, len(view), chunk):
+        part = view[start : start + chunk]
+        head = (f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Range: {start}-{start + len(part) - 1}\r\nContent-Length: {len(part)}\r\n\r\n").encode()
+        status, hdrs, _ = raw_http("127.0.0.1", port, head, part)
+        part.release()
+        assert status == 202, status
+        location = hdrs["location"]
+    sep = "&" if "?" in location else "?"
+    status, _, _ = raw_http("127.0.0.1", port, f"PUT {location}{sep}digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    assert status == 201, status

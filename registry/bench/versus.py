@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from registry.bench.servers import Target, distribution_argv, our_argv, start
+from registry.bench.servers import Target, curl, distribution_argv, our_argv, start
 
 MIB = 1 << 20
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -173,9 +173,6 @@ def _concurrent_pushes(target: Target, count: int, round_no: int) -> float:
     return time.perf_counter() - t
 
 
-def _curl(*args: str) -> None:
-    subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", *args], check=True)
-
 
 def _upload_monolithic(target: Target, src: Path, digest: str, round_no: int) -> None:
     # POST, then the whole body in the closing PUT: the spec's monolithic
@@ -183,7 +180,7 @@ def _upload_monolithic(target: Target, src: Path, digest: str, round_no: int) ->
     # sent with the POST).
     location = _start_upload(target, f"bench/mono{round_no}")
     sep = "&" if "?" in location else "?"
-    _curl("-X", "PUT", "-T", str(src), "-H", "Content-Type: application/octet-stream", f"{location}{sep}digest={digest}")
+    curl("-X", "PUT", "-T", str(src), "-H", "Content-Type: application/octet-stream", f"{location}{sep}digest={digest}")
 
 
 def _start_upload(target: Target, name: str) -> str:
@@ -196,7 +193,7 @@ def _start_upload(target: Target, name: str) -> str:
 
 def _finish_upload(location: str, digest: str) -> None:
     sep = "&" if "?" in location else "?"
-    _curl("-X", "PUT", "-H", "Content-Length: 0", f"{location}{sep}digest={digest}")
+    curl("-X", "PUT", "-H", "Content-Length: 0", f"{location}{sep}digest={digest}")
 
 
 def _upload_chunked(target: Target, src: Path, digest: str, round_no: int, chunk: int = 8 * MIB) -> None:
@@ -327,7 +324,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _report(fig)
 
             timed("pushes", f"{opts.pushes} small images pushed at once", lambda t, n: _concurrent_pushes(t, opts.pushes, n), None)
-            timed("download", f"{size_mib} MiB download", lambda t, n: _curl(f"{t.url}/v2/bench/mono0/blobs/{digest}"), size_mib)
+            timed("download", f"{size_mib} MiB download", lambda t, n: curl(f"{t.url}/v2/bench/mono0/blobs/{digest}"), size_mib)
             timed("upload_monolithic", f"{size_mib} MiB upload, monolithic", lambda t, n: _upload_monolithic(t, src, digest, n), size_mib)
             timed("upload_chunked", f"{size_mib} MiB upload, 8 MiB chunks", lambda t, n: _upload_chunked(t, src, digest, n), size_mib)
             timed("upload_streamed", f"{size_mib} MiB upload, streamed", lambda t, n: _upload_streamed(t, src, digest, n), size_mib)

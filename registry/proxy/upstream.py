@@ -19,7 +19,7 @@ the proxy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IConsumer
@@ -37,6 +37,8 @@ from registry.client.errors import (
 )
 from registry.digest import Digest
 from registry.errors import RegistryError
+
+T = TypeVar("T")
 
 log = Logger(namespace="registry.proxy")
 
@@ -78,6 +80,22 @@ def split_remote_url(remoteurl: str) -> tuple[str, str]:
     return parts.scheme, parts.netloc
 
 
+async def _unless_unknown(what: str, call: Awaitable[T]) -> T | None:
+    """``call``'s result; None when the upstream says it does not have it
+    (a 404, or a ``*_UNKNOWN`` code); :class:`UpstreamUnavailable` naming
+    ``what`` for any other failure (the cause goes to the log only)."""
+    try:
+        return await call
+    except (ClientBlobUnknown, ClientManifestUnknown, ClientNameUnknown):
+        return None
+    except RegistryAPIError as e:
+        if e.status == 404:
+            return None
+        raise _unavailable(what, e) from None
+    except ClientError as e:
+        raise _unavailable(what, e) from None
+
+
 def _unavailable(what: str, error: Exception) -> UpstreamUnavailable:
     cause = str(error)
     log.warn("upstream failed for {what}: {cause}", what=what, cause=cause)
@@ -117,16 +135,7 @@ class Upstream:
 
     async def blob_size(self, name: str, d: Digest) -> int | None:
         """The size of blob ``d`` in upstream repository ``name``, or None."""
-        try:
-            return await self.client.blob_size(name, d)
-        except (ClientBlobUnknown, ClientNameUnknown):
-            return None
-        except RegistryAPIError as e:
-            if e.status == 404:
-                return None
-            raise _unavailable(f"blob {d}", e) from None
-        except ClientError as e:
-            raise _unavailable(f"blob {d}", e) from None
+        return await _unless_unknown(f"blob {d}", self.client.blob_size(name, d))
 
     async def fetch_blob(self, name: str, d: Digest, consumer: IConsumer, size: int | None) -> int:
         """Stream blob ``d`` into ``consumer``, verified against ``d`` and
@@ -144,14 +153,7 @@ class Upstream:
         """The digest tag ``tag`` of ``name`` points at upstream (a HEAD), or
         None when the upstream does not know the tag. An upstream that sends
         no ``Docker-Content-Digest`` gets a GET instead."""
-        try:
-            info = await self.client.head_manifest(name, tag)
-        except RegistryAPIError as e:
-            if e.status == 404:
-                return None
-            raise _unavailable(f"manifest {name}:{tag}", e) from None
-        except ClientError as e:
-            raise _unavailable(f"manifest {name}:{tag}", e) from None
+        info = await _unless_unknown(f"manifest {name}:{tag}", self.client.head_manifest(name, tag))
         if info is None:
             return None
         if info.digest is not None:
@@ -161,25 +163,11 @@ class Upstream:
 
     async def get_manifest(self, name: str, reference: str) -> UpstreamManifest | None:
         """The manifest ``reference`` (tag or digest) of ``name``, or None."""
-        try:
-            m = await self.client.get_manifest(name, reference)
-        except (ClientManifestUnknown, ClientNameUnknown):
+        m = await _unless_unknown(f"manifest {name}:{reference}", self.client.get_manifest(name, reference))
+        if m is None:
             return None
-        except RegistryAPIError as e:
-            if e.status == 404:
-                return None
-            raise _unavailable(f"manifest {name}:{reference}", e) from None
-        except ClientError as e:
-            raise _unavailable(f"manifest {name}:{reference}", e) from None
         return UpstreamManifest(m.digest, m.media_type, m.body)
 
     async def tags(self, name: str) -> list[str] | None:
         """Every tag of ``name`` upstream, or None if the repository is unknown there."""
-        try:
-            return await self.client.tags(name)
-        except RegistryAPIError as e:
-            if e.status == 404:
-                return None
-            raise _unavailable(f"the tags of {name}", e) from None
-        except ClientError as e:
-            raise _unavailable(f"the tags of {name}", e) from None
+        return await _unless_unknown(f"the tags of {name}", self.client.tags(name))

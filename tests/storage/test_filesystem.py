@@ -133,3 +133,40 @@ async def test_reader_sees_appends_without_gaps(fs: tuple[IStorageDriver, Path])
     await reader.close()
     assert got == first + more
     await driver.delete("/up")
+
+
+@pytest.mark.parametrize("operation", ["put_content", "writer", "move"])
+@pytest_twisted.ensureDeferred
+async def test_parent_pruned_while_creating_below_it(
+    fs: tuple[IStorageDriver, Path], monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    """A concurrent delete (garbage collection) prunes an empty directory
+    after we opened it and before we create a directory inside it: ``mkdir``
+    then fails with ENOENT. The write still lands (the walk starts again)."""
+    driver, root = fs
+    (root / "repo").mkdir(parents=True)
+    await driver.put_content("/src", b"moved")
+    real_mkdir = os.mkdir
+    pruned: list[str] = []
+
+    def mkdir_after_prune(name: Any, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        if name == "_layers" and not pruned:
+            pruned.append(name)
+            os.rmdir(root / "repo")  # the other process's prune wins the race
+        real_mkdir(name, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_after_prune)
+    path = "/repo/_layers/link"
+    if operation == "put_content":
+        await driver.put_content(path, b"data")
+        expected = b"data"
+    elif operation == "writer":
+        writer = await driver.writer(path)
+        await writer.write(b"streamed")
+        await writer.close()
+        expected = b"streamed"
+    else:
+        await driver.move("/src", path)
+        expected = b"moved"
+    assert pruned == ["_layers"]
+    assert await driver.get_content(path) == expected

@@ -139,7 +139,23 @@ class _Tree:
 
     def chain(self, segments: list[str], path: str, create: bool = False) -> list[int]:
         """Open root and each directory of ``segments``; return all their fds
-        (the caller closes them). ``create`` makes missing directories."""
+        (the caller closes them). ``create`` makes missing directories.
+
+        A concurrent delete may prune a directory between our opening (or
+        creating) it and creating the next one inside it (``mkdir`` in a
+        removed directory fails with ENOENT): then the walk starts again from
+        the root, a bounded number of times."""
+        if not create:
+            return self._chain(segments, path, False)
+        for attempt in range(_CREATE_RETRIES):
+            try:
+                return self._chain(segments, path, True)
+            except FileNotFoundError:
+                if attempt == _CREATE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _chain(self, segments: list[str], path: str, create: bool) -> list[int]:
         fds = [os.open(self.root, _DIR_FLAGS)]
         try:
             for seg in segments:

@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 from tests.clients.harness import (
-    MEDIA_OCI_INDEX,
     DockerDaemon,
     ManagedProcess,
     Registry,
@@ -31,13 +30,11 @@ from tests.clients.harness import (
     free_port,
     http_request,
     make_image,
-    read_oci_layout,
-    sha256_digest,
     twistd_path,
     wait_until,
-    write_oci_layout,
 )
 from tests.clients.test_docker import assert_registry_holds, layer_statuses, load_image, pushed_digest
+from tests.clients.test_skopeo import copy_index_in_and_out
 
 pytestmark = pytest.mark.clients
 
@@ -137,27 +134,6 @@ def test_skopeo_copy_all_index_in_and_out_on_s3(
     skopeo: Skopeo, s3_registry: tuple[Registry, str], repo: str, scratch: Path
 ) -> None:
     registry, endpoint = s3_registry
-    images = [
-        make_image(repo, layers=2, layer_size=256 * 1024, architecture=arch) for arch in ("amd64", "arm64")
-    ]
-    layout = write_oci_layout(scratch / "source-layout", images, "v1")
-    destination = registry.docker_ref(repo, "v1")
-    skopeo.copy(layout.reference, destination, "--all")
-
-    served = registry.manifest(repo, "v1")
-    assert served.status == 200
-    assert served.headers["content-type"] == MEDIA_OCI_INDEX
-    assert served.body == layout.manifest
-    assert served.headers["docker-content-digest"] == layout.digest
+    _, images = copy_index_in_and_out(skopeo, registry, repo, scratch, layer_size=256 * 1024)
     for image in images:
         assert_blob_redirects_to_gateway(registry, repo, image.config_digest, endpoint)
-
-    back = scratch / "back-layout"
-    skopeo.copy(destination, f"oci:{back}:v1", "--all")
-    index_bytes, blob = read_oci_layout(back)
-    assert index_bytes == layout.manifest
-    for image in images:
-        child = layout.children[f"linux/{image.architecture}"]
-        assert blob(sha256_digest(child)) == child
-        assert blob(image.config_digest) == image.config
-        assert [blob(layer.digest) for layer in image.layers] == [layer.gzipped for layer in image.layers]

@@ -21,6 +21,7 @@ from tests.clients.harness import (
     MEDIA_OCI_MANIFEST,
     CommandFailed,
     Image,
+    OCILayoutImage,
     Registry,
     Skopeo,
     make_image,
@@ -131,33 +132,29 @@ def test_copy_to_registry_and_back(
         assert layer_digests == image.diff_ids
 
 
-def test_copy_all_multi_architecture_index(
-    skopeo: Skopeo, registry_under_test: Registry, repo: str, scratch: Path
-) -> None:
-    images = [make_image(repo, layers=2, layer_size=24 * 1024, architecture=arch) for arch in ("amd64", "arm64")]
+def copy_index_in_and_out(
+    skopeo: Skopeo, registry: Registry, repo: str, scratch: Path, layer_size: int = 24 * 1024
+) -> tuple[OCILayoutImage, list[Image]]:
+    """``skopeo copy --all`` of a two-platform OCI index into ``registry``,
+    check what it serves (the index byte for byte, each child as an image),
+    then copy it back out with ``--all`` and compare every blob."""
+    images = [make_image(repo, layers=2, layer_size=layer_size, architecture=arch) for arch in ("amd64", "arm64")]
     layout = write_oci_layout(scratch / "source-layout", images, "v1")
-    destination = registry_under_test.docker_ref(repo, "v1")
+    destination = registry.docker_ref(repo, "v1")
     skopeo.copy(layout.reference, destination, "--all")
 
-    served = registry_under_test.manifest(repo, "v1")
+    served = registry.manifest(repo, "v1")
     assert served.status == 200
     assert served.headers["content-type"] == MEDIA_OCI_INDEX
     assert served.body == layout.manifest
     assert served.headers["docker-content-digest"] == layout.digest
     for image in images:
         child = layout.children[f"linux/{image.architecture}"]
-        response = registry_under_test.manifest(repo, sha256_digest(child))
+        response = registry.manifest(repo, sha256_digest(child))
         assert response.status == 200
         assert response.headers["content-type"] == MEDIA_OCI_MANIFEST
         assert response.body == child
-        assert_manifest_is_image(registry_under_test, repo, child, image)
-
-    arm = skopeo.inspect(destination, "--override-arch", "arm64", "--override-os", "linux")
-    # skopeo reports the digest of what the tag names (the index), and the
-    # layers of the platform it picked from it.
-    assert arm["Architecture"] == "arm64"
-    assert arm["Digest"] == layout.digest
-    assert arm["Layers"] == [layer.digest for layer in images[1].layers]
+        assert_manifest_is_image(registry, repo, child, image)
 
     back = scratch / "back-layout"
     skopeo.copy(destination, f"oci:{back}:v1", "--all")
@@ -168,6 +165,19 @@ def test_copy_all_multi_architecture_index(
         assert blob(sha256_digest(child)) == child
         assert blob(image.config_digest) == image.config
         assert [blob(layer.digest) for layer in image.layers] == [layer.gzipped for layer in image.layers]
+    return layout, images
+
+
+def test_copy_all_multi_architecture_index(
+    skopeo: Skopeo, registry_under_test: Registry, repo: str, scratch: Path
+) -> None:
+    layout, images = copy_index_in_and_out(skopeo, registry_under_test, repo, scratch)
+    arm = skopeo.inspect(registry_under_test.docker_ref(repo, "v1"), "--override-arch", "arm64", "--override-os", "linux")
+    # skopeo reports the digest of what the tag names (the index), and the
+    # layers of the platform it picked from it.
+    assert arm["Architecture"] == "arm64"
+    assert arm["Digest"] == layout.digest
+    assert arm["Layers"] == [layer.digest for layer in images[1].layers]
 
 
 def test_inspect_and_list_tags(

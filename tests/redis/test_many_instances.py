@@ -11,11 +11,8 @@ instance; nothing is signed or kept in an instance's memory.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -25,182 +22,18 @@ from typing import Iterator
 
 import pytest
 
-from tests.clients.harness import ManagedProcess, _wait_for_v2, free_port, twistd_path
-from tests.redis.server import RedisServer, available
+from tests.redis.cluster import Balancer, Instance, kill_instance, path_of, request, running_cluster, upload
+from tests.redis.server import RedisServer
 
 pytestmark = pytest.mark.slow
-
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-class Instance:
-    def __init__(self, workdir: Path, storage: dict[str, object], redis: RedisServer) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        config = workdir / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log: {level: info}\n"
-            "storage:\n"
-            f"  {json.dumps(storage)[1:-1]}\n"
-            "  redirect: {disable: true}\n"
-            "  delete: {enabled: true}\n"
-            "  cache: {blobdescriptor: redis}\n"
-            "  maintenance: {uploadpurging: {enabled: false}}\n"
-            f"redis: {{addr: '{redis.addr}', dialtimeout: 2s, readtimeout: 2s, writetimeout: 2s}}\n"
-            f"http: {{addr: '127.0.0.1:{self.port}'}}\n"
-        )
-        self.process = ManagedProcess(
-            [twistd_path(), "-n", "--pidfile=", "registry", "--config", str(config)], workdir / "registry.log", cwd=workdir
-        )
-        try:
-            _wait_for_v2(self.process, f"http://127.0.0.1:{self.port}", "registry instance", 30)
-        except BaseException:
-            self.process.stop()
-            raise
-
-    @property
-    def upstream(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-
-class Balancer:
-    """nginx, round robin over the instances; its access log names the
-    instance that served each request."""
-
-    def __init__(self, workdir: Path, upstreams: list[str]) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.access_log = workdir / "access.log"
-        servers = "\n".join(f"    server {u} max_fails=1 fail_timeout=30s;" for u in upstreams)
-        temp = "\n".join(f"  {kind}_temp_path {workdir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        (workdir / "nginx.conf").write_text(
-            f"""daemon off;
-worker_processes 1;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-{temp}
-  log_format upstream '$request_method $uri $status $upstream_addr';
-  access_log {self.access_log} upstream;
-  upstream registry {{
-{servers}
-  }}
-  server {{
-    listen 127.0.0.1:{self.port};
-    client_max_body_size 0;
-    location / {{
-      proxy_pass http://registry;
-      proxy_http_version 1.1;
-      proxy_set_header Host $http_host;
-      proxy_set_header Connection "";
-      proxy_request_buffering off;
-      proxy_buffering off;
-      proxy_read_timeout 60s;
-      proxy_next_upstream error timeout;
-    }}
-  }}
-}}
-"""
-        )
-        self.process = ManagedProcess([NGINX, "-p", str(workdir), "-c", str(workdir / "nginx.conf")], workdir / "nginx.out")
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    break
-            except OSError:
-                if not self.process.alive() or time.monotonic() > deadline:
-                    out = self.process.output()
-                    self.process.stop()
-                    raise RuntimeError(f"nginx did not start: {out}")
-                time.sleep(0.05)
-
-    def served(self, method: str, path_part: str) -> list[str]:
-        """The upstreams (in order) that served ``method`` requests whose
-        path contains ``path_part``."""
-        lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
-        found = []
-        for line in lines:
-            m, uri, _status, upstream = line.split(" ", 3)
-            if m == method and path_part in uri:
-                found.append(upstream)
-        return found
 
 
 @pytest.fixture(params=["filesystem", "s3"])
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[list[Instance], Balancer, RedisServer]]:
     """Three instances on one storage: a filesystem directory, or a bucket
     of a throwaway Ceph RGW (skipped without Ceph)."""
-    if not available():
-        pytest.skip("redis-server is not installed (scripts/install-system-deps.sh installs it)")
-    if not os.access(NGINX, os.X_OK):
-        pytest.skip("nginx is not installed (scripts/install-system-deps.sh installs nginx-light)")
-    if request.param == "s3":
-        import uuid
-
-        from tests.storage.rgw import shared_gateway
-
-        storage: dict[str, object] = {"s3": shared_gateway().params(rootdirectory=f"t-{uuid.uuid4().hex[:12]}", chunksize=5 * 1024 * 1024)}
-    else:
-        (tmp_path / "storage").mkdir()
-        storage = {"filesystem": {"rootdirectory": str(tmp_path / "storage")}}
-    redis = RedisServer()
-    instances: list[Instance] = []
-    balancer = None
-    try:
-        for i in range(3):
-            instances.append(Instance(tmp_path / f"instance{i}", storage, redis))
-        balancer = Balancer(tmp_path / "nginx", [inst.upstream for inst in instances])
-        yield instances, balancer, redis
-    finally:
-        if balancer is not None:
-            balancer.process.stop()
-        for inst in instances:
-            inst.process.stop()
-        redis.stop()
-
-
-def request(port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        data = resp.read()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
-    finally:
-        conn.close()
-
-
-def path_of(location: str) -> str:
-    """The path of a ``Location`` (absolute URLs name the balancer)."""
-    if "://" in location:
-        return "/" + location.split("://", 1)[1].split("/", 1)[1]
-    return location
-
-
-def upload(port: int, name: str, data: bytes, chunk: int | None = None) -> str:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    status, headers, body = request(port, "POST", f"/v2/{name}/blobs/uploads/")
-    assert status == 202, body
-    location = path_of(headers["location"])
-    if chunk is None:
-        sep = "&" if "?" in location else "?"
-        status, headers, body = request(port, "PUT", f"{location}{sep}digest={digest}", data, {"Content-Type": "application/octet-stream"})
-        assert status == 201, body
-        return digest
-    for start in range(0, len(data), chunk):
-        part = data[start : start + chunk]
-        status, headers, body = request(
-            port, "PATCH", location, part, {"Content-Range": f"{start}-{start + len(part) - 1}", "Content-Type": "application/octet-stream"}
-        )
-        assert status == 202, (start, body)
-        location = path_of(headers["location"])
-    sep = "&" if "?" in location else "?"
-    status, headers, body = request(port, "PUT", f"{location}{sep}digest={digest}")
-    assert status == 201, body
-    return digest
+    with running_cluster(tmp_path, request.param) as parts:
+        yield parts
 
 
 def push_image(port: int, name: str, seed: int) -> str:
@@ -283,8 +116,7 @@ def test_instance_killed_mid_upload_client_resumes_through_the_others(cluster: t
     key = f"registry:upload-lock:{name}:{upload_id}"
     pttl = subprocess.run(["redis-cli", "-p", str(redis.port), "PTTL", key], capture_output=True, text=True, check=True)
     assert 0 < int(pttl.stdout.strip()) <= 5000, pttl.stdout
-    victim.process.popen.send_signal(signal.SIGKILL)
-    victim.process.popen.wait(10)
+    kill_instance(victim)
     sock.close()
 
     # The client asks where the upload stands (any instance; the victim's

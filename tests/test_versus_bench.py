@@ -185,7 +185,8 @@ def test_soak_minutes_zero_skips_it() -> None:
 @pytest.mark.clients
 def test_docker_push_and_pull_of_a_small_image() -> None:
     _need("docker-registry", "wrk", "hey", "curl", "dockerd")
-    proc = _bench("--only", "docker", "--docker-layers", "2", "--docker-layer-mib", "1", timeout=900)
+    proc = _bench("--only", "docker", "--docker-layers", "2", "--docker-layer-mib", "1", "--no-docker-warmup",
+                  timeout=900)
     figures = _figures(proc)
     for key in ("docker_push", "docker_pull"):
         assert figures[key]["unit"] == "s" and len(figures[key]["pair_ratios"]) == 2

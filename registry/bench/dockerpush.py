@@ -94,10 +94,14 @@ class Round:
 
 def run_rounds(
     order: list[str], argv_for: dict[str, Callable[[Path, int], list[str]]], layers: int, layer_mib: int,
-    on_round: Callable[[Round], None] | None = None,
+    on_round: Callable[[Round], None] | None = None, warmup: str | None = None,
 ) -> list[Round]:
     """Start a private dockerd, load the image, then for each label in
     ``order`` push it to a fresh registry of that kind and pull it back.
+    With ``warmup`` (a label), one round against that kind first, reported
+    through ``on_round`` with the label ``warm-up`` and left out of the
+    result, so that any first-push cost of the daemon itself (its caches,
+    its heap growing) falls on neither registry.
 
     Raises :class:`registry.bench.daemons.MissingTool` when dockerd is not
     installed."""
@@ -111,7 +115,8 @@ def run_rounds(
         image_id = write_image_archive(archive, layers, layer_mib * MIB, LOCAL_TAG)
         daemon.load(archive)
         archive.unlink()
-        for number, label in enumerate(order, start=1):
+        plan = ([(0, warmup)] if warmup else []) + list(enumerate(order, start=1))
+        for number, label in plan:
             target = start(label, argv_for[label], workdir / f"r{number}-{label}")
             try:
                 ref = f"127.0.0.1:{target.port}/bench/docker{number}:latest"
@@ -133,8 +138,9 @@ def run_rounds(
             finally:
                 target.stop()
                 remove_tree(target.workdir)
-            result = Round(label, push_seconds, pull_seconds)
-            rounds.append(result)
+            result = Round(label if number else "warm-up", push_seconds, pull_seconds)
+            if number:
+                rounds.append(result)
             if on_round is not None:
                 on_round(result)
     finally:

@@ -22,7 +22,8 @@ of N MiB (``download``, ``upload_monolithic``, ``upload_chunked``,
 ``upload_streamed``, curl); a real ``docker push`` and ``docker pull`` of a
 5-layer image of random bytes (``docker_push``, ``docker_pull``; ``docker``
 selects both; see :mod:`registry.bench.dockerpush`), each round against a
-fresh registry; and a soak (``soak``, ours only: see
+fresh registry, after one discarded warm-up round (``--no-docker-warmup``
+skips it); and a soak (``soak``, ours only: see
 :mod:`registry.bench.soak`) of M minutes (default 10, 0 skips it) of mixed
 pushes and pulls at C connections, reporting requests, errors, p99 and the
 resident memory of every server process at start and end.
@@ -377,6 +378,8 @@ def _parse(extra: list[str]) -> tuple[argparse.Namespace, list[str], dict[str, A
                         help="also soak Distribution (after ours), for comparison")
     parser.add_argument("--docker-layers", type=int, default=5, help="layers of the docker figure's image")
     parser.add_argument("--docker-layer-mib", type=int, default=45, help="MiB of random bytes per layer")
+    parser.add_argument("--docker-warmup", action=argparse.BooleanOptionalAction, default=True,
+                        help="one discarded docker push/pull round first (default: on)")
     parser.add_argument("--ours-workers", type=int, default=None, metavar="N",
                         help="write http.workers: N into our configuration")
     parser.add_argument("--ours-config", action="append", default=[], metavar="KEY=VALUE",
@@ -503,7 +506,8 @@ def _docker_figures(opts: argparse.Namespace, argv_for: dict[str, Callable[[Path
         print(f"versus: docker round {r.label:12s} push {r.push_seconds:6.2f} s  pull {r.pull_seconds:6.2f} s", flush=True)
 
     try:
-        rounds = dockerpush.run_rounds(order, argv_for, opts.docker_layers, opts.docker_layer_mib, progress)
+        rounds = dockerpush.run_rounds(order, argv_for, opts.docker_layers, opts.docker_layer_mib, progress,
+                                       warmup="distribution" if opts.docker_warmup else None)
     except MissingTool as e:
         if running_in_ci():
             raise

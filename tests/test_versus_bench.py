@@ -151,6 +151,7 @@ def test_docker_image_archive_is_consistent(tmp_path: Path) -> None:
 # -- the command line, real registries ------------------------------------------------------
 
 
+@pytest.mark.slow  # 10-20 s on a busy machine: two registries start
 def test_only_one_figure_reports_it_alone() -> None:
     _need("docker-registry", "wrk", "hey", "curl")
     figures = _figures(_bench("--only", "pushes", "--pushes", "3"))
@@ -161,6 +162,7 @@ def test_only_one_figure_reports_it_alone() -> None:
     assert pushes["target"] == ">= 1.25x" and isinstance(pushes["target_met"], bool)
 
 
+@pytest.mark.slow  # about 10-15 s: a server start, 3 s of load, the threads' last operations
 def test_soak_for_seconds_has_no_errors() -> None:
     _need("docker-registry", "wrk", "hey", "curl")
     proc = _bench("--only", "soak", "--soak-minutes", "0.05", "--connections", "8")

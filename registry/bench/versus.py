@@ -316,9 +316,10 @@ class Figure:
 
 
 def _figure_keys(c: int) -> list[str]:
-    return ["manifest_get_tag_1", f"manifest_get_tag_{c}", f"manifest_get_digest_{c}", f"blob_head_{c}",
-            "pushes", "download", "upload_monolithic", "upload_chunked", "upload_streamed",
-            "docker_push", "docker_pull", "soak"]
+    return list(dict.fromkeys([
+        "manifest_get_tag_1", f"manifest_get_tag_{c}", f"manifest_get_digest_{c}", f"blob_head_{c}",
+        "pushes", "download", "upload_monolithic", "upload_chunked", "upload_streamed",
+        "docker_push", "docker_pull", "soak"]))
 
 
 def _selected(only: str | None, c: int, parser: argparse.ArgumentParser) -> list[str]:
@@ -418,7 +419,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "docker_push" in selected:
             figures += _docker_figures(opts, argv_for, order, results)
         if "soak" in selected:
-            results["soak"] = _soak(work, opts, argv_for)
+            results.update(_soak(work, opts, argv_for))
     results.update({f.key: f.summary() for f in figures})
     return results
 
@@ -528,20 +529,20 @@ def running_in_ci() -> bool:
 
 
 def _soak(work: Path, opts: argparse.Namespace, argv_for: dict[str, Callable[[Path, int], list[str]]]) -> dict[str, Any]:
+    """``{"soak": ours}``, plus ``"soak_distribution"`` with ``--soak-distribution``."""
     if opts.soak_minutes == 0:
         print("versus: soak skipped (--soak-minutes 0)", flush=True)
-        return {"skipped": "--soak-minutes 0"}
+        return {"soak": {"skipped": "--soak-minutes 0"}}
     out: dict[str, Any] = {}
-    labels = ["ours", "distribution"] if opts.soak_distribution else ["ours"]
-    for label in labels:
+    for label in ["ours", "distribution"] if opts.soak_distribution else ["ours"]:
         target = start(label, argv_for[label], work / f"soak-{label}")
         try:
             figure = soak.run_soak(target, opts.soak_minutes * 60, opts.connections)
         finally:
             target.stop()
         soak.report(label, figure)
-        out[label] = figure
-    return out if opts.soak_distribution else out["ours"]
+        out["soak" if label == "ours" else "soak_distribution"] = figure
+    return out
 
 
 def _report(fig: Figure) -> None:

@@ -32,8 +32,11 @@ typecheck: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not clients" tests
 
+# Options passed on to the sections, e.g. BENCH_ARGS="--soak-minutes 1" (versus reads them).
+BENCH_ARGS ?=
+
 bench: $(STAMP)
-	$(PY) -m registry.bench all
+	$(PY) -m registry.bench all $(BENCH_ARGS)
 
 fuzz:
 	bash fuzz/run.sh

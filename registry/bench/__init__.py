@@ -25,7 +25,9 @@ The known sections, run in this order by ``all``:
 * ``storage`` (``registry/bench/storage.py``): driver write/read throughput;
 * ``registry`` (``registry/bench/registry.py``): the HTTP registry end to end;
 * ``versus`` (``registry/bench/versus.py``): ours against CNCF Distribution
-  2.8.2 on the same machine, paired A/B/B/A runs, as speed ratios;
+  2.8.2 on the same machine, paired A/B/B/A runs, as speed ratios with a
+  verdict against each figure's target, including real docker push/pull
+  (``dockerpush.py``) and a soak of ours (``soak.py``);
 * ``s3`` (``registry/bench/s3.py``): ours on a throwaway Ceph RGW against plain
   S3 on the same gateway (multipart PUT, GET; downloads through the 307
   redirect), and manifest GET req/s with and without the Redis

@@ -1,10 +1,15 @@
 """Registries the benchmarks start: ours (``twistd registry``) and CNCF
 Distribution (``docker-registry serve``), each on a free loopback port over
-filesystem storage in its own directory, ready when ``/v2/`` answers."""
+filesystem storage in its own directory, ready when ``/v2/`` answers.
+
+Each runs in its own session (process group), so :meth:`Target.processes`
+finds every process of the server (workers included) and :meth:`Target.stop`
+leaves none behind."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,9 +17,14 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-__all__ = ["Target", "curl", "distribution_argv", "free_port", "our_argv", "push_chunked", "raw_http", "start"]
+import yaml
+
+__all__ = [
+    "Target", "curl", "distribution_argv", "free_port", "our_argv", "our_argv_with", "process_rss",
+    "push_chunked", "raw_http", "start",
+]
 
 
 def free_port() -> int:
@@ -38,6 +48,10 @@ class Target:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def processes(self) -> list[int]:
+        """Process ids of the server: its process group and every descendant."""
+        return _group_and_descendants(self.proc.pid)
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -45,7 +59,52 @@ class Target:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        try:  # workers it forked share its process group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         self.log.close()
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, process group) of ``pid`` from /proc, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()  # after "pid (comm) "
+    return int(fields[1]), int(fields[2])
+
+
+def _group_and_descendants(root: int) -> list[int]:
+    table: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(int(entry))
+            if st is not None:
+                table[int(entry)] = st
+    found = {pid for pid, (_, pgrp) in table.items() if pgrp == root}
+    if root in table:
+        found.add(root)
+    grew = True
+    while grew:
+        more = {pid for pid, (ppid, _) in table.items() if ppid in found} - found
+        found |= more
+        grew = bool(more)
+    return sorted(found)
+
+
+def process_rss(pid: int) -> int | None:
+    """Resident set size of ``pid`` in bytes (VmRSS), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return 0
 
 
 def _wait_ready(target: Target) -> None:
@@ -66,27 +125,50 @@ def start(label: str, argv_for: Callable[[Path, int], list[str]], workdir: Path)
     port = free_port()
     log = open(workdir / "server.log", "wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    proc = subprocess.Popen(argv_for(workdir, port), stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
+    proc = subprocess.Popen(argv_for(workdir, port), stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
+                            start_new_session=True)
     target = Target(label, port, proc, log, workdir)
     _wait_ready(target)
     return target
 
 
-def _config(workdir: Path, port: int) -> Path:
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _config(workdir: Path, port: int, extra: Mapping[str, Any] | None = None) -> Path:
+    """A config.yml over filesystem storage in ``workdir``, with ``extra``
+    (nested mappings, e.g. ``{"http": {"workers": 2}}``) merged in."""
     storage = workdir / "storage"
     storage.mkdir()
+    settings: dict[str, Any] = {
+        "version": 0.1,
+        "log": {"level": "error", "accesslog": {"disabled": True}},
+        "http": {"addr": f"127.0.0.1:{port}"},
+        "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
+    }
     config = workdir / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
-    )
+    config.write_text(yaml.safe_dump(_merge(settings, extra or {}), sort_keys=False))
     return config
 
 
+def our_argv_with(extra: Mapping[str, Any] | None) -> Callable[[Path, int], list[str]]:
+    """:func:`our_argv` with ``extra`` settings merged into our config."""
+    def argv(workdir: Path, port: int) -> list[str]:
+        twistd = Path(sys.executable).with_name("twistd")
+        return [str(twistd) if twistd.exists() else "twistd", "-n", "--pidfile=", "registry", "--config",
+                str(_config(workdir, port, extra))]
+    return argv
+
+
 def our_argv(workdir: Path, port: int) -> list[str]:
-    twistd = Path(sys.executable).with_name("twistd")
-    return [str(twistd) if twistd.exists() else "twistd", "-n", "--pidfile=", "registry", "--config", str(_config(workdir, port))]
+    return our_argv_with(None)(workdir, port)
 
 
 def distribution_argv(workdir: Path, port: int) -> list[str]:

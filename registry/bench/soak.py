@@ -1,0 +1,209 @@
+"""The ``soak`` figure of ``versus``: mixed pushes and pulls against one
+registry for minutes, at many connections, counting every error.
+
+Each of C client threads keeps one keep-alive connection and loops until
+the time is up: half the time it pushes a new small image the way docker
+does (blob HEAD, POST, PATCH with the bytes, PUT with the digest, for the
+layer and the config, then the manifest PUT), half the time it pulls one
+pushed earlier by any thread (manifest GET by tag, config and layer GETs,
+the layer checked against its digest).  Every request is timed; any
+unexpected status, wrong bytes or connection failure is an error.  The
+resident memory of every process of the server (its process group and
+descendants: workers included) is read from /proc before the load starts,
+every few seconds during it (the peak) and after it ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import random
+import statistics
+import threading
+import time
+import urllib.parse
+from typing import Any
+
+from registry.bench.servers import Target, process_rss
+
+MIB = 1 << 20
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class _Failure(Exception):
+    pass
+
+
+class _Client:
+    """One keep-alive connection; every request timed into ``latencies``."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn: http.client.HTTPConnection | None = None
+        self.latencies: list[float] = []
+        self.requests = 0
+
+    def request(self, method: str, path: str, expect: tuple[int, ...], body: bytes = b"",
+                headers: dict[str, str] | None = None) -> tuple[dict[str, str], bytes]:
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        t0 = time.perf_counter()
+        self.requests += 1
+        try:
+            self.conn.request(method, path, body=body, headers={"Content-Length": str(len(body)), **(headers or {})})
+            response = self.conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            self.conn.close()
+            self.conn = None
+            raise _Failure(f"{method} {path}: {e!r}") from e
+        self.latencies.append(time.perf_counter() - t0)
+        if response.will_close:
+            self.conn.close()
+            self.conn = None
+        if response.status not in expect:
+            raise _Failure(f"{method} {path}: {response.status} {data[:200]!r}")
+        return {k.lower(): v for k, v in response.getheaders()}, data
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def _relative(location: str) -> str:
+    u = urllib.parse.urlsplit(location)
+    return u.path + ("?" + u.query if u.query else "")
+
+
+def _push_blob(client: _Client, name: str, data: bytes) -> str:
+    digest = _sha(data)
+    client.request("HEAD", f"/v2/{name}/blobs/{digest}", (404,))
+    headers, _ = client.request("POST", f"/v2/{name}/blobs/uploads/", (202,))
+    headers, _ = client.request("PATCH", _relative(headers["location"]), (202,), data,
+                                {"Content-Type": "application/octet-stream"})
+    location = _relative(headers["location"])
+    sep = "&" if "?" in location else "?"
+    client.request("PUT", f"{location}{sep}digest={digest}", (201,))
+    return digest
+
+
+def _push(client: _Client, name: str, layer: bytes) -> None:
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [_sha(layer)]}}).encode()
+    layer_digest = _push_blob(client, name, layer)
+    config_digest = _push_blob(client, name, config)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": DOCKER_CONFIG, "digest": config_digest, "size": len(config)},
+        "layers": [{"mediaType": DOCKER_LAYER, "digest": layer_digest, "size": len(layer)}],
+    }).encode()
+    client.request("PUT", f"/v2/{name}/manifests/latest", (201,), manifest, {"Content-Type": DOCKER_MANIFEST})
+
+
+def _pull(client: _Client, name: str) -> None:
+    _, body = client.request("GET", f"/v2/{name}/manifests/latest", (200,), headers={"Accept": DOCKER_MANIFEST})
+    manifest = json.loads(body)
+    for descriptor in [manifest["config"], *manifest["layers"]]:
+        _, blob = client.request("GET", f"/v2/{name}/blobs/{descriptor['digest']}", (200,))
+        if _sha(blob) != descriptor["digest"]:
+            raise _Failure(f"GET {name} blob {descriptor['digest']}: {len(blob)} bytes with digest {_sha(blob)}")
+
+
+def _rss(target: Target) -> dict[int, int]:
+    found = {pid: process_rss(pid) for pid in target.processes()}
+    return {pid: rss for pid, rss in found.items() if rss is not None}
+
+
+def run_soak(target: Target, seconds: float, connections: int, layer_bytes: int = 64 * 1024) -> dict[str, Any]:
+    """Run the mixed load for ``seconds`` against ``target``; return the figure."""
+    pushed: list[str] = []
+    lock = threading.Lock()
+    errors: list[str] = []
+    counts = {"pushes": 0, "pulls": 0}
+    clients = [_Client(target.port) for _ in range(connections)]
+    rss_start = _rss(target)
+    peak = sum(rss_start.values())
+    stop = threading.Event()
+    deadline = time.monotonic() + seconds
+
+    def worker(index: int, client: _Client) -> None:
+        rng = random.Random(index)
+        number = 0
+        while time.monotonic() < deadline:
+            with lock:
+                name = rng.choice(pushed) if pushed and rng.random() < 0.5 else None
+            try:
+                if name is None:
+                    number += 1
+                    name = f"soak/c{index}/i{number}"
+                    _push(client, name, rng.randbytes(layer_bytes))
+                    with lock:
+                        pushed.append(name)
+                        counts["pushes"] += 1
+                else:
+                    _pull(client, name)
+                    with lock:
+                        counts["pulls"] += 1
+            except _Failure as e:
+                with lock:
+                    errors.append(str(e))
+        client.close()
+
+    threads = [threading.Thread(target=worker, args=(i, c), daemon=True) for i, c in enumerate(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    while not stop.wait(min(5.0, max(0.1, deadline - time.monotonic()))):
+        peak = max(peak, sum(_rss(target).values()))
+        if time.monotonic() >= deadline:
+            stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    rss_end = _rss(target)
+    peak = max(peak, sum(rss_end.values()))
+    latencies = sorted(x for c in clients for x in c.latencies)
+    requests = sum(c.requests for c in clients)
+
+    def quantile(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3 if latencies else 0.0
+
+    return {
+        "seconds": elapsed, "connections": connections, "layer_bytes": layer_bytes,
+        "requests": requests, "rate": requests / elapsed if elapsed else 0.0,
+        "pushes": counts["pushes"], "pulls": counts["pulls"],
+        "errors": len(errors), "first_errors": errors[:5],
+        "p50_ms": quantile(0.50), "p99_ms": quantile(0.99), "max_ms": latencies[-1] * 1e3 if latencies else 0.0,
+        "mean_ms": statistics.fmean(latencies) * 1e3 if latencies else 0.0,
+        "rss_start": {str(pid): rss for pid, rss in rss_start.items()},
+        "rss_end": {str(pid): rss for pid, rss in rss_end.items()},
+        "rss_start_total_mib": sum(rss_start.values()) / MIB,
+        "rss_end_total_mib": sum(rss_end.values()) / MIB,
+        "rss_peak_total_mib": peak / MIB,
+        "target": "zero errors",
+        "target_met": not errors,
+    }
+
+
+def report(label: str, s: dict[str, Any]) -> None:
+    verdict = "MET" if s["target_met"] else "NOT MET"
+    print(f"versus: soak, {label}: {s['seconds']:.0f} s ({s['seconds'] / 60:.1f} min) at {s['connections']} connections: "
+          f"{s['requests']} requests ({s['rate']:.0f}/s; {s['pushes']} pushes, {s['pulls']} pulls), "
+          f"{s['errors']} errors, p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.0f} ms"
+          f"  [target: {s['target']}: {verdict}]", flush=True)
+
+    def rss(which: str) -> str:
+        per = ", ".join(f"pid {pid} {rss / MIB:.1f}" for pid, rss in sorted(s[which].items()))
+        return f"{s[which + '_total_mib']:.1f} MiB ({per})"
+
+    print(f"versus: soak, {label}: RSS at start {rss('rss_start')}; at end {rss('rss_end')}; "
+          f"peak total {s['rss_peak_total_mib']:.1f} MiB", flush=True)
+    for error in s["first_errors"]:
+        print(f"versus: soak, {label}: error: {error}", flush=True)

@@ -124,6 +124,8 @@ def test_server_processes_are_its_group_and_descendants() -> None:
         assert proc.pid in found and len(found) == 3, found
         rss = servers.process_rss(proc.pid)
         assert rss is not None and rss > 0
+        cpu = servers.process_cpu_seconds(os.getpid())  # this test process has used some
+        assert cpu is not None and cpu > 0
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the shell and its two sleeps
         proc.wait()
@@ -175,6 +177,7 @@ def test_soak_for_seconds_has_no_errors() -> None:
     for which in ("rss_start", "rss_end"):
         assert soak[which] and all(rss > 0 for rss in soak[which].values())
     assert soak["rss_peak_total_mib"] >= soak["rss_end_total_mib"] > 0
+    assert soak["server_cpu_s"] > 0 and soak["server_cpu_ms_per_request"] > 0
     assert "versus: soak, ours:" in proc.stdout and "RSS at start" in proc.stdout
 
 
@@ -192,5 +195,6 @@ def test_docker_push_and_pull_of_a_small_image() -> None:
     figures = _figures(proc)
     for key in ("docker_push", "docker_pull"):
         assert figures[key]["unit"] == "s" and len(figures[key]["pair_ratios"]) == 2
+        assert figures[key]["ours_server_cpu_s"] > 0 and figures[key]["distribution_server_cpu_s"] > 0
         assert figures[key]["target"] == ">= 1x"
     assert proc.stdout.count("versus: docker round") == 4

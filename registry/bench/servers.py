@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 __all__ = [
-    "Target", "curl", "distribution_argv", "free_port", "our_argv", "our_argv_with", "process_rss",
+    "Target", "curl", "distribution_argv", "free_port", "our_argv", "our_argv_with", "process_cpu_seconds", "process_rss",
     "push_chunked", "raw_http", "start",
 ]
 
@@ -51,6 +51,11 @@ class Target:
     def processes(self) -> list[int]:
         """Process ids of the server: its process group and every descendant."""
         return _group_and_descendants(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server's processes have used so far,
+        including children of theirs that have exited and been waited for."""
+        return sum(process_cpu_seconds(pid) or 0.0 for pid in self.processes())
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -93,6 +98,17 @@ def _group_and_descendants(root: int) -> list[int]:
         found |= more
         grew = bool(more)
     return sorted(found)
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime + cutime + cstime of ``pid`` in seconds, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()  # fields[0] is the state, field 3 of proc(5)
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def process_rss(pid: int) -> int | None:

@@ -10,7 +10,9 @@ the layer checked against its digest).  Every request is timed; any
 unexpected status, wrong bytes or connection failure is an error.  The
 resident memory of every process of the server (its process group and
 descendants: workers included) is read from /proc before the load starts,
-every few seconds during it (the peak) and after it ends.
+every few seconds during it (the peak) and after it ends; so is the CPU time
+they used, per request a figure that a busy machine disturbs less than
+latency.
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ def run_soak(target: Target, seconds: float, connections: int, layer_bytes: int 
     counts = {"pushes": 0, "pulls": 0}
     clients = [_Client(target.port) for _ in range(connections)]
     rss_start = _rss(target)
+    cpu_start = target.cpu_seconds()
     peak = sum(rss_start.values())
     stop = threading.Event()
     deadline = time.monotonic() + seconds
@@ -168,6 +171,7 @@ def run_soak(target: Target, seconds: float, connections: int, layer_bytes: int 
         t.join()
     elapsed = time.perf_counter() - t0
     rss_end = _rss(target)
+    cpu = target.cpu_seconds() - cpu_start
     peak = max(peak, sum(rss_end.values()))
     latencies = sorted(x for c in clients for x in c.latencies)
     requests = sum(c.requests for c in clients)
@@ -182,6 +186,7 @@ def run_soak(target: Target, seconds: float, connections: int, layer_bytes: int 
         "errors": len(errors), "first_errors": errors[:5],
         "p50_ms": quantile(0.50), "p99_ms": quantile(0.99), "max_ms": latencies[-1] * 1e3 if latencies else 0.0,
         "mean_ms": statistics.fmean(latencies) * 1e3 if latencies else 0.0,
+        "server_cpu_s": cpu, "server_cpu_ms_per_request": cpu * 1e3 / requests if requests else 0.0,
         "rss_start": {str(pid): rss for pid, rss in rss_start.items()},
         "rss_end": {str(pid): rss for pid, rss in rss_end.items()},
         "rss_start_total_mib": sum(rss_start.values()) / MIB,
@@ -204,6 +209,7 @@ def report(label: str, s: dict[str, Any]) -> None:
         return f"{s[which + '_total_mib']:.1f} MiB ({per})"
 
     print(f"versus: soak, {label}: RSS at start {rss('rss_start')}; at end {rss('rss_end')}; "
-          f"peak total {s['rss_peak_total_mib']:.1f} MiB", flush=True)
+          f"peak total {s['rss_peak_total_mib']:.1f} MiB; server CPU {s['server_cpu_s']:.1f} s "
+          f"({s['server_cpu_ms_per_request']:.2f} ms per request)", flush=True)
     for error in s["first_errors"]:
         print(f"versus: soak, {label}: error: {error}", flush=True)

@@ -504,7 +504,8 @@ def _docker_figures(opts: argparse.Namespace, argv_for: dict[str, Callable[[Path
     pull = Figure("docker_pull", f"docker pull, {what}", False, "s")
 
     def progress(r: dockerpush.Round) -> None:
-        print(f"versus: docker round {r.label:12s} push {r.push_seconds:6.2f} s  pull {r.pull_seconds:6.2f} s", flush=True)
+        print(f"versus: docker round {r.label:12s} push {r.push_seconds:6.2f} s (registry CPU {r.push_cpu:5.2f} s)"
+              f"  pull {r.pull_seconds:6.2f} s (registry CPU {r.pull_cpu:5.2f} s)", flush=True)
 
     try:
         rounds = dockerpush.run_rounds(order, argv_for, opts.docker_layers, opts.docker_layer_mib, progress,
@@ -516,8 +517,8 @@ def _docker_figures(opts: argparse.Namespace, argv_for: dict[str, Callable[[Path
         results["docker_push"] = results["docker_pull"] = {"skipped": str(e)}
         return []
     for r in rounds:
-        push.add(r.label, r.push_seconds)
-        pull.add(r.label, r.pull_seconds)
+        push.add(r.label, r.push_seconds, server_cpu_s=r.push_cpu)
+        pull.add(r.label, r.pull_seconds, server_cpu_s=r.pull_cpu)
     _report(push)
     _report(pull)
     return [push, pull]
@@ -553,6 +554,8 @@ def _report(fig: Figure) -> None:
         errors = s.get("ours_errors", 0) + s.get("distribution_errors", 0)
         if errors:
             extra += f"  ERRORS ours {s.get('ours_errors', 0):.0f} distribution {s.get('distribution_errors', 0):.0f}"
+    if "ours_server_cpu_s" in s:  # busy machines vary wall time more than the server's own CPU time
+        extra += f"  registry CPU {s['ours_server_cpu_s']:.2f} vs {s['distribution_server_cpu_s']:.2f} s"
     pairs = "/".join(f"{p:.2f}" for p in s["pair_ratios"])
     if s["target"] is None:
         verdict = "[no target]"

@@ -16,7 +16,8 @@ from registry.errors import RegistryError
 from registry.http import RegistryRequest
 from registry.resources.base import empty_response
 from registry.resources.context import Context
-from registry.storage.driver import IFileReader
+from registry.sendfile import SendfileProducer, zero_copy_transport
+from registry.storage.driver import IFileReader, IZeroCopyReader
 
 READ_CHUNK = 1 << 20  # drivers read 1 MiB pieces; smaller reads cost a Deferred each
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -61,7 +62,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 @implementer(IPushProducer)
 class ReaderProducer:
     """Copies ``length`` bytes from a driver reader to a request, pausing
-    while the transport is full. ``run()`` fires when done."""
+    while the transport is full. ``run()`` fires when done; the caller
+    closes the reader. (Readers that can ``send_to`` a socket go through
+    ``registry.sendfile.SendfileProducer`` instead, where the transport
+    allows it.)"""
 
     def __init__(self, request: RegistryRequest, reader: IFileReader, length: int) -> None:
         self.request = request
@@ -102,7 +106,6 @@ class ReaderProducer:
         finally:
             if not self.request.gone:
                 self.request.unregisterProducer()
-            await self.reader.close()
 
 
 class BlobResource:
@@ -152,7 +155,15 @@ class BlobResource:
         if request.method == b"HEAD" or length == 0:
             return
         reader = await self.ctx.model.blobs.open(d, start)
-        await ReaderProducer(request, reader, length).run()
+        try:
+            sender = IZeroCopyReader(reader, None)
+            transport = zero_copy_transport(request) if sender is not None else None
+            if sender is not None and transport is not None:
+                await SendfileProducer(request, transport, sender, start, length).run()
+            else:
+                await ReaderProducer(request, reader, length).run()
+        finally:
+            await reader.close()
 
     HEAD = GET
 

@@ -143,7 +143,7 @@ async def sent_since(before: tuple[int, int], expected: tuple[int, int] | None =
 
 
 @pytest_twisted.ensureDeferred
-async def test_unsent_reads_the_transport_buffer_of_this_twisted(fs_server: Server) -> None:
+async def test_unsent_reads_the_transport_buffer_of_this_twisted() -> None:
     """``registry.sendfile._unsent`` reads Twisted's private write buffer: if
     an upgrade renames it, this fails (and downloads would all copy)."""
     from twisted.internet.protocol import Factory, Protocol
@@ -162,12 +162,12 @@ async def test_unsent_reads_the_transport_buffer_of_this_twisted(fs_server: Serv
             await deferLater(reactor, 0.01, lambda: None)
         transport = seen[0]
         assert sendfile._unsent(transport) == 0
-        transport.write(b"x" * (8 * MIB))  # more than loopback buffers: some stays with Twisted
-        assert sendfile._unsent(transport) == 8 * MIB
+        transport.write(b"x" * (32 * MIB))  # more than loopback buffers: some stays with Twisted
+        assert sendfile._unsent(transport) == 32 * MIB
         for _ in range(20):
             await deferLater(reactor, 0.01, lambda: None)
         pending = sendfile._unsent(transport)
-        assert pending is not None and 0 < pending < 8 * MIB
+        assert pending is not None and 0 < pending < 32 * MIB
     finally:
         client.close()
         await port.stopListening()
@@ -342,7 +342,10 @@ async def test_client_that_goes_away_mid_download_leaks_no_descriptor(fs_server:
         s.close()
         return got
 
-    for reset in (False, True):
+    data_path = fs_server.driver.wrapped.root + paths.blob_data(Digest.parse(digest))  # type: ignore[attr-defined]
+    for reset, cold in ((False, False), (True, False), (False, True), (True, True)):
+        if cold:  # the sends go through the pool: the connection dies under them
+            evict(Path(data_path))
         baseline = _open_fds()
         before = snapshot()
         await threads.deferToThread(abandon, reset)
@@ -357,6 +360,26 @@ async def test_client_that_goes_away_mid_download_leaks_no_descriptor(fs_server:
 
 
 # -- where it is not used -------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transport_whose_buffer_cannot_be_read_is_not_used(
+    fs_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If a Twisted upgrade moves the write buffer, ``_unsent`` says None and
+    every download takes the copying path, still correct."""
+
+    class Moved:
+        pass
+
+    assert sendfile._unsent(Moved()) is None
+    data = blob(2 * MIB + 9, 9)
+    digest = await fs_server.push_blob("a/b", data)
+    monkeypatch.setattr(sendfile, "_unsent", lambda transport: None)
+    before = snapshot()
+    status, _, body = await get(port_of(fs_server), f"/v2/a/b/blobs/{digest}", {"Range": "bytes=3-"})
+    assert status == 206 and body == data[3:]
+    assert await sent_since(before, (0, 0)) == (0, 0)
 
 
 @pytest_twisted.ensureDeferred

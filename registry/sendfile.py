@@ -226,7 +226,9 @@ class SendfileProducer:
                 elif sent == 0:
                     await writable.wait()
                 else:
-                    await self._peer_gone()
+                    break
+            if self.remaining > 0:
+                await self._peer_gone()
         finally:
             writable.wake()
             self._writable = None
@@ -235,9 +237,10 @@ class SendfileProducer:
                 request.unregisterProducer()
 
     async def _peer_gone(self) -> None:
-        """The peer reset the connection before Twisted noticed: abort it
-        and wait until the request has heard, so that it ends as a lost
-        request (never ``finish``ed as if the body were complete)."""
+        """The body stopped short (the peer reset the connection before
+        Twisted noticed, or we were told to stop): unless the request has
+        heard already, abort the connection and wait until it has, so that
+        it ends as a lost request, never ``finish``ed as if complete."""
         if self.request.gone:
             return
         lost: Deferred[None] = Deferred()

@@ -20,10 +20,11 @@ from twisted.internet.task import deferLater
 
 from registry import sendfile
 from registry.app import make_root
-from registry.http import RegistrySite
 from registry.digest import Digest
+from registry.http import RegistrySite
 from registry.storage import paths
 from registry.storage.driver import DriverError, InvalidOffsetError, IZeroCopyReader
+from registry.storage.drivers import pagecache
 from registry.storage.factory import create_driver
 from registry.tls import TLSSettings, server_endpoint
 from tests.api.conftest import Server, _serve, sha
@@ -311,10 +312,14 @@ async def test_slow_reader_gets_every_byte_and_the_reactor_stays_free(fs_server:
 
 
 def evict(path: Path) -> None:
-    """Drop a (clean, fsynced) file's pages from the page cache."""
+    """Drop a file's pages from the page cache (fsync first: dirty pages or
+    pages under writeback would stay)."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if pagecache.AVAILABLE:
+            assert not pagecache.resident(fd, 0, os.fstat(fd).st_size), "the kernel kept the pages"
     finally:
         os.close(fd)
 

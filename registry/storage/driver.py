@@ -133,6 +133,30 @@ class IFileReader(Interface):
         """Release what the reader holds. Idempotent."""
 
 
+class IZeroCopyReader(IFileReader):
+    """An optional capability of a reader over a regular local file (the
+    filesystem driver's): it sends bytes of its object straight to a socket
+    with ``os.sendfile``, so they never pass through Python.
+
+    A caller uses either ``read`` or ``send_to`` on one reader, not both, and
+    one ``send_to`` at a time; ``close`` waits for nothing, so the caller
+    closes the reader only once its last ``send_to`` has fired."""
+
+    def send_to(socket_fd: int, offset: int, count: int) -> "Deferred[int]":
+        """Send up to ``count`` (>= 1) bytes of the object from ``offset``
+        (from the start of the object, not from where the reader was opened)
+        to the *non-blocking* stream socket ``socket_fd``, as many as the
+        socket takes without blocking (a driver may stop earlier, to bound
+        the time one call holds a thread). The file is read in the driver's
+        thread pool: a cold disk blocks a pool thread, never the reactor.
+
+        Fires with the bytes sent: at least 1; 0 when the socket cannot take
+        any now (wait until it is writable, then call again); -1 when the
+        peer is gone (``EPIPE``, ``ECONNRESET``: nothing more can be sent).
+        Fails with ``InvalidOffsetError`` when ``offset`` is at or past the
+        end of the object (it is shorter than the caller thinks)."""
+
+
 class IFileWriter(Interface):
     """A writer that appends to one object and then commits or cancels it.
 

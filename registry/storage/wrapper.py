@@ -12,7 +12,8 @@
 * wraps readers and writers in guards that turn misuse (a ``write`` before the
   previous one fired, any use after ``close``/``commit``/``cancel``, a
   ``read`` while another is pending, ``max_bytes < 1``) into ``DriverError``
-  instead of undefined driver behaviour.
+  instead of undefined driver behaviour; a reader that can ``send_to`` a
+  socket (``IZeroCopyReader``) keeps that capability, guarded the same way.
 
 Drivers therefore receive only valid paths and may raise plain ``OSError`` and
 friends; callers only ever see ``StorageError`` subclasses.
@@ -39,6 +40,7 @@ from registry.storage.driver import (
     IFileReader,
     IFileWriter,
     IStorageDriver,
+    IZeroCopyReader,
     InvalidOffsetError,
     StorageError,
     check_path,
@@ -126,6 +128,36 @@ class GuardedReader:
             return succeed(None)
         self._closed = True
         return _call(self._driver, self._inner.close)
+
+
+@implementer(IZeroCopyReader)
+class GuardedZeroCopyReader(GuardedReader):
+    """A ``GuardedReader`` over a driver's ``IZeroCopyReader``: ``send_to``
+    is guarded like ``read`` (not after ``close``, not while a ``read`` or
+    another ``send_to`` is pending) and its failures are normalised."""
+
+    _inner: IZeroCopyReader
+
+    def send_to(self, socket_fd: int, offset: int, count: int) -> Deferred[int]:
+        """See ``IZeroCopyReader.send_to``."""
+        if self._closed:
+            return fail(DriverError(self._driver, "send_to() on a closed reader"))
+        if self._pending:
+            return fail(DriverError(self._driver, "send_to() before the previous call fired"))
+        if not isinstance(count, int) or count < 1 or not isinstance(offset, int) or offset < 0:
+            return fail(DriverError(self._driver, f"send_to(): bad offset {offset!r} or count {count!r}"))
+        self._pending = True
+        try:
+            d = self._inner.send_to(socket_fd, offset, count)
+        except BaseException:
+            d = fail()
+        return d.addCallbacks(self._sent, self._read_failed, callbackArgs=(count,))
+
+    def _sent(self, result: Any, count: int) -> int:
+        self._pending = False
+        if type(result) is not int or not -1 <= result <= count:
+            raise DriverError(self._driver, f"send_to() returned {result!r} for {count} bytes")
+        return result
 
 
 @implementer(IFileWriter)
@@ -265,8 +297,13 @@ class StorageDriverWrapper:
                 return _invalid(self.name, exc)
             return fail(InvalidOffsetError(path, offset if isinstance(offset, int) else -1, self.name))
         d = self._run("reader", [(path, False)], path, offset)
-        d.addCallback(lambda r: GuardedReader(self.name, r))
+        d.addCallback(self._guard_reader)
         return d
+
+    def _guard_reader(self, reader: IFileReader) -> GuardedReader:
+        if IZeroCopyReader.providedBy(reader):
+            return GuardedZeroCopyReader(self.name, reader)
+        return GuardedReader(self.name, reader)
 
     def writer(self, path: str, append: bool = False) -> Deferred[IFileWriter]:
         """See ``IStorageDriver.writer``; the writer is a ``GuardedWriter``."""

@@ -89,8 +89,11 @@ Objects versus directories
   The contract forbids an object where a directory is or below another
   object. S3 has no such rule, so ``put_content``, ``writer(append=False)``
   and ``move`` check first, concurrently: a one-key listing below the path
-  and a HEAD of each ancestor (for a registry link path about ten small
-  requests in parallel, one round trip of latency).
+  and one below its parent. A parent that already is a directory has no
+  object among its ancestors (the rule this check keeps), so that is all
+  for most writes (hash states, links next to others); only a path in a
+  new subtree also needs a HEAD of each ancestor (for a registry link
+  path about ten small requests in parallel, one more round trip).
 
 Moves
   ``move`` is a server-side copy (CopyObject below
@@ -800,15 +803,27 @@ class S3Driver:
         return None
 
     async def _check_can_create(self, path: str) -> None:
-        """``DriverError`` if ``path`` is a directory or lies below an object."""
+        """``DriverError`` if ``path`` is a directory or lies below an object.
+
+        When the parent already is a directory (some key lies below it),
+        no ancestor can be an object (the rule this check keeps), so two
+        one-key listings in parallel answer; only a path in a new subtree
+        needs a HEAD of each ancestor (about ten for a registry link)."""
         key = self._k(path)
         segments = path.split("/")[1:]
         ancestors = ["/" + "/".join(segments[:i]) for i in range(1, len(segments))]
-        checks: builtins.list[Deferred[Any]] = [ensureDeferred(self._first_below(key))] + [ensureDeferred(self._head(self._k(a))) for a in ancestors]
+        checks: builtins.list[Deferred[Any]] = [ensureDeferred(self._first_below(key))]
+        if ancestors:
+            checks.append(ensureDeferred(self._first_below(self._k(ancestors[-1]))))
         results = await gatherResults(checks, consumeErrors=True).addErrback(lambda f: f.value.subFailure)
         if results[0] is not None:
             raise DriverError(NAME, f"cannot create {path}: it is a directory")
-        for ancestor, head in zip(ancestors, results[1:]):
+        if not ancestors or results[1] is not None:
+            return
+        heads = await gatherResults([ensureDeferred(self._head(self._k(a))) for a in ancestors], consumeErrors=True).addErrback(
+            lambda f: f.value.subFailure
+        )
+        for ancestor, head in zip(ancestors, heads):
             if head is not None:
                 raise DriverError(NAME, f"cannot create {path}: {ancestor} is an object, not a directory")
 

@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from registry.config import load_config
 from registry.storage.driver import DriverError, IStorageDriver, PathNotFoundError
-from registry.storage.drivers.s3 import S3Driver, parse_params
+from registry.storage.drivers.s3 import LAST_PART, S3Driver, parse_params
 from registry.storage.factory import create_driver
 from tests.storage.conformance import MiB, pattern, read_all, write_all
 from tests.storage.rgw import RGW, s3_driver, shared_gateway
@@ -211,6 +211,25 @@ async def test_crash_after_a_close_keeps_the_append_state(pair: tuple[IStorageDr
     assert await a.get_content(path) == first + b"after the crash"
     assert await uploads_below(a, "/repo") == []
     await a.delete("/repo")
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_commit_leaves_no_bytes_behind(pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    """A commit that died after sending its final part (numbered last)
+    before CompleteMultipartUpload: the next commit leaves those bytes out."""
+    a, b = pair
+    path = "/k/data"
+    data = pattern(5 * MiB, seed=60)
+    await write_closed(a, path, data)  # one part (chunksize is 5 MiB), an empty tail
+    s3 = inner(a)
+    head = await s3._head(s3._k(path))
+    assert head is not None and head.upload and head.stored == 0
+    await s3._upload_part(s3._k(path), head.upload, LAST_PART, b"bytes of a commit that died")
+    writer = await b.writer(path, append=True)
+    await writer.commit()
+    assert await a.get_content(path) == data
+    assert await uploads_below(a, "/k") == []
+    await a.delete("/k")
 
 
 @pytest_twisted.ensureDeferred

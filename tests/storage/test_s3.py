@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from registry.config import load_config
 from registry.storage.driver import DriverError, IStorageDriver, PathNotFoundError
-from registry.storage.drivers.s3 import S3Driver, parse_params
+from registry.storage.drivers.s3 import LAST_PART, S3Driver, parse_params
 from registry.storage.factory import create_driver
 from tests.storage.conformance import MiB, pattern, read_all, write_all
 from tests.storage.rgw import RGW, s3_driver, shared_gateway
@@ -51,12 +51,22 @@ class Recorder:
         return [h for m, _, _, h in self.calls if m == "PUT" and "x-amz-copy-source" in h]
 
     def gets(self, key: str) -> int:
-        return sum(1 for m, k, q, _ in self.calls if m == "GET" and k == key)
+        """GETs of the object's bytes (not ListParts, a GET with ``uploadId``)."""
+        return sum(1 for m, k, q, _ in self.calls if m == "GET" and k == key and "uploadId" not in q)
 
 
 async def close(*drivers: IStorageDriver) -> None:
     for d in drivers:
         await d.close()
+
+
+async def write_closed(driver: IStorageDriver, path: str, data: bytes, append: bool = False) -> None:
+    """Write ``data`` in 256 KiB writes and ``close`` (not commit): at 5 MiB
+    or more this leaves an append state (an open multipart upload)."""
+    writer = await driver.writer(path, append=append)
+    for start in range(0, len(data), 256 * 1024):
+        await writer.write(data[start : start + 256 * 1024])
+    await writer.close()
 
 
 async def uploads_below(driver: IStorageDriver, prefix: str) -> list[str]:
@@ -111,11 +121,20 @@ async def test_append_continues_on_another_instance(pair: tuple[IStorageDriver, 
         for start in range(0, len(piece), 1 * MiB):
             await writer.write(piece[start : start + MiB])
         await writer.close()
-        # The existing >= 5 MiB were copied inside S3, never read back.
-        assert recorder.gets(inner(driver)._k(path)) == 0
+        # The existing >= 5 MiB were never read back. The first session
+        # continues the open multipart upload of the append state (reading
+        # back only its tail, under 5 MiB, exactly that version); the later
+        # ones find a complete object (the reads below completed it) and
+        # copy it inside S3.
+        gets = [h for m, k, q, h in recorder.calls if m == "GET" and k == inner(driver)._k(path) and "uploadId" not in q]
         copies = recorder.copies()
-        assert copies, recorder.calls
-        assert all(h["x-amz-copy-source-if-match"] for h in copies)
+        if i == 0:
+            assert len(gets) == 1 and gets[0]["If-Match"], recorder.calls
+            assert copies == [], recorder.calls
+        else:
+            assert gets == [], recorder.calls
+            assert copies, recorder.calls
+            assert all(h["x-amz-copy-source-if-match"] for h in copies)
         expected += piece
         other = a if driver is b else b
         assert (await other.stat(path)).size == len(expected)
@@ -124,6 +143,126 @@ async def test_append_continues_on_another_instance(pair: tuple[IStorageDriver, 
     await writer.commit()  # nothing new: no request rewrites the object
     assert await a.get_content(path) == expected
     await a.delete("/repo")
+
+
+@pytest_twisted.ensureDeferred
+async def test_appends_continue_one_multipart_upload(pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    """Appends are linear: every session (a PATCH) continues the same open
+    multipart upload, on either instance, never copying or re-reading the
+    bytes of earlier sessions (at most the < 5 MiB tail of the last one);
+    commit is one CompleteMultipartUpload."""
+    a, b = pair
+    path = "/repo/_uploads/lin/data"
+    key = inner(a)._k(path)
+    await a.put_content(path, b"")  # as the upload store creates it
+    expected = b""
+    sizes = [6 * MiB, 8 * MiB, 3 * MiB + 1, 7 * MiB, 2 * MiB, 5 * MiB + 3]
+    per_session: list[int] = []
+    for i, size in enumerate(sizes):
+        driver = (a, b)[i % 2]
+        recorder = Recorder(driver)
+        piece = pattern(size, seed=20 + i)
+        writer = await driver.writer(path, append=True)
+        assert writer.size == len(expected)
+        for start in range(0, size, 256 * 1024):
+            await writer.write(piece[start : start + 256 * 1024])
+        await writer.close()
+        expected += piece
+        assert recorder.copies() == [], recorder.calls
+        gets = [h for m, k, q, h in recorder.calls if m == "GET" and k == key and "uploadId" not in q]
+        assert all(h.get("If-Match") for h in gets) and len(gets) <= 1, recorder.calls
+        assert [m for m, k, q, _ in recorder.calls if m == "POST" and "uploads" in q] == ([] if i else ["POST"])
+        per_session.append(len(recorder.calls))
+        other = b if driver is a else a
+        assert (await other.stat(path)).size == len(expected)
+        assert await uploads_below(other, "/repo") == [key]
+    # The requests of a session do not grow with the bytes before it.
+    assert max(per_session[1:]) <= 2 + max(n for n in per_session[:2]), per_session
+    recorder = Recorder(b)
+    writer = await b.writer(path, append=True)
+    await writer.commit()
+    assert recorder.copies() == [] or all(h["x-amz-copy-source-range"].startswith("bytes=0-") for h in recorder.copies())
+    assert await uploads_below(a, "/repo") == []
+    assert (await a.stat(path)).size == len(expected)
+    assert await a.get_content(path) == expected
+    await a.delete("/repo")
+
+
+@pytest_twisted.ensureDeferred
+async def test_crash_after_a_close_keeps_the_append_state(pair: tuple[IStorageDriver, IStorageDriver], root: str) -> None:
+    """A session that dies after sending parts but before its close leaves
+    the append state of the previous close; its orphan parts are ignored
+    (and overwritten) by the next session."""
+    a, b = pair
+    path = "/repo/_uploads/crash2/data"
+    first = pattern(6 * MiB + 17, seed=30)
+    await write_closed(a, path, first)  # an append state: one part and a tail
+    crashed = s3_driver(rootdirectory=root, chunksize=5 * MiB)
+    writer = await crashed.writer(path, append=True)
+    for start in range(0, 12 * MiB, MiB):
+        await writer.write(pattern(MiB, seed=start))
+    await writer._inner._wait_inflight()  # type: ignore[attr-defined]  # parts 2 and 3 reached S3
+    await close(crashed)
+    assert (await b.stat(path)).size == len(first)
+    writer = await b.writer(path, append=True)
+    assert writer.size == len(first)
+    await writer.write(b"after the crash")
+    await writer.commit()
+    assert await a.get_content(path) == first + b"after the crash"
+    assert await uploads_below(a, "/repo") == []
+    await a.delete("/repo")
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_commit_leaves_no_bytes_behind(pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    """A commit that died after sending its final part (numbered last)
+    before CompleteMultipartUpload: the next commit leaves those bytes out."""
+    a, b = pair
+    path = "/k/data"
+    data = pattern(5 * MiB, seed=60)
+    await write_closed(a, path, data)  # one part (chunksize is 5 MiB), an empty tail
+    s3 = inner(a)
+    head = await s3._head(s3._k(path))
+    assert head is not None and head.upload and head.stored == 0
+    await s3._upload_part(s3._k(path), head.upload, LAST_PART, b"bytes of a commit that died")
+    writer = await b.writer(path, append=True)
+    await writer.commit()
+    assert await a.get_content(path) == data
+    assert await uploads_below(a, "/k") == []
+    await a.delete("/k")
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_of_an_append_state_completes_it(pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    """Reading bytes before commit (the upload store does it only to repair
+    a crash) completes the multipart upload; appends then go on from the
+    complete object."""
+    a, b = pair
+    path = "/r/data"
+    first = pattern(7 * MiB + 3, seed=40)
+    await write_closed(a, path, first)
+    assert await uploads_below(a, "/r") == [inner(a)._k(path)]
+    assert await read_all(b, path, 6 * MiB, 100) == first[6 * MiB :]
+    assert await uploads_below(a, "/r") == []
+    await write_all(b, path, b"more", append=True)
+    assert await a.get_content(path) == first + b"more"
+    await a.delete("/r")
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_and_cancel_abort_an_append_state(pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    a, b = pair
+    await write_closed(a, "/d/data", pattern(6 * MiB, seed=50))
+    assert await uploads_below(b, "/d") == [inner(b)._k("/d/data")]
+    await b.delete("/d/data")
+    assert await uploads_below(a, "/d") == []
+    await write_closed(a, "/d/data", pattern(6 * MiB, seed=51))
+    writer = await b.writer("/d/data", append=True)
+    await writer.write(b"x")
+    await writer.cancel()
+    assert await uploads_below(a, "/d") == []
+    with pytest.raises(PathNotFoundError):
+        await a.stat("/d/data")
 
 
 @pytest_twisted.ensureDeferred

@@ -83,10 +83,14 @@ async def test_chunked_upload_across_instances_then_redirected_get(instances: tu
     r = await treq.put(f"{b.url}{path}{sep}digest={digest}")
     assert r.code == 201, await r.text()
     await r.content()
-    # Finishing verified the digest from the stored hash state and moved the
-    # 13 MiB server-side: no byte of the blob came back through the registry.
-    assert [(m, k) for m, k, _, h in recorder.calls if m == "GET" and k and k.endswith("/data")] == []
-    assert len(recorder.copies()) == 1  # below the 32 MiB threshold: one CopyObject
+    # Finishing verified the digest from the stored hash state, completed
+    # the multipart upload the PATCHes kept open (its tail copied as the last
+    # part) and moved the 13 MiB server-side: no byte of the blob came back
+    # through the registry (a GET with uploadId is ListParts: part sizes).
+    assert [(m, k) for m, k, q, h in recorder.calls if m == "GET" and k and k.endswith("/data") and "uploadId" not in q] == []
+    copy_objects = [h for m, _, q, h in recorder.calls if m == "PUT" and "x-amz-copy-source" in h and "partNumber" not in q]
+    assert len(copy_objects) == 1  # below the 32 MiB threshold: one CopyObject
+    assert all("x-amz-copy-source-range" in h for h in recorder.copies() if h not in copy_objects)
 
     blob_url = f"{a.url}/v2/team/app/blobs/{digest}"
     r = await treq.head(blob_url)

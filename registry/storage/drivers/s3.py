@@ -31,46 +31,74 @@ Keys
   there by something else) are not shown.
 
 Writers: appends on a store without append
-  The state of a writer lives in the bucket, never only in this process:
-  after ``close`` (or ``commit``) the object at the key *is* everything
-  written so far, readable and ``stat``-able by any instance, so
-  ``writer(path, append=True)`` on any instance continues from its size
-  (one HEAD). Within one writer session the new bytes are gathered into
-  parts of ``chunksize`` (at least S3's 5 MiB minimum); the first full part
-  starts a multipart upload on the key, and the part uploads while the next
-  one fills (memory: about two parts). When the session ends with ``close``
-  or ``commit`` the new object is produced as
+  The state of a writer lives in the bucket, never only in this process,
+  so ``writer(path, append=True)`` on any instance (or after a crash)
+  continues where the last ``close`` left off. New bytes are gathered into
+  parts of ``chunksize`` (at least S3's 5 MiB minimum) uploaded with up to
+  ``uploadconcurrency`` (this driver's key, default 3) in flight: memory
+  per writer is about ``chunksize`` x (``uploadconcurrency`` + 1).
 
-  * existing bytes under 5 MiB: read back once (bounded by 5 MiB) and sent
-    ahead of the new bytes, in one PUT when the total is small or as the
-    first part of the multipart upload;
-  * existing bytes of 5 MiB or more: copied server-side with UploadPartCopy
-    (``x-amz-copy-source-if-match`` its ETag, so a concurrent change fails
-    loudly instead of mixing content) as the first part(s), never streamed
-    through the registry; the new bytes follow as parts, the last one of
-    any size;
+  One multipart upload stays open across the sessions (PATCH requests) of
+  one object, so appending is linear in the bytes appended: no session
+  copies or re-reads what earlier sessions sent. After ``close`` the object
+  at the key is either
 
-  and CompleteMultipartUpload (or the PUT) swaps the object in atomically.
+  * a plain object holding every byte, while there are under 5 MiB and
+    no multipart upload was needed; or
+  * an *append state*: an object whose metadata names the open multipart
+    upload (``x-amz-meta-registry-append-upload``), how many of its parts
+    hold data (``...-append-parts``) and the total size
+    (``...-append-size``), and whose body is the tail: the bytes after
+    the last part (under 5 MiB, the minimum size of a part that is not
+    the last). Its PUT is the session's atomic durable point.
+
+  A session continuing an append state reads the tail back (bounded by
+  5 MiB, ``If-Match`` its ETag) ahead of its new bytes and sends parts
+  numbered after the recorded ones; at ``close`` what is left, if 5 MiB
+  or more, becomes a part of its own, else the next tail. A session
+  continuing a complete object of 5 MiB or more copies it server-side
+  into a new upload's first part(s) (UploadPartCopy, ``If-Match`` its
+  ETag), once: later sessions continue that upload. ``commit`` is
+  CompleteMultipartUpload (ListParts for the ETags of earlier sessions'
+  parts; the tail sent, or copied server-side, as the last part), which
+  swaps the complete object in atomically; ``commit`` of a complete object
+  with no new bytes is free.
+
+  ``stat`` of an append state reports its total size from the metadata
+  (one HEAD, as for any object). Reading it (``reader``, ``get_content``,
+  ``move``) first completes the upload (server-side: ListParts, the tail
+  copied as the last part, CompleteMultipartUpload): the bytes of an
+  uncompleted upload cannot be read. The registry reads an upload's data
+  before ``commit`` only to repair a crash between a ``close`` and the
+  storing of its hash state, so this is rare; the next append then
+  copies the completed object once, as above. ``walk`` and ``list`` see
+  an append state's stored length (its tail) as its size.
+
   A crash within a session loses only that session's unclosed bytes: the
-  object keeps its previous complete content (the offset the registry's
-  upload status reports), and the abandoned multipart upload is aborted
-  when the writer is cancelled or its directory deleted (``delete`` of a
-  directory also aborts the multipart uploads below it; a bucket lifecycle
-  rule ``AbortIncompleteMultipartUpload`` catches the rest). The price of
-  readability after every ``close``: each append session to an object of
-  5 MiB or more costs a server-side copy of it (no bytes through the
-  registry). ``commit`` after a ``close`` with no new bytes is free.
+  object keeps the state of the last ``close`` (the offset the registry's
+  upload status reports); parts the dead session sent are numbered after
+  the recorded ones, ignored by ``commit`` and overwritten by the next
+  session. ``cancel`` aborts the upload and deletes the object; ``delete``
+  of an append state aborts its upload, ``delete`` of a directory aborts
+  the multipart uploads below it, and a bucket lifecycle rule
+  ``AbortIncompleteMultipartUpload`` catches the rest (an object replaced
+  by ``put_content`` or ``writer(append=False)`` leaves its upload to
+  those).
 
 Objects versus directories
   The contract forbids an object where a directory is or below another
   object. S3 has no such rule, so ``put_content``, ``writer(append=False)``
   and ``move`` check first, concurrently: a one-key listing below the path
-  and a HEAD of each ancestor (for a registry link path about ten small
-  requests in parallel, one round trip of latency).
+  and one below its parent. A parent that already is a directory has no
+  object among its ancestors (the rule this check keeps), so that is all
+  for most writes (hash states, links next to others); only a path in a
+  new subtree also needs a HEAD of each ancestor (for a registry link
+  path about ten small requests in parallel, one more round trip).
 
 Moves
   ``move`` is a server-side copy (CopyObject below
-  ``multipartcopythresholdsize``, a multipart copy in
+  ``multipartcopythresholdsize``, by default 5 GiB here, 32 MiB in
+  Distribution: see ``DEFAULT_COPY_THRESHOLD``; a multipart copy in
   ``multipartcopychunksize`` parts with ``multipartcopymaxconcurrency``
   requests in flight above it) followed by a delete of the source.
 
@@ -105,7 +133,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from registry.storage.params import warn_unknown_params
@@ -124,11 +152,18 @@ NAME = "s3"
 MiB = 1 << 20
 GiB = 1 << 30
 MIN_PART = 5 * MiB  # S3's minimum size of every part but the last
+LAST_PART = 10000  # S3's highest part number: an append upload's final part
 MAX_PART = 5 * GiB
 DEFAULT_CHUNKSIZE = 10 * MiB
 DEFAULT_COPY_CHUNKSIZE = 32 * MiB
 DEFAULT_COPY_CONCURRENCY = 8
-DEFAULT_COPY_THRESHOLD = 32 * MiB
+# CopyObject below 5 GiB (Distribution's default is 32 MiB): one request
+# the store may satisfy without copying bytes (Ceph RGW shares them: 0.1 s
+# for 256 MiB here, against 2-3 s as 32 MiB UploadPartCopy ranges). Set
+# multipartcopythresholdsize: 33554432 for Distribution's parallel part
+# copies (faster on AWS for objects of hundreds of MiB).
+DEFAULT_COPY_THRESHOLD = MAX_PART
+DEFAULT_UPLOAD_CONCURRENCY = 3
 DEFAULT_TIMEOUT = 60.0
 PRESIGN_SECONDS = 20 * 60
 LIST_PAGE = 1000
@@ -145,10 +180,11 @@ KNOWN_PARAMS = (
     "accesskey", "secretkey", "region", "regionendpoint", "forcepathstyle", "bucket", "rootdirectory",
     "secure", "v4auth", "chunksize", "multipartcopychunksize", "multipartcopymaxconcurrency",
     "multipartcopythresholdsize", "storageclass", "encrypt", "keyid", "sessiontoken", "objectacl",
-    "requesttimeout",
+    "requesttimeout", "uploadconcurrency",
 )
 
 T = TypeVar("T")
+Body = bytes | list[bytes]  # a request body: bytes, or pieces sent in order
 
 
 # --- configuration ------------------------------------------------------------
@@ -170,6 +206,7 @@ class S3Config:
     copychunksize: int = DEFAULT_COPY_CHUNKSIZE
     copyconcurrency: int = DEFAULT_COPY_CONCURRENCY
     copythreshold: int = DEFAULT_COPY_THRESHOLD
+    uploadconcurrency: int = DEFAULT_UPLOAD_CONCURRENCY
     storageclass: str = "STANDARD"
     encrypt: bool = False
     keyid: str | None = None
@@ -273,6 +310,7 @@ def parse_params(params: Mapping[str, Any]) -> S3Config:
         copychunksize=_int(params, "multipartcopychunksize", DEFAULT_COPY_CHUNKSIZE, MIN_PART, MAX_PART - MIN_PART),
         copyconcurrency=_int(params, "multipartcopymaxconcurrency", DEFAULT_COPY_CONCURRENCY, 1, 1000),
         copythreshold=_int(params, "multipartcopythresholdsize", DEFAULT_COPY_THRESHOLD, 0, MAX_PART),
+        uploadconcurrency=_int(params, "uploadconcurrency", DEFAULT_UPLOAD_CONCURRENCY, 1, 64),
         storageclass=storageclass,
         encrypt=_bool(params, "encrypt", False),
         keyid=_str(params, "keyid"),
@@ -335,9 +373,18 @@ def _valid_relative(rel: str) -> bool:
 
 @dataclass(frozen=True)
 class _Head:
-    size: int
+    size: int  # the object's bytes; for an append state, every byte written so far
     mod_time: float
     etag: str
+    upload: str = ""  # an append state: the id of its open multipart upload
+    parts: int = 0  # ... the parts 1..parts of it that hold the bytes before the tail
+    stored: int = 0  # the stored object's own length (for an append state: the tail)
+
+
+# Metadata of an append state (see "Writers" in the module docstring).
+META_UPLOAD = "x-amz-meta-registry-append-upload"
+META_PARTS = "x-amz-meta-registry-append-parts"
+META_SIZE = "x-amz-meta-registry-append-size"
 
 
 @implementer(IStorageDriver)
@@ -357,7 +404,10 @@ class S3Driver:
         self._http_pool = HTTPConnectionPool(reactor, persistent=True)
         self._http_pool.maxPersistentPerHost = 32
         self._http_pool.cachedConnectionTimeout = 60
-        self._http = treq.client.HTTPClient(Agent(reactor, pool=self._http_pool, connectTimeout=min(config.requesttimeout, 10)))
+        # The Agent itself, not treq's client: treq re-parses every URL
+        # (hyperlink, IDNA) and runs a cookie jar, a few ms of CPU per
+        # request that a PATCH-heavy upload pays ~20 times per request.
+        self._agent = Agent(reactor, pool=self._http_pool, connectTimeout=min(config.requesttimeout, 10))
         self._threads: ThreadPool | None = None
         self._closed = False
         self._credentials: Any = None  # botocore Credentials (maybe refreshable)
@@ -452,10 +502,16 @@ class S3Driver:
         _HeaderSigner(creds, "s3", self.config.region).add_auth(request)
         return dict(request.headers.items())
 
-    async def _payload_hash(self, body: bytes) -> str:
-        if len(body) <= HASH_INLINE:
-            return hashlib.sha256(body).hexdigest()
-        return await self._in_thread(lambda: hashlib.sha256(body).hexdigest())
+    async def _payload_hash(self, pieces: builtins.list[bytes], length: int) -> str:
+        def digest() -> str:
+            h = hashlib.sha256()
+            for piece in pieces:
+                h.update(piece)
+            return h.hexdigest()
+
+        if length <= HASH_INLINE:
+            return digest()
+        return await self._in_thread(digest)
 
     async def _request(
         self,
@@ -463,7 +519,7 @@ class S3Driver:
         key: str | None,
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        body: bytes = b"",
+        body: Body = b"",
         ok: tuple[int, ...] = (200,),
         stream: bool = False,
         what: str = "",
@@ -477,7 +533,9 @@ class S3Driver:
         url = self._url(key, query) if key is not None else self._base + "/" + (
             "?" + urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote, safe="~") if query else ""
         )
-        payload_hash = await self._payload_hash(body) if body else hashlib.sha256(b"").hexdigest()
+        pieces = ([body] if body else []) if isinstance(body, bytes) else [p for p in body if p]
+        length = sum(len(p) for p in pieces)
+        payload_hash = await self._payload_hash(pieces, length) if length else hashlib.sha256(b"").hexdigest()
         what = what or f"{method} {urllib.parse.unquote(url)}"
         # A CompleteMultipartUpload whose answer was lost may have completed:
         # sending it again would fail with NoSuchUpload. Everything else is
@@ -486,15 +544,21 @@ class S3Driver:
         attempt = 0
         while True:
             all_headers = dict(headers or {})
-            if body or method in ("PUT", "POST"):
-                all_headers["Content-Length"] = str(len(body))
+            if length or method in ("PUT", "POST"):
+                all_headers["Content-Length"] = str(length)
             signed = await self._sign(method, url, all_headers, payload_hash)
             twisted_headers = Headers({k.encode(): [v.encode()] for k, v in signed.items() if k.lower() != "content-length"})
             try:
-                d = self._http.request(
-                    method, url, headers=twisted_headers, data=body if body or method in ("PUT", "POST") else None,
-                    unbuffered=True, timeout=self.config.requesttimeout,
-                )
+                producer = _PiecesProducer(pieces, length) if length or method in ("PUT", "POST") else None
+                d = self._agent.request(method.encode(), url.encode("ascii"), twisted_headers, producer)
+                deadline = self._reactor.callLater(self.config.requesttimeout, d.cancel)
+
+                def settled(result: Any, deadline: Any = deadline) -> Any:
+                    if deadline.active():
+                        deadline.cancel()
+                    return result
+
+                d.addBoth(settled)
                 response: IResponse = await d
             except (CancelledError, DeferredTimeout, net_error.TimeoutError):
                 raise DriverError(
@@ -578,10 +642,121 @@ class S3Driver:
         if response.code == 404:
             await self._check_bucket()
             return None
-        headers = response.headers
-        length = headers.getRawHeaders("content-length", ["0"])[0]
-        etag = headers.getRawHeaders("etag", [""])[0]
-        return _Head(int(length), _http_time(headers.getRawHeaders("last-modified", [None])[0]), etag)
+        return _parse_head(response.headers)
+
+    async def _materialize(self, path: str, head: _Head) -> _Head:
+        """Complete the multipart upload of an append state so the object is
+        readable (its tail copied server-side as the last part); returns
+        the HEAD of the complete object. Only readers need this: a blob
+        upload never reads its data before ``commit`` (which completes it
+        anyway) except to repair a crash."""
+        key = self._k(path)
+        for _ in range(3):
+            if not head.upload:
+                return head
+            try:
+                if head.stored:
+                    await self._copy_part(key, head.upload, LAST_PART, key, 0, head.stored - 1, head.etag)
+                await self._complete_append(path, key, head.upload, head.parts, head.size - head.stored, head.stored)
+            except DriverError:
+                # Someone else completed or replaced it meanwhile? Look again.
+                again = await self._head(key)
+                if again is None:
+                    raise PathNotFoundError(path, NAME) from None
+                if again.upload == head.upload and again.etag == head.etag:
+                    raise
+                head = again
+                continue
+            again = await self._head(key)
+            if again is None:
+                raise PathNotFoundError(path, NAME)
+            head = again
+        if head.upload:
+            raise DriverError(NAME, f"{path}: its append state kept changing while it was being completed")
+        return head
+
+    async def _complete_append(self, path: str, key: str, upload_id: str, count: int, size: int, final: int) -> None:
+        """Complete an append upload: parts 1..count hold ``size`` bytes and,
+        if ``final``, part ``LAST_PART`` its last ``final`` bytes.
+
+        Parts numbered between them are orphans of a session that died
+        before its ``close``. S3 would leave them out, but RGW refuses a
+        completion that omits an uploaded part, and no part can be deleted:
+        so they are completed too (each is 5 MiB or more, as the final part
+        is numbered after them), then cut out with a server-side copy of the
+        good ranges (only after such a crash)."""
+        listed = await self._list_parts(key, upload_id)
+        _check_parts(path, listed, count, size)
+        orphans = sorted(n for n in listed if count < n < LAST_PART)
+        if not final and LAST_PART in listed:
+            orphans.append(LAST_PART)  # a dead commit's final part: last, so of any size
+        numbers = builtins.list(range(1, count + 1)) + orphans
+        if final:
+            if listed.get(LAST_PART, ("", -1))[1] != final:
+                raise DriverError(NAME, f"{path}: the last part of its multipart upload is not the {final} bytes sent")
+            numbers.append(LAST_PART)
+        if not numbers:
+            await self._put(key, b"")
+            return
+        await self._complete(key, upload_id, [(n, listed[n][0]) for n in numbers])
+        if orphans:
+            await self._cut(path, key, size, sum(listed[n][1] for n in orphans), final)
+
+    async def _cut(self, path: str, key: str, keep: int, skip: int, final: int) -> None:
+        """Rewrite the object at ``key`` server-side as its first ``keep``
+        bytes followed by its last ``final`` (dropping ``skip`` between)."""
+        head = await self._head(key)
+        if head is None or head.upload or head.size != keep + skip + final:
+            raise DriverError(NAME, f"{path} changed while a dead session's parts were being cut out")
+        if keep == 0 and final == 0:
+            await self._put(key, b"")
+            return
+        upload_id = await self._create_upload(key)
+        try:
+            parts = await self._copy_ranges_as_parts(key, upload_id, key, keep, head.etag, 1) if keep else []
+            if final:
+                number = len(parts) + 1
+                start = keep + skip
+                parts.append((number, await self._copy_part(key, upload_id, number, key, start, start + final - 1, head.etag)))
+            await self._complete(key, upload_id, parts)
+        except BaseException:
+            await _quietly(self._abort(key, upload_id))
+            raise
+
+    async def _put_state(self, key: str, upload_id: str, parts: int, size: int, tail: Body) -> None:
+        """Store an append state at ``key`` (one atomic PUT: the writer's
+        durable point): parts 1..parts of the upload, then ``tail``."""
+        headers = self._write_headers()
+        headers.update({META_UPLOAD: upload_id, META_PARTS: str(parts), META_SIZE: str(size)})
+        response = await self._request("PUT", key, headers=headers, body=tail, what=f"PUT {key} (append state)")
+        await self._discard(response)
+
+    async def _get_state_tail(self, key: str, head: _Head) -> bytes:
+        """The tail stored in an append state (under 5 MiB), exactly that version."""
+        if not head.stored:
+            return b""
+        what = f"GET {key} (append state)"
+        response = await self._request("GET", key, headers={"If-Match": head.etag}, ok=(200, 404, 412), what=what)
+        if response.code != 200:
+            await self._discard(response)
+            raise DriverError(NAME, f"{self._path(key)} changed while it was being appended to")
+        data = await self._body(response, what)
+        if len(data) != head.stored:
+            raise DriverError(NAME, f"{self._path(key)} changed while it was being appended to")
+        return data
+
+    async def _list_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
+        """{part number: (ETag, size)} of a multipart upload (ListParts, paginated)."""
+        found: dict[int, tuple[str, int]] = {}
+        marker = "0"
+        while True:
+            root = await self._xml("GET", key, {"uploadId": upload_id, "part-number-marker": marker},
+                                   what=f"list parts of {key}")
+            for part in root.iter(_S3NS + "Part"):
+                found[int(_text(part, "PartNumber", "0"))] = (_text(part, "ETag"), int(_text(part, "Size", "0")))
+            marker = _text(root, "NextPartNumberMarker")
+            if _text(root, "IsTruncated") != "true" or not marker:
+                return found
 
     async def _check_bucket(self) -> None:
         """A 404 on a HEAD says nothing about why: once, make sure the bucket
@@ -628,19 +803,31 @@ class S3Driver:
         return None
 
     async def _check_can_create(self, path: str) -> None:
-        """``DriverError`` if ``path`` is a directory or lies below an object."""
+        """``DriverError`` if ``path`` is a directory or lies below an object.
+
+        When the parent already is a directory (some key lies below it),
+        no ancestor can be an object (the rule this check keeps), so two
+        one-key listings in parallel answer; only a path in a new subtree
+        needs a HEAD of each ancestor (about ten for a registry link)."""
         key = self._k(path)
         segments = path.split("/")[1:]
         ancestors = ["/" + "/".join(segments[:i]) for i in range(1, len(segments))]
-        checks: builtins.list[Deferred[Any]] = [ensureDeferred(self._first_below(key))] + [ensureDeferred(self._head(self._k(a))) for a in ancestors]
+        checks: builtins.list[Deferred[Any]] = [ensureDeferred(self._first_below(key))]
+        if ancestors:
+            checks.append(ensureDeferred(self._first_below(self._k(ancestors[-1]))))
         results = await gatherResults(checks, consumeErrors=True).addErrback(lambda f: f.value.subFailure)
         if results[0] is not None:
             raise DriverError(NAME, f"cannot create {path}: it is a directory")
-        for ancestor, head in zip(ancestors, results[1:]):
+        if not ancestors or results[1] is not None:
+            return
+        heads = await gatherResults([ensureDeferred(self._head(self._k(a))) for a in ancestors], consumeErrors=True).addErrback(
+            lambda f: f.value.subFailure
+        )
+        for ancestor, head in zip(ancestors, heads):
             if head is not None:
                 raise DriverError(NAME, f"cannot create {path}: {ancestor} is an object, not a directory")
 
-    async def _put(self, key: str, data: bytes) -> None:
+    async def _put(self, key: str, data: Body) -> None:
         response = await self._request("PUT", key, headers=self._write_headers(), body=data, what=f"PUT {key}")
         await self._discard(response)
 
@@ -685,7 +872,7 @@ class S3Driver:
             raise DriverError(NAME, f"start upload of {key}: the endpoint returned no UploadId")
         return upload_id
 
-    async def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+    async def _upload_part(self, key: str, upload_id: str, number: int, data: Body) -> str:
         response = await self._request(
             "PUT", key, {"partNumber": str(number), "uploadId": upload_id}, body=data, what=f"part {number} of {key}"
         )
@@ -714,7 +901,7 @@ class S3Driver:
 
     async def _copy_ranges_as_parts(
         self, key: str, upload_id: str, source: str, size: int, etag: str, first_part: int
-    ) -> list[tuple[int, str]]:
+    ) -> builtins.list[tuple[int, str]]:
         """Copy ``source`` server-side into parts ``first_part``... of the
         upload, every range at least 5 MiB, ``copyconcurrency`` at a time."""
         chunk = self.config.copychunksize
@@ -769,6 +956,13 @@ class S3Driver:
             if error.code == "NoSuchBucket":
                 raise error
             raise PathNotFoundError(path, NAME)
+        if _is_state(response):
+            await self._discard(response)
+            head = await self._head(key)
+            if head is None:
+                raise PathNotFoundError(path, NAME)
+            await self._materialize(path, head)
+            return await self._get_content(path)
         return await self._body(response, f"GET {path}")
 
     def put_content(self, path: str, data: bytes) -> "Deferred[None]":
@@ -797,9 +991,19 @@ class S3Driver:
             head = await self._head(key)
             if head is None:
                 raise PathNotFoundError(path, NAME)
+            if head.upload:
+                await self._materialize(path, head)
+                return await self._reader(path, offset)
             if offset == head.size:
                 return S3Reader(self, None, 0, path, offset)
             raise InvalidOffsetError(path, offset, NAME)
+        if _is_state(response):
+            await self._discard(response)
+            head = await self._head(key)
+            if head is None:
+                raise PathNotFoundError(path, NAME)
+            await self._materialize(path, head)
+            return await self._reader(path, offset)
         skip = 0
         if response.code == 200 and offset > 0:  # the range was ignored
             if response.length is not None and isinstance(response.length, int) and offset > response.length:
@@ -868,6 +1072,8 @@ class S3Driver:
             raise PathNotFoundError(source, NAME)
         if source == dest:
             return
+        if head.upload:
+            head = await self._materialize(source, head)
         await self._check_can_create(dest)
         await self._server_copy(src_key, self._k(dest), head)
         await self._delete_key(src_key)
@@ -881,6 +1087,8 @@ class S3Driver:
         if path != "/":
             head = await self._head(key)
             if head is not None:
+                if head.upload:
+                    await self._abort(key, head.upload)
                 await self._delete_key(key)
                 return
         prefix = key if path == "/" else key + "/"
@@ -1112,17 +1320,25 @@ class S3Writer:
         self._key = key
         self._base = base  # the object this session appends to (None: a new object)
         self.size = base.size if base is not None else 0
-        # Existing bytes under 5 MiB go ahead of the new ones in memory;
-        # 5 MiB or more are copied server-side as the first part(s).
-        self._small_base = base is not None and 0 < base.size < MIN_PART
-        self._copy_base = base is not None and base.size >= MIN_PART
+        open_upload = base is not None and bool(base.upload)
+        # An append state left by an earlier session: its multipart upload
+        # (parts 1..parts) continues; its tail (the state object's body, under
+        # 5 MiB) goes ahead of the new bytes, or is copied as the last part.
+        self._upload_id: str | None = base.upload if base is not None and open_upload else None
+        self._own_upload = False  # True when this session started the upload (abort it on failure)
+        self._base_parts = base.parts if base is not None and open_upload else 0
+        self._tail_unread = base is not None and open_upload and base.stored > 0
+        # A complete object under 5 MiB goes ahead of the new bytes in
+        # memory; 5 MiB or more is copied server-side as the first part(s).
+        self._small_base = base is not None and not open_upload and 0 < base.size < MIN_PART
+        self._copy_base = base is not None and not open_upload and base.size >= MIN_PART
         self._dirty = base is None  # a new object must be (re)created even if empty
         self._pending: list[bytes] = []
         self._pending_len = 0
-        self._upload_id: str | None = None
-        self._parts: list[tuple[int, str]] = []
-        self._next_part = 1
-        self._inflight: Deferred[None] | None = None
+        self._parts: dict[int, str] = {}  # parts sent or copied by this session
+        self._next_part = self._base_parts + 1
+        self._inflight: list[Deferred[None]] = []
+        self._done = False
 
     @property
     def _chunk(self) -> int:
@@ -1131,23 +1347,36 @@ class S3Writer:
     def write(self, data: bytes) -> "Deferred[None]":
         if not data:
             return succeed(None)
-        return ensureDeferred(self._write(bytes(data)))
+        if self._done:
+            raise DriverError(NAME, f"writing {self._path}: the writer was closed")
+        return ensureDeferred(self._write(data if isinstance(data, bytes) else bytes(data)))
 
     async def _write(self, data: bytes) -> None:
         if self._small_base:
             await self._load_small_base()
+        if self._tail_unread:
+            await self._load_tail()
         self._dirty = True
-        self._pending.append(data)
-        self._pending_len += len(data)
         self.size += len(data)
-        if self._pending_len >= self._chunk:
-            await self._wait_inflight()
-            await self._ensure_upload()
-            body = b"".join(self._pending)
-            self._pending, self._pending_len = [], 0
-            number = self._next_part
-            self._next_part += 1
-            self._inflight = ensureDeferred(self._send_part(number, body))
+        chunk = self._chunk
+        if len(data) > chunk and not self._pending:
+            view = memoryview(data)
+            while len(view) >= chunk:  # a huge write: parts straight from it
+                await self._send(bytes(view[:chunk]))
+                view = view[chunk:]
+            data = bytes(view)
+        if data:
+            self._pending.append(data)
+            self._pending_len += len(data)
+        if self._pending_len >= chunk:
+            # A part of chunksize or a little more: the pieces as written,
+            # handed to the socket one by one (never joined into a copy).
+            await self._send(self._take())
+
+    def _take(self) -> builtins.list[bytes]:
+        pieces = self._pending
+        self._pending, self._pending_len = [], 0
+        return pieces
 
     async def _load_small_base(self) -> None:
         """Existing bytes under 5 MiB cannot be a part of their own: read
@@ -1161,86 +1390,186 @@ class S3Writer:
         self._pending.insert(0, data)
         self._pending_len += len(data)
 
-    async def _ensure_upload(self) -> None:
+    async def _load_tail(self) -> None:
+        """The tail of an earlier session (under 5 MiB) goes ahead of the new bytes."""
+        base = self._base
+        assert base is not None
+        self._tail_unread = False
+        data = await self._driver._get_state_tail(self._key, base)
+        self._pending.insert(0, data)
+        self._pending_len += len(data)
+
+    async def _ensure_upload(self) -> str:
         if self._upload_id is not None:
-            return
-        self._upload_id = await self._driver._create_upload(self._key)
+            return self._upload_id
+        upload_id = self._upload_id = await self._driver._create_upload(self._key)
+        self._own_upload = True
         base = self._base
         if self._copy_base and base is not None:
-            parts = await self._driver._copy_ranges_as_parts(self._key, self._upload_id, self._key, base.size, base.etag, 1)
-            self._parts.extend(parts)
+            self._copy_base = False
+            parts = await self._driver._copy_ranges_as_parts(self._key, upload_id, self._key, base.size, base.etag, 1)
+            self._parts.update(parts)
             self._next_part = len(parts) + 1
+        return upload_id
 
-    async def _send_part(self, number: int, body: bytes) -> None:
-        assert self._upload_id is not None
-        etag = await self._driver._upload_part(self._key, self._upload_id, number, body)
-        self._parts.append((number, etag))
+    async def _send(self, body: Body) -> None:
+        """Upload ``body`` as the next part, at most ``uploadconcurrency``
+        parts in flight (waiting for the oldest is the backpressure)."""
+        upload_id = await self._ensure_upload()
+        number = self._next_part
+        if number >= LAST_PART:
+            raise DriverError(NAME, f"writing {self._path}: more than {LAST_PART - 1} parts: raise storage.s3.chunksize")
+        self._next_part += 1
+        while len(self._inflight) >= self._driver.config.uploadconcurrency:
+            await self._inflight.pop(0)
+        self._inflight.append(ensureDeferred(self._send_part(upload_id, number, body)))
+
+    async def _send_part(self, upload_id: str, number: int, body: Body) -> None:
+        self._parts[number] = await self._driver._upload_part(self._key, upload_id, number, body)
 
     async def _wait_inflight(self) -> None:
-        if self._inflight is not None:
-            inflight, self._inflight = self._inflight, None
-            await inflight
+        inflight, self._inflight = self._inflight, []
+        error: BaseException | None = None
+        for d in inflight:
+            try:
+                await d
+            except BaseException as e:  # wait for every part, report the first failure
+                error = error or e
+        if error is not None:
+            raise error
 
-    async def _finish(self) -> None:
-        """Make the object at the key everything written so far."""
+    async def _close_session(self) -> None:
+        """Make everything written so far durable in the bucket without
+        completing: a plain object while it is small, else the append state."""
         await self._wait_inflight()
         if not self._dirty:
             return
-        if self._small_base:
-            await self._load_small_base()
-        body = b"".join(self._pending)
-        self._pending, self._pending_len = [], 0
-        if self._upload_id is None and not self._copy_base:
-            await self._driver._put(self._key, body)
+        if self._upload_id is None and not self._copy_base and self._pending_len < MIN_PART:
+            await self._driver._put(self._key, self._take())
+            return
+        if self._pending_len >= MIN_PART:
+            await self._send(self._take())  # a part of its own; the tail stays empty
         else:
-            await self._ensure_upload()
-            assert self._upload_id is not None
-            if body or not self._parts:
-                await self._send_part(self._next_part, body)
-                self._next_part += 1
-            await self._driver._complete(self._key, self._upload_id, self._parts)
-        # The next session of this writer object would start from here.
-        self._base = _Head(self.size, time.time(), "")
-        self._small_base = False
-        self._copy_base = False  # the writer is finished: the wrapper allows no further use
-        self._upload_id = None
-        self._parts = []
-        self._next_part = 1
-        self._dirty = False
+            await self._ensure_upload()  # copies a >= 5 MiB base once
+        await self._wait_inflight()
+        tail = self._take()
+        assert self._upload_id is not None
+        await self._driver._put_state(self._key, self._upload_id, self._next_part - 1, self.size, tail)
+
+    async def _commit_session(self) -> None:
+        """CompleteMultipartUpload: the object at the key becomes every byte."""
+        await self._wait_inflight()
+        if self._upload_id is None and not self._copy_base:
+            if self._dirty:
+                await self._driver._put(self._key, self._take())
+            return
+        if self._copy_base and not self._dirty:
+            return  # a complete object, nothing new
+        upload_id = await self._ensure_upload()
+        base = self._base
+        final = 0
+        if self._pending_len:
+            final = self._pending_len
+            await self._send_part(upload_id, LAST_PART, self._take())
+        elif self._tail_unread and base is not None:
+            self._tail_unread = False
+            final = base.stored
+            await self._driver._copy_part(self._key, upload_id, LAST_PART, self._key, 0, base.stored - 1, base.etag)
+        await self._driver._complete_append(self._path, self._key, upload_id, self._next_part - 1, self.size - final, final)
 
     def close(self) -> "Deferred[None]":
-        """Make the bytes so far the object (readable, appendable by anyone)."""
-        return ensureDeferred(self._close())
+        """Make the bytes so far durable (stat-able, appendable by anyone)."""
+        return ensureDeferred(self._end(self._close_session))
 
-    async def _close(self) -> None:
+    def commit(self) -> "Deferred[None]":
+        """Complete the object: readable at its path as every byte written."""
+        return ensureDeferred(self._end(self._commit_session))
+
+    async def _end(self, finish: Callable[[], Awaitable[None]]) -> None:
+        if self._done:
+            return
+        self._done = True
         try:
-            await self._finish()
+            await finish()
         except BaseException:
             await self._abandon()
             raise
-
-    def commit(self) -> "Deferred[None]":
-        """Same as ``close``: a completed S3 object is durable."""
-        return self.close()
 
     def cancel(self) -> "Deferred[None]":
         """Abort the upload and delete the object."""
         return ensureDeferred(self._cancel())
 
     async def _cancel(self) -> None:
+        self._done = True
+        self._own_upload = True  # the earlier sessions' upload goes too
         await self._abandon()
         await self._driver._delete_key(self._key)
 
     async def _abandon(self) -> None:
-        if self._inflight is not None:
-            await _quietly(self._wait_inflight())
-        self._pending = []
-        if self._upload_id is not None:
+        await _quietly(self._wait_inflight())
+        self._pending, self._pending_len = [], 0
+        # An upload an earlier session's state refers to stays: the state
+        # (the last close) is still good.
+        if self._upload_id is not None and self._own_upload:
             upload_id, self._upload_id = self._upload_id, None
             await _quietly(self._driver._abort(self._key, upload_id))
 
 
+def _check_parts(path: str, listed: dict[int, tuple[str, int]], count: int, size: int) -> None:
+    """The parts 1..count the append state records must all be there and hold ``size`` bytes."""
+    missing = [n for n in range(1, count + 1) if n not in listed]
+    if missing:
+        raise DriverError(NAME, f"{path}: part {missing[0]} of its multipart upload is gone (aborted by a lifecycle rule?)")
+    found = sum(listed[n][1] for n in range(1, count + 1))
+    if found != size:
+        raise DriverError(NAME, f"{path}: its multipart upload holds {found} bytes in parts 1-{count}, its state says {size}")
+
+
 # --- helpers ------------------------------------------------------------------------------
+
+
+@implementer(IBodyProducer)
+class _PiecesProducer:
+    """A request body from a list of pieces, each handed to the transport
+    when its buffer has drained (a streaming producer): the transport then
+    sends straight from the piece (no join of a whole part into a copy, as
+    treq's bytes body or a write of the joined part would cost), and no
+    64 KiB pacing by a cooperator caps the speed."""
+
+    def __init__(self, pieces: builtins.list[bytes], length: int) -> None:
+        self._pieces = deque(pieces)
+        self.length = length
+        self._consumer: Any = None
+        self._paused = False
+        self._done: Deferred[None] | None = None
+
+    def startProducing(self, consumer: Any) -> "Deferred[None]":
+        self._consumer = consumer
+        done: Deferred[None] = Deferred()
+        self._done = done
+        self._produce()
+        return done
+
+    def _produce(self) -> None:
+        while self._pieces and not self._paused:
+            self._consumer.write(self._pieces.popleft())  # may pause us
+        if not self._pieces and self._done is not None:
+            done, self._done = self._done, None
+            done.callback(None)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._done is not None:
+            self._produce()
+
+    def stopProducing(self) -> None:
+        # The request was cancelled: its Deferred must not fire any more.
+        self._paused = True
+        self._pieces.clear()
+        self._done = None
 
 
 class _HeaderSigner:
@@ -1263,6 +1592,28 @@ def _resolve_credentials() -> Any:
     import botocore.session
 
     return botocore.session.get_session().get_credentials()
+
+
+def _parse_head(headers: Headers) -> _Head:
+    length = int(headers.getRawHeaders("content-length", ["0"])[0])
+    etag = headers.getRawHeaders("etag", [""])[0]
+    mod_time = _http_time(headers.getRawHeaders("last-modified", [None])[0])
+    upload = headers.getRawHeaders(META_UPLOAD, [""])[0]
+    if upload:
+        try:
+            parts = int(headers.getRawHeaders(META_PARTS, ["0"])[0])
+            size = int(headers.getRawHeaders(META_SIZE, ["0"])[0])
+        except ValueError:
+            parts = size = -1
+        if parts < 1 or size < length:
+            raise DriverError(NAME, f"an object's append state is malformed ({META_PARTS}, {META_SIZE})")
+        return _Head(size, mod_time, etag, upload, parts, length)
+    return _Head(length, mod_time, etag, "", 0, length)
+
+
+def _is_state(response: IResponse) -> bool:
+    """Is this GET's object an append state (not the data itself)?"""
+    return bool(response.headers.getRawHeaders(META_UPLOAD, [""])[0])
 
 
 def _xml_escape(text: str) -> str:

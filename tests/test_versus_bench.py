@@ -98,6 +98,15 @@ def test_verdict_against_targets() -> None:
     for label, rate, p99 in (("ours", 300, 9), ("distribution", 100, 6), ("distribution", 100, 6), ("ours", 300, 9)):
         slow_tail.add(label, rate, p99_ms=p99, errors=0)
     assert slow_tail.summary()["target_met"] is False  # faster, but p99 worse
+    theirs_failing = versus.Figure("blob_head_32", "blob HEAD", True, "req/s")
+    for label, errors in (("ours", 0), ("distribution", 3), ("distribution", 0), ("ours", 0)):
+        theirs_failing.add(label, 300 if label == "ours" else 100, p99_ms=5, errors=errors)
+    summary = theirs_failing.summary()
+    assert summary["distribution_errors"] == 3 and summary["target_met"] is True
+    ours_failing = versus.Figure("blob_head_32", "blob HEAD", True, "req/s")
+    for label, errors in (("ours", 1), ("distribution", 0), ("distribution", 0), ("ours", 0)):
+        ours_failing.add(label, 300 if label == "ours" else 100, p99_ms=5, errors=errors)
+    assert ours_failing.summary()["target_met"] is False  # one error of ours: not met, however fast
     push = versus.Figure("docker_push", "docker push", False, "s")
     for label, seconds in (("ours", 11.0), ("distribution", 10.0), ("distribution", 10.0), ("ours", 11.0)):
         push.add(label, seconds)

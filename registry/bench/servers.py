@@ -84,9 +84,11 @@ def _config(workdir: Path, port: int) -> Path:
     return config
 
 
-def our_argv(workdir: Path, port: int) -> list[str]:
+def our_argv(workdir: Path, port: int, workers: int | None = None) -> list[str]:
+    """``workers``: ``--workers N`` (None: http.workers' default, one per core)."""
     twistd = Path(sys.executable).with_name("twistd")
-    return [str(twistd) if twistd.exists() else "twistd", "-n", "--pidfile=", "registry", "--config", str(_config(workdir, port))]
+    argv = [str(twistd) if twistd.exists() else "twistd", "-n", "--pidfile=", "registry", "--config", str(_config(workdir, port))]
+    return argv if workers is None else [*argv, "--workers", str(workers)]
 
 
 def distribution_argv(workdir: Path, port: int) -> list[str]:

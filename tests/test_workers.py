@@ -236,10 +236,15 @@ def test_metrics_of_the_workers_are_summed() -> None:
         "process_open_fds 10.0\n"
     )
     b = a.replace("} 3.0", "} 4.0").replace("100.0", "90.0").replace("process_open_fds 10.0", "process_open_fds 12.0")
-    b += 'registry_http_requests_total{route="manifest",method="PUT",status="201"} 1.0\n'.join(["", ""])
+    b = b.replace(
+        "# HELP registry_uploads_in_progress",
+        'registry_http_requests_total{route="manifest",method="PUT",status="201"} 1.0\n'
+        "# HELP registry_uploads_in_progress",
+    )
     text = aggregate_expositions([(0, a), (1, b)]).decode()
     assert 'registry_http_requests_total{method="GET",route="base",status="200"} 7.0' in text
     assert 'registry_http_requests_created{method="GET",route="base",status="200"} 90.0' in text
+    assert 'registry_http_requests_total{method="PUT",route="manifest",status="201"} 1.0' in text  # one worker's only
     assert "registry_uploads_in_progress 2.0" in text
     assert 'process_open_fds{worker="0"} 10.0' in text and 'process_open_fds{worker="1"} 12.0' in text
     assert "registry_workers 2.0" in text

@@ -84,11 +84,9 @@ def _config(workdir: Path, port: int) -> Path:
     return config
 
 
-def our_argv(workdir: Path, port: int, workers: int | None = None) -> list[str]:
-    """``workers``: ``--workers N`` (None: http.workers' default, one per core)."""
+def our_argv(workdir: Path, port: int) -> list[str]:
     twistd = Path(sys.executable).with_name("twistd")
-    argv = [str(twistd) if twistd.exists() else "twistd", "-n", "--pidfile=", "registry", "--config", str(_config(workdir, port))]
-    return argv if workers is None else [*argv, "--workers", str(workers)]
+    return [str(twistd) if twistd.exists() else "twistd", "-n", "--pidfile=", "registry", "--config", str(_config(workdir, port))]
 
 
 def distribution_argv(workdir: Path, port: int) -> list[str]:

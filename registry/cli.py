@@ -1,6 +1,6 @@
 """The ``registry`` command (Distribution's command names)::
 
-    registry serve CONFIG
+    registry serve [--workers N] CONFIG
     registry garbage-collect [--dry-run] [--delete-untagged] [--grace DURATION] [--json] CONFIG
     registry check [--repair] [--upload-age DURATION] [--json] CONFIG
     registry purge-uploads [--older-than DURATION] [--dry-run] CONFIG
@@ -78,6 +78,16 @@ def _duration(option: str) -> Callable[[str], float]:
     return parse
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--workers: must be a whole number, 0 or more, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="registry",
@@ -88,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the registry (the same as `twistd -n registry --config CONFIG`)",
                            description="Serve the registry in the foreground: runs `twistd -n registry --config CONFIG`.")
     serve.add_argument("config", metavar="CONFIG", help="the configuration file (YAML, Distribution's format)")
+    serve.add_argument("-w", "--workers", type=_workers, default=None, metavar="N",
+                       help="worker processes sharing the listening socket (0: one per CPU core, 1: a single "
+                            "process; default: http.workers, else one per core)")
 
     gc = sub.add_parser(
         "garbage-collect",
@@ -165,8 +178,16 @@ def _twistd() -> list[str]:
 
 
 def serve(args: argparse.Namespace) -> int:
-    _load(args.config)  # fail here, with the key named, rather than in twistd
+    config = _load(args.config)  # fail here, with the key named, rather than in twistd
+    from registry.workers import WorkersError, resolve_workers
+
+    try:
+        resolve_workers(config, args.workers, None)
+    except WorkersError as e:
+        raise UsageError(f"{args.config}: {e}") from None
     argv = [*_twistd(), "-n", "registry", "--config", args.config]
+    if args.workers is not None:
+        argv += ["--workers", str(args.workers)]
     os.execv(argv[0], argv)
     return EXIT_FAILED  # not reached
 

@@ -575,6 +575,10 @@ class HTTPConfig:
     #: Path prefix before ``v2/``; always begins and ends with ``/``.
     prefix: str = string("/", check=_check_prefix)
     relativeurls: bool = boolean(False)
+    #: ``http.workers``: processes serving the one listening socket (this
+    #: registry's key); 0 (the default) means one per CPU core, 1 a single
+    #: process as before (registry.workers).
+    workers: int = integer(0)
     tls_certificate: str | None = string(None, key="tls.certificate")
     tls_key: str | None = string(None, key="tls.key")
     #: CA certificate files whose client certificates are accepted (mutual TLS).

@@ -44,6 +44,7 @@ from registry.auth.factory import access_controller_from_config
 from registry.config import CONFIGURATION_PATH_ENV, Config, ConfigError, load_config, load_config_file
 from registry.logs import make_observer
 from registry.tls import TLSConfigError, server_options
+from registry.workers import WorkersError, resolve_workers
 
 __all__ = ["AppFactory", "Options", "RegistryService", "endpoint_description", "makeService"]
 
@@ -71,7 +72,7 @@ class Options(usage.Options):
     """Options of ``twistd registry``; after parsing, ``self["registry_config"]``
     holds the validated :class:`~registry.config.Config`."""
 
-    synopsis = "[--config FILE] [--listen ENDPOINT]"
+    synopsis = "[--config FILE] [--listen ENDPOINT] [--workers N]"
     longdesc = (
         "Run the container image registry.  The configuration is CNCF Distribution's "
         "YAML (version 0.1) with REGISTRY_<SECTION>_<KEY> environment overrides.  "
@@ -86,6 +87,10 @@ class Options(usage.Options):
         self["listen"] = None
         self["registry_config"] = None
         self["access_controller"] = None
+        self["workers"] = None
+        #: The processes to run (``--workers``/``http.workers`` resolved).
+        self["worker_count"] = 1
+        self["worker_note"] = None
 
     def opt_config(self, path: str) -> None:
         """YAML config file (Distribution's keys) [default: $REGISTRY_CONFIGURATION_PATH, else built-in]"""
@@ -106,6 +111,18 @@ class Options(usage.Options):
         self["listen"] = description
 
     opt_l = opt_listen
+
+    def opt_workers(self, value: str) -> None:
+        """Worker processes sharing the listening socket (0: one per CPU core, 1: a single process) [default: http.workers]"""
+        try:
+            count = int(value)
+            if count < 0:
+                raise ValueError(value)
+        except ValueError:
+            raise usage.UsageError(f"--workers {value!r}: must be a whole number, 0 or more") from None
+        self["workers"] = count
+
+    opt_w = opt_workers
 
     def postOptions(self) -> None:
         path = self["config"]
@@ -136,6 +153,10 @@ class Options(usage.Options):
             self["access_controller"] = access_controller_from_config(config.auth.controller_params())
         except ValueError as e:
             raise usage.UsageError(f"invalid configuration: {e}") from None
+        try:
+            self["worker_count"], self["worker_note"] = resolve_workers(config, self["workers"], self["listen"])
+        except WorkersError as e:
+            raise usage.UsageError(f"invalid configuration: {e}") from None
         self["registry_config"] = config
 
 
@@ -165,7 +186,8 @@ class _AnnouncedEndpoint:
         if isinstance(host, (IPv4Address, IPv6Address)):
             address = f"[{host.host}]:{host.port}" if ":" in host.host else f"{host.host}:{host.port}"
         else:
-            address = str(getattr(host, "name", host))
+            name = getattr(host, "name", host)
+            address = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
         _log.info(
             "registry {which}listening on {address}",
             which="" if self.name == "main" else f"{self.name} ",
@@ -245,6 +267,8 @@ class RegistryService(MultiService):
         super().setServiceParent(parent)
 
     _announced = False
+    #: Log the warnings and the start-up summary (a worker leaves it to its parent).
+    announce = True
 
     def privilegedStartService(self) -> None:
         self._announce()
@@ -256,7 +280,7 @@ class RegistryService(MultiService):
 
     def _announce(self) -> None:
         """Log the configuration warnings and a summary, once, before listening."""
-        if self._announced:
+        if self._announced or not self.announce:
             return
         self._announced = True
         for warning in self.config.warnings:
@@ -336,7 +360,15 @@ def makeService(
         from registry.app import make_application
 
         app_factory = make_application
-    application = app_factory(config, reactor, listen=options["listen"], access=options.get("access_controller"))
     out = _log_output(options)
     observer = make_observer(config.log, out) if out is not None else None
+    if options.get("worker_note"):
+        _log.info("{note}", note=options["worker_note"])
+    if options.get("worker_count", 1) > 1:
+        # The parent of http.workers processes (registry.workers): it binds
+        # the socket, serves the debug listener and supervises the workers.
+        from registry.workers import supervisor_application
+
+        return RegistryService(config, supervisor_application(config, options, reactor, out), observer, reactor)
+    application = app_factory(config, reactor, listen=options["listen"], access=options.get("access_controller"))
     return RegistryService(config, application, observer, reactor)

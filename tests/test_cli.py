@@ -170,6 +170,17 @@ def test_serve_runs_the_registry(tmp_path: Path) -> None:
         proc.wait(timeout=15)
 
 
+def test_serve_checks_the_workers_before_starting(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage: inmemory\nhttp:\n  addr: 127.0.0.1:{free_port()}\n")
+    done = registry("serve", "--workers", "2", str(config))
+    assert done.returncode == 2
+    assert "--workers = 2: storage inmemory" in done.stderr and "workers: 1" in done.stderr
+    done = registry("serve", "--workers", "two", str(config))
+    assert done.returncode == 2 and "--workers: must be a whole number" in done.stderr
+    assert "--workers N" in registry("serve", "--help").stdout
+
+
 @pytest_twisted.ensureDeferred
 async def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     import pty

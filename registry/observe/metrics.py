@@ -20,13 +20,17 @@ What is measured:
   deliveries, events dropped when a queue is full
 * the usual ``process_*``, ``python_gc_*`` and ``python_info``.
 
-One process, one set of numbers: several worker processes behind one
-port would each export their own (multi-process aggregation is not done yet).
+One process, one set of numbers; with several worker processes
+(``http.workers``) each worker exports its own on a private socket and the
+parent's debug listener serves :func:`aggregate_expositions` of them:
+samples of equal name and labels summed (so counters, histograms and the
+gauges above are registry-wide), per-process facts (``process_*``,
+``python_*``) kept apart under a ``worker`` label.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -43,7 +47,7 @@ from prometheus_client import (
 if TYPE_CHECKING:
     from registry.http import RegistryRequest
 
-__all__ = ["CONTENT_TYPE_LATEST", "RegistryMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "RegistryMetrics", "aggregate_expositions"]
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -144,3 +148,55 @@ class RegistryMetrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+#: Metric families that describe one process, not the registry: never summed.
+_PER_PROCESS = ("process_", "python_")
+
+
+class _Families:
+    """A collector that yields fixed metric families (for ``generate_latest``)."""
+
+    def __init__(self, families: Iterable[Any]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterable[Any]:
+        return self.families
+
+
+def aggregate_expositions(expositions: Sequence[tuple[int, str]]) -> bytes:
+    """One text exposition from several workers' ``(index, text)``: samples
+    with equal name and labels are added (``*_created`` timestamps: the
+    earliest); ``process_*``/``python_*`` samples get a ``worker="<index>"``
+    label instead; ``registry_workers`` counts the expositions."""
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, Any] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for index, text in expositions:
+        for family in text_string_to_metric_families(text):
+            per_process = family.name.startswith(_PER_PROCESS)
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                values[family.name] = {}
+            samples = values[family.name]
+            for sample in family.samples:
+                labels = dict(sample.labels)
+                if per_process:
+                    labels["worker"] = str(index)
+                key = (sample.name, tuple(labels.items()))
+                if key not in samples:
+                    samples[key] = sample.value
+                elif sample.name.endswith("_created"):
+                    samples[key] = min(samples[key], sample.value)
+                else:
+                    samples[key] += sample.value
+    workers = Metric("registry_workers", "Worker processes whose metrics are included", "gauge")
+    workers.add_sample("registry_workers", {}, float(len(expositions)))
+    out = [workers]
+    for name, family in families.items():
+        for (sample_name, label_items), value in values[name].items():
+            family.add_sample(sample_name, dict(label_items), value)
+        out.append(family)
+    return generate_latest(_Families(out))

@@ -69,7 +69,10 @@ The generation is host-wide only. With ``redis`` configured, instances on
 several hosts may share the storage, and a deletion on another host would
 not reach this process: the content cache is then off (``DataModel.over``
 is given ``content_cache=None`` by the application; the Redis descriptor
-cache and its tombstones cover what is shared).
+cache and its tombstones cover what is shared). Several hosts on one
+storage *without* Redis are not supported; there an entry is still trusted
+at most ``CONTENT_MAX_AGE_S`` (60 s), the bound on what another host's
+deletion can leave behind.
 """
 
 from __future__ import annotations
@@ -104,6 +107,11 @@ CONTENT_MAX_BYTES = 64 * 1024 * 1024
 CONTENT_MAX_ENTRIES = 200_000
 #: What one size or membership entry counts against ``CONTENT_MAX_BYTES``.
 ENTRY_COST = 200
+#: Seconds a content-cache entry is trusted at most. Deletions on this host
+#: reach the cache at once through the generation; this bounds what a
+#: deletion by another *host* can leave (several hosts on one storage
+#: without Redis, which is not a supported way to share a storage).
+CONTENT_MAX_AGE_S = 60.0
 #: Manifests larger than this are not kept (an index of thousands of
 #: platforms should not push out hundreds of ordinary manifests).
 CONTENT_MAX_MANIFEST = 1024 * 1024
@@ -130,12 +138,17 @@ class ContentCache:
         max_bytes: int = CONTENT_MAX_BYTES,
         max_entries: int = CONTENT_MAX_ENTRIES,
         max_manifest: int = CONTENT_MAX_MANIFEST,
+        max_age_s: float = CONTENT_MAX_AGE_S,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.generation = generation
+        self.max_age_s = max_age_s
+        self.now = now
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.max_manifest = max_manifest
-        self._entries: OrderedDict[tuple[Any, ...], tuple[Any, int]] = OrderedDict()
+        # key -> (value, cost, expires)
+        self._entries: OrderedDict[tuple[Any, ...], tuple[Any, int, float]] = OrderedDict()
         self._bytes = 0
         self._seen = generation.current()
         #: Lookups answered, missed, and times everything was dropped.
@@ -159,7 +172,10 @@ class ContentCache:
         if self.generation.current() != self._seen:
             self.token()
         entry = self._entries.get(key)
-        if entry is None:
+        if entry is None or entry[2] <= self.now():
+            if entry is not None:
+                del self._entries[key]
+                self._bytes -= entry[1]
             self.misses += 1
             return None
         self._entries.move_to_end(key)
@@ -177,10 +193,10 @@ class ContentCache:
         old = self._entries.pop(key, None)
         if old is not None:
             self._bytes -= old[1]
-        self._entries[key] = (value, cost)
+        self._entries[key] = (value, cost, self.now() + self.max_age_s)
         self._bytes += cost
         while self._bytes > self.max_bytes or len(self._entries) > self.max_entries:
-            _, (_, dropped) = self._entries.popitem(last=False)
+            _, (_, dropped, _) = self._entries.popitem(last=False)
             self._bytes -= dropped
 
     def status(self) -> dict[str, Any]:

@@ -303,7 +303,7 @@ class StorageDriverWrapper:
         files bumps ``generation`` once the driver is done (succeeded or
         not: a failed delete may have removed part), before the caller hears."""
         d = self._run("delete", [(path, True)], path)
-        if d.called and not isinstance(path, str) or "/_uploads/" in path or path.endswith("/_uploads"):
+        if not isinstance(path, str) or "/_uploads/" in path or path.endswith("/_uploads"):
             return d  # refused before the driver saw it, or an upload's files
         return d.addBoth(self._bump)
 

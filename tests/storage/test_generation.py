@@ -145,3 +145,14 @@ def test_generation_files_are_private(tmp_path: Path) -> None:
     assert g.path is not None
     assert os.stat(g.path).st_mode & 0o077 == 0
     g.close()
+
+
+def test_entries_are_trusted_for_a_bounded_time() -> None:
+    clock = [100.0]
+    cache = ContentCache(Generation.local(), max_age_s=60, now=lambda: clock[0])
+    cache.put(("size", "d"), 3, cache.token())
+    clock[0] += 59
+    assert cache.get(("size", "d")) == 3
+    clock[0] += 2
+    assert cache.get(("size", "d")) is None
+    assert cache.status()["entries"] == 0 and cache.status()["bytes"] == 0

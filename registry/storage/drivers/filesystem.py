@@ -36,9 +36,13 @@ Small reads on the reactor thread
   ``preadv(..., RWF_NOWAIT)``, which fails with EAGAIN instead of waiting
   for a disk: only data already in the page cache is read inline, anything
   else (and any symlink on the path, see ``_read_inline``) goes to the
-  pool. Measured on manifest GET by tag (one tag-link read per request):
-  the inline read is ~5 syscalls and no handoff, against ~25 syscalls plus
-  two thread switches. ``stat`` stays in the pool: what the read path
+  pool. For a tag link (the one storage read of a manifest GET by tag
+  once the content cache is warm) the inline read is 5 system calls (open,
+  readlink, fstat, preadv, close) and no thread handoff, against ~27 calls
+  (a descriptor per directory of the path) plus two thread switches; on
+  this project's bench it took manifest GET by tag at 32 connections from
+  ~450 to ~650-750 req/s together with the content cache. ``stat`` stays
+  in the pool: what the read path
   stats (blob sizes, links) is immutable and kept by the content cache
   (``registry.storage.cache.ContentCache``), so a stat on the hot path is
   a cache miss, rare after warm-up.

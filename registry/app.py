@@ -95,6 +95,7 @@ def make_root(
     pull_through: bool = False,
     cache: Any = None,
     lock: Any = None,
+    content_cache: Any = "auto",
 ) -> RegistryRoot:
     """The root resource over ``driver`` (tests use this with any driver);
     ``events``: an ``IEventSink`` told of pushes, pulls and deletes;
@@ -104,13 +105,16 @@ def make_root(
     ``model`` replaces ``DataModel.over(driver)`` (a pull-through cache's,
     with ``pull_through``: pushes and deletes refused); otherwise ``cache``
     (an ``IDescriptorCache``) is put in front of the blob descriptors and
-    ``lock`` (an ``IUploadLock``) replaces the process-local upload lock."""
+    ``lock`` (an ``IUploadLock``) replaces the process-local upload lock;
+    ``content_cache`` is ``DataModel.over``'s (None: off)."""
     if model is None:
         from registry.storage.blobs import BlobDescriptors
         from registry.storage.cache import CachedBlobDescriptors
 
         descriptors = CachedBlobDescriptors(BlobDescriptors(driver), cache) if cache is not None else None
-        model = DataModel.over(driver, verifier=layer_verifier, descriptors=descriptors, lock=lock)
+        model = DataModel.over(
+            driver, verifier=layer_verifier, descriptors=descriptors, lock=lock, content_cache=content_cache
+        )
     ctx = Context(
         model,
         delete_enabled=delete_enabled,
@@ -194,10 +198,15 @@ def make_application(
         pull_through=model is not None,
         cache=cache,
         lock=lock,
+        # Several hosts may share the storage when Redis is configured: the
+        # in-process content cache only hears of this host's deletions.
+        content_cache=None if config.redis is not None else "auto",
     )
     if observe.health is not None and observe.health.checks:
         root.health = observe.health
-    listeners = [main_listener(config.http, RegistrySite(root, observer=observe.metrics), reactor, listen)]
+    site = RegistrySite(root, observer=observe.metrics)
+    site.access_log = not config.log.accesslog_disabled
+    listeners = [main_listener(config.http, site, reactor, listen)]
     debug = observe.debug_listener(config.http)
     if debug is not None:
         listeners.append(debug)

@@ -23,6 +23,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
+from registry.observe.requestid import REQUEST_ID_HEADER, choose_request_id
+
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
@@ -266,8 +268,6 @@ class RegistryRequest(server.Request):
     def assign_request_id(self) -> None:
         """Keep the client's well-formed ``X-Request-Id`` or make one; echo
         it in the response and the access log."""
-        from registry.observe.requestid import REQUEST_ID_HEADER, choose_request_id
-
         self.request_id = choose_request_id(self.getHeader(REQUEST_ID_HEADER))
         self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
         self.log_fields["request_id"] = self.request_id
@@ -319,6 +319,20 @@ class RegistryChannel(http.HTTPChannel):
     # a request line).
     _head_lines = 0
     _head_bytes = 0
+    # The connection's addresses, asked of the transport once (Twisted asks
+    # for both per request; ``getHost`` is a getsockname system call).
+    _host: Any = None
+    _peer: Any = None
+
+    def getHost(self) -> Any:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
     def _refuse_head(self, response: bytes) -> None:
         assert self.transport is not None
@@ -417,11 +431,15 @@ class RegistrySite(server.Site):
         self.root = root
         #: Told of uploads and finished requests (metrics); None: nobody.
         self.observer = observer
+        #: False (``log.accesslog.disabled``): no access-log event is made
+        #: at all (the observers would drop it anyway).
+        self.access_log = True
 
     def log(self, request: http.Request) -> None:
-        from registry import logs
-
         duration = time.monotonic() - getattr(request, "started", time.monotonic())
-        logs.log_request(request, duration, getattr(request, "log_fields", {}))
+        if self.access_log:
+            from registry import logs
+
+            logs.log_request(request, duration, getattr(request, "log_fields", {}))
         if self.observer is not None and isinstance(request, RegistryRequest):
             self.observer.request_finished(request, duration)

@@ -46,9 +46,23 @@ def lookup_reference(name: str, reference: str) -> tuple[str | None, Digest | No
         ) from None
 
 
+#: Media types remembered by manifest digest (a digest's bytes never change).
+MEDIA_TYPES_KEPT = 10_000
+
+
 class ManifestResource:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._media_types: dict[Digest, str] = {}
+
+    def _media_type(self, d: Digest, body: bytes) -> str:
+        media_type = self._media_types.get(d)
+        if media_type is None:
+            media_type = media_type_of(body)
+            if len(self._media_types) >= MEDIA_TYPES_KEPT:
+                self._media_types.clear()
+            self._media_types[d] = media_type
+        return media_type
 
     def body_handling(
         self, request: RegistryRequest, method: bytes, params: dict[str, str], query: dict[str, list[str]], length: int | None
@@ -79,7 +93,7 @@ class ManifestResource:
         model = self.ctx.model
         d = digest if digest is not None else await model.tags.resolve(name, reference)
         body = await model.manifests.get(name, d)
-        media_type = media_type_of(body)
+        media_type = self._media_type(d, body)
         accept = request.all_header_values(b"accept")
         if not is_acceptable(media_type, accept):
             raise RegistryError(
@@ -88,12 +102,14 @@ class ManifestResource:
                 f"does not allow ({', '.join(accept)[:300]}); add {media_type} to Accept to fetch it",
                 {"name": name, "reference": reference, "mediaType": media_type},
             )
+        digest_text = str(d)
         request.setHeader(b"Content-Type", media_type.encode())
         request.setHeader(b"Content-Length", str(len(body)).encode())
-        request.setHeader(b"Docker-Content-Digest", str(d).encode())
-        request.setHeader(b"ETag", f'"{d}"'.encode())
+        request.setHeader(b"Docker-Content-Digest", digest_text.encode())
+        request.setHeader(b"ETag", f'"{digest_text}"'.encode())
         if request.method != b"HEAD":
-            self.ctx.notify(request, "pull", self._target(name, d, body, media_type, tag))
+            if self.ctx.events is not None:
+                self.ctx.notify(request, "pull", self._target(name, d, body, media_type, tag))
             request.write(body)
 
     HEAD = GET

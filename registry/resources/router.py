@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast, runtime_checkable
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet.defer import Deferred
@@ -82,6 +82,12 @@ class Route:
         self.name = name
         self.regex = re.compile(pattern)
         self.handler = handler
+        #: The handler's ``body_handling`` (a ``BodyHook``), looked up once
+        #: (a runtime Protocol check per request costs more than routing).
+        self.body_hook: Callable[..., BodyHandling] | None = getattr(handler, "body_handling", None)
+        #: Which path parameters need checking (known when the route is made).
+        self.has_name = "(?P<name>" in pattern
+        self.has_digest = "(?P<digest>" in pattern
 
 
 @dataclass(frozen=True)
@@ -144,10 +150,10 @@ class RegistryRoot(Resource):
                 continue
             # Route on the raw path (an encoded '/' must not split a name),
             # then decode each parameter: clients may send sha256%3A<hex>.
-            params = {k: unquote(v) for k, v in m.groupdict().items()}
-            if "name" in params:
+            params = {k: unquote(v) if "%" in v else v for k, v in m.groupdict().items()}
+            if route.has_name:
                 check_name(params["name"])
-            if "digest" in params:
+            if route.has_digest:
                 Digest.parse(params["digest"])
             return route, params
         raise RegistryError(
@@ -164,7 +170,7 @@ class RegistryRoot(Resource):
             route=route,
             method=method.upper(),
             params=params,
-            query=parse_qs(query.decode("latin-1"), keep_blank_values=True),
+            query=parse_qs(query.decode("latin-1"), keep_blank_values=True) if query else {},
         )
 
     def headers_received(
@@ -247,10 +253,10 @@ class RegistryRoot(Resource):
         return self._body_for(request, match, length)
 
     def _body_for(self, request: RegistryRequest, match: RouteMatch, length: int | None) -> BodyHandling:
-        handler = match.handler
-        if not isinstance(handler, BodyHook):
+        hook = match.route.body_hook
+        if hook is None:
             return LimitedBody(SMALL_BODY)
-        return handler.body_handling(request, match.method, match.params, match.query, length)
+        return hook(request, match.method, match.params, match.query, length)
 
     def render(self, request: RegistryRequest) -> object:
         request.setHeader(*API_VERSION_HEADER)

@@ -8,6 +8,8 @@ lookup and every link change."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import implementer
 
 from registry.digest import Digest
@@ -16,6 +18,9 @@ from registry.storage.driver import IFileReader, IStorageDriver, PathNotFoundErr
 from registry.storage.errors import BlobUnknown
 from registry.storage.fence import wait_clear
 from registry.storage.interfaces import IBlobDescriptors, IBlobStore
+
+if TYPE_CHECKING:
+    from registry.storage.cache import ContentCache
 
 
 def link_content(d: Digest) -> bytes:
@@ -34,23 +39,41 @@ LINK_ATTEMPTS = 5
 @implementer(IBlobDescriptors)
 class BlobDescriptors:
     """Blob sizes and repository links, read and written through a driver
-    (one ``stat`` per lookup)."""
+    (one ``stat`` per lookup), positive answers kept in ``cache`` (a
+    ``registry.storage.cache.ContentCache``: sizes and links only change by
+    deletion, which the cache hears of through the storage's generation)."""
 
-    def __init__(self, driver: IStorageDriver) -> None:
+    def __init__(self, driver: IStorageDriver, cache: ContentCache | None = None) -> None:
         self.driver = driver
+        self.cache = cache
 
     async def size(self, d: Digest) -> int | None:
+        cache = self.cache
+        if cache is not None:
+            hit = cache.get(("size", d))
+            if hit is not None:
+                return int(hit)
+            token = cache.token()
         try:
             info = await self.driver.stat(paths.blob_data(d))
         except PathNotFoundError:
             return None
+        if cache is not None:
+            cache.put(("size", d), info.size, token)
         return info.size
 
     async def is_linked(self, name: str, d: Digest) -> bool:
+        cache = self.cache
+        if cache is not None:
+            if cache.get(("layer", name, d)) is not None:
+                return True
+            token = cache.token()
         try:
             await self.driver.stat(paths.layer_link(name, d))
         except PathNotFoundError:
             return False
+        if cache is not None:
+            cache.put(("layer", name, d), True, token)
         return True
 
     async def link(self, name: str, d: Digest) -> None:

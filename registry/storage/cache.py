@@ -45,6 +45,34 @@ digest.
 
 Redis down: every lookup is a miss (served from storage), fills and forgets
 are skipped; the client logs the outage once and ``status()`` reports it.
+
+The content cache (``ContentCache``): immutable content, this process
+-------------------------------------------------------------------------
+Under the descriptor caches, the driver-backed stores keep what can never
+change under its digest in this process: manifest bytes by digest, blob
+sizes by digest, and repository membership (a repository's link to a blob,
+its revision link to a manifest). Tags are mutable and never cached (a tag
+read is one small read of its current link). One LRU holds it all, bounded
+by bytes (manifest payloads count their length) and by entries.
+
+These facts only change by deletion, and every deletion bumps the storage's
+host-wide generation (``registry.storage.generation``): the wrapper bumps
+after each deletion of a content path, garbage collection (in this process
+or the ``registry garbage-collect`` CLI) before and after each batch. Every
+lookup compares the generation with the one the cache was filled under and
+drops everything on a change; a fill carries the generation read before its
+storage read and is refused if it moved meanwhile. So no process on the
+host serves a deleted manifest, blob size or link once the deletion
+answered, with no time bound to wait.
+
+The generation is host-wide only. With ``redis`` configured, instances on
+several hosts may share the storage, and a deletion on another host would
+not reach this process: the content cache is then off (``DataModel.over``
+is given ``content_cache=None`` by the application; the Redis descriptor
+cache and its tombstones cover what is shared). Several hosts on one
+storage *without* Redis are not supported; there an entry is still trusted
+at most ``CONTENT_MAX_AGE_S`` (60 s), the bound on what another host's
+deletion can leave behind.
 """
 
 from __future__ import annotations
@@ -59,6 +87,7 @@ from zope.interface import Interface, implementer
 from registry.digest import Digest
 from registry.redis import RedisClient, RedisError
 from registry.storage.errors import BlobUnknown
+from registry.storage.generation import Generation
 from registry.storage.interfaces import IBlobDescriptors
 
 log = Logger(namespace="registry.storage.cache")
@@ -71,6 +100,114 @@ INMEMORY_TTL_S = 30.0
 TOMBSTONE_S = 60
 #: Digests the in-memory cache holds (Distribution's ``blobdescriptorsize`` default).
 INMEMORY_SIZE = 10000
+#: Bytes the content cache holds (manifest payloads count their length,
+#: every other entry ``ENTRY_COST``).
+CONTENT_MAX_BYTES = 64 * 1024 * 1024
+#: Entries the content cache holds.
+CONTENT_MAX_ENTRIES = 200_000
+#: What one size or membership entry counts against ``CONTENT_MAX_BYTES``.
+ENTRY_COST = 200
+#: Seconds a content-cache entry is trusted at most. Deletions on this host
+#: reach the cache at once through the generation; this bounds what a
+#: deletion by another *host* can leave (several hosts on one storage
+#: without Redis, which is not a supported way to share a storage).
+CONTENT_MAX_AGE_S = 60.0
+#: Manifests larger than this are not kept (an index of thousands of
+#: platforms should not push out hundreds of ordinary manifests).
+CONTENT_MAX_MANIFEST = 1024 * 1024
+
+
+class ContentCache:
+    """Immutable content of one storage in this process, dropped as a whole
+    when the storage's ``generation`` moves (see the module docstring).
+
+    Keys are tuples: ``("manifest", digest)`` -> bytes, ``("size", digest)``
+    -> int, ``("layer"|"revision", name, digest)`` -> True. Readers::
+
+        hit = cache.get(key)
+        if hit is None:
+            token = cache.token()          # before the storage read
+            value = await read_storage()
+            cache.put(key, value, token)   # refused if a deletion came between
+    """
+
+    def __init__(
+        self,
+        generation: Generation,
+        *,
+        max_bytes: int = CONTENT_MAX_BYTES,
+        max_entries: int = CONTENT_MAX_ENTRIES,
+        max_manifest: int = CONTENT_MAX_MANIFEST,
+        max_age_s: float = CONTENT_MAX_AGE_S,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.generation = generation
+        self.max_age_s = max_age_s
+        self.now = now
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.max_manifest = max_manifest
+        # key -> (value, cost, expires)
+        self._entries: OrderedDict[tuple[Any, ...], tuple[Any, int, float]] = OrderedDict()
+        self._bytes = 0
+        self._seen = generation.current()
+        #: Lookups answered, missed, and times everything was dropped.
+        self.hits = 0
+        self.misses = 0
+        self.drops = 0
+
+    def token(self) -> int:
+        """The generation now; drops everything if it moved since last seen."""
+        g = self.generation.current()
+        if g != self._seen:
+            self._seen = g
+            if self._entries:
+                self._entries.clear()
+                self._bytes = 0
+                self.drops += 1
+        return g
+
+    def get(self, key: tuple[Any, ...]) -> Any:
+        """The cached value of ``key`` or None."""
+        if self.generation.current() != self._seen:
+            self.token()
+        entry = self._entries.get(key)
+        if entry is None or entry[2] <= self.now():
+            if entry is not None:
+                del self._entries[key]
+                self._bytes -= entry[1]
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry[0]
+
+    def put(self, key: tuple[Any, ...], value: Any, token: int) -> None:
+        """Keep ``value`` for ``key`` if the generation is still ``token``
+        (the one read before the storage read that produced ``value``)."""
+        if self.token() != token:
+            return
+        cost = len(value) if isinstance(value, bytes) else ENTRY_COST
+        if isinstance(value, bytes) and cost > self.max_manifest:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old[1]
+        self._entries[key] = (value, cost, self.now() + self.max_age_s)
+        self._bytes += cost
+        while self._bytes > self.max_bytes or len(self._entries) > self.max_entries:
+            _, (_, dropped, _) = self._entries.popitem(last=False)
+            self._bytes -= dropped
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "entries": len(self._entries),
+            "bytes": self._bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+            "drops": self.drops,
+            "shared": self.generation.path is not None,
+        }
 
 
 class IDescriptorCache(Interface):

@@ -139,4 +139,6 @@ def create_driver(name: str, params: Mapping[str, Any] | None = None, reactor: A
     verifyObject(IStorageDriver, driver)
     if isinstance(driver, StorageDriverWrapper):
         return driver
-    return StorageDriverWrapper(driver)
+    from registry.storage.generation import Generation, storage_identity
+
+    return StorageDriverWrapper(driver, Generation.shared(storage_identity(name, params)))

@@ -513,7 +513,13 @@ class GarbageCollector:
     async def _invalidate(self, batch: list[Digest], *, before: bool) -> None:
         """Forget ``batch`` in the shared cache. Before deleting, a failure
         stops the run (nothing deleted a cache could still serve); after, it
-        is logged (the tombstones written before still hold)."""
+        is logged (the tombstones written before still hold). The storage's
+        host-wide generation (``registry.storage.generation``) is bumped
+        first, so in-process content caches of every process on the host
+        drop what they hold (each deletion bumps it again)."""
+        generation = getattr(self.driver, "generation", None)
+        if generation is not None:
+            generation.bump()
         if self.invalidate is None:
             return
         try:

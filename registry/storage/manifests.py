@@ -19,7 +19,7 @@ with the manifest (clients that GET the config blob then find it).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
@@ -39,6 +39,9 @@ from registry.storage.errors import BlobUnknown, ManifestBlobUnknown, ManifestIn
 from registry.storage.fence import wait_clear
 from registry.storage.interfaces import IBlobStore, IManifestStore, ITagStore
 from registry.storage.verify import ILayerVerifier
+
+if TYPE_CHECKING:
+    from registry.storage.cache import ContentCache
 
 #: How often a manifest PUT restores what a concurrent sweep removed before
 #: giving up with ``ManifestBlobUnknown``.
@@ -69,19 +72,36 @@ class ManifestStore:
     layers against its config before anything is written."""
 
     def __init__(
-        self, driver: IStorageDriver, blobs: IBlobStore, tags: ITagStore, verifier: ILayerVerifier | None = None
+        self,
+        driver: IStorageDriver,
+        blobs: IBlobStore,
+        tags: ITagStore,
+        verifier: ILayerVerifier | None = None,
+        *,
+        cache: ContentCache | None = None,
     ) -> None:
         self.driver = driver
         self.blobs = blobs
         self.tags = tags
         self.verifier = verifier
+        #: Manifest bytes by digest and revision links, kept in this process
+        #: (``registry.storage.cache.ContentCache``; None: not kept). Write
+        #: paths (``_settle``) ask the driver, never this.
+        self.cache = cache
 
     async def exists(self, name: str, d: Digest) -> bool:
         """True if manifest ``d`` is a revision of repository ``name``."""
+        cache = self.cache
+        if cache is not None:
+            if cache.get(("revision", name, d)) is not None:
+                return True
+            token = cache.token()
         try:
             await self.driver.stat(paths.manifest_revision_link(name, d))
         except PathNotFoundError:
             return False
+        if cache is not None:
+            cache.put(("revision", name, d), True, token)
         return True
 
     async def get(self, name: str, d: Digest) -> bytes:
@@ -89,10 +109,19 @@ class ManifestStore:
         ``ManifestUnknown`` if it is not a revision there or its blob is gone."""
         if not await self.exists(name, d):
             raise ManifestUnknown(name, str(d))
+        cache = self.cache
+        if cache is not None:
+            body = cache.get(("manifest", d))
+            if body is not None:
+                return body
+            token = cache.token()
         try:
-            return await self.blobs.get_content(d)
+            body = await self.blobs.get_content(d)
         except BlobUnknown:
             raise ManifestUnknown(name, str(d)) from None
+        if cache is not None:
+            cache.put(("manifest", d), body, token)
+        return body
 
     async def _check_references(self, name: str, manifest: Manifest) -> bool:
         """Raise unless every blob and child ``manifest`` names is in ``name``.

@@ -17,8 +17,10 @@ from __future__ import annotations
 from registry.digest import Digest
 from registry.reference import check_name
 from registry.storage.blobs import BlobDescriptors, BlobStore
+from registry.storage.cache import ContentCache
 from registry.storage.catalog import Catalog
 from registry.storage.driver import IStorageDriver
+from registry.storage.generation import Generation
 from registry.storage.interfaces import (
     IBlobDescriptors,
     IBlobStore,
@@ -63,18 +65,32 @@ class DataModel:
         tags: ITagStore | None = None,
         lock: IUploadLock | None = None,
         verifier: ILayerVerifier | None = None,
+        content_cache: ContentCache | None | str = "auto",
     ) -> DataModel:
         """The data model over ``driver``: driver-backed stores, with
         ``descriptors`` (default ``BlobDescriptors(driver)``), ``tags``
         (default ``TagStore(driver)``) and the upload ``lock`` (default
         ``ProcessLocks()``) used wherever the stores need them; ``verifier``
-        checks layers on manifest PUT (``registry.storage.verify``)."""
-        blobs = BlobStore(driver, descriptors if descriptors is not None else BlobDescriptors(driver))
+        checks layers on manifest PUT (``registry.storage.verify``).
+
+        ``content_cache`` (``registry.storage.cache.ContentCache``) keeps
+        immutable content in this process (manifest bytes, blob sizes,
+        links); ``"auto"`` (default) makes one over the driver's deletion
+        generation when the driver has one (``StorageDriverWrapper``), None
+        turns it off (several hosts on one storage, see the cache module)."""
+        cache: ContentCache | None
+        if content_cache == "auto":
+            generation = getattr(driver, "generation", None)
+            cache = ContentCache(generation) if isinstance(generation, Generation) else None
+        else:
+            assert content_cache is None or isinstance(content_cache, ContentCache)
+            cache = content_cache
+        blobs = BlobStore(driver, descriptors if descriptors is not None else BlobDescriptors(driver, cache))
         tag_store = tags if tags is not None else TagStore(driver)
         return cls(
             blobs=blobs,
             uploads=UploadStore(driver, blobs, lock if lock is not None else ProcessLocks()),
-            manifests=ManifestStore(driver, blobs, tag_store, verifier),
+            manifests=ManifestStore(driver, blobs, tag_store, verifier, cache=cache),
             tags=tag_store,
             catalog=Catalog(driver),
         )

@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from registry.storage.generation import Generation, storage_identity
 from registry.storage.driver import (
     DriverError,
     FileInfo,
@@ -237,9 +238,17 @@ class GuardedWriter:
 class StorageDriverWrapper:
     """Validate paths, normalise errors and guard readers/writers of ``driver``."""
 
-    def __init__(self, driver: IStorageDriver) -> None:
+    def __init__(self, driver: IStorageDriver, generation: Generation | None = None) -> None:
         self._driver = driver
         self.name: str = str(driver.name)
+        #: The storage's deletion generation (``registry.storage.generation``):
+        #: bumped after every deletion of content (anything but an upload's
+        #: files), which in-process content caches watch. Default: the
+        #: host-wide one of a filesystem driver's root, else one private to
+        #: this process (``create_driver`` passes the host-wide one of every
+        #: storage it builds).
+        self.generation: Generation = generation if generation is not None else _default_generation(driver)
+        self._errback = _normalise(self.name)
         self._closing: Deferred[None] | None = None
         self._close_result: Failure | bool | None = None
         self._close_waiters: list[Deferred[None]] = []
@@ -260,7 +269,13 @@ class StorageDriverWrapper:
                 return _invalid(self.name, exc)
         observer = self.observer
         if observer is None:
-            return _call(self.name, getattr(self._driver, method), *args, **kwargs)
+            try:
+                d: Deferred[Any] = getattr(self._driver, method)(*args, **kwargs)
+            except BaseException:
+                return fail().addErrback(self._errback)
+            if not isinstance(d, Deferred):
+                d = succeed(d)
+            return d.addErrback(self._errback)
         started = time.monotonic()
         d = _call(self.name, getattr(self._driver, method), *args, **kwargs)
 
@@ -272,15 +287,12 @@ class StorageDriverWrapper:
 
     def get_content(self, path: str) -> Deferred[bytes]:
         """See ``IStorageDriver.get_content``."""
-        d = self._run("get_content", [(path, False)], path)
+        return self._run("get_content", [(path, False)], path).addCallback(self._check_bytes)
 
-        def check(data: Any) -> bytes:
-            if not isinstance(data, bytes):
-                raise DriverError(self.name, f"get_content returned {type(data).__name__}")
-            return data
-
-        d.addCallback(check)
-        return d
+    def _check_bytes(self, data: Any) -> bytes:
+        if type(data) is not bytes:
+            raise DriverError(self.name, f"get_content returned {type(data).__name__}")
+        return data
 
     def put_content(self, path: str, data: bytes) -> Deferred[None]:
         """See ``IStorageDriver.put_content``."""
@@ -324,8 +336,17 @@ class StorageDriverWrapper:
         return self._run("move", [(source, False), (dest, False)], source, dest)
 
     def delete(self, path: str) -> Deferred[None]:
-        """See ``IStorageDriver.delete``."""
-        return self._run("delete", [(path, True)], path)
+        """See ``IStorageDriver.delete``. Deleting anything but an upload's
+        files bumps ``generation`` once the driver is done (succeeded or
+        not: a failed delete may have removed part), before the caller hears."""
+        d = self._run("delete", [(path, True)], path)
+        if not isinstance(path, str) or "/_uploads/" in path or path.endswith("/_uploads"):
+            return d  # refused before the driver saw it, or an upload's files
+        return d.addBoth(self._bump)
+
+    def _bump(self, result: T) -> T:
+        self.generation.bump()
+        return result
 
     def walk(self, path: str) -> Deferred[builtins.list[FileInfo]]:
         """See ``IStorageDriver.walk``."""
@@ -351,6 +372,13 @@ class StorageDriverWrapper:
         waiters, self._close_waiters = self._close_waiters, []
         for d in waiters:
             d.errback(result) if isinstance(result, Failure) else d.callback(None)
+
+
+def _default_generation(driver: IStorageDriver) -> Generation:
+    root = getattr(driver, "root", None)
+    if driver.name == "filesystem" and isinstance(root, str):
+        return Generation.shared(storage_identity("filesystem", {"rootdirectory": root}))
+    return Generation.local()
 
 
 class DriverService(Service):

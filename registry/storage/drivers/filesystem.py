@@ -33,6 +33,25 @@ Threads
   memory copy in the kernel, cheaper than a trip through the pool), in the
   pool when it is not (a cold disk blocks a pool thread, never the reactor).
 
+Small reads on the reactor thread
+  A thread-pool round trip costs more than reading a link file, and under
+  load the reactor then waits for the pool (GIL handoffs). ``get_content``
+  of a small file (<= ``INLINE_MAX``) that the pool read recently opens it
+  by its whole path on the reactor thread and reads it with
+  ``preadv(..., RWF_NOWAIT)``, which fails with EAGAIN instead of waiting
+  for a disk: only data already in the page cache is read inline, anything
+  else (and any symlink on the path, see ``_read_inline``) goes to the
+  pool. For a tag link (the one storage read of a manifest GET by tag
+  once the content cache is warm) the inline read is 5 system calls (open,
+  readlink, fstat, preadv, close) and no thread handoff, against ~27 calls
+  (a descriptor per directory of the path) plus two thread switches; on
+  this project's bench it took manifest GET by tag at 32 connections from
+  ~450 to ~650-750 req/s together with the content cache. ``stat`` stays
+  in the pool: what the read path
+  stats (blob sizes, links) is immutable and kept by the content cache
+  (``registry.storage.cache.ContentCache``), so a stat on the hot path is
+  a cache miss, rare after warm-up.
+
 Containment
   Paths are resolved one segment at a time from a descriptor of the root with
   ``O_NOFOLLOW``; a symlink is followed only if its real target lies inside
@@ -81,6 +100,11 @@ READ_AHEAD = 2
 #: Bytes one ``send_to`` (one thread-pool call) moves at most.
 SEND_SLICE = 8 * CHUNK
 DEFAULT_MAXTHREADS = 16
+#: Files up to this size may be read on the reactor thread (``get_content``).
+INLINE_MAX = 256 * 1024
+#: Recently read small files remembered for inline reads (then forgotten at once).
+WARM_PATHS = 50_000
+_INLINE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _CREATE_RETRIES = 5
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -610,6 +634,9 @@ class FilesystemDriver:
         #: in the page cache) and in the pool (it was not, or not all).
         self.sends_inline = 0
         self.sends_pooled = 0
+        #: Paths of small files the pool read recently (``_read_inline``).
+        self._warm: dict[str, None] = {}
+        self._inline_ok = hasattr(os, "preadv") and hasattr(os, "RWF_NOWAIT") and os.path.isdir("/proc/self/fd")
 
     @property
     def root(self) -> str:
@@ -633,8 +660,66 @@ class FilesystemDriver:
     # -- IStorageDriver ----------------------------------------------------------
 
     def get_content(self, path: str) -> Deferred[bytes]:
-        """Fire with the file's bytes; ``PathNotFoundError`` if absent."""
-        return self._run(self._tree.get_content, path)
+        """Fire with the file's bytes; ``PathNotFoundError`` if absent.
+
+        Small files read recently (links, tag links, small manifests) are
+        read on the calling (reactor) thread when their pages are cached
+        (see ``_read_inline``); everything else in the pool."""
+        if path in self._warm and self._inline_ok:
+            data = self._read_inline(path)
+            if data is not None:
+                return succeed(data)
+        d = self._run(self._tree.get_content, path)
+        if self._inline_ok:
+            d.addCallback(self._warmed, path)
+        return d
+
+    def _warmed(self, data: bytes, path: str) -> bytes:
+        if len(data) <= INLINE_MAX:
+            warm = self._warm
+            if len(warm) >= WARM_PATHS:
+                warm.clear()
+            warm[path] = None
+        return data
+
+    def _read_inline(self, path: str) -> bytes | None:
+        """The bytes of the small file at ``path``, read without blocking, or
+        None (then the pool reads it).
+
+        Only paths the pool read recently are tried (their directory entries
+        and inodes are then in the kernel's caches, so the path lookup does
+        not go to disk). The whole path is opened at once (no per-segment
+        walk), and the descriptor's real path must be exactly ``root +
+        path``: any symlink on the way, or a file that moved, sends the read
+        to the pool's careful walk. The data is read with
+        ``preadv(RWF_NOWAIT)``, which fails with EAGAIN instead of waiting
+        for the disk; a short read, a large file or any error also falls
+        back to the pool."""
+        full = self._tree.root + path
+        try:
+            fd = os.open(full, _INLINE_FLAGS)
+        except OSError:
+            self._warm.pop(path, None)
+            return None
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != full:
+                self._warm.pop(path, None)
+                return None
+            size = os.fstat(fd).st_size
+            if size > INLINE_MAX:
+                self._warm.pop(path, None)
+                return None
+            buf = bytearray(size + 1)  # one more: a file that grew reads short of EOF
+            n = os.preadv(fd, [buf], 0, os.RWF_NOWAIT)
+            if n != size:
+                return None
+            return bytes(memoryview(buf)[:n])
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self._inline_ok = False  # this filesystem cannot say "would block"
+            return None
+        finally:
+            os.close(fd)
 
     def put_content(self, path: str, data: bytes) -> Deferred[None]:
         """Atomically replace the file (temp file, fsync, rename, fsync dir)."""

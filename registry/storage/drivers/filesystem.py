@@ -511,6 +511,7 @@ class _FileReader:
         self._path = path
         self._fd = fd
         self._stream = ReadAhead(_FilePieces(driver, fd), CHUNK, depth=1 + READ_AHEAD, offset=offset, positional=True)
+        self._sending: Deferred[int] | None = None
 
     def read(self, max_bytes: int) -> Deferred[bytes]:
         return self._stream.read(max_bytes)
@@ -527,10 +528,30 @@ class _FileReader:
             except Exception:
                 return fail()
         driver.sends_pooled += 1
-        return driver._run(_sendfile, self._path, socket_fd, self._fd, offset, count)
+        d = driver._run(_sendfile, self._path, socket_fd, self._fd, offset, count)
+        self._sending = d
+        d.addBoth(self._sent, d)
+        return d
+
+    def _sent(self, result: T, d: Deferred[int]) -> T:
+        if self._sending is d:
+            self._sending = None
+        return result
 
     def close(self) -> Deferred[None]:
-        return self._stream.close()
+        """Close the file, after a ``send_to`` still in the pool (the
+        descriptor must not be closed, and its number reused, under it)."""
+        sending = self._sending
+        if sending is None:
+            return self._stream.close()
+        done: Deferred[None] = Deferred()
+
+        def settled(result: Any) -> Any:
+            done.callback(None)
+            return result
+
+        sending.addBoth(settled)
+        return done.addCallback(lambda _: self._stream.close())
 
 
 def open_reader(driver: FilesystemDriver, path: str, fd: int, offset: int) -> IFileReader:

@@ -476,9 +476,10 @@ class _FilePieces:
 
 
 def _sendfile(path: str, socket_fd: int, fd: int, offset: int, count: int) -> int:
-    """In a pool thread: ``os.sendfile`` from ``fd`` at ``offset`` to the
-    non-blocking ``socket_fd`` until ``count`` bytes went or the socket is
-    full; see ``IZeroCopyReader.send_to`` for the result."""
+    """``os.sendfile`` from ``fd`` at ``offset`` to the non-blocking
+    ``socket_fd`` until ``count`` bytes went or the socket is full (in a pool
+    thread, or on the calling thread when the range is cached); see
+    ``IZeroCopyReader.send_to`` for the result."""
     sent = 0
     while sent < count:
         try:
@@ -503,8 +504,9 @@ def _sendfile(path: str, socket_fd: int, fd: int, offset: int, count: int) -> in
 class _FileReader:
     """A reader of an open file: ``read`` through ``ReadAhead`` (1 MiB
     pieces, ``READ_AHEAD`` ahead; nothing is read before the first
-    ``read``), ``send_to`` with ``os.sendfile`` in the pool, at most
-    ``SEND_SLICE`` bytes a call."""
+    ``read``); ``send_to`` with ``os.sendfile``, at most ``SEND_SLICE``
+    bytes a call, on the calling thread when the range is in the page cache
+    and in the pool otherwise."""
 
     def __init__(self, driver: FilesystemDriver, path: str, fd: int, offset: int) -> None:
         self._driver = driver

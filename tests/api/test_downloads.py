@@ -445,6 +445,20 @@ async def test_send_to_is_guarded_by_the_wrapper(tmp_path: Path) -> None:
         with pytest.raises(DriverError, match="EBADF|Bad file descriptor"):
             await first
         assert (fs.sends_inline, fs.sends_pooled) == (0, 1)
+        # close() waits for a send still in the pool before closing the file.
+        evict(tmp_path / "store" / "x")
+        other = await driver.reader("/x")
+        left, right = socket.socketpair()
+        try:
+            pending = other.send_to(right.fileno(), 0, 10)
+            closing = other.close()
+            assert not pending.called and not closing.called
+            assert await pending == 10 and left.recv(10) == b"0123456789"
+            await closing
+        finally:
+            left.close()
+            right.close()
+        assert (fs.sends_inline, fs.sends_pooled) == (0, 2)
         left, right = socket.socketpair()
         right.setblocking(False)
         try:

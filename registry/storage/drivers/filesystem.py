@@ -500,9 +500,10 @@ class _FilePieces:
 
 
 def _sendfile(path: str, socket_fd: int, fd: int, offset: int, count: int) -> int:
-    """In a pool thread: ``os.sendfile`` from ``fd`` at ``offset`` to the
-    non-blocking ``socket_fd`` until ``count`` bytes went or the socket is
-    full; see ``IZeroCopyReader.send_to`` for the result."""
+    """``os.sendfile`` from ``fd`` at ``offset`` to the non-blocking
+    ``socket_fd`` until ``count`` bytes went or the socket is full (in a pool
+    thread, or on the calling thread when the range is cached); see
+    ``IZeroCopyReader.send_to`` for the result."""
     sent = 0
     while sent < count:
         try:
@@ -527,14 +528,16 @@ def _sendfile(path: str, socket_fd: int, fd: int, offset: int, count: int) -> in
 class _FileReader:
     """A reader of an open file: ``read`` through ``ReadAhead`` (1 MiB
     pieces, ``READ_AHEAD`` ahead; nothing is read before the first
-    ``read``), ``send_to`` with ``os.sendfile`` in the pool, at most
-    ``SEND_SLICE`` bytes a call."""
+    ``read``); ``send_to`` with ``os.sendfile``, at most ``SEND_SLICE``
+    bytes a call, on the calling thread when the range is in the page cache
+    and in the pool otherwise."""
 
     def __init__(self, driver: FilesystemDriver, path: str, fd: int, offset: int) -> None:
         self._driver = driver
         self._path = path
         self._fd = fd
         self._stream = ReadAhead(_FilePieces(driver, fd), CHUNK, depth=1 + READ_AHEAD, offset=offset, positional=True)
+        self._sending: Deferred[int] | None = None
 
     def read(self, max_bytes: int) -> Deferred[bytes]:
         return self._stream.read(max_bytes)
@@ -551,10 +554,30 @@ class _FileReader:
             except Exception:
                 return fail()
         driver.sends_pooled += 1
-        return driver._run(_sendfile, self._path, socket_fd, self._fd, offset, count)
+        d = driver._run(_sendfile, self._path, socket_fd, self._fd, offset, count)
+        self._sending = d
+        d.addBoth(self._sent, d)
+        return d
+
+    def _sent(self, result: T, d: Deferred[int]) -> T:
+        if self._sending is d:
+            self._sending = None
+        return result
 
     def close(self) -> Deferred[None]:
-        return self._stream.close()
+        """Close the file, after a ``send_to`` still in the pool (the
+        descriptor must not be closed, and its number reused, under it)."""
+        sending = self._sending
+        if sending is None:
+            return self._stream.close()
+        done: Deferred[None] = Deferred()
+
+        def settled(result: Any) -> Any:
+            done.callback(None)
+            return result
+
+        sending.addBoth(settled)
+        return done.addCallback(lambda _: self._stream.close())
 
 
 def open_reader(driver: FilesystemDriver, path: str, fd: int, offset: int) -> IFileReader:

@@ -259,16 +259,26 @@ def _collect_for(cache: Any) -> Any:
 def _shared_state(config: Config, reactor: Any) -> tuple[Any, Any, Any]:
     """``(redis client, descriptor cache, upload lock)`` for ``redis`` and
     ``storage.cache``: with ``redis`` the upload locks are shared through
-    it (instances on one storage never interleave an upload's requests)."""
+    it (instances on one storage never interleave an upload's requests);
+    without it they are shared by the processes of this host."""
     cache_kind = config.storage.cache_blobdescriptor
     if config.redis is None:
         if cache_kind == "redis":
             raise ConfigError("storage.cache.blobdescriptor", cache_kind, "needs the redis section (redis.addr)")
+        # Worker processes (and any other registry process on this host
+        # serving the same storage) exclude each other per upload.
+        host_lock = None
+        if config.storage.driver != "inmemory":
+            from registry.storage.generation import host_path, storage_identity
+            from registry.storage.hostlock import HostUploadLocks
+
+            identity = storage_identity(config.storage.driver, config.storage.params)
+            host_lock = HostUploadLocks(host_path(identity, "locks"), reactor)
         if cache_kind == "inmemory":
             from registry.storage.cache import InMemoryDescriptorCache
 
-            return None, InMemoryDescriptorCache(), None
-        return None, None, None
+            return None, InMemoryDescriptorCache(), host_lock
+        return None, None, host_lock
     from registry.redis import RedisClient, settings_from_config
     from registry.storage.cache import InMemoryDescriptorCache, RedisDescriptorCache
     from registry.storage.redislock import RedisUploadLocks

@@ -122,3 +122,17 @@ def test_directory_is_private(tmp_path: Path) -> None:
 def test_names_do_not_collide(tmp_path: Path, name: str, upload: str) -> None:
     locks = HostUploadLocks(str(tmp_path), reactor)
     assert locks._path(name, upload) != locks._path("a", "b")
+
+
+def test_without_redis_every_storage_but_inmemory_gets_host_locks(tmp_path: Path) -> None:
+    """The registry's wiring: worker processes on one storage share the locks."""
+    from registry.app import _shared_state
+    from registry.config import load_config
+
+    on_disk = load_config(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}\n", environ={})
+    _, _, lock = _shared_state(on_disk, reactor)
+    assert isinstance(lock, HostUploadLocks)
+    again = _shared_state(on_disk, reactor)[2]
+    assert again.directory == lock.directory  # another process computes the same place
+    in_memory = load_config("version: 0.1\nstorage:\n  inmemory: {}\n", environ={})
+    assert _shared_state(in_memory, reactor)[2] is None

@@ -49,7 +49,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["Generation", "shared_directory", "storage_identity"]
+__all__ = ["SHARED_DIR_ENV", "Generation", "host_path", "shared_directory", "storage_identity"]
 
 _FORMAT = struct.Struct("=Q")
 #: Parameters that say *where* a driver's data is (not how to reach it):
@@ -66,8 +66,19 @@ LOCATION_PARAMS = (
 )
 
 
+#: Environment variable naming the directory for host-wide state instead of
+#: ``/dev/shm`` (tests and sandboxes; every process of one storage must see
+#: the same value, so production leaves it unset).
+SHARED_DIR_ENV = "TWISTED_REGISTRY_SHARED_DIR"
+
+
 def shared_directory() -> str:
-    """Where generation files live: ``/dev/shm`` if usable, else the temp dir."""
+    """Where host-wide state lives: ``$TWISTED_REGISTRY_SHARED_DIR`` when
+    set, else ``/dev/shm`` if usable, else the temp dir."""
+    override = os.environ.get(SHARED_DIR_ENV)
+    if override:
+        os.makedirs(override, mode=0o700, exist_ok=True)
+        return override
     shm = "/dev/shm"
     if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
         return shm
@@ -89,6 +100,13 @@ def storage_identity(name: str, params: Mapping[str, Any] | None) -> str:
             text = os.path.realpath(text)
         location[key] = text
     return name + ":" + json.dumps(location, sort_keys=True)
+
+
+def host_path(identity: str, kind: str, directory: str | None = None) -> str:
+    """The path of host-wide state ``kind`` (``generation``, ``locks``) of the
+    storage named ``identity``: the same in every process on the host."""
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
+    return os.path.join(directory or shared_directory(), f"registry-{kind}-{digest}")
 
 
 class Generation:
@@ -131,8 +149,7 @@ class Generation:
     @classmethod
     def shared(cls, identity: str, directory: str | None = None) -> Generation:
         """The host-wide generation of the storage named ``identity``."""
-        digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
-        return cls(os.path.join(directory or shared_directory(), f"registry-generation-{digest}"))
+        return cls(host_path(identity, "generation", directory))
 
     @classmethod
     def local(cls) -> Generation:

@@ -11,12 +11,31 @@ Durability and atomicity
     crash at any moment the object is its old or its new content. Temporary
     names contain ``~``, which no valid path segment does, so ``list`` and
     ``walk`` never show them (a crash may leave one behind, invisible).
-  * ``move`` is one ``rename`` (atomic), then fsyncs both directories.
+  * ``put_content(..., durable=False)`` (scratch: an upload's hash states,
+    ``startedat``, its empty ``data``) does the same without either fsync:
+    still atomic, and a killed process loses nothing (the page cache
+    belongs to the kernel), but after a crash of the machine the object may
+    be old or absent. Every scratch object of an upload can be re-derived
+    from its data, or the upload restarted (``registry.storage.uploads``).
+  * ``move`` fsyncs the source file, renames it (atomic), and fsyncs the
+    destination's directory: when it returns the object's bytes and its new
+    name are durable, which is how an upload's data becomes a blob (the
+    bytes are durable before the blob's name, the name before its link).
+    The source directory is not fsynced: a machine crash may bring the old
+    name back beside the new one (a stale upload, purged later), never lose
+    the new one.
   * A writer writes the file in place at its path: this is what resumable
     uploads need (``close`` at the end of each request, ``writer(path,
-    append=True)`` later, possibly from another process). ``commit`` fsyncs
-    the file and its directory. After a crash, a written file holds a prefix
-    of what was written to it, never bytes that were not.
+    append=True)`` later, possibly from another process). ``close`` does not
+    fsync (the bytes of an unfinished upload are scratch too); ``commit``
+    fsyncs the file and its directory. After a crash, a written file holds a
+    prefix of what was written to it, never bytes that were not.
+  * What is durable is exactly what is acknowledged as committed: a blob
+    (``move`` or ``commit``, then its link), links, manifests and tag links
+    (``put_content``), each fsynced before the call fires, so before the
+    response that reports it. The order of dependent writes (data before
+    link, revision before tag) is the order of the awaited calls, and each
+    is durable before the next starts.
 
 Threads
   All blocking file work runs in the driver's own bounded
@@ -253,13 +272,13 @@ class _Tree:
         finally:
             os.close(fd)
 
-    def put_content(self, path: str, data: bytes) -> None:
+    def put_content(self, path: str, data: bytes, durable: bool = True) -> None:
         segs = _segments(path)
         for attempt in range(_CREATE_RETRIES):
             fds = self.chain(segs[:-1], path, create=True)
             try:
                 try:
-                    self._put_in(fds[-1], segs[-1], data)
+                    self._put_in(fds[-1], segs[-1], data, durable)
                     return
                 except FileNotFoundError:
                     # The directory was pruned by a concurrent delete between
@@ -269,7 +288,7 @@ class _Tree:
             finally:
                 _close_all(fds)
 
-    def _put_in(self, dirfd: int, name: str, data: bytes) -> None:
+    def _put_in(self, dirfd: int, name: str, data: bytes, durable: bool = True) -> None:
         tmp = f"{name}~put~{secrets.token_hex(8)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dirfd)
         try:
@@ -277,7 +296,8 @@ class _Tree:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view[: 64 * CHUNK]) :]
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
@@ -287,7 +307,8 @@ class _Tree:
             except OSError:
                 pass
             raise
-        os.fsync(dirfd)
+        if durable:
+            os.fsync(dirfd)
 
     def open_reader(self, path: str, offset: int) -> int:
         fd, st = self.open_object(path)
@@ -312,8 +333,12 @@ class _Tree:
             except BaseException:
                 _close_all(fds)
                 raise
+            # Only the file's own directory stays open (``commit`` fsyncs
+            # it): the writer's owner closes what it holds on the reactor
+            # thread, so hold as little as possible.
+            _close_all(fds[:-1])
             size = os.lseek(fd, 0, os.SEEK_END)
-            return fd, size, fds, segs
+            return fd, size, fds[-1:], segs
         raise AssertionError("unreachable")
 
     def stat(self, path: str) -> FileInfo:
@@ -363,6 +388,9 @@ class _Tree:
             for attempt in range(_CREATE_RETRIES):
                 dfds = self.chain(dsegs[:-1], dest, create=True)
                 try:
+                    if attempt == 0:
+                        # The bytes are durable before the new name is.
+                        self._fsync_file(sfds[-1], sname, source)
                     try:
                         os.rename(sname, dsegs[-1], src_dir_fd=sfds[-1], dst_dir_fd=dfds[-1])
                     except FileNotFoundError:
@@ -370,13 +398,31 @@ class _Tree:
                             raise
                         continue
                     os.fsync(dfds[-1])
-                    os.fsync(sfds[-1])
                     break
                 finally:
                     _close_all(dfds)
             self.prune(sfds, _segments(source)[:-1])
         finally:
             _close_all(sfds)
+
+    def _fsync_file(self, dirfd: int, name: str, path: str) -> None:
+        fd = self.open_file(dirfd, name, path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def prune_path(self, path: str) -> None:
+        """Remove the emptied directories above ``path``'s object (never the root)."""
+        segs = _segments(path)[:-1]
+        try:
+            fds = self.chain(segs, path)
+        except (PathNotFoundError, OSError):
+            return
+        try:
+            self.prune(fds, segs)
+        finally:
+            _close_all(fds)
 
     def _missing(self, dirfd: int, name: str) -> bool:
         try:
@@ -485,8 +531,11 @@ class _FileSink:
         return self._driver._run(_write_all, self._fd, list(piece))
 
     def _release(self, result: T) -> T:
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         _close_all(self._dirfds)
+        self._dirfds = []
         return result
 
     def close(self) -> Deferred[None]:
@@ -494,22 +543,34 @@ class _FileSink:
 
     abort = close  # a failed write keeps what reached the file, for a resumed upload
 
+    def _release_here(self) -> None:
+        """Close the descriptors in the pool thread doing the last work."""
+        fds, self._dirfds = [self._fd, *self._dirfds], []
+        self._fd = -1
+        _close_all(fds)
+
     def commit(self) -> Deferred[None]:
         def work() -> None:
-            os.fsync(self._fd)
-            os.fsync(self._dirfds[-1])
+            try:
+                os.fsync(self._fd)
+                os.fsync(self._dirfds[-1])
+            finally:
+                self._release_here()
 
-        return self._driver._run(work).addBoth(self._release)
+        return self._driver._run(work).addErrback(self._release)
 
     def cancel(self) -> Deferred[None]:
         def work() -> None:
             try:
-                os.unlink(self._segments[-1], dir_fd=self._dirfds[-1])
-            except FileNotFoundError:
-                pass
-            self._driver._tree.prune(self._dirfds, self._segments[:-1])
+                try:
+                    os.unlink(self._segments[-1], dir_fd=self._dirfds[-1])
+                except FileNotFoundError:
+                    pass
+            finally:
+                self._release_here()
+            self._driver._tree.prune_path("/" + "/".join(self._segments))
 
-        return self._driver._run(work).addBoth(self._release)
+        return self._driver._run(work).addErrback(self._release)
 
 
 def open_writer(driver: FilesystemDriver, fd: int, size: int, dirfds: list[int], segments: list[str]) -> IFileWriter:
@@ -564,9 +625,10 @@ class FilesystemDriver:
         """Fire with the file's bytes; ``PathNotFoundError`` if absent."""
         return self._run(self._tree.get_content, path)
 
-    def put_content(self, path: str, data: bytes) -> Deferred[None]:
-        """Atomically replace the file (temp file, fsync, rename, fsync dir)."""
-        return self._run(self._tree.put_content, path, data)
+    def put_content(self, path: str, data: bytes, durable: bool = True) -> Deferred[None]:
+        """Atomically replace the file (temp file, fsync, rename, fsync dir;
+        no fsync for a scratch put, ``durable=False``)."""
+        return self._run(self._tree.put_content, path, data, durable)
 
     def reader(self, path: str, offset: int = 0) -> Deferred[IFileReader]:
         """Fire with a read-ahead reader (``registry.storage.streams``) at ``offset``."""
@@ -587,7 +649,8 @@ class FilesystemDriver:
         return self._run(self._tree.list, path)
 
     def move(self, source: str, dest: str) -> Deferred[None]:
-        """Rename ``source`` over ``dest`` (atomic), creating and pruning dirs."""
+        """Rename ``source`` over ``dest`` (atomic, durable: fsync the file,
+        rename, fsync the destination directory), creating and pruning dirs."""
         return self._run(self._tree.move, source, dest)
 
     def delete(self, path: str) -> Deferred[None]:

@@ -204,6 +204,33 @@ class _Tree:
             _close_all(fds)
             raise
 
+    def direct_dir(self, segments: list[str]) -> int | None:
+        """A descriptor of the existing directory ``segments`` opened by its
+        whole path in one call, if no symlink lies on it (its real path is
+        exactly that path, so it is inside the root); else None, and the
+        caller walks (``chain``). Three syscalls instead of two per segment:
+        the write path (links, states, upload data) takes this way."""
+        full = self.root + "".join("/" + seg for seg in segments)
+        try:
+            fd = os.open(full, _DIR_FLAGS | _NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == full:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+        return None
+
+    def dir_fds(self, segments: list[str], path: str, create: bool) -> list[int]:
+        """Like ``chain``, but only the last directory when it can be opened
+        directly (``direct_dir``): for callers that need no ancestors."""
+        fd = self.direct_dir(segments)
+        if fd is not None:
+            return [fd]
+        return self.chain(segments, path, create)
+
     def parent(self, path: str, create: bool = False) -> tuple[list[int], str]:
         """Fds of the directories above ``path``'s last segment, and that segment."""
         segs = _segments(path)
@@ -275,7 +302,7 @@ class _Tree:
     def put_content(self, path: str, data: bytes, durable: bool = True) -> None:
         segs = _segments(path)
         for attempt in range(_CREATE_RETRIES):
-            fds = self.chain(segs[:-1], path, create=True)
+            fds = self.dir_fds(segs[:-1], path, create=True)
             try:
                 try:
                     self._put_in(fds[-1], segs[-1], data, durable)
@@ -322,7 +349,7 @@ class _Tree:
         segs = _segments(path)
         flags = os.O_WRONLY if append else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         for attempt in range(_CREATE_RETRIES):
-            fds = self.chain(segs[:-1], path, create=not append)
+            fds = self.dir_fds(segs[:-1], path, create=not append)
             try:
                 fd = self.open_file(fds[-1], segs[-1], path, flags)
             except PathNotFoundError:

@@ -171,14 +171,21 @@ class UploadStore:
         """Start an upload in repository ``name``; returns its id."""
         upload_id = new_upload_id()
         started = self._now().strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
-        await gatherResults(
-            [
-                self.driver.put_content(paths.upload_startedat(name, upload_id), started, durable=False),
-                self.driver.put_content(paths.upload_data(name, upload_id), b"", durable=False),
-            ],
-            consumeErrors=True,
-        ).addErrback(lambda f: f.value.subFailure)
-        self._remember(name, upload_id, Sha256())
+        # Under the upload's lock like every change to it: an upload whose
+        # lock cannot be taken (a shared lock service is down) is refused
+        # before it exists, not left behind unusable.
+        release = await self.lock.acquire(name, upload_id)
+        try:
+            await gatherResults(
+                [
+                    self.driver.put_content(paths.upload_startedat(name, upload_id), started, durable=False),
+                    self.driver.put_content(paths.upload_data(name, upload_id), b"", durable=False),
+                ],
+                consumeErrors=True,
+            ).addErrback(lambda f: f.value.subFailure)
+            self._remember(name, upload_id, Sha256())
+        finally:
+            await release()
         return upload_id
 
     async def started_at(self, name: str, upload_id: str) -> bytes:

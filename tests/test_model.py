@@ -174,7 +174,8 @@ async def test_upload_requests_go_through_the_injected_lock() -> None:
     assert await appender.finish() == 5
     assert await model.uploads.status("r", upload_id) == 5
     await model.uploads.commit("r", upload_id, sha256_digest(b"hello"))
-    assert lock.acquired == [("r", upload_id)] * 3
+    # create, open_appender, status, commit: each under the injected lock.
+    assert lock.acquired == [("r", upload_id)] * 4
     assert lock.inner.held() == 0
 
 

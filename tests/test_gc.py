@@ -277,11 +277,11 @@ class HookedDriver:
     def __getattr__(self, attr: str) -> Any:
         return getattr(self._inner, attr)
 
-    async def put_content(self, path: str, data: bytes) -> None:
+    async def put_content(self, path: str, data: bytes, durable: bool = True) -> None:
         if path.startswith(FENCE_DIR) and self._hook is not None:
             hook, self._hook = self._hook, None
             await hook()
-        await self._inner.put_content(path, data)
+        await self._inner.put_content(path, data, durable)
 
 
 @pytest_twisted.ensureDeferred

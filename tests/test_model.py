@@ -174,7 +174,8 @@ async def test_upload_requests_go_through_the_injected_lock() -> None:
     assert await appender.finish() == 5
     assert await model.uploads.status("r", upload_id) == 5
     await model.uploads.commit("r", upload_id, sha256_digest(b"hello"))
-    assert lock.acquired == [("r", upload_id)] * 3
+    # create, open_appender, status, commit: each under the injected lock.
+    assert lock.acquired == [("r", upload_id)] * 4
     assert lock.inner.held() == 0
 
 
@@ -273,3 +274,41 @@ async def test_process_locks_cancelled_wait_leaves_the_queue() -> None:
     assert locks.held() == 0
     again = await locks.acquire("r", "u")  # nobody stale holds it
     await again()
+
+
+async def _append(uploads: UploadStore, name: str, upload_id: str, data: bytes) -> int:
+    appender = await uploads.open_appender(name, upload_id)
+    await appender.write(data)
+    return await appender.finish()
+
+
+@pytest.mark.parametrize("kind", ["inmemory", "filesystem"])
+@pytest_twisted.ensureDeferred
+async def test_an_upload_continued_by_another_instance_is_not_resumed_from_a_stale_memory(kind: str, tmp_path: Any) -> None:
+    """Each store remembers where its last request left an upload; a store
+    that served the upload earlier must notice that another instance
+    appended since (and the hash it remembers is stale), whichever request
+    comes next: an append or the commit."""
+    driver = create_driver(kind, {"rootdirectory": str(tmp_path)} if kind == "filesystem" else {})
+    a, b = DataModel.over(driver), DataModel.over(driver)
+    for finish_on_a in (False, True):
+        upload_id = await a.uploads.create("r")
+        assert await _append(a.uploads, "r", upload_id, b"first ") == 6
+        assert await _append(b.uploads, "r", upload_id, b"second ") == 13  # another instance
+        data = b"first second "
+        if finish_on_a:
+            assert await _append(a.uploads, "r", upload_id, b"third") == 18
+            data += b"third"
+        # ``a`` remembers offset 6 (or 18, now current): the commit must hash what is really there.
+        d = sha256_digest(data)
+        assert await a.uploads.commit("r", upload_id, d) == len(data)
+        assert await a.blobs.get_content(d) == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_upload_created_here_commits_without_any_append() -> None:
+    model = DataModel.over(create_driver("inmemory", {}))
+    upload_id = await model.uploads.create("r")
+    d = sha256_digest(b"")
+    assert await model.uploads.commit("r", upload_id, d) == 0
+    assert await model.blobs.get_content(d) == b""

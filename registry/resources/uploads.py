@@ -7,6 +7,11 @@ headers are in, ``body_handling`` validates everything it can and returns an
 transport while storage is behind. ``render`` runs when the body is complete
 and turns the sink's outcome into the response. A request whose headers are
 already wrong gets a sink that only discards, so nothing reaches storage.
+
+A request that announces an empty body (``Content-Length: 0``) and has
+nothing to append — the POST that starts a docker push, the PUT that
+finishes one — opens no appender at all: the POST only creates the upload,
+the PUT only commits it (``commit`` verifies from the stored hash state).
 """
 
 from __future__ import annotations
@@ -210,6 +215,8 @@ class UploadStartResource:
             return LimitedBody(SMALL_BODY)
         name = params["name"]
         digest_values = query.get("digest")
+        if length == 0 and digest_values is None:
+            return LimitedBody(SMALL_BODY)  # nothing to append: POST only creates (see POST)
         try:
             self.ctx.check_writable()
             if digest_values is not None:
@@ -253,7 +260,13 @@ class UploadStartResource:
             return
         sink = request.body_sink
         if not isinstance(sink, UploadBody):
-            raise RegistryError(errors.BLOB_UPLOAD_INVALID, "the request body could not be received")
+            if "digest" in q:
+                raise RegistryError(errors.BLOB_UPLOAD_INVALID, "the request body could not be received")
+            # An empty body without a digest (``body_handling``): just start.
+            upload_id = await ctx.model.uploads.create(name)
+            request.log_fields["upload"] = upload_id
+            empty_response(request, 202, {**upload_headers(ctx, name, upload_id, 0), **ctx.chunk_headers()})
+            return
         offset = await sink.outcome()
         assert sink.upload_id is not None
         request.log_fields["upload"] = sink.upload_id
@@ -279,16 +292,14 @@ class UploadResource:
         name, upload_id = params["name"], params["upload_id"]
         expect_start: int | None = None
         expected_length: int | None = None
+        cr = request.requestHeaders.getRawHeaders(b"content-range")
+        if method == b"PUT" and length == 0 and not cr:
+            return LimitedBody(SMALL_BODY)  # nothing to append: PUT only commits (see PUT)
         try:
             self.ctx.check_writable()
             check_upload_id(upload_id)
             if method == b"PUT":
-                if "digest" not in query:
-                    raise RegistryError(
-                        errors.DIGEST_INVALID, "PUT to finish an upload needs ?digest=<algorithm>:<hex>"
-                    )
-                Digest.parse(query["digest"][0])
-            cr = request.requestHeaders.getRawHeaders(b"content-range")
+                finish_digest(query)
             if cr:
                 start, end = parse_content_range(cr[0].decode("latin-1"))
                 expect_start, expected_length = start, end - start + 1
@@ -322,8 +333,15 @@ class UploadResource:
 
     async def PUT(self, request: RegistryRequest, name: str, upload_id: str) -> None:
         request.log_fields.update(repository=name, upload=upload_id)
-        await self._body_outcome(request, name, upload_id)
-        d = Digest.parse(query_values(request)["digest"][0])
+        if isinstance(request.body_sink, UploadBody):
+            await self._body_outcome(request, name, upload_id)
+            d = Digest.parse(query_values(request)["digest"][0])
+        else:
+            # An empty body (``body_handling``): the checks its sink would
+            # have made, then straight to the commit.
+            self.ctx.check_writable()
+            check_upload_id(upload_id)
+            d = finish_digest(query_values(request))
         request.log_fields["digest"] = str(d)
         size = await self.ctx.model.uploads.commit(name, upload_id, d)
         self.ctx.notify(request, "push", _blob_target(self.ctx, name, d, size))
@@ -352,6 +370,13 @@ class UploadResource:
                     err.headers["Range"] = range_header(offset)
                 err.headers.update({"Location": upload_location(self.ctx, name, upload_id), "Docker-Upload-UUID": upload_id})
             raise err from e
+
+
+def finish_digest(query: dict[str, list[str]]) -> Digest:
+    """The ``?digest=`` a PUT finishing an upload needs (DIGEST_INVALID without it)."""
+    if "digest" not in query:
+        raise RegistryError(errors.DIGEST_INVALID, "PUT to finish an upload needs ?digest=<algorithm>:<hex>")
+    return Digest.parse(query["digest"][0])
 
 
 def check_upload_id(upload_id: str) -> None:

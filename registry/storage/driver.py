@@ -20,6 +20,16 @@ an object).
 Directories are implicit, as in an object store: a directory exists exactly
 while some object exists below it. Deleting or moving the last object out of
 a directory makes the directory (and emptied ancestors) disappear.
+
+Durability
+----------
+Once ``put_content``, ``move`` or a writer's ``commit`` has fired, the object
+survives a crash of the process and of the machine — except a
+``put_content(..., durable=False)``: a *scratch* object, for state the caller
+can re-derive (an upload's hash states and bookkeeping). A scratch put is as
+atomic and as visible as any other and survives a crash of the process, but
+a crash of the machine may leave the old content or none at its path. Drivers
+whose every write is durable anyway (object stores) ignore the flag.
 """
 
 from __future__ import annotations
@@ -192,9 +202,11 @@ class IStorageDriver(Interface):
         """Fire with the whole object (meant for small objects: links, states,
         manifests). Fails with ``PathNotFoundError``."""
 
-    def put_content(path: str, data: bytes) -> "Deferred[None]":
+    def put_content(path: str, data: bytes, durable: bool = True) -> "Deferred[None]":
         """Store ``data`` at ``path`` atomically: a concurrent or later reader
-        sees the old or the new content, never a mix. Creates parents."""
+        sees the old or the new content, never a mix. Creates parents.
+        Durable when it fires unless ``durable=False`` (a scratch object, see
+        the module docstring)."""
 
     def reader(path: str, offset: int = 0) -> "Deferred[IFileReader]":
         """Fire with a reader positioned at ``offset``. ``offset`` equal to the

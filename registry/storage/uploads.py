@@ -13,6 +13,26 @@ process died between writing data and writing state). ``resume_point``
 repairs that: it hashes only the tail past the newest usable state and stores
 the state at the data's size, so the offset it reports is always one the
 upload can really be finished from.
+
+Durability: everything under ``_uploads/`` is scratch. ``startedat``, the
+hash states and the data of an unfinished upload are written without fsync
+(``put_content(..., durable=False)``, a writer ``close``d, not committed):
+a killed process loses none of it, and what a crash of the machine loses
+only turns into a shorter upload to resume (a lost state is re-derived from
+the data; a state past the data is dropped) or an unknown one to restart.
+A wrong state can never make a wrong blob: ``commit`` compares the digest
+with the client's. What a commit acknowledges is durable before the
+response: ``move`` makes the data durable as the blob, then the link is
+written durably.
+
+Fewer storage round trips: the store remembers, per upload it served last,
+the offset and hash where the last request left it (``_Resume``). The next
+request of that upload in this process checks only the data's size (which
+it learns from opening the writer, or one ``stat`` to commit); if it is
+still that offset, no other process appended, and the remembered hash is
+the one the stored state holds. Otherwise (another instance served the
+upload in between, a crash, a failed request) it reads the stored state as
+before.
 """
 
 from __future__ import annotations
@@ -21,7 +41,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from zope.interface import implementer
 
 from registry.digest import Digest
@@ -33,6 +53,8 @@ from registry.storage.interfaces import IBlobStore, IUploadAppender, IUploadLock
 from registry.storage.locks import ProcessLocks
 
 READ_CHUNK = 1 << 20
+#: Uploads whose last offset and hash this process remembers.
+RESUME_ENTRIES = 4096
 
 
 def new_upload_id() -> str:
@@ -82,9 +104,14 @@ class UploadAppender:
         the upload continues from here. Returns the new offset."""
         try:
             await self._writer.close()
-            await self.store.driver.put_content(
-                paths.upload_hashstate(self.name, self.upload_id, self.offset), self._hasher.state()
-            )
+            if self.offset != self.start_offset:
+                # Scratch: a state lost with the machine is re-derived.
+                await self.store.driver.put_content(
+                    paths.upload_hashstate(self.name, self.upload_id, self.offset),
+                    self._hasher.state(),
+                    durable=False,
+                )
+            self.store._remember(self.name, self.upload_id, self._hasher)
             return self.offset
         finally:
             await self._done()
@@ -123,13 +150,42 @@ class UploadStore:
         self.blobs = blobs
         self.lock: IUploadLock = lock if lock is not None else ProcessLocks()
         self._now = now or (lambda: datetime.now(timezone.utc))
+        #: (name, upload id) -> the hash at the end of the upload's last
+        #: request here (its ``bytes_hashed`` is the offset), newest last.
+        self._resume: dict[tuple[str, str], Sha256] = {}
+
+    def _remember(self, name: str, upload_id: str, hasher: Sha256) -> None:
+        key = (name, upload_id)
+        resume = self._resume
+        resume.pop(key, None)
+        if len(resume) >= RESUME_ENTRIES:
+            del resume[next(iter(resume))]
+        resume[key] = hasher
+
+    def _recall(self, name: str, upload_id: str) -> Sha256 | None:
+        """Take (and forget) the remembered hash of an upload: whoever takes
+        it owns it, and remembers it again once the upload is consistent."""
+        return self._resume.pop((name, upload_id), None)
 
     async def create(self, name: str) -> str:
         """Start an upload in repository ``name``; returns its id."""
         upload_id = new_upload_id()
         started = self._now().strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
-        await self.driver.put_content(paths.upload_startedat(name, upload_id), started)
-        await self.driver.put_content(paths.upload_data(name, upload_id), b"")
+        # Under the upload's lock like every change to it: an upload whose
+        # lock cannot be taken (a shared lock service is down) is refused
+        # before it exists, not left behind unusable.
+        release = await self.lock.acquire(name, upload_id)
+        try:
+            await gatherResults(
+                [
+                    self.driver.put_content(paths.upload_startedat(name, upload_id), started, durable=False),
+                    self.driver.put_content(paths.upload_data(name, upload_id), b"", durable=False),
+                ],
+                consumeErrors=True,
+            ).addErrback(lambda f: f.value.subFailure)
+            self._remember(name, upload_id, Sha256())
+        finally:
+            await release()
         return upload_id
 
     async def started_at(self, name: str, upload_id: str) -> bytes:
@@ -154,10 +210,27 @@ class UploadStore:
         if it is not the upload's offset, raises ``UploadOffsetMismatch``."""
         release = await self.lock.acquire(name, upload_id)
         try:
+            data_path = paths.upload_data(name, upload_id)
+            known = self._recall(name, upload_id)
+            if known is not None:
+                # Opening the writer tells the data's size: if it is where
+                # our last request left it, the remembered hash is current.
+                try:
+                    writer = await self.driver.writer(data_path, append=True)
+                except PathNotFoundError:
+                    pass  # cancelled, purged or damaged: the careful way says which
+                else:
+                    if writer.size == known.bytes_hashed:
+                        if expect_start is not None and expect_start != writer.size:
+                            await writer.close()
+                            self._remember(name, upload_id, known)
+                            raise UploadOffsetMismatch(expect_start, writer.size)
+                        return UploadAppender(self, name, upload_id, writer, known, release)
+                    await writer.close()
             offset, hasher = await self._resume_point(name, upload_id)
             if expect_start is not None and expect_start != offset:
                 raise UploadOffsetMismatch(expect_start, offset)
-            writer = await self.driver.writer(paths.upload_data(name, upload_id), append=True)
+            writer = await self.driver.writer(data_path, append=True)
             if writer.size != offset:
                 await writer.close()
                 raise UploadOffsetMismatch(writer.size, offset)
@@ -174,17 +247,25 @@ class UploadStore:
         client may inspect or cancel it) or ``UploadUnknown``."""
         release = await self.lock.acquire(name, upload_id)
         try:
-            size, hasher = await self._resume_point(name, upload_id)
+            data_path = paths.upload_data(name, upload_id)
+            known = self._recall(name, upload_id)
+            hasher: Sha256 | None = None
+            if known is not None:
+                try:
+                    if (await self.driver.stat(data_path)).size == known.bytes_hashed:
+                        hasher = known
+                except PathNotFoundError:
+                    pass
+            if hasher is None:
+                size, hasher = await self._resume_point(name, upload_id)
+            size = hasher.bytes_hashed
             actual = Digest("sha256", hasher.hexdigest())
             if actual != expected:
                 raise DigestMismatch(expected, actual, size)
-            data_path = paths.upload_data(name, upload_id)
             moved = False
             for attempt in range(3):
                 if await self.blobs.descriptors.size(expected) is None:
-                    # Make the bytes durable before they become the blob.
-                    writer = await self.driver.writer(data_path, append=True)
-                    await writer.commit()
+                    # ``move`` makes the bytes durable, then the blob's name.
                     await self.driver.move(data_path, paths.blob_data(expected))
                     moved = True
                 try:
@@ -202,6 +283,7 @@ class UploadStore:
 
     async def cancel(self, name: str, upload_id: str) -> None:
         release = await self.lock.acquire(name, upload_id)
+        self._recall(name, upload_id)
         try:
             await self.started_at(name, upload_id)
             await self.driver.delete(paths.upload_dir(name, upload_id))
@@ -220,7 +302,7 @@ class UploadStore:
         try:
             size = (await self.driver.stat(data_path)).size
         except PathNotFoundError:
-            await self.driver.put_content(data_path, b"")
+            await self.driver.put_content(data_path, b"", durable=False)
             size = 0
         states_dir = paths.upload_hashstates_dir(name, upload_id)
         try:
@@ -261,7 +343,7 @@ class UploadStore:
             finally:
                 await reader.close()
             await self.driver.put_content(
-                paths.upload_hashstate(name, upload_id, hasher.bytes_hashed), hasher.state()
+                paths.upload_hashstate(name, upload_id, hasher.bytes_hashed), hasher.state(), durable=False
             )
         return hasher.bytes_hashed, hasher
 

@@ -294,11 +294,13 @@ class StorageDriverWrapper:
             raise DriverError(self.name, f"get_content returned {type(data).__name__}")
         return data
 
-    def put_content(self, path: str, data: bytes) -> Deferred[None]:
+    def put_content(self, path: str, data: bytes, durable: bool = True) -> Deferred[None]:
         """See ``IStorageDriver.put_content``."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             return fail(DriverError(self.name, f"put_content takes bytes, not {type(data).__name__}"))
-        return self._run("put_content", [(path, False)], path, bytes(data))
+        if durable:
+            return self._run("put_content", [(path, False)], path, bytes(data))
+        return self._run("put_content", [(path, False)], path, bytes(data), durable=False)
 
     def reader(self, path: str, offset: int = 0) -> Deferred[IFileReader]:
         """See ``IStorageDriver.reader``; the reader is a ``GuardedReader``."""

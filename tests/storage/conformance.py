@@ -122,6 +122,22 @@ class StorageDriverConformance:
         await driver.delete("/a/link")
 
     @pytest_twisted.ensureDeferred
+    async def test_scratch_put_content(self, driver: IStorageDriver) -> None:
+        """``durable=False`` changes durability only: creates parents,
+        replaces, reads back, lists and deletes like any put."""
+        await driver.put_content("/u/_uploads/1/hashstates/sha256/0", b"state-0", durable=False)
+        await driver.put_content("/u/_uploads/1/hashstates/sha256/0", b"s", durable=False)
+        await driver.put_content("/u/_uploads/1/startedat", b"", durable=False)
+        assert await driver.get_content("/u/_uploads/1/hashstates/sha256/0") == b"s"
+        assert await driver.get_content("/u/_uploads/1/startedat") == b""
+        assert await driver.list("/u/_uploads/1") == ["/u/_uploads/1/hashstates", "/u/_uploads/1/startedat"]
+        await driver.put_content("/u/_uploads/1/startedat", b"durable")
+        assert await driver.get_content("/u/_uploads/1/startedat") == b"durable"
+        await driver.delete("/u")
+        with pytest.raises(PathNotFoundError):
+            await driver.stat("/u")
+
+    @pytest_twisted.ensureDeferred
     async def test_valid_path_characters(self, driver: IStorageDriver) -> None:
         path = "/AZaz09._:-/sha256:abc/.hidden/x-y_z.1"
         await driver.put_content(path, b"v")

@@ -11,17 +11,41 @@ Durability and atomicity
     crash at any moment the object is its old or its new content. Temporary
     names contain ``~``, which no valid path segment does, so ``list`` and
     ``walk`` never show them (a crash may leave one behind, invisible).
-  * ``move`` is one ``rename`` (atomic), then fsyncs both directories.
+  * ``put_content(..., durable=False)`` (scratch: an upload's hash states,
+    ``startedat``, its empty ``data``) does the same without either fsync:
+    still atomic, and a killed process loses nothing (the page cache
+    belongs to the kernel), but after a crash of the machine the object may
+    be old or absent. Every scratch object of an upload can be re-derived
+    from its data, or the upload restarted (``registry.storage.uploads``).
+  * ``move`` fsyncs the source file, renames it (atomic), and fsyncs the
+    destination's directory: when it returns the object's bytes and its new
+    name are durable, which is how an upload's data becomes a blob (the
+    bytes are durable before the blob's name, the name before its link).
+    The source directory is not fsynced: a machine crash may bring the old
+    name back beside the new one (a stale upload, purged later), never lose
+    the new one.
   * A writer writes the file in place at its path: this is what resumable
     uploads need (``close`` at the end of each request, ``writer(path,
-    append=True)`` later, possibly from another process). ``commit`` fsyncs
-    the file and its directory. After a crash, a written file holds a prefix
-    of what was written to it, never bytes that were not.
+    append=True)`` later, possibly from another process). ``close`` does not
+    fsync (the bytes of an unfinished upload are scratch too); ``commit``
+    fsyncs the file and its directory. After a crash, a written file holds a
+    prefix of what was written to it, never bytes that were not.
+  * What is durable is exactly what is acknowledged as committed: a blob
+    (``move`` or ``commit``, then its link), links, manifests and tag links
+    (``put_content``), each fsynced before the call fires, so before the
+    response that reports it. The order of dependent writes (data before
+    link, revision before tag) is the order of the awaited calls, and each
+    is durable before the next starts.
 
 Threads
-  All blocking file work runs in the driver's own bounded
-  ``twisted.python.threadpool.ThreadPool`` (``maxthreads``, default 16),
-  stopped by ``close()``, which the application calls when it stops.
+  All blocking file work runs in the driver's own bounded pool of daemon
+  threads (``_Workers``, ``maxthreads``, default 16), stopped by
+  ``close()``, which the application calls when it stops. A call costs the
+  reactor one queue put and its share of one ``callFromThread`` (answers
+  that finish together are delivered together): a small push makes dozens
+  of calls, and Twisted's general ``ThreadPool`` (context propagation, a
+  coordinator, a Deferred per hop through ``callFromThread``) cost about
+  three times as much per call.
   Bytes move in 1 MiB pieces, through the shared stream helpers of
   ``registry.storage.streams``: a writer gathers small writes into a 1 MiB
   piece and returns an already-fired Deferred while the piece has room, and
@@ -68,13 +92,14 @@ import os
 import secrets
 import shutil
 import stat as statmod
+import queue
 import threading
 from collections.abc import Mapping
 from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from registry.storage.driver import (
@@ -113,8 +138,83 @@ _NOFOLLOW = os.O_NOFOLLOW
 T = TypeVar("T")
 
 
-def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
-    return threading.Thread(*args, daemon=True, **kwargs)
+class _Workers:
+    """Up to ``maxthreads`` daemon threads taking calls from one queue;
+    each call's Deferred fires on the reactor thread. Threads start when a
+    call finds none idle and stay until ``stop``."""
+
+    def __init__(self, reactor: Any, maxthreads: int, name: str) -> None:
+        self._reactor = reactor
+        self._max = maxthreads
+        self._name = name
+        self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting for a call
+        self._waiting = 0  # calls queued, not yet taken
+        self._answers: list[tuple[Deferred[Any], bool, Any]] = []
+        self._delivering = False  # a callFromThread(_deliver) is pending
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        d: Deferred[T] = Deferred()
+        with self._lock:
+            self._waiting += 1
+            start = self._waiting > self._idle and len(self._threads) < self._max
+            if start:
+                thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+        self._calls.put((fn, args, d))
+        if start:
+            thread.start()
+        return d
+
+    def _work(self) -> None:
+        calls, lock = self._calls, self._lock
+        while True:
+            with lock:
+                self._idle += 1
+            call = calls.get()
+            with lock:
+                self._idle -= 1
+                self._waiting -= 1
+            if call is None:
+                return
+            fn, args, d = call
+            try:
+                answer = (d, True, fn(*args))
+            except BaseException:
+                answer = (d, False, Failure())
+            del call, fn, args, d
+            with lock:
+                self._answers.append(answer)
+                deliver = not self._delivering
+                self._delivering = True
+            del answer
+            if deliver:
+                self._reactor.callFromThread(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            answers, self._answers = self._answers, []
+            self._delivering = False
+        for d, ok, value in answers:
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(value)
+
+    def stop(self) -> None:
+        """Let queued calls finish, then end every thread (blocking: call it
+        off the reactor thread; answers not delivered by then are dropped)."""
+        with self._lock:
+            threads = list(self._threads)
+            self._waiting += len(threads)
+        for _ in threads:
+            self._calls.put(None)
+        for thread in threads:
+            thread.join()
 
 
 def _valid_name(name: str) -> bool:
@@ -218,6 +318,33 @@ class _Tree:
             _close_all(fds)
             raise
 
+    def direct_dir(self, segments: list[str]) -> int | None:
+        """A descriptor of the existing directory ``segments`` opened by its
+        whole path in one call, if no symlink lies on it (its real path is
+        exactly that path, so it is inside the root); else None, and the
+        caller walks (``chain``). Three syscalls instead of two per segment:
+        the write path (links, states, upload data) takes this way."""
+        full = self.root + "".join("/" + seg for seg in segments)
+        try:
+            fd = os.open(full, _DIR_FLAGS | _NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == full:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+        return None
+
+    def dir_fds(self, segments: list[str], path: str, create: bool) -> list[int]:
+        """Like ``chain``, but only the last directory when it can be opened
+        directly (``direct_dir``): for callers that need no ancestors."""
+        fd = self.direct_dir(segments)
+        if fd is not None:
+            return [fd]
+        return self.chain(segments, path, create)
+
     def parent(self, path: str, create: bool = False) -> tuple[list[int], str]:
         """Fds of the directories above ``path``'s last segment, and that segment."""
         segs = _segments(path)
@@ -286,13 +413,13 @@ class _Tree:
         finally:
             os.close(fd)
 
-    def put_content(self, path: str, data: bytes) -> None:
+    def put_content(self, path: str, data: bytes, durable: bool = True) -> None:
         segs = _segments(path)
         for attempt in range(_CREATE_RETRIES):
-            fds = self.chain(segs[:-1], path, create=True)
+            fds = self.dir_fds(segs[:-1], path, create=True)
             try:
                 try:
-                    self._put_in(fds[-1], segs[-1], data)
+                    self._put_in(fds[-1], segs[-1], data, durable)
                     return
                 except FileNotFoundError:
                     # The directory was pruned by a concurrent delete between
@@ -302,7 +429,7 @@ class _Tree:
             finally:
                 _close_all(fds)
 
-    def _put_in(self, dirfd: int, name: str, data: bytes) -> None:
+    def _put_in(self, dirfd: int, name: str, data: bytes, durable: bool = True) -> None:
         tmp = f"{name}~put~{secrets.token_hex(8)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dirfd)
         try:
@@ -310,7 +437,8 @@ class _Tree:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view[: 64 * CHUNK]) :]
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
@@ -320,7 +448,8 @@ class _Tree:
             except OSError:
                 pass
             raise
-        os.fsync(dirfd)
+        if durable:
+            os.fsync(dirfd)
 
     def open_reader(self, path: str, offset: int) -> int:
         fd, st = self.open_object(path)
@@ -334,7 +463,7 @@ class _Tree:
         segs = _segments(path)
         flags = os.O_WRONLY if append else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         for attempt in range(_CREATE_RETRIES):
-            fds = self.chain(segs[:-1], path, create=not append)
+            fds = self.dir_fds(segs[:-1], path, create=not append)
             try:
                 fd = self.open_file(fds[-1], segs[-1], path, flags)
             except PathNotFoundError:
@@ -345,8 +474,12 @@ class _Tree:
             except BaseException:
                 _close_all(fds)
                 raise
+            # Only the file's own directory stays open (``commit`` fsyncs
+            # it): the writer's owner closes what it holds on the reactor
+            # thread, so hold as little as possible.
+            _close_all(fds[:-1])
             size = os.lseek(fd, 0, os.SEEK_END)
-            return fd, size, fds, segs
+            return fd, size, fds[-1:], segs
         raise AssertionError("unreachable")
 
     def stat(self, path: str) -> FileInfo:
@@ -396,6 +529,9 @@ class _Tree:
             for attempt in range(_CREATE_RETRIES):
                 dfds = self.chain(dsegs[:-1], dest, create=True)
                 try:
+                    if attempt == 0:
+                        # The bytes are durable before the new name is.
+                        self._fsync_file(sfds[-1], sname, source)
                     try:
                         os.rename(sname, dsegs[-1], src_dir_fd=sfds[-1], dst_dir_fd=dfds[-1])
                     except FileNotFoundError:
@@ -403,13 +539,31 @@ class _Tree:
                             raise
                         continue
                     os.fsync(dfds[-1])
-                    os.fsync(sfds[-1])
                     break
                 finally:
                     _close_all(dfds)
             self.prune(sfds, _segments(source)[:-1])
         finally:
             _close_all(sfds)
+
+    def _fsync_file(self, dirfd: int, name: str, path: str) -> None:
+        fd = self.open_file(dirfd, name, path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def prune_path(self, path: str) -> None:
+        """Remove the emptied directories above ``path``'s object (never the root)."""
+        segs = _segments(path)[:-1]
+        try:
+            fds = self.chain(segs, path)
+        except (PathNotFoundError, OSError):
+            return
+        try:
+            self.prune(fds, segs)
+        finally:
+            _close_all(fds)
 
     def _missing(self, dirfd: int, name: str) -> bool:
         try:
@@ -600,8 +754,11 @@ class _FileSink:
         return self._driver._run(_write_all, self._fd, list(piece))
 
     def _release(self, result: T) -> T:
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         _close_all(self._dirfds)
+        self._dirfds = []
         return result
 
     def close(self) -> Deferred[None]:
@@ -609,22 +766,34 @@ class _FileSink:
 
     abort = close  # a failed write keeps what reached the file, for a resumed upload
 
+    def _release_here(self) -> None:
+        """Close the descriptors in the pool thread doing the last work."""
+        fds, self._dirfds = [self._fd, *self._dirfds], []
+        self._fd = -1
+        _close_all(fds)
+
     def commit(self) -> Deferred[None]:
         def work() -> None:
-            os.fsync(self._fd)
-            os.fsync(self._dirfds[-1])
+            try:
+                os.fsync(self._fd)
+                os.fsync(self._dirfds[-1])
+            finally:
+                self._release_here()
 
-        return self._driver._run(work).addBoth(self._release)
+        return self._driver._run(work).addErrback(self._release)
 
     def cancel(self) -> Deferred[None]:
         def work() -> None:
             try:
-                os.unlink(self._segments[-1], dir_fd=self._dirfds[-1])
-            except FileNotFoundError:
-                pass
-            self._driver._tree.prune(self._dirfds, self._segments[:-1])
+                try:
+                    os.unlink(self._segments[-1], dir_fd=self._dirfds[-1])
+                except FileNotFoundError:
+                    pass
+            finally:
+                self._release_here()
+            self._driver._tree.prune_path("/" + "/".join(self._segments))
 
-        return self._driver._run(work).addBoth(self._release)
+        return self._driver._run(work).addErrback(self._release)
 
 
 def open_writer(driver: FilesystemDriver, fd: int, size: int, dirfds: list[int], segments: list[str]) -> IFileWriter:
@@ -647,12 +816,10 @@ class FilesystemDriver:
         os.makedirs(rootdirectory, exist_ok=True)
         self._tree = _Tree(os.path.realpath(rootdirectory))
         self._reactor = reactor
-        self._pool = ThreadPool(minthreads=0, maxthreads=maxthreads, name=f"storage-{NAME}")
         # Daemon threads: a driver nobody closes does not keep the process
         # alive. The application closes it (``close``) when it stops.
-        self._pool.threadFactory = _daemon_thread  # type: ignore[assignment]
+        self._pool = _Workers(reactor, maxthreads, f"storage-{NAME}")
         self._closed = False
-        self._pool.start()
         #: ``send_to`` calls answered on the calling thread (their range was
         #: in the page cache) and in the pool (it was not, or not all).
         self.sends_inline = 0
@@ -669,7 +836,7 @@ class FilesystemDriver:
     def close(self) -> Deferred[None]:
         """Stop the thread pool, waiting for work in progress."""
         if not self._closed:
-            # ThreadPool.stop joins its threads: do it off the reactor thread.
+            # stop joins the threads: do it off the reactor thread.
             pool = self._pool
             self._closed = True
             return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), pool.stop)
@@ -678,7 +845,7 @@ class FilesystemDriver:
     def _run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         if self._closed:
             return fail(DriverError(NAME, "driver is closed"))
-        return deferToThreadPool(self._reactor, self._pool, fn, *args)
+        return self._pool.submit(fn, *args)
 
     # -- IStorageDriver ----------------------------------------------------------
 
@@ -744,9 +911,10 @@ class FilesystemDriver:
         finally:
             os.close(fd)
 
-    def put_content(self, path: str, data: bytes) -> Deferred[None]:
-        """Atomically replace the file (temp file, fsync, rename, fsync dir)."""
-        return self._run(self._tree.put_content, path, data)
+    def put_content(self, path: str, data: bytes, durable: bool = True) -> Deferred[None]:
+        """Atomically replace the file (temp file, fsync, rename, fsync dir;
+        no fsync for a scratch put, ``durable=False``)."""
+        return self._run(self._tree.put_content, path, data, durable)
 
     def reader(self, path: str, offset: int = 0) -> Deferred[IFileReader]:
         """Fire with a read-ahead reader (``registry.storage.streams``) at ``offset``."""
@@ -767,7 +935,8 @@ class FilesystemDriver:
         return self._run(self._tree.list, path)
 
     def move(self, source: str, dest: str) -> Deferred[None]:
-        """Rename ``source`` over ``dest`` (atomic), creating and pruning dirs."""
+        """Rename ``source`` over ``dest`` (atomic, durable: fsync the file,
+        rename, fsync the destination directory), creating and pruning dirs."""
         return self._run(self._tree.move, source, dest)
 
     def delete(self, path: str) -> Deferred[None]:

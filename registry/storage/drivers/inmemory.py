@@ -201,8 +201,9 @@ class InMemoryDriver:
         except PathNotFoundError as exc:
             return fail(exc)
 
-    def put_content(self, path: str, data: bytes) -> Deferred[None]:
-        """Replace the object at ``path`` in one step."""
+    def put_content(self, path: str, data: bytes, durable: bool = True) -> Deferred[None]:
+        """Replace the object at ``path`` in one step (``durable`` means
+        nothing to memory)."""
         self._check_placeable(path)
         self._store(path, _Object(data))
         return succeed(None)

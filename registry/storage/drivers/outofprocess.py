@@ -278,9 +278,12 @@ class OutOfProcessDriver:
         """Fire with the whole object; ``PathNotFoundError``, ``DriverError``."""
         return self._call(wire.GetContent, path=path).addCallback(lambda cr: cr[1]["data"])
 
-    def put_content(self, path: str, data: bytes) -> Deferred[None]:
-        """Store ``data`` atomically (one command, however large)."""
-        return self._call(wire.PutContent, path=path, data=bytes(data)).addCallback(lambda _: None)
+    def put_content(self, path: str, data: bytes, durable: bool = True) -> Deferred[None]:
+        """Store ``data`` atomically (one command, however large); a scratch
+        put (``durable=False``) stays one in the child's driver."""
+        command = wire.PutContent if durable else wire.PutScratch
+        d = self._call(command, path=path, data=bytes(data))
+        return d.addCallback(lambda _: None)
 
     def reader(self, path: str, offset: int = 0) -> Deferred[IFileReader]:
         """Fire with a read-ahead reader over a handle in the child."""

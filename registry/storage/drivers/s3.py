@@ -965,8 +965,9 @@ class S3Driver:
             return await self._get_content(path)
         return await self._body(response, f"GET {path}")
 
-    def put_content(self, path: str, data: bytes) -> "Deferred[None]":
-        """Check that ``path`` can hold an object, then PUT it (atomic)."""
+    def put_content(self, path: str, data: bytes, durable: bool = True) -> "Deferred[None]":
+        """Check that ``path`` can hold an object, then PUT it (atomic; every
+        PUT is durable, so ``durable`` changes nothing)."""
         return ensureDeferred(self._put_content(path, bytes(data)))
 
     async def _put_content(self, path: str, data: bytes) -> None:

@@ -42,6 +42,7 @@ from registry.storage.remote.wire import (
     OpenReader,
     OpenWriter,
     PutContent,
+    PutScratch,
     Read,
     RedirectURL,
     Stat,
@@ -217,6 +218,12 @@ class DriverServer(FrameParsingAMP):
     @PutContent.responder
     def put_content(self, path: str, data: bytes) -> Deferred[dict[str, Any]]:
         d = self._guard(lambda: self._driver().put_content(path, data))
+        d.addCallback(lambda _: {})
+        return d
+
+    @PutScratch.responder
+    def put_scratch(self, path: str, data: bytes) -> Deferred[dict[str, Any]]:
+        d = self._guard(lambda: self._driver().put_content(path, data, durable=False))
         d.addCallback(lambda _: {})
         return d
 

@@ -215,6 +215,13 @@ class PutContent(_Command):
     response = []
 
 
+class PutScratch(_Command):
+    """``put_content(path, data, durable=False)``."""
+
+    arguments = [(b"path", amp.Unicode()), (b"data", LargeBytes())]
+    response = []
+
+
 class OpenReader(_Command):
     arguments = [(b"path", amp.Unicode()), (b"offset", amp.Integer())]
     response = [(b"handle", amp.Integer())]

@@ -83,8 +83,9 @@ def start_upstream(workdir: Path) -> Registry:
     return registry
 
 
-def start_proxy(workdir: Path, remoteurl: str, port: int | None = None) -> Registry:
-    """Our registry as a pull-through cache of ``remoteurl`` (no auth of its own)."""
+def start_proxy(workdir: Path, remoteurl: str, port: int | None = None, workers: int = 0) -> Registry:
+    """Our registry as a pull-through cache of ``remoteurl`` (no auth of its
+    own), with ``workers`` processes (0: one per core)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     config = workdir / "config.yml"
@@ -92,7 +93,7 @@ def start_proxy(workdir: Path, remoteurl: str, port: int | None = None) -> Regis
         "version: 0.1\n"
         "log: {level: info}\n"
         f"storage: {{filesystem: {{rootdirectory: {workdir / 'storage'}}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}, workers: {workers}}}\n"
         f"proxy: {{remoteurl: '{remoteurl}', username: {USER}, password: '{PASSWORD}', ttl: 1h}}\n"
     )
     process = ManagedProcess([twistd_path(), "-n", "--pidfile=", "registry", "--config", str(config)], workdir / "proxy.log")
@@ -262,7 +263,9 @@ async def test_256_mib_blob_by_8_clients_is_fetched_once_in_bounded_memory(
     path.unlink()
 
     relay = CountingRelay(upstream_registry.port)
-    proxy = start_proxy(tmp_path / "proxy", relay.url)
+    # One process: a flight is shared by the clients of one process (each
+    # worker fetches a blob at most once), and its RSS is what we bound.
+    proxy = start_proxy(tmp_path / "proxy", relay.url, workers=1)
     try:
         rss_before = _vm(proxy.process.pid, "VmRSS")
         url = f"{proxy.url}/v2/lib/big/blobs/{digest}"

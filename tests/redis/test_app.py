@@ -19,7 +19,7 @@ from registry.app import make_application
 from registry.redis import RedisService
 from registry.config import ConfigError, load_config
 from registry.storage.cache import CachedBlobDescriptors, InMemoryDescriptorCache, RedisDescriptorCache
-from registry.storage.locks import ProcessLocks
+from registry.storage.hostlock import HostUploadLocks
 from registry.storage.redislock import RedisUploadLocks
 from tests.redis.server import RedisServer
 
@@ -50,7 +50,8 @@ async def test_wiring(tmp_path: Path, redis_server: RedisServer) -> None:
 
     plain = make_application(load_config(config_for(tmp_path, None, None), {}), reactor)
     assert plain.redis is None
-    assert isinstance(model_of(plain).uploads.lock, ProcessLocks)
+    # Without Redis, the processes of this host share upload locks.
+    assert isinstance(model_of(plain).uploads.lock, HostUploadLocks)
     assert not isinstance(model_of(plain).blobs.descriptors, CachedBlobDescriptors)
 
     local = make_application(load_config(config_for(tmp_path, None, "inmemory"), {}), reactor)

@@ -149,7 +149,38 @@ class _Writable:
 
 
 @implementer(IPushProducer)
-class SendfileProducer:
+class PausableProducer:
+    """The push-producer half of a body writer: ``pauseProducing`` holds the
+    writer at its next ``await self.unpaused()``, ``resumeProducing`` lets it
+    go on, ``stopProducing`` ends it (``stopped``)."""
+
+    def __init__(self) -> None:
+        self._paused = False
+        self._stopped = False
+        self._resume: Deferred[None] | None = None
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._resume is not None:
+            d, self._resume = self._resume, None
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self.resumeProducing()
+
+    async def unpaused(self) -> None:
+        """Return once the consumer wants bytes (at once when it does)."""
+        while self._paused and not self._stopped:
+            self._resume = Deferred()
+            await self._resume
+
+
+@implementer(IPushProducer)
+class SendfileProducer(PausableProducer):
     """Sends ``length`` bytes of ``reader``'s object from ``offset`` as the
     body of ``request`` over ``transport`` (from ``zero_copy_transport``),
     by ``sendfile``; ``run()`` fires when it is done. The caller has set the
@@ -172,25 +203,11 @@ class SendfileProducer:
         self.offset = offset
         self.remaining = length
         self.reactor = reactor
-        self._paused = False
-        self._stopped = False
-        self._resume: Deferred[None] | None = None
+        super().__init__()
         self._writable: _Writable | None = None
 
-    # IPushProducer -----------------------------------------------------------
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        if self._resume is not None:
-            d, self._resume = self._resume, None
-            d.callback(None)
-
     def stopProducing(self) -> None:
-        self._stopped = True
-        self.resumeProducing()
+        super().stopProducing()
         if self._writable is not None:
             self._writable.wake()
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 __all__ = [
-    "Target", "curl", "distribution_argv", "free_port", "our_argv", "our_argv_with", "process_cpu_seconds", "process_rss",
+    "Target", "curl", "distribution_argv", "free_port", "merge_settings", "our_argv", "our_argv_with", "process_cpu_seconds", "process_rss",
     "push_chunked", "raw_http", "start",
 ]
 
@@ -148,11 +148,12 @@ def start(label: str, argv_for: Callable[[Path, int], list[str]], workdir: Path)
     return target
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def merge_settings(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, mappings key by key (``extra`` wins)."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_settings(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -170,7 +171,7 @@ def _config(workdir: Path, port: int, extra: Mapping[str, Any] | None = None) ->
         "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
     }
     config = workdir / "config.yml"
-    config.write_text(yaml.safe_dump(_merge(settings, extra or {}), sort_keys=False))
+    config.write_text(yaml.safe_dump(merge_settings(settings, extra or {}), sort_keys=False))
     return config
 
 

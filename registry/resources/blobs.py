@@ -17,7 +17,7 @@ from registry.errors import RegistryError
 from registry.http import RegistryRequest
 from registry.resources.base import empty_response
 from registry.resources.context import Context
-from registry.sendfile import SendfileProducer, zero_copy_transport
+from registry.sendfile import PausableProducer, SendfileProducer, zero_copy_transport
 from registry.storage.driver import IFileReader, IZeroCopyReader
 
 READ_CHUNK = 1 << 20  # drivers read 1 MiB pieces; smaller reads cost a Deferred each
@@ -65,7 +65,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 @implementer(IPushProducer)
-class ReaderProducer:
+class ReaderProducer(PausableProducer):
     """Copies ``length`` bytes from a driver reader to a request, pausing
     while the transport is full. ``run()`` fires when done; the caller
     closes the reader. (Readers that can ``send_to`` a socket go through
@@ -76,22 +76,7 @@ class ReaderProducer:
         self.request = request
         self.reader = reader
         self.remaining = length
-        self._paused = False
-        self._stopped = False
-        self._resume: Deferred[None] | None = None
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        if self._resume is not None:
-            d, self._resume = self._resume, None
-            d.callback(None)
-
-    def stopProducing(self) -> None:
-        self._stopped = True
-        self.resumeProducing()
+        super().__init__()
 
     async def run(self) -> None:
         _widen_sends(self.request)

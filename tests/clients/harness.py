@@ -63,6 +63,7 @@ from registry.bench.daemons import (  # noqa: F401
     run,
     wait_until,
 )
+from registry.bench.servers import merge_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -225,23 +226,12 @@ def _wait_for_v2(
     wait_until(answers, timeout=timeout, what=what, process=process)
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``extra`` merged in, mappings key by key (``extra`` wins)."""
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def distribution_config(port: int, storage: Path, extra: Mapping[str, Any] | None = None) -> str:
     """A Distribution-style ``config.yml`` body: filesystem storage, delete on;
     ``extra`` (e.g. ``{"auth": {...}, "http": {"tls": {...}}}``) merged in."""
     if extra:
         base = yaml.safe_load(distribution_config(port, storage))
-        return str(yaml.safe_dump(_merge(base, extra), sort_keys=False))
+        return str(yaml.safe_dump(merge_settings(base, extra), sort_keys=False))
     return (
         "version: 0.1\n"
         "log:\n"

@@ -105,8 +105,9 @@ INMEMORY_SIZE = 10000
 CONTENT_MAX_BYTES = 64 * 1024 * 1024
 #: Entries the content cache holds.
 CONTENT_MAX_ENTRIES = 200_000
-#: What one size or membership entry counts against ``CONTENT_MAX_BYTES``.
-ENTRY_COST = 200
+#: What one size or membership entry counts against ``CONTENT_MAX_BYTES``
+#: (about what it costs in memory: key tuple, digest, value, dict node).
+ENTRY_COST = 512
 #: Seconds a content-cache entry is trusted at most. Deletions on this host
 #: reach the cache at once through the generation; this bounds what a
 #: deletion by another *host* can leave (several hosts on one storage
@@ -193,10 +194,21 @@ class ContentCache:
         old = self._entries.pop(key, None)
         if old is not None:
             self._bytes -= old[1]
-        self._entries[key] = (value, cost, self.now() + self.max_age_s)
+        now = self.now()
+        self._entries[key] = (value, cost, now + self.max_age_s)
         self._bytes += cost
-        while self._bytes > self.max_bytes or len(self._entries) > self.max_entries:
-            _, (_, dropped, _) = self._entries.popitem(last=False)
+        entries = self._entries
+        while self._bytes > self.max_bytes or len(entries) > self.max_entries:
+            _, (_, dropped, _) = entries.popitem(last=False)
+            self._bytes -= dropped
+        # Entries past their age go from the cold end as new ones arrive, so
+        # the cache holds about ``max_age_s`` of traffic, not its bound for
+        # ever: a process's memory levels off with its working set.
+        for _ in range(2):
+            oldest = next(iter(entries.values()))
+            if oldest[2] > now:
+                break
+            _, (_, dropped, _) = entries.popitem(last=False)
             self._bytes -= dropped
 
     def status(self) -> dict[str, Any]:

@@ -156,3 +156,17 @@ def test_entries_are_trusted_for_a_bounded_time() -> None:
     clock[0] += 2
     assert cache.get(("size", "d")) is None
     assert cache.status()["entries"] == 0 and cache.status()["bytes"] == 0
+
+
+def test_old_entries_leave_as_new_ones_arrive() -> None:
+    """Without being asked for again, entries past their age are evicted by
+    later fills (two per fill), so memory follows the recent working set."""
+    clock = [100.0]
+    cache = ContentCache(Generation.local(), max_age_s=60, now=lambda: clock[0])
+    for i in range(10):
+        cache.put(("size", f"old{i}"), i, cache.token())
+    clock[0] += 61
+    for i in range(5):
+        cache.put(("size", f"new{i}"), i, cache.token())
+    assert cache.status()["entries"] == 5  # 10 old ones gone, two per fill
+    assert cache.get(("size", "new4")) == 4

@@ -121,7 +121,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import treq
 from twisted.internet import error as net_error
@@ -951,11 +951,7 @@ class S3Driver:
         key = self._k(path)
         response = await self._request("GET", key, ok=(200, 404), what=f"GET {path}")
         if response.code == 404:
-            content = await self._body(response, f"GET {path}")
-            error = self._error(404, content, f"GET {path}")
-            if error.code == "NoSuchBucket":
-                raise error
-            raise PathNotFoundError(path, NAME)
+            await self._not_found(response, path)
         if _is_state(response):
             await self._discard(response)
             head = await self._head(key)
@@ -964,6 +960,15 @@ class S3Driver:
             await self._materialize(path, head)
             return await self._get_content(path)
         return await self._body(response, f"GET {path}")
+
+    async def _not_found(self, response: Any, path: str) -> NoReturn:
+        """Raise for a 404 of ``GET path``: the bucket's absence as the
+        gateway's error, else ``PathNotFoundError``."""
+        content = await self._body(response, f"GET {path}")
+        error = self._error(404, content, f"GET {path}")
+        if error.code == "NoSuchBucket":
+            raise error
+        raise PathNotFoundError(path, NAME)
 
     def put_content(self, path: str, data: bytes, durable: bool = True) -> "Deferred[None]":
         """Check that ``path`` can hold an object, then PUT it (atomic; every
@@ -983,12 +988,9 @@ class S3Driver:
         headers = {"Range": f"bytes={offset}-"} if offset > 0 else {}
         response = await self._request("GET", key, headers=headers, ok=(200, 206, 404, 416), what=f"GET {path}")
         if response.code in (404, 416):
-            content = await self._body(response, f"GET {path}")
             if response.code == 404:
-                error = self._error(404, content, f"GET {path}")
-                if error.code == "NoSuchBucket":
-                    raise error
-                raise PathNotFoundError(path, NAME)
+                await self._not_found(response, path)
+            await self._body(response, f"GET {path}")
             head = await self._head(key)
             if head is None:
                 raise PathNotFoundError(path, NAME)

@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from tests.clients.harness import DockerDaemon, Registry, Skopeo, make_image
-from tests.clients.test_docker import assert_registry_holds, layer_statuses, load_image, pushed_digest
+from tests.clients.test_docker import assert_registry_holds, load_image, push_new_image, pushed_digest, rmi_and_pull_back
 from tests.clients.test_skopeo import copy_index_in_and_out
 from tests.redis.cluster import Balancer, Instance, descendants, kill_instance, running_cluster
 from tests.redis.server import RedisServer
@@ -41,29 +41,13 @@ def through(balancer: Balancer, workdir: Path) -> Registry:
 
 
 def test_docker_push_and_pull_through_the_balancer(dockerd: DockerDaemon, cluster: Cluster, repo: str, scratch: Path) -> None:
-    instances, balancer, _ = cluster
-    registry = through(balancer, scratch)
+    _, balancer, _ = cluster
     image = make_image(repo, layers=4, layer_size=256 * 1024)
-    local = f"local/{repo}:src"
-    load_image(dockerd, image, scratch, local)
-    remote = registry.ref(repo, "v1")
-    dockerd.docker("tag", local, remote)
-
-    push = dockerd.docker("push", remote)
-    assert sorted(layer_statuses(push.stdout).values()) == ["Pushed"] * 4, push.stdout
-    digest = pushed_digest(push.stdout)
-    assert_registry_holds(registry, repo, "v1", digest, image)
+    digest, local, remote = push_new_image(dockerd, through(balancer, scratch), repo, scratch, image)
     served = set(balancer.served("PUT", "/blobs/uploads/")) | set(balancer.served("PATCH", "/blobs/uploads/"))
     assert len(served) >= 2, served  # the layers went through more than one instance
-
-    dockerd.docker("rmi", local, remote)
-    pull = dockerd.docker("pull", remote)
-    assert f"Digest: {digest}" in pull.stdout, pull.stdout
-    assert sorted(layer_statuses(pull.stdout).values()) == ["Pull complete"] * 4, pull.stdout
-    assert dockerd.image_id(remote) == image.config_digest
-    assert dockerd.image_diff_ids(remote) == image.diff_ids
+    rmi_and_pull_back(dockerd, image, digest, local, remote)
     assert len(set(balancer.served("GET", "/blobs/sha256:"))) >= 2
-    dockerd.docker("rmi", "--force", image.config_digest)
 
 
 def test_skopeo_copy_all_of_an_index_through_the_balancer(skopeo: Skopeo, cluster: Cluster, repo: str, scratch: Path) -> None:

@@ -70,6 +70,33 @@ def assert_registry_holds(registry: Registry, repo: str, tag: str, digest: str, 
         assert uncompressed_digest(blob) == layer.diff_id
 
 
+def push_new_image(dockerd: DockerDaemon, registry: Registry, repo: str, scratch: Path, image: Image) -> tuple[str, str, str]:
+    """Load ``image``, push it as ``<repo>:v1`` (every layer really pushed)
+    and check the registry holds it; ``(manifest digest, local tag, remote
+    reference)``."""
+    local = f"local/{repo}:src"
+    load_image(dockerd, image, scratch, local)
+    remote = registry.ref(repo, "v1")
+    dockerd.docker("tag", local, remote)
+    push = dockerd.docker("push", remote)
+    assert sorted(layer_statuses(push.stdout).values()) == ["Pushed"] * len(image.layers), push.stdout
+    digest = pushed_digest(push.stdout)
+    assert_registry_holds(registry, repo, "v1", digest, image)
+    return digest, local, remote
+
+
+def rmi_and_pull_back(dockerd: DockerDaemon, image: Image, digest: str, local: str, remote: str) -> None:
+    """Remove the image locally, pull it back and check it is the same."""
+    dockerd.docker("rmi", local, remote)
+    assert dockerd.docker("image", "inspect", remote, check=False).returncode != 0
+    pull = dockerd.docker("pull", remote)
+    assert f"Digest: {digest}" in pull.stdout, pull.stdout
+    assert sorted(layer_statuses(pull.stdout).values()) == ["Pull complete"] * len(image.layers), pull.stdout
+    assert dockerd.image_id(remote) == image.config_digest
+    assert dockerd.image_diff_ids(remote) == image.diff_ids
+    dockerd.docker("rmi", "--force", image.config_digest)
+
+
 def test_push_rmi_pull_gives_the_same_image(
     dockerd: DockerDaemon, registry_under_test: Registry, repo: str, scratch: Path
 ) -> None:

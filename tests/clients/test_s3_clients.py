@@ -33,7 +33,7 @@ from tests.clients.harness import (
     twistd_path,
     wait_until,
 )
-from tests.clients.test_docker import assert_registry_holds, layer_statuses, load_image, pushed_digest
+from tests.clients.test_docker import push_new_image, rmi_and_pull_back
 from tests.clients.test_skopeo import copy_index_in_and_out
 
 pytestmark = pytest.mark.clients
@@ -105,29 +105,12 @@ def test_docker_push_rmi_pull_on_s3(
 ) -> None:
     registry, endpoint = s3_registry
     image = make_image(repo, layers=4, layer_size=512 * 1024)
-    local = f"local/{repo}:src"
-    load_image(dockerd, image, scratch, local)
-    remote = registry.ref(repo, "v1")
-    dockerd.docker("tag", local, remote)
-
-    push = dockerd.docker("push", remote)
-    assert sorted(layer_statuses(push.stdout).values()) == ["Pushed"] * 4, push.stdout
-    digest = pushed_digest(push.stdout)
-    assert_registry_holds(registry, repo, "v1", digest, image)  # blob reads follow the redirect
+    digest, local, remote = push_new_image(dockerd, registry, repo, scratch, image)  # blob reads follow the redirect
     # docker recompresses the layers it pushes: take their digests from the manifest.
     pushed_layers = json.loads(registry.manifest(repo, digest).body)["layers"]
     for descriptor in pushed_layers:
         assert_blob_redirects_to_gateway(registry, repo, descriptor["digest"], endpoint)
-
-    dockerd.docker("rmi", local, remote)
-    assert dockerd.docker("image", "inspect", remote, check=False).returncode != 0
-
-    pull = dockerd.docker("pull", remote)
-    assert f"Digest: {digest}" in pull.stdout, pull.stdout
-    assert sorted(layer_statuses(pull.stdout).values()) == ["Pull complete"] * 4, pull.stdout
-    assert dockerd.image_id(remote) == image.config_digest
-    assert dockerd.image_diff_ids(remote) == image.diff_ids
-    dockerd.docker("rmi", "--force", image.config_digest)
+    rmi_and_pull_back(dockerd, image, digest, local, remote)
 
 
 def test_skopeo_copy_all_index_in_and_out_on_s3(

@@ -127,6 +127,10 @@ class RegistryRequest(server.Request):
     body_too_large = False
     _body_paused = False
     _body_done = False
+    #: Body pieces of the network read being decoded, given to the sink as
+    #: one block when the read is done (``flush_body``): a chunked body of
+    #: small chunks then costs one sink write per read, not one per chunk.
+    _held: list[bytes] | None = None
     #: ``(method, target)`` of the request line, handed over by
     #: ``RegistryChannel`` when the headers are in (before the body).
     request_line: tuple[bytes, bytes] | None = None
@@ -217,6 +221,14 @@ class RegistryRequest(server.Request):
                 self.pause_body()
             return
         if self.body_sink is not None:
+            channel = self.channel
+            if isinstance(channel, RegistryChannel) and channel.reading:
+                if self._held is None:
+                    self._held = [data]
+                    channel.hold(self)
+                else:
+                    self._held.append(data)
+                return
             self.body_sink.data_received(data)
         elif self.body_limit is not None:
             assert self.content is not None  # gotLength set a buffer with the limit
@@ -227,7 +239,14 @@ class RegistryRequest(server.Request):
         else:
             super().handleContentChunk(data)
 
+    def flush_body(self) -> None:
+        """Give the sink the body pieces held during the current read."""
+        held, self._held = self._held, None
+        if held and self.body_sink is not None:
+            self.body_sink.data_received(held[0] if len(held) == 1 else b"".join(held))
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self.flush_body()
         self._body_done = True
         if self._pending is not None:
             # Rendered once the decision is in (see _decided).
@@ -239,6 +258,7 @@ class RegistryRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason: Failure) -> None:
+        self.flush_body()
         if self.body_sink is not None and not self._body_done:
             self._body_done = True
             self.body_sink.connection_lost(reason)
@@ -306,6 +326,9 @@ class RegistryChannel(http.HTTPChannel):
     reached (``tests/test_http_limits.py`` pins this)."""
 
     _first_bytes_seen = False
+    #: True while a network read is being decoded (``dataReceived``).
+    reading = False
+    _holding: RegistryRequest | None = None
     #: Set by ``Site.buildProtocol`` (Twisted does not declare it).
     site: server.Site | None = None
     # Bytes per socket read: Twisted's default 64 KiB costs a trip through the
@@ -381,7 +404,20 @@ class RegistryChannel(http.HTTPChannel):
                 self.transport.write(TLS_PROBE_RESPONSE)
                 self.transport.loseConnection()
                 return
-        super().dataReceived(data)
+        self.reading = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self.reading = False
+            holder, self._holding = self._holding, None
+            if holder is not None:
+                holder.flush_body()
+
+    def hold(self, request: RegistryRequest) -> None:
+        """``request`` holds body pieces until this read is decoded."""
+        if self._holding is not None and self._holding is not request:
+            self._holding.flush_body()
+        self._holding = request
 
     def request_line(self) -> tuple[bytes, bytes]:
         """``(method, target)`` of the request whose headers are being read.

@@ -115,3 +115,60 @@ async def test_before_body_refuses_a_push_before_its_body_is_stored() -> None:
         assert root.calls == 2
     finally:
         await port.stopListening()
+
+
+class RecordingSink:
+    """A body sink that records what it is given, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, bytes]] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.events.append(("data", data))
+
+    def body_complete(self) -> None:
+        self.events.append(("complete", b""))
+
+    def connection_lost(self, reason: object) -> None:
+        self.events.append(("lost", b""))
+
+
+class SinkRoot(RegistryRoot):
+    def __init__(self, sink: RecordingSink) -> None:
+        real = make_root(create_driver("inmemory", {}))
+        super().__init__(real.routes, real.extra_headers)
+        self.sink = sink
+
+    def headers_received(self, request: RegistryRequest, method: bytes, target: bytes, length: int | None) -> BodyHandling:
+        super().headers_received(request, method, target, length)
+        return self.sink
+
+
+def chunked(pieces: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
+
+
+@pytest.mark.parametrize("end_in_same_read", [False, True])
+def test_small_chunks_of_one_read_reach_the_sink_as_one_block(end_in_same_read: bool) -> None:
+    """A chunked body of tiny chunks costs one sink write per network read:
+    the pieces decoded from a read are joined, in order, before the body's
+    end (or the connection's loss) is reported."""
+    sink = RecordingSink()
+    channel = RegistrySite(SinkRoot(sink)).buildProtocol(None)
+    assert isinstance(channel, RegistryChannel)
+    channel.makeConnection(StringTransport())
+    first = [bytes([i]) * 7 for i in range(100)]
+    second = [bytes([i]) * 5 for i in range(50)]
+    channel.dataReceived(
+        b"PATCH /v2/a/b/blobs/uploads/0123456789abcdef0123456789abcdef HTTP/1.1\r\n"
+        b"Host: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(first)
+    )
+    assert sink.events == [("data", b"".join(first))]
+    if end_in_same_read:
+        channel.dataReceived(chunked(second) + b"0\r\n\r\n")
+        assert sink.events[1:] == [("data", b"".join(second)), ("complete", b"")]
+    else:
+        channel.dataReceived(chunked(second))
+        assert sink.events[1:] == [("data", b"".join(second))]
+        channel.connectionLost(Exception("gone"))
+        assert sink.events[2:] == [("lost", b"")]

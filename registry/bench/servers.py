@@ -8,6 +8,7 @@ leaves none behind."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -22,9 +23,15 @@ from typing import Any, Callable, Mapping
 import yaml
 
 __all__ = [
-    "Target", "curl", "distribution_argv", "free_port", "merge_settings", "our_argv", "our_argv_with", "process_cpu_seconds", "process_rss",
+    "Target", "curl", "distribution_argv", "free_port", "merge_settings", "sha256_of", "our_argv", "our_argv_with", "process_cpu_seconds", "process_rss",
     "push_chunked", "raw_http", "start",
 ]
+
+
+def sha256_of(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``, by hashlib (the bench checks the
+    registry with a hasher that is not the registry's own)."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def free_port() -> int:

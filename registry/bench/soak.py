@@ -17,7 +17,6 @@ latency.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import random
@@ -27,16 +26,12 @@ import time
 import urllib.parse
 from typing import Any
 
-from registry.bench.servers import Target, process_rss
+from registry.bench.servers import Target, process_rss, sha256_of
 
 MIB = 1 << 20
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-
-
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 class _Failure(Exception):
@@ -85,7 +80,7 @@ def _relative(location: str) -> str:
 
 
 def _push_blob(client: _Client, name: str, data: bytes) -> str:
-    digest = _sha(data)
+    digest = sha256_of(data)
     client.request("HEAD", f"/v2/{name}/blobs/{digest}", (404,))
     headers, _ = client.request("POST", f"/v2/{name}/blobs/uploads/", (202,))
     headers, _ = client.request("PATCH", _relative(headers["location"]), (202,), data,
@@ -98,7 +93,7 @@ def _push_blob(client: _Client, name: str, data: bytes) -> str:
 
 def _push(client: _Client, name: str, layer: bytes) -> None:
     config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [_sha(layer)]}}).encode()
+                         "rootfs": {"type": "layers", "diff_ids": [sha256_of(layer)]}}).encode()
     layer_digest = _push_blob(client, name, layer)
     config_digest = _push_blob(client, name, config)
     manifest = json.dumps({
@@ -114,8 +109,8 @@ def _pull(client: _Client, name: str) -> None:
     manifest = json.loads(body)
     for descriptor in [manifest["config"], *manifest["layers"]]:
         _, blob = client.request("GET", f"/v2/{name}/blobs/{descriptor['digest']}", (200,))
-        if _sha(blob) != descriptor["digest"]:
-            raise _Failure(f"GET {name} blob {descriptor['digest']}: {len(blob)} bytes with digest {_sha(blob)}")
+        if sha256_of(blob) != descriptor["digest"]:
+            raise _Failure(f"GET {name} blob {descriptor['digest']}: {len(blob)} bytes with digest {sha256_of(blob)}")
 
 
 def _rss(target: Target) -> dict[int, int]:

@@ -61,16 +61,12 @@ import yaml
 
 from registry.bench import dockerpush, soak
 from registry.bench.daemons import MissingTool
-from registry.bench.servers import Target, curl, distribution_argv, our_argv_with, start
+from registry.bench.servers import Target, curl, distribution_argv, our_argv_with, sha256_of, start
 
 MIB = 1 << 20
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-
-
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # -- requests over plain http.client (a new connection per request) ------------
@@ -99,7 +95,7 @@ def _path(url: str) -> str:
 def _push_blob(port: int, name: str, data: bytes) -> str:
     """Docker's sequence, a new connection per request: HEAD, POST, PATCH
     with the bytes, PUT with the digest."""
-    digest = _sha(data)
+    digest = sha256_of(data)
     status, _, _ = _request(port, "HEAD", f"/v2/{name}/blobs/{digest}")
     if status == 200:
         return digest
@@ -121,7 +117,7 @@ def _push_blob(port: int, name: str, data: bytes) -> str:
 def _push_image(port: int, name: str, tag: str, seed: bytes) -> tuple[str, str]:
     """A small one-layer image; returns (manifest digest, layer digest)."""
     layer = hashlib.sha256(seed).digest() * 64
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [_sha(layer)]},
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [sha256_of(layer)]},
                          "seed": seed.hex()}).encode()
     layer_digest = _push_blob(port, name, layer)
     config_digest = _push_blob(port, name, config)
@@ -133,7 +129,7 @@ def _push_image(port: int, name: str, tag: str, seed: bytes) -> tuple[str, str]:
     status, _, body = _request(port, "PUT", f"/v2/{name}/manifests/{tag}", manifest, {"Content-Type": OCI_MANIFEST})
     if status != 201:
         raise RuntimeError(f"manifest push to {name}: {status} {body[:200]!r}")
-    return _sha(manifest), layer_digest
+    return sha256_of(manifest), layer_digest
 
 
 # -- figures ----------------------------------------------------------------------

@@ -318,15 +318,14 @@ class _Tree:
             _close_all(fds)
             raise
 
-    def direct_dir(self, segments: list[str]) -> int | None:
-        """A descriptor of the existing directory ``segments`` opened by its
-        whole path in one call, if no symlink lies on it (its real path is
-        exactly that path, so it is inside the root); else None, and the
-        caller walks (``chain``). Three syscalls instead of two per segment:
-        the write path (links, states, upload data) takes this way."""
-        full = self.root + "".join("/" + seg for seg in segments)
+    def open_exact(self, relative: str, flags: int) -> int | None:
+        """A descriptor of ``root + relative`` opened by its whole path in one
+        call, if no symlink lies on it (its real path is exactly that path,
+        so it is inside the root); else None, and the caller takes the
+        careful way (``chain``)."""
+        full = self.root + relative
         try:
-            fd = os.open(full, _DIR_FLAGS | _NOFOLLOW)
+            fd = os.open(full, flags | _NOFOLLOW)
         except OSError:
             return None
         try:
@@ -336,6 +335,12 @@ class _Tree:
             pass
         os.close(fd)
         return None
+
+    def direct_dir(self, segments: list[str]) -> int | None:
+        """The existing directory ``segments`` by ``open_exact``: three
+        syscalls instead of two per segment; the write path (links, states,
+        upload data) takes this way."""
+        return self.open_exact("".join("/" + seg for seg in segments), _DIR_FLAGS)
 
     def dir_fds(self, segments: list[str], path: str, create: bool) -> list[int]:
         """Like ``chain``, but only the last directory when it can be opened
@@ -885,16 +890,11 @@ class FilesystemDriver:
         ``preadv(RWF_NOWAIT)``, which fails with EAGAIN instead of waiting
         for the disk; a short read, a large file or any error also falls
         back to the pool."""
-        full = self._tree.root + path
-        try:
-            fd = os.open(full, _INLINE_FLAGS)
-        except OSError:
+        fd = self._tree.open_exact(path, _INLINE_FLAGS)
+        if fd is None:
             self._warm.pop(path, None)
             return None
         try:
-            if os.readlink(f"/proc/self/fd/{fd}") != full:
-                self._warm.pop(path, None)
-                return None
             size = os.fstat(fd).st_size
             if size > INLINE_MAX:
                 self._warm.pop(path, None)

@@ -30,18 +30,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
+from registry.bench.servers import free_port
 from registry.app import Listener, RegistryApplication
 from registry.config import Config, HTTPConfig
 from registry.tap import Options, RegistryService, endpoint_description, makeService
 
 REPO = Path(__file__).resolve().parent.parent
 TWISTD = Path(sys.executable).parent / "twistd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(path: Path, root: Path, port: int, extra: str = "") -> Path:

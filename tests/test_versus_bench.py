@@ -128,7 +128,7 @@ def test_server_processes_are_its_group_and_descendants() -> None:
         deadline = time.monotonic() + 10
         found: list[int] = []
         while len(found) < 3 and time.monotonic() < deadline:
-            found = servers._group_and_descendants(proc.pid)
+            found = servers.process_tree(proc.pid)
             time.sleep(0.05)
         assert proc.pid in found and len(found) == 3, found
         rss = servers.process_rss(proc.pid)

@@ -24,6 +24,7 @@ import psutil
 import pytest
 from twisted.python import usage
 
+from registry.bench.servers import free_port
 from registry.config import load_config
 from registry.observe.metrics import aggregate_expositions
 from registry.tap import Options
@@ -32,14 +33,6 @@ from tests.tlsutil import PKI, make_pki
 
 TWISTD = Path(sys.executable).parent / "twistd"
 SERVING = re.compile(r"worker (\d+) serving \(pid (\d+)\)")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Registry:

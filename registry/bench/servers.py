@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 __all__ = [
-    "Target", "curl", "distribution_argv", "free_port", "merge_settings", "sha256_of", "our_argv", "our_argv_with", "process_cpu_seconds", "process_rss",
+    "Target", "curl", "distribution_argv", "free_port", "merge_settings", "sha256_of", "our_argv", "our_argv_with", "process_cpu_seconds", "process_rss", "process_tree",
     "push_chunked", "raw_http", "start",
 ]
 
@@ -35,6 +35,7 @@ def sha256_of(data: bytes) -> str:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -57,7 +58,7 @@ class Target:
 
     def processes(self) -> list[int]:
         """Process ids of the server: its process group and every descendant."""
-        return _group_and_descendants(self.proc.pid)
+        return process_tree(self.proc.pid)
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the server's processes have used so far,
@@ -89,7 +90,8 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[2])
 
 
-def _group_and_descendants(root: int) -> list[int]:
+def process_tree(root: int) -> list[int]:
+    """``root``, the members of its process group and all their descendants."""
     table: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():

@@ -33,7 +33,6 @@ import io
 import json
 import os
 import random
-import socket
 import ssl
 import subprocess
 import tarfile
@@ -63,7 +62,7 @@ from registry.bench.daemons import (  # noqa: F401
     run,
     wait_until,
 )
-from registry.bench.servers import merge_settings
+from registry.bench.servers import free_port, merge_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,14 +101,6 @@ def missing_tool(error: MissingTool, environ: Mapping[str, str] | None = None) -
 def sha256_digest(data: bytes) -> str:
     """Return ``sha256:<hex>`` of ``data``."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -10,7 +10,6 @@ or Redis outside CI; under ``CI=true`` a missing tool fails.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -18,10 +17,11 @@ from typing import Iterator
 
 import pytest
 
+from registry.bench.servers import process_cpu_seconds, process_tree
 from tests.clients.harness import DockerDaemon, Registry, Skopeo, make_image
 from tests.clients.test_docker import assert_registry_holds, load_image, push_new_image, pushed_digest, rmi_and_pull_back
 from tests.clients.test_skopeo import copy_index_in_and_out
-from tests.redis.cluster import Balancer, Instance, descendants, kill_instance, running_cluster
+from tests.redis.cluster import Balancer, Instance, kill_instance, running_cluster
 from tests.redis.server import RedisServer
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]
@@ -60,15 +60,7 @@ def _busy(inst: Instance) -> float:
     """CPU seconds used so far by the instance's processes (its workers
     included). Socket reads are not in ``/proc/<pid>/io``, so the work an
     upload costs is what shows an instance is receiving a layer."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in [inst.process.pid, *descendants(inst.process.pid)]:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+    return sum(process_cpu_seconds(pid) or 0.0 for pid in process_tree(inst.process.pid))
 
 
 def test_docker_push_completes_when_the_instance_receiving_a_layer_is_killed(

@@ -4,7 +4,6 @@ stat, a maintenance file, an HTTP service, a TCP port."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,15 +15,10 @@ from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from registry.bench.servers import free_port
 from registry.config import ConfigError, load_config
 
 from .conftest import run_registry
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def health(url: str) -> tuple[int, Any]:

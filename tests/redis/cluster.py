@@ -24,6 +24,7 @@ from typing import Iterator
 
 import pytest
 
+from registry.bench.servers import process_tree
 from tests.clients.harness import ManagedProcess, _wait_for_v2, free_port, twistd_path
 from tests.redis.server import RedisServer, available
 
@@ -137,26 +138,10 @@ http {{
         return found
 
 
-def descendants(pid: int) -> list[int]:
-    """The process ids below ``pid`` (an instance's worker processes)."""
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*/children") if Path(f"/proc/{parent}").exists() else []:
-            try:
-                children = [int(c) for c in task.read_text().split()]
-            except OSError:
-                continue
-            found.extend(children)
-            todo.extend(children)
-    return found
-
-
 def kill_instance(inst: Instance) -> None:
     """SIGKILL the instance and every process of it at once, as a crash of
     its host would: nothing gets to clean up."""
-    for pid in [inst.process.pid, *descendants(inst.process.pid)]:
+    for pid in process_tree(inst.process.pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

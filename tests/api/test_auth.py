@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import bcrypt
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor

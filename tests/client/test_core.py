@@ -22,7 +22,7 @@ from registry.client import (
     UploadSettings,
 )
 from registry.client.errors import BlobUnknown, ManifestBlobUnknown, ManifestUnknown, NameInvalid, RegistryAPIError
-from registry.digest import Digest, sha256_digest
+from registry.digest import sha256_digest
 from registry.manifest_types import OCI_INDEX, OCI_MANIFEST
 from tests.clients.harness import Registry
 

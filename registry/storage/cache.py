@@ -205,8 +205,7 @@ class ContentCache:
         # the cache holds about ``max_age_s`` of traffic, not its bound for
         # ever: a process's memory levels off with its working set.
         for _ in range(2):
-            oldest = next(iter(entries.values()))
-            if oldest[2] > now:
+            if not entries or next(iter(entries.values()))[2] > now:
                 break
             _, (_, dropped, _) = entries.popitem(last=False)
             self._bytes -= dropped

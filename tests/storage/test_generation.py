@@ -170,3 +170,11 @@ def test_old_entries_leave_as_new_ones_arrive() -> None:
         cache.put(("size", f"new{i}"), i, cache.token())
     assert cache.status()["entries"] == 5  # 10 old ones gone, two per fill
     assert cache.get(("size", "new4")) == 4
+
+
+@pytest.mark.parametrize("bounds", [{"max_age_s": 0}, {"max_entries": 0}])
+def test_a_cache_that_keeps_nothing_still_answers(bounds: dict[str, float]) -> None:
+    cache = ContentCache(Generation.local(), **bounds)  # type: ignore[arg-type]
+    cache.put(("size", "d"), 3, cache.token())
+    assert cache.get(("size", "d")) is None
+    assert cache.status()["entries"] == 0 and cache.status()["bytes"] == 0

@@ -118,6 +118,24 @@ def _rss(target: Target) -> dict[int, int]:
     return {pid: rss for pid, rss in found.items() if rss is not None}
 
 
+FLAT_SLACK_BYTES = 8 * MIB
+FLAT_SLACK_FRACTION = 0.10
+
+
+def second_half_growth(series: list[tuple[float, dict[int, int]]]) -> dict[int, tuple[int, int]]:
+    """Per process seen at both ends of the run's second half: (growth, RSS at mid-run).
+
+    The first half is warm-up (caches fill up to their bounds); a leak shows as
+    growth that goes on after it.  A process that is not in both samples (a
+    worker restarted) is left out of the comparison.
+    """
+    if len(series) < 2:
+        return {}
+    end_t, end = series[-1]
+    mid_t, mid = min(series, key=lambda sample: abs(sample[0] - end_t / 2))
+    return {pid: (end[pid] - mid[pid], mid[pid]) for pid in end if pid in mid}
+
+
 def run_soak(target: Target, seconds: float, connections: int, layer_bytes: int = 64 * 1024) -> dict[str, Any]:
     """Run the mixed load for ``seconds`` against ``target``; return the figure."""
     pushed: list[str] = []
@@ -129,7 +147,13 @@ def run_soak(target: Target, seconds: float, connections: int, layer_bytes: int 
     cpu_start = target.cpu_seconds()
     peak = sum(rss_start.values())
     stop = threading.Event()
-    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    deadline = started + seconds
+    # One sample per minute (at least ten over a short run): enough to see
+    # whether memory levels off or keeps climbing.
+    sample_every = min(60.0, max(1.0, seconds / 10))
+    series: list[tuple[float, dict[int, int]]] = [(0.0, rss_start)]
+    next_sample = started + sample_every
 
     def worker(index: int, client: _Client) -> None:
         rng = random.Random(index)
@@ -158,9 +182,14 @@ def run_soak(target: Target, seconds: float, connections: int, layer_bytes: int 
     t0 = time.perf_counter()
     for t in threads:
         t.start()
-    while not stop.wait(min(5.0, max(0.1, deadline - time.monotonic()))):
-        peak = max(peak, sum(_rss(target).values()))
-        if time.monotonic() >= deadline:
+    while not stop.wait(min(5.0, sample_every, max(0.1, deadline - time.monotonic()))):
+        now_rss = _rss(target)
+        peak = max(peak, sum(now_rss.values()))
+        now = time.monotonic()
+        if now >= next_sample and now < deadline:
+            series.append((now - started, now_rss))
+            next_sample += sample_every
+        if now >= deadline:
             stop.set()
     for t in threads:
         t.join()
@@ -168,6 +197,9 @@ def run_soak(target: Target, seconds: float, connections: int, layer_bytes: int 
     rss_end = _rss(target)
     cpu = target.cpu_seconds() - cpu_start
     peak = max(peak, sum(rss_end.values()))
+    series.append((time.monotonic() - started, rss_end))
+    growth = second_half_growth(series)
+    flat = all(grew <= max(FLAT_SLACK_BYTES, FLAT_SLACK_FRACTION * mid) for grew, mid in growth.values())
     latencies = sorted(x for c in clients for x in c.latencies)
     requests = sum(c.requests for c in clients)
 
@@ -187,8 +219,13 @@ def run_soak(target: Target, seconds: float, connections: int, layer_bytes: int 
         "rss_start_total_mib": sum(rss_start.values()) / MIB,
         "rss_end_total_mib": sum(rss_end.values()) / MIB,
         "rss_peak_total_mib": peak / MIB,
-        "target": "zero errors",
-        "target_met": not errors,
+        "rss_series": [{"t_s": round(t, 1), "rss": {str(pid): rss for pid, rss in found.items()}}
+                       for t, found in series],
+        "rss_second_half_growth_mib": {str(pid): grew / MIB for pid, (grew, _) in growth.items()},
+        "rss_flat": flat,
+        "target": (f"zero errors; RSS flat: no process grows more than {FLAT_SLACK_BYTES // MIB} MiB "
+                   f"or {FLAT_SLACK_FRACTION:.0%} over the second half of the run"),
+        "target_met": not errors and flat,
     }
 
 
@@ -206,5 +243,15 @@ def report(label: str, s: dict[str, Any]) -> None:
     print(f"versus: soak, {label}: RSS at start {rss('rss_start')}; at end {rss('rss_end')}; "
           f"peak total {s['rss_peak_total_mib']:.1f} MiB; server CPU {s['server_cpu_s']:.1f} s "
           f"({s['server_cpu_ms_per_request']:.2f} ms per request)", flush=True)
+    pids = sorted({pid for sample in s["rss_series"] for pid in sample["rss"]})
+    for pid in pids:
+        points = " ".join(f"{sample['rss'][pid] / MIB:.0f}" if pid in sample["rss"] else "-"
+                          for sample in s["rss_series"])
+        print(f"versus: soak, {label}: RSS of pid {pid}, MiB per sample ({len(s['rss_series'])} samples, "
+              f"every {s['rss_series'][1]['t_s'] if len(s['rss_series']) > 1 else 0:.0f} s): {points}", flush=True)
+    if s["rss_second_half_growth_mib"]:
+        grew = ", ".join(f"pid {pid} {mib:+.1f}" for pid, mib in sorted(s["rss_second_half_growth_mib"].items()))
+        print(f"versus: soak, {label}: RSS growth over the second half (MiB): {grew}: "
+              f"{'flat' if s['rss_flat'] else 'NOT flat'}", flush=True)
     for error in s["first_errors"]:
         print(f"versus: soak, {label}: error: {error}", flush=True)

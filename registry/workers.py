@@ -54,6 +54,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import socket
 import sys
 import tempfile
@@ -434,11 +435,55 @@ def _describe_exit(reason: Failure) -> str:
     return f"exited with status {getattr(value, 'exitCode', '?')}"
 
 
+RUNTIME_PREFIX = "registry-workers-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_runtime_directories(parent: str | None = None) -> list[str]:
+    """Remove the runtime directories of supervisors that died without
+    stopping (SIGKILL, a crash): ``registry-workers-<pid>-*`` of this user
+    whose ``<pid>`` no longer runs. Returns the paths removed."""
+    parent = parent or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    uid = os.getuid()
+    for name in names:
+        if not name.startswith(RUNTIME_PREFIX):
+            continue
+        pid_text = name[len(RUNTIME_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if st.st_uid != uid or not stat.S_ISDIR(st.st_mode):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 class RuntimeDirectory(Service):
-    """A private directory for the workers' debug sockets, removed at stop."""
+    """A private directory for the workers' debug sockets, removed at stop
+    (and, if this supervisor is killed, by the next one to start)."""
 
     def __init__(self) -> None:
-        self.path = tempfile.mkdtemp(prefix="registry-workers-")
+        remove_stale_runtime_directories()
+        self.path = tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-")
 
     def stopService(self) -> None:
         super().stopService()

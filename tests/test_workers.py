@@ -215,6 +215,25 @@ def test_only_worker_zero_purges_uploads_and_collects_garbage() -> None:
     assert other.http == config.http and other.storage.params == config.storage.params
 
 
+def test_a_killed_supervisors_runtime_directory_is_removed_by_the_next(tmp_path: Path) -> None:
+    from registry.workers import RUNTIME_PREFIX, remove_stale_runtime_directories
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{RUNTIME_PREFIX}{dead.pid}-abc"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "worker-0.sock").write_text("")
+    running = tmp_path / f"{RUNTIME_PREFIX}{os.getpid()}-def"
+    running.mkdir()
+    unrelated = tmp_path / f"{RUNTIME_PREFIX}notapid"
+    unrelated.mkdir()
+    other = tmp_path / "something-else"
+    other.mkdir()
+    assert remove_stale_runtime_directories(str(tmp_path)) == [str(stale)]
+    assert not stale.exists()
+    assert running.exists() and unrelated.exists() and other.exists()
+
+
 def test_metrics_of_the_workers_are_summed() -> None:
     a = (
         "# HELP registry_http_requests_total HTTP requests answered\n"

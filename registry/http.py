@@ -127,6 +127,8 @@ class RegistryRequest(server.Request):
     body_too_large = False
     _body_paused = False
     _body_done = False
+    #: The timer ending a pause of ``pace_body`` (None: not paced).
+    _paced: Any = None
     #: Body pieces of the network read being decoded, given to the sink as
     #: one block when the read is done (``flush_body``): a chunked body of
     #: small chunks then costs one sink write per read, not one per chunk.
@@ -247,6 +249,9 @@ class RegistryRequest(server.Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self.flush_body()
+        # No read happens while paced, so the body cannot end during a pace;
+        # should it, Twisted now owns the connection's pausing.
+        self._cancel_pace()
         self._body_done = True
         if self._pending is not None:
             # Rendered once the decision is in (see _decided).
@@ -258,6 +263,7 @@ class RegistryRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason: Failure) -> None:
+        self._cancel_pace()
         self.flush_body()
         if self.body_sink is not None and not self._body_done:
             self._body_done = True
@@ -268,12 +274,42 @@ class RegistryRequest(server.Request):
         """Stop reading the body from the network (storage is behind)."""
         if not self._body_paused and not self._body_done and self.channel is not None:
             self._body_paused = True
-            self._producer().pauseProducing()
+            if self._paced is None:
+                self._producer().pauseProducing()
 
     def resume_body(self) -> None:
         if self._body_paused and self.channel is not None:
             self._body_paused = False
+            if self._paced is None:
+                self._producer().resumeProducing()
+
+    def pace_body(self, delay: float) -> None:
+        """Read nothing more of the body for ``delay`` seconds.
+
+        A client that sends a large body slowly, in small writes (docker
+        streams a layer as it compresses it, some 20 KiB at a time), would
+        otherwise cost a wake-up, a trip through the HTTP parser, the sink
+        and the hasher per write; paused a few milliseconds, the kernel
+        gathers its writes in the socket buffer and one read takes them all.
+        The sender is not slowed: the buffer holds what it sends meanwhile.
+        Independent of ``pause_body``: the connection reads again only when
+        neither holds it.
+        """
+        if self._paced is not None or self._body_done or self.channel is None or self._disconnected:
+            return
+        if not self._body_paused:
+            self._producer().pauseProducing()
+        self._paced = self.channel.callLater(delay, self._end_pace)
+
+    def _end_pace(self) -> None:
+        self._paced = None
+        if not self._body_paused and not self._body_done and not self._disconnected and self.channel is not None:
             self._producer().resumeProducing()
+
+    def _cancel_pace(self) -> None:
+        paced, self._paced = self._paced, None
+        if paced is not None and paced.active():
+            paced.cancel()
 
     def _producer(self) -> IPushProducer:
         """The connection's transport, as the push producer of the body."""
@@ -311,6 +347,17 @@ class RegistryRequest(server.Request):
                 if part:
                     values.append(part)
         return values
+
+
+#: A body read smaller than this, of a body streaming to a sink that has
+#: already brought ``PACE_AFTER`` bytes, pauses reading for ``PACE_DELAY``
+#: seconds (``RegistryRequest.pace_body``). A sender faster than
+#: ``PACE_BELOW / PACE_DELAY`` (32 MiB/s) fills a read within the pause and is
+#: never paced twice in a row; a slower one is read every ``PACE_DELAY`` with
+#: all it sent meanwhile. Small bodies (manifests, small blobs) never pace.
+PACE_BELOW = 128 * 1024
+PACE_AFTER = 1024 * 1024
+PACE_DELAY = 0.004
 
 
 class RegistryChannel(http.HTTPChannel):
@@ -412,6 +459,8 @@ class RegistryChannel(http.HTTPChannel):
             holder, self._holding = self._holding, None
             if holder is not None:
                 holder.flush_body()
+                if len(data) < PACE_BELOW and holder.received_bytes >= PACE_AFTER:
+                    holder.pace_body(PACE_DELAY)
 
     def hold(self, request: RegistryRequest) -> None:
         """``request`` holds body pieces until this read is decoded."""

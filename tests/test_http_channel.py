@@ -11,13 +11,14 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from registry import errors
 from registry.errors import RegistryError
 
 from registry.app import make_root
-from registry.http import BodyHandling, RegistryChannel, RegistryRequest, RegistrySite
+from registry.http import PACE_AFTER, PACE_BELOW, PACE_DELAY, BodyHandling, RegistryChannel, RegistryRequest, RegistrySite
 from registry.resources.router import RegistryRoot, RouteMatch
 from registry.storage.factory import create_driver
 
@@ -172,3 +173,91 @@ def test_small_chunks_of_one_read_reach_the_sink_as_one_block(end_in_same_read: 
         assert sink.events[1:] == [("data", b"".join(second))]
         channel.connectionLost(Exception("gone"))
         assert sink.events[2:] == [("lost", b"")]
+
+
+def _paces(clock: Clock) -> list[object]:
+    """The pending ends of ``pace_body`` pauses (the idle timeout is on the clock too)."""
+    return [c for c in clock.getDelayedCalls() if c.active() and getattr(c.func, "__name__", "") == "_end_pace"]
+
+
+def _streaming_channel() -> tuple[RegistryChannel, StringTransport, Clock, RecordingSink]:
+    """A channel streaming a chunked PATCH into a sink, ``PACE_AFTER`` bytes in."""
+    sink = RecordingSink()
+    channel = RegistrySite(SinkRoot(sink)).buildProtocol(None)
+    assert isinstance(channel, RegistryChannel)
+    clock = Clock()
+    channel.callLater = clock.callLater  # type: ignore[method-assign]
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        b"PATCH /v2/a/b/blobs/uploads/0123456789abcdef0123456789abcdef HTTP/1.1\r\n"
+        b"Host: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked([b"x" * (PACE_AFTER - 1)])
+    )
+    assert transport.producerState == "producing"  # one byte short: not paced yet
+    return channel, transport, clock, sink
+
+
+def test_a_large_body_arriving_in_small_reads_is_read_in_paces() -> None:
+    """Once a streamed body is large, a small read stops reading for
+    ``PACE_DELAY`` so the next read takes what the client sent meanwhile;
+    a full read does not pace, and the pause ends by itself."""
+    channel, transport, clock, sink = _streaming_channel()
+    channel.dataReceived(chunked([b"y" * 100]))
+    assert transport.producerState == "paused"
+    clock.advance(PACE_DELAY * 0.9)
+    assert transport.producerState == "paused"
+    clock.advance(PACE_DELAY * 0.2)
+    assert transport.producerState == "producing" and not _paces(clock)
+    channel.dataReceived(chunked([b"z" * PACE_BELOW]))  # a full read: no pause
+    assert transport.producerState == "producing" and not _paces(clock)
+    channel.dataReceived(chunked([b"w" * 10]) + b"0\r\n\r\n")  # the end: nothing to pace
+    assert not _paces(clock)
+    assert [e for e, _ in sink.events][-1] == "complete"
+    assert sum(len(d) for e, d in sink.events if e == "data") == PACE_AFTER - 1 + 100 + PACE_BELOW + 10
+
+
+def test_a_small_body_is_never_paced() -> None:
+    sink = RecordingSink()
+    channel = RegistrySite(SinkRoot(sink)).buildProtocol(None)
+    assert isinstance(channel, RegistryChannel)
+    clock = Clock()
+    channel.callLater = clock.callLater  # type: ignore[method-assign]
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        b"PATCH /v2/a/b/blobs/uploads/0123456789abcdef0123456789abcdef HTTP/1.1\r\n"
+        b"Host: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    for _ in range(50):
+        channel.dataReceived(chunked([b"s" * 1000]))
+        assert transport.producerState == "producing" and not _paces(clock)
+
+
+def test_storage_backpressure_outlasts_a_pace() -> None:
+    """A pause asked by the sink (storage behind) while paced holds after the
+    pace ends, and a pace ending never resumes what the sink paused."""
+    channel, transport, clock, sink = _streaming_channel()
+    request = channel.requests[-1]
+    assert isinstance(request, RegistryRequest)
+    channel.dataReceived(chunked([b"y" * 100]))
+    request.pause_body()
+    clock.advance(PACE_DELAY * 2)
+    assert transport.producerState == "paused"
+    request.resume_body()
+    assert transport.producerState == "producing"
+    # And the other order: paused by the sink, then a pace comes and goes.
+    request.pause_body()
+    request.pace_body(PACE_DELAY)
+    request.resume_body()
+    assert transport.producerState == "paused"  # the pace still holds it
+    clock.advance(PACE_DELAY * 2)
+    assert transport.producerState == "producing"
+
+
+def test_a_connection_lost_while_paced_leaves_no_timer() -> None:
+    channel, transport, clock, sink = _streaming_channel()
+    channel.dataReceived(chunked([b"y" * 100]))
+    assert _paces(clock)
+    channel.connectionLost(Exception("gone"))
+    assert not _paces(clock)
+    assert sink.events[-1] == ("lost", b"")

@@ -155,7 +155,7 @@ def test_serve_runs_the_registry(tmp_path: Path) -> None:
     beside = os.path.join(os.path.dirname(sys.executable), "registry")
     proc = subprocess.Popen([beside, "serve", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a loaded 2-core machine can take long to start it
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as r:
@@ -163,7 +163,10 @@ def test_serve_runs_the_registry(tmp_path: Path) -> None:
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(proc.stdout.read().decode() if proc.stdout else "no output") from None
+                    # Stop it first: reading a live process's output to its end would wait forever.
+                    proc.terminate()
+                    output, _ = proc.communicate(timeout=15)
+                    raise AssertionError(output.decode() if output else "no output") from None
                 time.sleep(0.1)
     finally:
         proc.terminate()

@@ -306,7 +306,7 @@ def test_twistd_refuses_an_invalid_configuration(tmp_path: Path) -> None:
     assert "REGISTRY_HTTP_ADDR" in result.stdout + result.stderr
 
 
-def wait_for_port(port: int, process: subprocess.Popen[str], deadline: float = 30.0) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[str], deadline: float = 60.0) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if process.poll() is not None:

@@ -18,6 +18,9 @@ supervisor:
   restarts) runs what must run once: upload purging and scheduled garbage
   collection.  The others have them switched off.  Notifications are sent
   by the worker that served the request (each event once).
+* **One secret.**  Without ``http.secret`` the parent draws one random
+  secret per start and gives it to every worker (in its instructions), so
+  the web page's form tokens one worker signs are good at the others.
 * **The debug listener** (``http.debug.addr``) is served by the parent.
   Each worker serves its own debug pages on a private unix socket in a
   runtime directory; the parent answers ``/debug/health`` with worker 0's
@@ -52,6 +55,7 @@ import dataclasses
 import io
 import json
 import os
+import secrets
 import shutil
 import signal
 import stat
@@ -144,9 +148,12 @@ def resolve_workers(config: Config, requested: int | None, listen: str | None) -
     return 1, f"one process: {reason}"
 
 
-def worker_config(config: Config, primary: bool) -> Config:
+def worker_config(config: Config, primary: bool, secret: str | None = None) -> Config:
     """``config`` as a worker runs it: only the primary purges uploads and
-    collects garbage."""
+    collects garbage; ``secret`` (the supervisor's random one, shared by
+    every worker) stands in for an unset ``http.secret``."""
+    if secret and not config.http.secret:
+        config = dataclasses.replace(config, http=dataclasses.replace(config.http, secret=secret))
     if primary:
         return config
     storage = dataclasses.replace(
@@ -514,6 +521,11 @@ def supervisor_application(config: Config, options: Any, reactor: Any, output: I
     listeners = [Listener("main", shared, _NeverServed(), shown)]
     services: list[Any] = []
     spec: dict[str, Any] = {"config": options["config"], "listen": listen, "rundir": None}
+    if not config.http.secret:
+        # The web page's form tokens are signed with http.secret, random per
+        # start when unset: one random secret for every worker, so a form
+        # one worker served is accepted by whichever takes its POST.
+        spec["secret"] = secrets.token_hex(32)
     if config.http.debug.addr is not None:
         from registry.observe.debug import DebugSite, WorkersDebugResource
 
@@ -625,7 +637,7 @@ def build_worker_service(spec: dict[str, Any], environ: dict[str, str], reactor:
     options = Options(environ=environ)
     options.parseOptions(args)
     index = int(spec["index"])
-    config = worker_config(options["registry_config"], primary=index == 0)
+    config = worker_config(options["registry_config"], primary=index == 0, secret=spec.get("secret"))
     app: RegistryApplication = make_application(
         config, reactor, listen=options["listen"], access=options["access_controller"]
     )

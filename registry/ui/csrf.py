@@ -9,7 +9,9 @@ origin policy) nor make the browser send the cookie with its POST
 from one user's page does not work for another user.
 
 The secret is ``http.secret`` when configured (instances behind one load
-balancer must share it), otherwise random per process.
+balancer must share it), otherwise random per start: the worker processes
+of one registry get the same one from their supervisor
+(``registry.workers``), so a token from one worker's page is good at all.
 """
 
 from __future__ import annotations

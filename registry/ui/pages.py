@@ -112,6 +112,11 @@ def copy_line(text: str) -> Tag:
     return tags.pre(tags.code(text), class_="copy")
 
 
+def _el(name: str, attributes: dict[str | bytes, Any], *children: Any) -> Tag:
+    """``<name attributes>children</name>``: what ``tags.<name>(...)`` makes, for less."""
+    return Tag(name, attributes=attributes, children=list(children))
+
+
 def link(href: str, *children: Any, **attrs: str) -> Tag:
     return tags.a(*children, href=href, **attrs)
 
@@ -228,21 +233,23 @@ def repository_page(
     # Tags are [A-Za-z0-9_.-] by their grammar: nothing to quote in a URL.
     repo_url = urls.repository(name)
     for tag, summary in rows:
-        # Few elements per row: a page of many tags is flattened quickly.
-        cells: list[Tag] = [tags.td(tags.a(tag, href=f"{repo_url}/-/manifest/{tag}"), class_="tag")]
+        # Few elements per row, made as ``Tag`` directly (``tags.td(...)``
+        # costs twice as much): a page of many tags is built and flattened quickly.
+        cells: list[Tag] = [_el("td", {"class": "tag"}, _el("a", {"href": f"{repo_url}/-/manifest/{tag}"}, tag))]
         if summary is None:
-            cells.append(tags.td("the tag's manifest cannot be read", colspan="5", class_="broken"))
+            cells.append(_el("td", {"colspan": "5", "class": "broken"}, "the tag's manifest cannot be read"))
         else:
+            d = str(summary.digest)
             cells += [
-                tags.td(digest_tag(summary.digest)),
-                tags.td(_TYPE_LABELS.get(summary.media_type, summary.media_type), title=summary.media_type, class_="type"),
-                tags.td(human_size(summary.size), title=f"{summary.size} bytes", class_="size"),
-                tags.td(summary.created or "", class_="created"),
-                tags.td(*[tags.span(p, class_="platform") for p in summary.platforms], class_="platforms"),
+                _el("td", {}, _el("code", {"class": "digest", "title": d}, d)),
+                _el("td", {"title": summary.media_type, "class": "type"}, _TYPE_LABELS.get(summary.media_type, summary.media_type)),
+                _el("td", {"title": f"{summary.size} bytes", "class": "size"}, human_size(summary.size)),
+                _el("td", {"class": "created"}, summary.created or ""),
+                _el("td", {"class": "platforms"}, *[_el("span", {"class": "platform"}, p) for p in summary.platforms]),
             ]
         if can_delete:
-            cells.append(tags.td(tags.a("Delete", href=f"{repo_url}/-/delete?tag={tag}", class_="danger"), class_="actions"))
-        trs.append(tags.tr(*cells, class_="tag-row", **{"data-tag": tag}))
+            cells.append(_el("td", {"class": "actions"}, _el("a", {"href": f"{repo_url}/-/delete?tag={tag}", "class": "danger"}, "Delete")))
+        trs.append(_el("tr", {"class": "tag-row", "data-tag": tag}, *cells))
     if rows:
         body.append(table(headers, trs, class_="tags"))
     elif total == 0:

@@ -9,14 +9,21 @@ them in one loop with the same escaping as Twisted's flattener: text
 ``tests/ui/test_serialize.py`` checks the output is byte for byte what
 ``flattenString`` gives. Anything else in a tree (a renderer, a slot, a
 number) is a programming error: ``TypeError``.
+
+Text from JSON can hold what UTF-8 cannot encode (``"\\ud800"``, a lone
+surrogate, is valid JSON): ``flattenString`` fails on it, ``serialize``
+writes U+FFFD in its place, so one odd label cannot fail a whole page.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.web.template import Tag
 from twisted.web._stan import voidElements
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _text(data: str) -> str:
@@ -31,7 +38,11 @@ def serialize(root: Any) -> bytes:
     """``root`` (a ``Tag``, ``str`` or list of them) as UTF-8 HTML."""
     out: list[str] = []
     _walk(root, out)
-    return "".join(out).encode("utf-8")
+    text = "".join(out)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 def _walk(node: Any, out: list[str]) -> None:

@@ -162,7 +162,9 @@ class Reader:
 
         digests = await bounded(resolve, tags)
         unique = list(dict.fromkeys(d for d in digests if d is not None))
-        summaries = dict(zip(unique, await bounded(lambda d: self.summary(name, d), unique)))
+        summaries: dict[Digest, Summary | None] = {d: self.cache.get(d) for d in unique}
+        missing = [d for d, s in summaries.items() if s is None]  # only these need reads
+        summaries.update(zip(missing, await bounded(lambda d: self.summary(name, d), missing)))
         return [(tag, summaries.get(d) if d is not None else None) for tag, d in zip(tags, digests)]
 
     async def summary(self, name: str, d: Digest) -> Summary | None:

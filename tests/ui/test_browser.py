@@ -1,23 +1,49 @@
 """The web page in a real browser: Debian's headless chromium driven
 through chromedriver, against this registry started as ``twistd registry``
-(listening on 127.0.0.1, so the page is on by default; deletes enabled),
-with content pushed over the HTTP API.
+(listening on 127.0.0.1, so the page is on by default; deletes enabled).
 
-Browse list → repository → manifest, filter, paginate, delete a tag
+The images are real and pushed by skopeo: generated layer tarballs (gzip)
+with a config carrying env, entrypoint, history, diff_ids and labels (one of
+them hostile markup), copied from an OCI layout and from a ``docker save``
+archive (as Docker schema 2), and a two-platform index copied with
+``--all``. Referrers (a signature, an SBOM) are pushed over the API, as
+cosign or oras would; the 55 repositories that make the list page through
+two pages are pushed over the API too.
+
+Browse list → repository → manifest, filter, paginate, back, delete a tag
 through the confirmation form (CSRF token and cookie as the browser sends
-them), a hostile label shown as text, and the CSP header. Screenshots land
-in the test's temporary directory (``UI_SCREENSHOTS=<dir>`` keeps them)."""
+them), a hostile label shown as text with nothing executed, and the CSP
+header. A screenshot of every page type is taken and checked to be a PNG of
+the window's size; they land in the test's temporary directory
+(``UI_SCREENSHOTS=<dir>`` keeps them; ``docs/ui-repository.png`` is the
+repository page's)."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.clients.harness import MissingTool, Registry, http_request, missing_tool, start_our_registry
-from tests.ui.content import HOSTILE, image, index, push, referrer
+from tests.clients.harness import (
+    MEDIA_DOCKER_MANIFEST,
+    MEDIA_OCI_INDEX,
+    MEDIA_OCI_MANIFEST,
+    Image,
+    MissingTool,
+    Registry,
+    Skopeo,
+    http_request,
+    make_image,
+    missing_tool,
+    start_our_registry,
+    write_docker_archive,
+    write_oci_layout,
+)
+from tests.ui.content import HOSTILE, Built, image, push, referrer
 from tests.ui.webdriver import Browser
 
 pytestmark = pytest.mark.clients
@@ -30,6 +56,14 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
         yield reg
     finally:
         reg.stop()
+
+
+@pytest.fixture
+def skopeo(tmp_path: Path) -> Skopeo:
+    try:
+        return Skopeo(tmp_path / "skopeo")
+    except MissingTool as e:
+        missing_tool(e)
 
 
 @pytest.fixture
@@ -51,17 +85,48 @@ def shots_dir(tmp_path: Path) -> Path:
     return path
 
 
-def test_browse_filter_paginate_delete_and_escape(browser: Browser, registry: Registry, tmp_path: Path) -> None:
+def check_png(path: Path) -> tuple[int, int]:
+    """(width, height) of the PNG at ``path``; fails if it is not one."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= 800 and height >= 600 and len(data) > 10_000, (path, width, height, len(data))
+    return width, height
+
+
+def labelled(base: Image, labels: dict[str, str]) -> Image:
+    """``base`` with more labels, env and an entrypoint in its config."""
+    config = json.loads(base.config)
+    config["config"]["Labels"].update(labels)
+    config["config"]["Env"].append("GREETING=hello")
+    config["config"]["Entrypoint"] = ["/bin/web", "--serve"]
+    return Image(base.layers, json.dumps(config, sort_keys=True).encode(), base.architecture)
+
+
+def test_browse_filter_paginate_delete_and_escape(
+    browser: Browser, skopeo: Skopeo, registry: Registry, tmp_path: Path
+) -> None:
     shots = shots_dir(tmp_path)
     base = registry.url
-    web = image("web", labels={"org.opencontainers.image.title": "web", "evil": HOSTILE})
-    push(base, "library/web", web, "1.0")
-    push(base, "library/web", image("old"), "old")
-    push(base, "library/web", referrer(web, "application/vnd.dev.cosign.artifact.sig.v1+json"))
-    push(base, "library/web", referrer(web, "application/spdx+json"))
-    amd, arm = image("amd"), image("arm", arch="arm64")
-    push(base, "library/web", index((amd, {"os": "linux", "architecture": "amd64"}),
-                                    (arm, {"os": "linux", "architecture": "arm64", "variant": "v8"})), "multi")
+    sources = tmp_path / "sources"
+
+    # Real images, pushed by skopeo.
+    web = labelled(make_image("web", layers=3), {"org.opencontainers.image.title": "web", "evil": HOSTILE})
+    skopeo.copy(write_oci_layout(sources / "web", [web], "1.0").reference, registry.docker_ref("library/web", "1.0"))
+    old = make_image("old", layers=1)
+    archive = write_docker_archive(old, sources / "old.tar", [])
+    skopeo.copy(f"docker-archive:{archive}", registry.docker_ref("library/web", "old"), "--format", "v2s2")
+    amd, arm = make_image("multi", layers=2), make_image("multi", layers=2, architecture="arm64")
+    multi = write_oci_layout(sources / "multi", [amd, arm], "multi")
+    skopeo.copy(multi.reference, registry.docker_ref("library/web", "multi"), "--all")
+
+    served = registry.manifest("library/web", "1.0")
+    assert served.status == 200 and served.headers["content-type"] == MEDIA_OCI_MANIFEST
+    web_manifest = json.loads(served.body)
+    web_size = web_manifest["config"]["size"] + sum(layer["size"] for layer in web_manifest["layers"])
+    subject = Built(served.body, MEDIA_OCI_MANIFEST)
+    push(base, "library/web", referrer(subject, "application/vnd.dev.cosign.artifact.sig.v1+json"))
+    push(base, "library/web", referrer(subject, "application/spdx+json"))
     small = image("small", layers=1)
     for i in range(55):
         push(base, f"team/svc{i:02d}", small, "latest")
@@ -87,36 +152,58 @@ def test_browse_filter_paginate_delete_and_escape(browser: Browser, registry: Re
     assert browser.url.endswith("/ui/?q=library%2F")
     browser.screenshot(shots / "2-filtered.png")
 
-    # Repository → tags with digests, types, sizes, platforms.
+    # Repository → tags with digests, types, sizes, created, platforms.
     browser.click_link("library/web")
     browser.wait_for("table.tags")
     assert browser.texts("td.tag a") == ["1.0", "multi", "old"]
-    assert browser.texts("tr[data-tag=multi] .platform") == ["linux/amd64", "linux/arm64/v8"]
-    browser.screenshot(shots / "3-repository.png")
+    assert browser.texts("tr[data-tag=multi] .platform") == ["linux/amd64", "linux/arm64"]
+    assert browser.texts("tr[data-tag='1.0'] td.type") == ["OCI image"]
+    assert browser.texts("tr[data-tag=old] td.type") == ["Docker image"]
+    assert browser.texts("tr[data-tag=multi] td.type") == ["OCI index"]
+    assert browser.attribute(browser.find("tr[data-tag='1.0'] td.size"), "title") == f"{web_size} bytes"
+    assert browser.texts("tr[data-tag='1.0'] td.created") == ["2024-01-01T00:00:00Z"]
+    assert browser.attribute(browser.find("tr[data-tag='1.0'] code.digest"), "title") == served.headers["docker-content-digest"]
+    check_png(browser.screenshot(shots / "3-repository.png"))
 
     # Manifest: layers, config with the hostile label as text, referrers.
     browser.click_link("1.0")
     browser.wait_for("table.layers")
-    assert len(browser.find_all("tr.layer")) == 2
+    assert len(browser.find_all("tr.layer")) == 3
+    assert browser.texts("tr.layer .size") == [f"{layer['size'] / 1000:.1f} kB" for layer in web_manifest["layers"]]
     assert HOSTILE in browser.texts("table.annotations td")
-    assert browser.find_all("script") == []
+    assert browser.find_all("script") == [] and browser.alert_text() is None
+    assert "GREETING=hello" in browser.texts("ul.env code")
     assert sorted(browser.texts("td.artifact-type")) == ["application/spdx+json", "application/vnd.dev.cosign.artifact.sig.v1+json"]
     assert f"docker pull {registry.host}/library/web:1.0" in browser.texts("pre.copy code")
-    browser.screenshot(shots / "4-manifest.png")
+    check_png(browser.screenshot(shots / "4-manifest.png"))
     browser.click(browser.find("details summary"))  # open "Config JSON"
-    browser.screenshot(shots / "5-manifest-config-open.png")
+    check_png(browser.screenshot(shots / "5-manifest-config-open.png"))
+
+    # An index: its platforms, each a link to its manifest.
+    browser.go(f"{base}/ui/r/library/web/-/manifest/multi")
+    browser.wait_for("table.children")
+    assert browser.texts("td.platform") == ["linux/amd64", "linux/arm64"]
+    assert f"skopeo copy --all --src-tls-verify=false docker://{registry.host}/library/web:multi oci-archive:web.tar" in browser.texts("pre.copy code")
+    check_png(browser.screenshot(shots / "6-index.png"))
+    assert registry.manifest("library/web", "multi").headers["content-type"] == MEDIA_OCI_INDEX
+    assert registry.manifest("library/web", "old").headers["content-type"] == MEDIA_DOCKER_MANIFEST
 
     # Delete tag "old": link → confirmation page → POST with the CSRF token.
     browser.go(f"{base}/ui/r/library/web")
     browser.click(browser.find("tr[data-tag=old] a.danger"))
     browser.wait_for("form.confirm")
-    browser.screenshot(shots / "6-confirm-delete.png")
+    check_png(browser.screenshot(shots / "7-confirm-delete.png"))
     browser.click(browser.find("form.confirm button"))
     browser.wait_for("p.notice")
     assert browser.text(browser.find("p.notice")) == "Deleted tag old."
     assert browser.texts("td.tag a") == ["1.0", "multi"]
-    browser.screenshot(shots / "7-deleted.png")
+    check_png(browser.screenshot(shots / "8-deleted.png"))
     assert http_request(f"{base}/v2/library/web/manifests/old").status == 404
+
+    # An error page.
+    browser.go(f"{base}/ui/r/library/nothing")
+    assert browser.texts("h1") == ["Not found"]
+    check_png(browser.screenshot(shots / "9-not-found.png"))
 
     # A forged form (no cookie, no token) deletes nothing.
     forged = http_request(f"{base}/ui/r/library/web/-/delete", method="POST", body=b"tag=1.0",

@@ -344,3 +344,20 @@ async def test_no_delete_when_deletes_are_disabled_or_read_only() -> None:
         refused = await post_delete(ui, {"tag": "v1", "csrf": "0" * 64}, "a" * 32)
         assert refused.code in (403, 405)
         assert await ui.model.tags.resolve("app", "v1") == d
+
+
+@pytest_twisted.ensureDeferred
+async def test_text_json_cannot_encode_as_utf8_is_shown_replaced_not_a_500() -> None:
+    # A config is any JSON the pusher chose: "\ud800" (a lone surrogate
+    # escape) decodes to a str UTF-8 cannot encode. One such label or
+    # created time must not take the manifest page, or every tag of the
+    # repository page, down with it.
+    ui = UI()
+    await store(ui.model, "odd", image("odd", labels={"lone": "a\ud800b"}, created="2024\udfff"), "v1")
+    await store(ui.model, "odd", image("fine"), "v2")
+    for path in ("/ui/r/odd/-/manifest/v1", "/ui/r/odd"):
+        page = await ui.get(path)
+        assert page.code == 200, (path, page.text)
+    assert "a\ufffdb" in (await ui.get("/ui/r/odd/-/manifest/v1")).text
+    listing = (await ui.get("/ui/r/odd")).text
+    assert "2024\ufffd" in listing and 'data-tag="v2"' in listing

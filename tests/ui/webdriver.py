@@ -153,6 +153,15 @@ class Browser:
                 raise AssertionError(f"{css!r} did not appear on {self.url}")
             time.sleep(0.1)
 
+    def alert_text(self) -> str | None:
+        """The text of an open alert/confirm/prompt dialog; None when there is none."""
+        try:
+            return str(self._session("GET", "/alert/text"))
+        except WebDriverError as e:
+            if "no such alert" in str(e):
+                return None
+            raise
+
     def screenshot(self, path: Path) -> Path:
         path.write_bytes(base64.b64decode(self._session("GET", "/screenshot")))
         return path

@@ -375,3 +375,65 @@ async def test_application_with_proxy_section_starts_with_the_upstream_down(tmp_
         for service in reversed(app.services):
             if not isinstance(service, TimerService):  # never started
                 await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_worker_processes_share_one_upstream_fetch(setup: Setup, tmp_path: Path) -> None:
+    """Two proxies over one storage with one flights directory, as the
+    worker processes of ``http.workers`` are: concurrent pulls landing on
+    both fetch the blob from the upstream once; the other worker's clients
+    get it from storage once it is stored."""
+    from registry.proxy import HostFlights
+
+    blob = os.urandom(3 * 1024 * 1024)
+    await setup.push_image("lib/workers", "v1", [blob])
+    flights_dir = str(tmp_path / "flights")
+    workers = []
+    for _ in range(2):
+        upstream = Upstream(setup.relay.url, username=USER, password=PASSWORD, reactor=reactor)
+        driver = create_driver("filesystem", {"rootdirectory": str(tmp_path / "shared")})
+        model = pull_through_model(
+            driver, upstream, 3600.0, reactor, flights=HostFlights(flights_dir),
+            high_water=256 * 1024, retain=64 * 1024,
+        )
+        port = reactor.listenTCP(0, RegistrySite(make_root(driver, model=model, pull_through=True)), interface="127.0.0.1")
+        workers.append((upstream, driver, model, port))
+    try:
+        urls = [f"http://127.0.0.1:{port.getHost().port}/v2/lib/workers/blobs/{sha(blob)}" for *_, port in workers]
+        pulls = [Deferred.fromCoroutine(get(urls[i % 2])) for i in range(8)]
+        results = await DeferredList(pulls, consumeErrors=True)
+        for ok, value in results:
+            assert ok, value
+            code, _, body = value
+            assert code == 200 and body == blob
+        assert setup.relay.count("GET", f"/blobs/{sha(blob)}") == 1
+        assert sum(upstream.blob_fetches for upstream, *_ in workers) == 1
+        # Nothing is left locked: a later blob is fetched by whichever worker is asked.
+        for _, _, model, _ in workers:
+            for fetch in list(model.blobs.fetches.values()):  # type: ignore[attr-defined]
+                await fetch.wait_stored()
+        assert os.listdir(flights_dir) == []
+    finally:
+        for upstream, driver, _, port in workers:
+            await port.stopListening()
+            await upstream.close()
+            await driver.close()
+
+
+def test_host_flights_lock_per_digest(tmp_path: Path) -> None:
+    from registry.proxy import HostFlights
+
+    one, other = HostFlights(str(tmp_path)), HostFlights(str(tmp_path))
+    a, b = Digest.parse(sha(b"a")), Digest.parse(sha(b"b"))
+    release = one.try_acquire(a)
+    assert release is not None
+    assert other.try_acquire(a) is None and one.try_acquire(a) is None  # flock: per open file, even in one process
+    release_b = other.try_acquire(b)
+    assert release_b is not None
+    release()
+    release()  # twice is harmless
+    again = other.try_acquire(a)
+    assert again is not None
+    again()
+    release_b()
+    assert os.listdir(tmp_path) == []

@@ -155,6 +155,9 @@ class ProxyBlobStore:
                     raise
                 if stored:
                     release()
+                    # Stored by another process's flight, which linked its own
+                    # repositories: this pull's repository is linked here.
+                    await self.descriptors.link(name, d)
                     return None
                 return self._start(d, name, size, release)
             # Another process (or a flight of ours that is ending) has it.

@@ -386,7 +386,9 @@ async def test_worker_processes_share_one_upstream_fetch(setup: Setup, tmp_path:
     from registry.proxy import HostFlights
 
     blob = os.urandom(3 * 1024 * 1024)
-    await setup.push_image("lib/workers", "v1", [blob])
+    repos = ["lib/workers", "lib/workers-too"]  # one blob in two repositories upstream
+    for repo in repos:
+        await setup.push_image(repo, "v1", [blob])
     flights_dir = str(tmp_path / "flights")
     workers = []
     for _ in range(2):
@@ -399,7 +401,7 @@ async def test_worker_processes_share_one_upstream_fetch(setup: Setup, tmp_path:
         port = reactor.listenTCP(0, RegistrySite(make_root(driver, model=model, pull_through=True)), interface="127.0.0.1")
         workers.append((upstream, driver, model, port))
     try:
-        urls = [f"http://127.0.0.1:{port.getHost().port}/v2/lib/workers/blobs/{sha(blob)}" for *_, port in workers]
+        urls = [f"http://127.0.0.1:{port.getHost().port}/v2/{repo}/blobs/{sha(blob)}" for repo, (*_, port) in zip(repos, workers)]
         pulls = [Deferred.fromCoroutine(get(urls[i % 2])) for i in range(8)]
         results = await DeferredList(pulls, consumeErrors=True)
         for ok, value in results:
@@ -413,6 +415,9 @@ async def test_worker_processes_share_one_upstream_fetch(setup: Setup, tmp_path:
             for fetch in list(model.blobs.fetches.values()):  # type: ignore[attr-defined]
                 await fetch.wait_stored()
         assert os.listdir(flights_dir) == []
+        # Whichever worker fetched it, both repositories now hold the blob.
+        for repo in repos:
+            assert await workers[0][2].blobs.descriptors.is_linked(repo, Digest.parse(sha(blob)))
     finally:
         for upstream, driver, _, port in workers:
             await port.stopListening()

@@ -442,3 +442,46 @@ def test_host_flights_lock_per_digest(tmp_path: Path) -> None:
     again()
     release_b()
     assert os.listdir(tmp_path) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_clients_authenticate_to_the_proxy_with_its_own_auth(setup: Setup, tmp_path: Path) -> None:
+    """A proxy with an ``auth`` of its own (htpasswd, another realm and user):
+    its clients are challenged for the proxy's realm, the upstream's
+    credentials get them nothing, the proxy's get the image."""
+    import base64
+
+    digest, manifest, _ = await setup.push_image("lib/app", "v1", [b"guarded layer"])
+    htpasswd = tmp_path / "proxy-htpasswd"
+    htpasswd.write_bytes(b"client:" + bcrypt.hashpw(b"client-pw", bcrypt.gensalt(4)) + b"\n")
+    access = HtpasswdAccessController("proxy-realm", str(htpasswd), reactor=reactor)
+    upstream = Upstream(setup.relay.url, username=USER, password=PASSWORD, reactor=reactor)
+    driver = create_driver("filesystem", {"rootdirectory": str(tmp_path / "guarded")})
+    model = pull_through_model(driver, upstream, 3600.0, reactor)
+    port = reactor.listenTCP(
+        0, RegistrySite(make_root(driver, model=model, pull_through=True, access=access)), interface="127.0.0.1"
+    )
+    base = f"http://127.0.0.1:{port.getHost().port}"
+
+    def basic(user: str, password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(), **ACCEPT}
+
+    try:
+        code, headers, body = await get(f"{base}/v2/lib/app/manifests/v1", ACCEPT)
+        assert code == 401 and error_code(body) == "UNAUTHORIZED"
+        assert headers.getRawHeaders("www-authenticate") == ['Basic realm="proxy-realm"']
+        code, headers, body = await get(f"{base}/v2/lib/app/manifests/v1", basic(USER, PASSWORD))
+        assert code == 401, "the upstream's credentials must not open the proxy"
+        assert setup.relay.count("GET", "/manifests/v1") == 0  # refused before the upstream was asked
+        code, headers, body = await get(f"{base}/v2/lib/app/manifests/v1", basic("client", "client-pw"))
+        assert code == 200 and body == manifest
+        client = RegistryClient(f"127.0.0.1:{port.getHost().port}", reactor=reactor, credentials=Credentials("client", "client-pw"))
+        try:
+            assert await client.read_blob("lib/app", Digest.parse(sha(b"guarded layer"))) == b"guarded layer"
+        finally:
+            await client.close()
+    finally:
+        await port.stopListening()
+        await upstream.close()
+        await driver.close()
+        await access.close()

@@ -265,3 +265,35 @@ async def test_docker_media_types_come_back_as_pushed(client: RegistryClient, re
         assert (got.body, got.media_type) == (body, media_type), reference
     info = await client.head_manifest(repo, "list")
     assert info is not None and info.digest == list_digest and info.media_type == DOCKER_LIST
+
+
+@pytest_twisted.ensureDeferred
+async def test_referrers_by_api_or_fallback_tag(client: RegistryClient, repo: str) -> None:
+    """An artifact whose subject is an image, with the referrers tag schema's
+    ``sha256-<hex>`` index pushed too (what clients do for registries
+    without the API): ours answers from its referrers API, Distribution
+    2.8.2 (no API) from the fallback tag; the artifactType filter holds in both."""
+    _, _, manifest = await push_image(client, repo, "subject", b"f")
+    subject = sha256_digest(manifest)
+    empty = b"{}"
+    await client.push_blob(repo, sha256_digest(empty), BytesSource(empty))
+    sbom = "application/vnd.example.sbom"
+    artifact = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": sbom,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": str(sha256_digest(empty)), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": str(sha256_digest(empty)), "size": 2}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": str(subject), "size": len(manifest)},
+    }).encode()
+    artifact_digest = await client.put_manifest(repo, str(sha256_digest(artifact)), artifact, OCI_MANIFEST)
+    fallback = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": str(artifact_digest), "size": len(artifact), "artifactType": sbom}],
+    }).encode()
+    await client.put_manifest(repo, f"sha256-{subject.hex}", fallback, OCI_INDEX)
+    index = await client.referrers(repo, subject)
+    assert [m["digest"] for m in index["manifests"]] == [str(artifact_digest)]
+    assert [m["digest"] for m in (await client.referrers(repo, subject, artifact_type=sbom))["manifests"]] == [str(artifact_digest)]
+    assert (await client.referrers(repo, subject, artifact_type="application/vnd.other"))["manifests"] == []

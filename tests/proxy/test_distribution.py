@@ -242,6 +242,26 @@ def _vm(pid: int, key: str) -> int:
     raise AssertionError(f"no {key} for {pid}")
 
 
+def _connections_to(pid: int, port: int) -> int:
+    """Established TCP connections on local ``port`` that process ``pid`` holds."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:
+                count += 1
+    return count
+
+
 def _children(pid: int) -> list[int]:
     """The child processes of ``pid`` (the workers under the supervisor)."""
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -279,10 +299,17 @@ async def test_256_mib_blob_by_8_clients_is_fetched_once_in_bounded_memory(
         rss_before = {pid: _vm(pid, "VmRSS") for pid in workers}
         url = f"{proxy.url}/v2/lib/big/blobs/{digest}"
         script = f'{curl} -sS --fail "{url}" | sha256sum'
-        results = await DeferredList(
+        pulls = DeferredList(
             [getProcessOutputAndValue("/bin/sh", ["-c", script], env={}) for _ in range(CLIENTS)],
             consumeErrors=True,
         )
+        # Which worker holds the clients' connections, sampled while they pull.
+        served = {pid: 0 for pid in workers}
+        while not pulls.called:
+            for pid in workers:
+                served[pid] = max(served[pid], _connections_to(pid, proxy.port))
+            await deferLater(reactor, 0.1, lambda: None)
+        results = await pulls
         for ok, value in results:
             assert ok, value
             out, err, code = value
@@ -290,6 +317,8 @@ async def test_256_mib_blob_by_8_clients_is_fetched_once_in_bounded_memory(
             assert out.split()[0].decode() == digest.hex
         assert relay.count("GET", f"/blobs/{digest}") == 1, (dict(relay.requests), proxy.process.output())
         assert _children(proxy.process.pid) == workers  # none died and was restarted
+        # The clients really were spread over the two workers.
+        assert all(served[pid] >= 1 for pid in workers), served
         peaks = {pid: _vm(pid, "VmHWM") for pid in workers}
         # The blob passed through 8 times (2 GiB) and into storage; each
         # worker's memory grew by a small fraction of one copy.

@@ -173,12 +173,20 @@ def make_application(
         # A pull-through cache: read-through stores over an upstream client
         # (no request is made before the first pull: it starts while the
         # upstream is down), whose connections close with the application.
-        from registry.proxy import Upstream, UpstreamService, pull_through_model
+        from registry.proxy import HostFlights, Upstream, UpstreamService, pull_through_model
 
         upstream = Upstream(
             config.proxy.remoteurl, username=config.proxy.username, password=config.proxy.password, reactor=reactor
         )
-        model = pull_through_model(driver, upstream, config.proxy.ttl, reactor)
+        # Worker processes (and other registry processes on this host) on
+        # one storage fetch each blob from the upstream once between them.
+        flights = None
+        if config.storage.driver != "inmemory":
+            from registry.storage.generation import host_path, storage_identity
+
+            identity = storage_identity(config.storage.driver, config.storage.params)
+            flights = HostFlights(host_path(identity, "proxy-flights"))
+        model = pull_through_model(driver, upstream, config.proxy.ttl, reactor, flights=flights)
         upstream_service = UpstreamService(upstream)
     root = make_root(
         driver,

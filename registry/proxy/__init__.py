@@ -4,7 +4,9 @@ anything its upstream registry has, keeping what it fetched.
 :func:`pull_through_model` builds the data model whose blob, manifest and
 tag stores read through to the upstream (:mod:`registry.proxy.stores`), with
 blobs teed from one shared upstream download to every client and into
-storage (:mod:`registry.proxy.tee`). :class:`UpstreamService` closes the
+storage (:mod:`registry.proxy.tee`), one download per blob on the host when
+worker processes share the storage (:mod:`registry.proxy.flights`).
+:class:`UpstreamService` closes the
 upstream connections when the application stops. Pushes and deletes are
 refused by the resources (``Context.pull_through``: 405 ``UNSUPPORTED``).
 """
@@ -16,12 +18,14 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
+from registry.proxy.flights import HostFlights
 from registry.proxy.stores import ProxyBlobStore, ProxyManifestStore, ProxyTagStore
 from registry.proxy.upstream import Upstream, UpstreamUnavailable, split_remote_url
 from registry.storage.driver import IStorageDriver
 from registry.storage.model import DataModel
 
 __all__ = [
+    "HostFlights",
     "ProxyBlobStore",
     "ProxyManifestStore",
     "ProxyTagStore",
@@ -34,14 +38,22 @@ __all__ = [
 
 
 def pull_through_model(
-    driver: IStorageDriver, upstream: Upstream, ttl: float, clock: Any, **fetch_options: Any
+    driver: IStorageDriver,
+    upstream: Upstream,
+    ttl: float,
+    clock: Any,
+    *,
+    flights: HostFlights | None = None,
+    **fetch_options: Any,
 ) -> DataModel:
     """The data model of a pull-through cache over ``driver``: the local
     stores of ``DataModel.over(driver)`` wrapped by the read-through ones
     (uploads and catalog stay local; the proxy writes fetched blobs through
-    the upload store, so they are committed and linked as pushes are)."""
+    the upload store, so they are committed and linked as pushes are).
+    ``flights`` makes one process of the host fetch each blob (worker
+    processes on one storage); None: one fetch per blob per process."""
     local = DataModel.over(driver)
-    blobs = ProxyBlobStore(local.blobs, local.uploads, upstream, clock, **fetch_options)
+    blobs = ProxyBlobStore(local.blobs, local.uploads, upstream, clock, flights=flights, **fetch_options)
     return DataModel(
         blobs=blobs,
         uploads=local.uploads,

@@ -6,7 +6,10 @@ fetched from the upstream registry and kept.
   served from storage. Otherwise the upstream is asked (``HEAD``) whether the
   repository has it; the pull then joins or starts the blob's single upstream
   download (:class:`registry.proxy.tee.BlobFetch`), streamed to the client
-  while it is written into storage. ``open`` takes no repository name, so
+  while it is written into storage. With ``flights``
+  (:class:`registry.proxy.flights.HostFlights`) one process of the host
+  downloads a blob; a pull in another worker process waits for it to be
+  stored and serves it from storage. ``open`` takes no repository name, so
   ``repo_size`` (which the blob resource calls first, as the interface asks)
   remembers which repository the upstream has the blob in.
 * Manifests (:class:`ProxyManifestStore`): by digest, served from storage
@@ -32,10 +35,12 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from registry.digest import Digest
 from registry.manifest_types import ManifestError, parse_manifest
+from registry.proxy.flights import HostFlights
 from registry.proxy.tee import BlobFetch
 from registry.proxy.upstream import Upstream, UpstreamUnavailable
 from registry.storage import paths
@@ -55,12 +60,23 @@ SOURCES_KEPT = 4096
 class ProxyBlobStore:
     """``IBlobStore`` reading through to the upstream (module docstring)."""
 
-    def __init__(self, local: IBlobStore, uploads: IUploadStore, upstream: Upstream, clock: Any, **fetch_options: Any) -> None:
+    def __init__(
+        self,
+        local: IBlobStore,
+        uploads: IUploadStore,
+        upstream: Upstream,
+        clock: Any,
+        *,
+        flights: HostFlights | None = None,
+        **fetch_options: Any,
+    ) -> None:
         self.local = local
         self.descriptors = local.descriptors
         self.uploads = uploads
         self.upstream = upstream
         self.clock = clock
+        #: Which process of the host fetches a blob (None: this process only).
+        self.flights = flights
         self.fetch_options = fetch_options
         #: The single flights: one download per blob digest.
         self.fetches: dict[Digest, BlobFetch] = {}
@@ -104,7 +120,9 @@ class ProxyBlobStore:
                 source = self._sources.get(d)
                 if source is None:
                     raise BlobUnknown(d)
-                fetch = self._start(d, *source)
+                fetch = await self._flight(d, *source)
+                if fetch is None:  # another process fetched and stored it
+                    return await self.local.open(d, offset)
             reader = fetch.join(offset)
             if reader is not None:
                 return reader
@@ -118,13 +136,42 @@ class ProxyBlobStore:
             # Verified but not stored (a storage failure): fetch again.
         raise DriverError("proxy", f"blob {d} was fetched from the upstream but could not be stored")
 
-    def _start(self, d: Digest, name: str, size: int) -> BlobFetch:
+    async def _flight(self, d: Digest, name: str, size: int) -> BlobFetch | None:
+        """This process's flight of blob ``d``: the running one, or a new one
+        once no other process of the host is fetching ``d``; None when the
+        blob was stored meanwhile (by the flight of another process)."""
+        if self.flights is None:
+            return self._start(d, name, size)
+        while True:
+            fetch = self.fetches.get(d)
+            if fetch is not None:
+                return fetch
+            release = self.flights.try_acquire(d)
+            if release is not None:
+                try:
+                    stored = await self.descriptors.size(d) is not None
+                except BaseException:
+                    release()
+                    raise
+                if stored:
+                    release()
+                    # Stored by another process's flight, which linked its own
+                    # repositories: this pull's repository is linked here.
+                    await self.descriptors.link(name, d)
+                    return None
+                return self._start(d, name, size, release)
+            # Another process (or a flight of ours that is ending) has it.
+            await deferLater(self.clock, self.flights.poll_s, lambda: None)
+
+    def _start(self, d: Digest, name: str, size: int, release: Callable[[], None] | None = None) -> BlobFetch:
         fetch = BlobFetch(self.upstream, self.local, self.uploads, name, d, size, self.clock, **self.fetch_options)
         self.fetches[d] = fetch
 
         def ended(done: BlobFetch) -> None:
             if self.fetches.get(d) is done:
                 del self.fetches[d]
+            if release is not None:
+                release()  # stored (or failed): other processes may look now
 
         fetch.on_done = ended
         Deferred.fromCoroutine(fetch.run())  # never fails

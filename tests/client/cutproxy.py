@@ -6,14 +6,32 @@ an upload chunk cut off mid-way.  ``cut_download_after`` / ``cut_upload_after`` 
 one cut each: the first connection that carries more than that many bytes
 (server to client, or client to server) is aborted at that byte.
 ``stall_download_after`` makes the first such connection go silent instead.
+
+It also notes what passed: ``requests`` (method, path and headers of each
+request head the client sent) and ``statuses`` (the status of each response
+head), so a test can tell a resumption from a restart.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
+
+
+_REQUEST_HEAD = re.compile(rb"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/1\.[01]\r\n((?:[^\r\n]+\r\n)*)\r\n")
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) [^\r\n]*\r\n")
+_SCAN_KEPT = 64 * 1024
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class _Upstream(Protocol):
@@ -50,6 +68,25 @@ class _Relay(Protocol):
         self.up = 0
         self.cut = False
         self.stalled = False
+        self._seen_up = b""
+        self._seen_down = b""
+
+    def _note_up(self, data: bytes) -> None:
+        self._seen_up = (self._seen_up + data)[-_SCAN_KEPT:]
+        while (m := _REQUEST_HEAD.search(self._seen_up)) is not None:
+            headers = {}
+            for line in m.group(3).decode("latin-1").split("\r\n"):
+                name, _, value = line.partition(":")
+                if name:
+                    headers[name.strip().lower()] = value.strip()
+            self.proxy.requests.append(SeenRequest(m.group(1).decode(), m.group(2).decode(), headers))
+            self._seen_up = self._seen_up[m.end():]
+
+    def _note_down(self, data: bytes) -> None:
+        self._seen_down = (self._seen_down + data)[-_SCAN_KEPT:]
+        while (m := _STATUS_LINE.search(self._seen_down)) is not None:
+            self.proxy.statuses.append(int(m.group(1)))
+            self._seen_down = self._seen_down[m.end():]
 
     def connectionMade(self) -> None:
         self.proxy.connections += 1
@@ -80,6 +117,7 @@ class _Relay(Protocol):
         limit = self.proxy.cut_upload_after
         if limit is not None and self.up + len(data) > limit:
             self.proxy.cut_upload_after = None
+            self._note_up(data[: max(0, limit - self.up)])
             self.upstream.transport.write(data[: max(0, limit - self.up)])
             self.up = limit
             # let the server read what got through before the reset
@@ -87,6 +125,7 @@ class _Relay(Protocol):
             self.cut = True
             return
         self.up += len(data)
+        self._note_up(data)
         self.upstream.transport.write(data)
 
     def from_server(self, data: bytes) -> None:
@@ -109,6 +148,7 @@ class _Relay(Protocol):
             self._abort()
             return
         self.down += len(data)
+        self._note_down(data)
         self.transport.write(data)
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -127,6 +167,8 @@ class CutProxy:
         self.cuts = 0
         self.stalls = 0
         self.connections = 0
+        self.requests: list[SeenRequest] = []
+        self.statuses: list[int] = []
         factory = Factory.forProtocol(lambda: _Relay(self))
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
 

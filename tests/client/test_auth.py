@@ -215,3 +215,24 @@ async def test_cli_authfile_and_creds(basic_registry: Registry, tmp_path: Path) 
     assert refused.returncode == 1
     assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
     assert "refused the credentials" in refused.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_copy_skopeo_spelling(basic_registry: Registry, tmp_path: Path) -> None:
+    """``registry-client copy --creds U:P --tls-verify=false SRC DST``, as the
+    issue spells it: options after the subcommand; an http registry with
+    ``--tls-verify=false`` (https tried unverified, then http)."""
+    image = make_image("skopeo-spelling", layers=1, layer_size=8 * 1024)
+    layout = write_oci_layout(tmp_path / "src", [image], "v1")
+    target = f"docker://{basic_registry.host}/spelling/repo:v1"
+    pushed = await cli("copy", "--creds", f"{USER}:{PASSWORD}", "--tls-verify=false", f"oci:{layout.path}:v1", target)
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.strip() == layout.digest
+    pulled = await cli("copy", f"--creds={USER}:{PASSWORD}", "--tls-verify=false", target, f"oci:{tmp_path / 'dst'}:v1")
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads((tmp_path / "dst" / "index.json").read_text())["manifests"][0]["digest"] == layout.digest
+    empty = tmp_path / "empty-auth.json"
+    empty.write_text("{}")  # not the tester's ~/.docker/config.json
+    anonymous = await cli("copy", "--authfile", str(empty), "--tls-verify=false", target, f"oci:{tmp_path / 'anon'}:v1")
+    assert anonymous.returncode == 1 and anonymous.stderr.count("\n") == 1
+    assert "no credentials given" in anonymous.stderr

@@ -229,3 +229,71 @@ async def test_referrers(client: RegistryClient, registry: Registry, repo: str) 
         # No referrers API and no fallback tag pushed: an empty index.
         assert index["manifests"] == []
     assert index["mediaType"] == OCI_INDEX
+
+
+@pytest_twisted.ensureDeferred
+async def test_docker_media_types_come_back_as_pushed(client: RegistryClient, repo: str) -> None:
+    """The Accept list names every manifest type: a Docker manifest list and
+    a Docker image manifest come back byte for byte, by tag and by digest
+    (Distribution rewrites a manifest list to one image for a client that
+    does not accept lists)."""
+    from registry.client import MANIFEST_MEDIA_TYPES
+    from registry.manifest_types import DOCKER_LIST, DOCKER_MANIFEST
+
+    assert set(MANIFEST_MEDIA_TYPES) == {OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST}
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    layer = os.urandom(2048)
+    for blob in (config, layer):
+        await client.push_blob(repo, sha256_digest(blob), BytesSource(blob))
+    image = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": str(sha256_digest(config)), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": str(sha256_digest(layer)), "size": len(layer)}],
+    }).encode()
+    image_digest = await client.put_manifest(repo, "image", image, DOCKER_MANIFEST)
+    listing = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_LIST,
+        "manifests": [{"mediaType": DOCKER_MANIFEST, "digest": str(image_digest), "size": len(image),
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    }).encode()
+    list_digest = await client.put_manifest(repo, "list", listing, DOCKER_LIST)
+    for reference, body, media_type in (("image", image, DOCKER_MANIFEST), ("list", listing, DOCKER_LIST),
+                                        (str(list_digest), listing, DOCKER_LIST)):
+        got = await client.get_manifest(repo, reference)
+        assert (got.body, got.media_type) == (body, media_type), reference
+    info = await client.head_manifest(repo, "list")
+    assert info is not None and info.digest == list_digest and info.media_type == DOCKER_LIST
+
+
+@pytest_twisted.ensureDeferred
+async def test_referrers_by_api_or_fallback_tag(client: RegistryClient, repo: str) -> None:
+    """An artifact whose subject is an image, with the referrers tag schema's
+    ``sha256-<hex>`` index pushed too (what clients do for registries
+    without the API): ours answers from its referrers API, Distribution
+    2.8.2 (no API) from the fallback tag; the artifactType filter holds in both."""
+    _, _, manifest = await push_image(client, repo, "subject", b"f")
+    subject = sha256_digest(manifest)
+    empty = b"{}"
+    await client.push_blob(repo, sha256_digest(empty), BytesSource(empty))
+    sbom = "application/vnd.example.sbom"
+    artifact = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": sbom,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": str(sha256_digest(empty)), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": str(sha256_digest(empty)), "size": 2}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": str(subject), "size": len(manifest)},
+    }).encode()
+    artifact_digest = await client.put_manifest(repo, str(sha256_digest(artifact)), artifact, OCI_MANIFEST)
+    fallback = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": str(artifact_digest), "size": len(artifact), "artifactType": sbom}],
+    }).encode()
+    await client.put_manifest(repo, f"sha256-{subject.hex}", fallback, OCI_INDEX)
+    index = await client.referrers(repo, subject)
+    assert [m["digest"] for m in index["manifests"]] == [str(artifact_digest)]
+    assert [m["digest"] for m in (await client.referrers(repo, subject, artifact_type=sbom))["manifests"]] == [str(artifact_digest)]
+    assert (await client.referrers(repo, subject, artifact_type="application/vnd.other"))["manifests"] == []

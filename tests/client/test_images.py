@@ -168,3 +168,41 @@ async def test_copy_within_a_registry_falls_back_when_mount_is_refused(
     assert registry.manifest(repo + "-fallback", "t").body == written.manifest
     assert registry.blob(repo + "-fallback", image.layers[1].digest) == image.layers[1].gzipped
     assert list(tmp_path.glob("registry-client-*")) == []  # the temporary directory is gone
+
+
+@implementer(ITransferProgress)
+class InFlight:
+    """Counts blobs between ``started`` and ``finished``; keeps the peak."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.done = 0
+
+    def started(self, digest: Digest, size: int) -> None:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+
+    def advanced(self, digest: Digest, count: int) -> None:
+        pass
+
+    def finished(self, digest: Digest, outcome: str) -> None:
+        if outcome == "copied":
+            self.now -= 1
+        self.done += 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_blobs_move_in_parallel_within_the_bound(
+    client: RegistryClient, repo: str, tmp_path: Path
+) -> None:
+    image = make_image("bounded", layers=7, layer_size=128 * 1024)
+    written = write_oci_layout(tmp_path / "src", [image], "v1")
+    pushing = InFlight()
+    await push_image(client, OCILayout(written.path), "v1", repo, "v1", concurrency=3, progress=pushing)
+    assert pushing.done == 8 and pushing.now == 0
+    assert pushing.peak == 3  # in parallel, never more than asked
+    pulling = InFlight()
+    await pull_image(client, repo, "v1", OCILayout(tmp_path / "dst"), concurrency=2, progress=pulling)
+    assert pulling.done == 8 and pulling.now == 0
+    assert pulling.peak == 2

@@ -48,6 +48,12 @@ async def test_download_resumes_with_range(client: RegistryClient, proxy: CutPro
     assert size == len(data)
     assert consumer.value() == data  # every byte once, in order
     assert sum(seen) == len(data)
+    # Resumed, not restarted: the second GET asked for the rest, and got a 206.
+    gets = [r for r in proxy.requests if r.method == "GET" and f"/blobs/{digest}" in r.path]
+    assert len(gets) == 2 and "range" not in gets[0].headers, gets
+    start = int(gets[1].headers["range"].removeprefix("bytes=").rstrip("-"))
+    assert 0 < start <= 250_000
+    assert 206 in proxy.statuses
 
 
 @pytest_twisted.ensureDeferred
@@ -68,7 +74,7 @@ async def test_stalled_download_is_resumed(client: RegistryClient, proxy: CutPro
 
 @pytest_twisted.ensureDeferred
 async def test_chunked_upload_resumes_after_a_cut(
-    client: RegistryClient, proxy: CutProxy, repo: str, tmp_path: Path
+    client: RegistryClient, proxy: CutProxy, registry: Registry, repo: str, tmp_path: Path
 ) -> None:
     """From a file: the resumed chunk is read again from the server's offset."""
     data = os.urandom(500_000 + 123)
@@ -90,6 +96,23 @@ async def test_chunked_upload_resumes_after_a_cut(
     assert proxy.cuts == 1
     assert sum(progress) == len(data)
     assert await client.read_blob(repo, digest) == data
+    # After the cut the upload's status was asked (GET on its location).
+    status = next(i for i, r in enumerate(proxy.requests) if r.method == "GET" and "/blobs/uploads/" in r.path)
+    starts = [int(r.headers["content-range"].split("-")[0]) for r in proxy.requests if r.method == "PATCH"]
+    after = [int(r.headers["content-range"].split("-")[0]) for r in proxy.requests[status:] if r.method == "PATCH"]
+    assert starts[:2] == [0, 200_000]
+    posts = [r.method for r in proxy.requests].count("POST")
+    if registry.kind == "ours":
+        # Resumed from the server's Range, not restarted: one upload
+        # session, and the next PATCH starts where the server says it is
+        # (past the first chunk; the cut chunk's bytes that arrived count).
+        assert posts == 1, proxy.requests
+        assert after and 200_000 <= after[0] <= 300_000, starts
+    else:
+        # Distribution 2.8.2 drops an upload whose PATCH was cut (its size no
+        # longer matches the offset in the upload's state): the status is a
+        # 404, and the client starts a new upload.
+        assert posts == 2 and after[0] == 0, proxy.requests
 
 
 @pytest_twisted.ensureDeferred

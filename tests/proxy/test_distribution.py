@@ -6,9 +6,10 @@
   through the proxy; then the upstream is stopped, the proxy restarted (it
   starts with its upstream down) and the same pulls still work, while what
   was never pulled is 503 ``UNAVAILABLE``.
-* (slow) a 256 MiB blob pulled by 8 clients at once is fetched from the
-  upstream exactly once (a counting relay in front of the upstream), with
-  the proxy's peak memory far below the blob's size.
+* (slow) a 256 MiB blob pulled by 8 clients at once, spread over two
+  worker processes, is fetched from the upstream exactly once (a counting
+  relay in front of the upstream), with each worker's peak memory far below
+  the blob's size.
 """
 
 from __future__ import annotations
@@ -241,6 +242,32 @@ def _vm(pid: int, key: str) -> int:
     raise AssertionError(f"no {key} for {pid}")
 
 
+def _connections_to(pid: int, port: int) -> int:
+    """Established TCP connections on local ``port`` that process ``pid`` holds."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:
+                count += 1
+    return count
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (the workers under the supervisor)."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return sorted(int(child) for child in text.split())
+
+
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_256_mib_blob_by_8_clients_is_fetched_once_in_bounded_memory(
@@ -263,27 +290,40 @@ async def test_256_mib_blob_by_8_clients_is_fetched_once_in_bounded_memory(
     path.unlink()
 
     relay = CountingRelay(upstream_registry.port)
-    # One process: a flight is shared by the clients of one process (each
-    # worker fetches a blob at most once), and its RSS is what we bound.
-    proxy = start_proxy(tmp_path / "proxy", relay.url, workers=1)
+    # Two worker processes: the clients land on both (a worker accepts one
+    # connection per wake-up), and still one of them fetches the blob.
+    proxy = start_proxy(tmp_path / "proxy", relay.url, workers=2)
     try:
-        rss_before = _vm(proxy.process.pid, "VmRSS")
+        wait_until(lambda: len(_children(proxy.process.pid)) == 2, timeout=30, what="two workers", process=proxy.process)
+        workers = _children(proxy.process.pid)
+        rss_before = {pid: _vm(pid, "VmRSS") for pid in workers}
         url = f"{proxy.url}/v2/lib/big/blobs/{digest}"
         script = f'{curl} -sS --fail "{url}" | sha256sum'
-        results = await DeferredList(
+        pulls = DeferredList(
             [getProcessOutputAndValue("/bin/sh", ["-c", script], env={}) for _ in range(CLIENTS)],
             consumeErrors=True,
         )
+        # Which worker holds the clients' connections, sampled while they pull.
+        served = {pid: 0 for pid in workers}
+        while not pulls.called:
+            for pid in workers:
+                served[pid] = max(served[pid], _connections_to(pid, proxy.port))
+            await deferLater(reactor, 0.1, lambda: None)
+        results = await pulls
         for ok, value in results:
             assert ok, value
             out, err, code = value
             assert code == 0, err
             assert out.split()[0].decode() == digest.hex
         assert relay.count("GET", f"/blobs/{digest}") == 1, (dict(relay.requests), proxy.process.output())
-        peak = _vm(proxy.process.pid, "VmHWM")
-        # The blob passed through 8 times (2 GiB) and into storage; the
-        # proxy's memory grew by a small fraction of one copy.
-        assert peak - rss_before < 96 * 1024 * 1024, (rss_before, peak)
+        assert _children(proxy.process.pid) == workers  # none died and was restarted
+        # The clients really were spread over the two workers.
+        assert all(served[pid] >= 1 for pid in workers), served
+        peaks = {pid: _vm(pid, "VmHWM") for pid in workers}
+        # The blob passed through 8 times (2 GiB) and into storage; each
+        # worker's memory grew by a small fraction of one copy.
+        for pid in workers:
+            assert peaks[pid] - rss_before[pid] < 96 * 1024 * 1024, (rss_before, peaks)
         stored = tmp_path / "proxy" / "storage" / "docker" / "registry" / "v2" / "blobs" / "sha256" / digest.hex[:2] / digest.hex / "data"
         # Clients get the last byte once it is verified, a moment before the commit.
         for _ in range(300):

@@ -375,3 +375,113 @@ async def test_application_with_proxy_section_starts_with_the_upstream_down(tmp_
         for service in reversed(app.services):
             if not isinstance(service, TimerService):  # never started
                 await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_worker_processes_share_one_upstream_fetch(setup: Setup, tmp_path: Path) -> None:
+    """Two proxies over one storage with one flights directory, as the
+    worker processes of ``http.workers`` are: concurrent pulls landing on
+    both fetch the blob from the upstream once; the other worker's clients
+    get it from storage once it is stored."""
+    from registry.proxy import HostFlights
+
+    blob = os.urandom(3 * 1024 * 1024)
+    repos = ["lib/workers", "lib/workers-too"]  # one blob in two repositories upstream
+    for repo in repos:
+        await setup.push_image(repo, "v1", [blob])
+    flights_dir = str(tmp_path / "flights")
+    workers = []
+    for _ in range(2):
+        upstream = Upstream(setup.relay.url, username=USER, password=PASSWORD, reactor=reactor)
+        driver = create_driver("filesystem", {"rootdirectory": str(tmp_path / "shared")})
+        model = pull_through_model(
+            driver, upstream, 3600.0, reactor, flights=HostFlights(flights_dir),
+            high_water=256 * 1024, retain=64 * 1024,
+        )
+        port = reactor.listenTCP(0, RegistrySite(make_root(driver, model=model, pull_through=True)), interface="127.0.0.1")
+        workers.append((upstream, driver, model, port))
+    try:
+        urls = [f"http://127.0.0.1:{port.getHost().port}/v2/{repo}/blobs/{sha(blob)}" for repo, (*_, port) in zip(repos, workers)]
+        pulls = [Deferred.fromCoroutine(get(urls[i % 2])) for i in range(8)]
+        results = await DeferredList(pulls, consumeErrors=True)
+        for ok, value in results:
+            assert ok, value
+            code, _, body = value
+            assert code == 200 and body == blob
+        assert setup.relay.count("GET", f"/blobs/{sha(blob)}") == 1
+        assert sum(upstream.blob_fetches for upstream, *_ in workers) == 1
+        # Nothing is left locked: a later blob is fetched by whichever worker is asked.
+        for _, _, model, _ in workers:
+            for fetch in list(model.blobs.fetches.values()):  # type: ignore[attr-defined]
+                await fetch.wait_stored()
+        assert os.listdir(flights_dir) == []
+        # Whichever worker fetched it, both repositories now hold the blob.
+        for repo in repos:
+            assert await workers[0][2].blobs.descriptors.is_linked(repo, Digest.parse(sha(blob)))
+    finally:
+        for upstream, driver, _, port in workers:
+            await port.stopListening()
+            await upstream.close()
+            await driver.close()
+
+
+def test_host_flights_lock_per_digest(tmp_path: Path) -> None:
+    from registry.proxy import HostFlights
+
+    one, other = HostFlights(str(tmp_path)), HostFlights(str(tmp_path))
+    a, b = Digest.parse(sha(b"a")), Digest.parse(sha(b"b"))
+    release = one.try_acquire(a)
+    assert release is not None
+    assert other.try_acquire(a) is None and one.try_acquire(a) is None  # flock: per open file, even in one process
+    release_b = other.try_acquire(b)
+    assert release_b is not None
+    release()
+    release()  # twice is harmless
+    again = other.try_acquire(a)
+    assert again is not None
+    again()
+    release_b()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_clients_authenticate_to_the_proxy_with_its_own_auth(setup: Setup, tmp_path: Path) -> None:
+    """A proxy with an ``auth`` of its own (htpasswd, another realm and user):
+    its clients are challenged for the proxy's realm, the upstream's
+    credentials get them nothing, the proxy's get the image."""
+    import base64
+
+    digest, manifest, _ = await setup.push_image("lib/app", "v1", [b"guarded layer"])
+    htpasswd = tmp_path / "proxy-htpasswd"
+    htpasswd.write_bytes(b"client:" + bcrypt.hashpw(b"client-pw", bcrypt.gensalt(4)) + b"\n")
+    access = HtpasswdAccessController("proxy-realm", str(htpasswd), reactor=reactor)
+    upstream = Upstream(setup.relay.url, username=USER, password=PASSWORD, reactor=reactor)
+    driver = create_driver("filesystem", {"rootdirectory": str(tmp_path / "guarded")})
+    model = pull_through_model(driver, upstream, 3600.0, reactor)
+    port = reactor.listenTCP(
+        0, RegistrySite(make_root(driver, model=model, pull_through=True, access=access)), interface="127.0.0.1"
+    )
+    base = f"http://127.0.0.1:{port.getHost().port}"
+
+    def basic(user: str, password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(), **ACCEPT}
+
+    try:
+        code, headers, body = await get(f"{base}/v2/lib/app/manifests/v1", ACCEPT)
+        assert code == 401 and error_code(body) == "UNAUTHORIZED"
+        assert headers.getRawHeaders("www-authenticate") == ['Basic realm="proxy-realm"']
+        code, headers, body = await get(f"{base}/v2/lib/app/manifests/v1", basic(USER, PASSWORD))
+        assert code == 401, "the upstream's credentials must not open the proxy"
+        assert setup.relay.count("GET", "/manifests/v1") == 0  # refused before the upstream was asked
+        code, headers, body = await get(f"{base}/v2/lib/app/manifests/v1", basic("client", "client-pw"))
+        assert code == 200 and body == manifest
+        client = RegistryClient(f"127.0.0.1:{port.getHost().port}", reactor=reactor, credentials=Credentials("client", "client-pw"))
+        try:
+            assert await client.read_blob("lib/app", Digest.parse(sha(b"guarded layer"))) == b"guarded layer"
+        finally:
+            await client.close()
+    finally:
+        await port.stopListening()
+        await upstream.close()
+        await driver.close()
+        await access.close()

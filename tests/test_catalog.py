@@ -52,3 +52,44 @@ async def test_catalog_lists_nested_repositories_sorted_and_paginates(server: Se
     assert r.json() == {"repositories": []}
     r = await server.request("GET", "/v2/_catalog?n=-5")
     assert r.status == 400 and r.error()["code"] == "PAGINATION_NUMBER_INVALID"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_of_the_catalog_lists_about_a_page_of_directories() -> None:
+    """``?n=`` pages of a big registry cost about ``n`` directory listings,
+    not a walk of every repository; without ``n`` the whole list comes."""
+    import hashlib
+
+    from registry.digest import Digest
+    from registry.storage.factory import create_driver
+    from registry.storage.model import DataModel
+    from tests.manifest_fixtures import start_server
+    from tests.ui.test_speed import Counting
+
+    inner = create_driver("inmemory", {})
+    model = DataModel.over(inner)
+    blob = b"a layer"
+    digest = Digest.parse("sha256:" + hashlib.sha256(blob).hexdigest())
+    await model.blobs.put_content(digest, blob)
+    names = [f"org{i % 20:02d}/repo{i:04d}" for i in range(2000)]
+    for name in names:
+        await model.blobs.descriptors.link(name, digest)
+    counting = Counting(inner)
+    srv = await start_server(driver=counting)  # type: ignore[arg-type]  # a pass-through wrapper
+    try:
+        ordered = sorted(names)
+        for path, expected in (("/v2/_catalog?n=10", ordered[:10]),
+                               (f"/v2/_catalog?n=10&last={ordered[1234]}", ordered[1235:1245])):
+            counting.lists = 0
+            r = await srv.request("GET", path)
+            assert r.json()["repositories"] == expected
+            link = r.header("link")
+            assert link is not None and f"last={expected[-1].replace('/', '%2F')}" in link
+            # The top listing, the organisations before the page and one per name.
+            assert counting.lists < 40, (path, counting.lists)
+        counting.lists = 0
+        r = await srv.request("GET", "/v2/_catalog")
+        assert r.json()["repositories"] == ordered and r.header("link") is None
+        assert counting.lists > 2000
+    finally:
+        await srv.port.stopListening()

@@ -97,3 +97,34 @@ def test_install_script_is_strict_under_ci() -> None:
         r = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, env=env, timeout=30)
         assert r.stdout.strip() == expected, (ci, r.stdout, r.stderr)
     assert 'DPkg::Lock::Timeout=$LOCK_TIMEOUT' in script and "wait_dpkg_lock.py" in script
+
+
+def _skip_calls_for_missing_packages(path: Path) -> list[int]:
+    """Lines of ``path`` that call ``pytest.skip`` with a message about a
+    package that is not installed (what only ``missing_tool`` may do)."""
+    import ast
+
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "skip"):
+            continue
+        if not (isinstance(node.func.value, ast.Name) and node.func.value.id == "pytest"):
+            continue
+        text = " ".join(
+            c.value for arg in node.args for c in ast.walk(arg) if isinstance(c, ast.Constant) and isinstance(c.value, str)
+        ).lower()
+        if "install" in text or "package" in text:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_every_missing_package_skip_goes_through_missing_tool() -> None:
+    # A test that skips for a missing package on its own would skip under
+    # CI=true too, and a green CI run would not mean the real parts ran.
+    offenders = {
+        str(path.relative_to(ROOT)): lines
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if (lines := _skip_calls_for_missing_packages(path))
+    }
+    offenders.pop("tests/clients/harness.py", None)  # missing_tool itself
+    assert offenders == {}, f"skips for a missing package outside missing_tool (use it): {offenders}"

@@ -124,3 +124,109 @@ def test_a_request_knows_its_client_went_away() -> None:
     assert request._disconnected is False and not request.gone
     channel.connectionLost(Exception("gone"))
     assert request._disconnected is True and request.gone
+
+
+# --- registry.tap: where twistd would have logged ---------------------------------
+
+
+def _twistd_destination(parent: dict[str, Any], stdout: Any) -> tuple[Any, bool]:
+    """Where twistd's own observer writes for ``parent`` (its options):
+    ``stdout``, the path of a log file, or ``None`` for syslog; and whether
+    it made SIGUSR1 rotate the log."""
+    import os
+    import sys
+
+    from twisted.scripts._twistd_unix import UnixAppLogger
+
+    if parent.get("syslog"):
+        return None, False
+    saved_stdout, saved_usr1 = sys.stdout, signal.getsignal(signal.SIGUSR1)
+    sys.stdout = stdout
+    try:
+        observer = UnixAppLogger(parent)._getLogObserver()
+        rotates = signal.getsignal(signal.SIGUSR1) != saved_usr1
+    finally:
+        sys.stdout = saved_stdout
+        signal.signal(signal.SIGUSR1, saved_usr1)
+    observer({"log_format": "probe", "log_time": 0, "log_level": None, "log_namespace": "pin"})
+    if "probe" in stdout.getvalue():
+        return stdout, rotates
+    path = os.path.abspath(parent.get("logfile") or "twistd.log")
+    with open(path) as f:
+        assert "probe" in f.read(), path
+    return path, rotates
+
+
+def test_the_tap_logs_where_twistd_would(tmp_path: Any, monkeypatch: Any) -> None:
+    # registry.tap._log_output keeps twistd's rules for the log destination
+    # (it writes its own formats there, so it needs the stream, which twistd
+    # only builds inside its text observer); this compares them case by case.
+    import io
+    import types
+
+    from twisted.python.logfile import LogFile
+
+    from registry.tap import _log_output
+
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        {"nodaemon": True, "logfile": None},
+        {"nodaemon": True, "logfile": "-"},
+        {"nodaemon": True, "logfile": str(tmp_path / "given.log")},
+        {"nodaemon": False, "logfile": None},
+        {"nodaemon": False, "logfile": str(tmp_path / "daemon.log")},
+        {"nodaemon": True, "logfile": None, "syslog": True},
+    ]
+    saved_usr1 = signal.getsignal(signal.SIGUSR1)
+    try:
+        for parent in cases:
+            stdout = io.StringIO()
+            monkeypatch.setattr("sys.stdout", stdout)
+            signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+            ours = _log_output(types.SimpleNamespace(parent=parent))  # type: ignore[arg-type]
+            ours_rotate = bool(signal.getsignal(signal.SIGUSR1))
+            monkeypatch.undo()
+            monkeypatch.chdir(tmp_path)
+            signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+            theirs, theirs_rotate = _twistd_destination(parent, stdout)
+            # Where a log file is written, SIGUSR1 rotates it (its default
+            # action would end the process).
+            assert ours_rotate == theirs_rotate, parent
+            if theirs is None or theirs is stdout:
+                assert ours is theirs, parent
+            else:
+                assert isinstance(ours, LogFile), parent
+                assert ours.path == theirs, parent
+                ours.close()
+    finally:
+        signal.signal(signal.SIGUSR1, saved_usr1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigusr1_rotates_the_tap_log_file(tmp_path: Any) -> None:
+    import os
+    import types
+
+    from twisted.internet.task import deferLater
+
+    from registry.tap import _log_output
+
+    path = tmp_path / "registry.log"
+    saved_usr1 = signal.getsignal(signal.SIGUSR1)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    try:
+        log_file: Any = _log_output(types.SimpleNamespace(parent={"nodaemon": False, "logfile": str(path)}))  # type: ignore[arg-type]
+        log_file.write("before\n")
+        log_file.flush()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for _ in range(200):
+            if (tmp_path / "registry.log.1").exists():
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        assert (tmp_path / "registry.log.1").read_text() == "before\n"
+        log_file.write("after\n")
+        log_file.flush()
+        assert path.read_text() == "after\n"
+        log_file.close()
+    finally:
+        signal.signal(signal.SIGUSR1, saved_usr1)

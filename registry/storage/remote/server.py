@@ -140,10 +140,10 @@ class DriverServer(FrameParsingAMP):
         ds = [h.queue.run(h.obj.close) for h in handles]
         for d in ds:
             d.addErrback(lambda f: _log.failure("closing a handle after the client left", f))
-        closer = getattr(self.driver, "close", None)
+        driver = self.driver  # None: the client left before Configure
         dl = DeferredList(ds)
-        if closer is not None:
-            dl.addCallback(lambda _: closer())
+        if driver is not None:
+            dl.addCallback(lambda _: driver.close())  # close() is part of IStorageDriver
         dl.addErrback(lambda f: _log.failure("closing the driver", f))
         if self._on_lost is not None:
             on_lost = self._on_lost

@@ -138,6 +138,8 @@ class RegistryRequest(server.Request):
     request_line: tuple[bytes, bytes] | None = None
     #: The Site's root resource, handed over with the request line.
     root: RegistryRoot | None = None
+    #: The Site's request observer (metrics), handed over with the root.
+    observer: RequestObserver | None = None
     #: Set by the root at headers time: the route this request goes to, or
     #: the error that stops it (unknown endpoint, invalid name, refused).
     #: ``render`` answers from these; it does not route again.
@@ -190,9 +192,8 @@ class RegistryRequest(server.Request):
         elif decision is not None:
             self.body_sink = decision
             self.content = io.BytesIO()
-            observer = self._observer()
-            if observer is not None:
-                observer.upload_started(self)
+            if self.observer is not None:
+                self.observer.upload_started(self)
         else:
             super().gotLength(length)
 
@@ -327,10 +328,6 @@ class RegistryRequest(server.Request):
         self.request_id = choose_request_id(self.getHeader(REQUEST_ID_HEADER))
         self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
         self.log_fields["request_id"] = self.request_id
-
-    def _observer(self) -> RequestObserver | None:
-        site = getattr(self.channel, "site", None)
-        return getattr(site, "observer", None)
 
     @property
     def gone(self) -> bool:
@@ -494,6 +491,7 @@ class RegistryChannel(http.HTTPChannel):
         if isinstance(request, RegistryRequest) and isinstance(site, RegistrySite):
             request.request_line = self.request_line()
             request.root = site.root
+            request.observer = site.observer
             request.assign_request_id()
         super().allHeadersReceived()
 
@@ -521,10 +519,14 @@ class RegistrySite(server.Site):
         self.access_log = True
 
     def log(self, request: http.Request) -> None:
-        duration = time.monotonic() - getattr(request, "started", time.monotonic())
+        if not isinstance(request, RegistryRequest):
+            # Only a subclass with another requestFactory gets here.
+            super().log(request)
+            return
+        duration = time.monotonic() - request.started
         if self.access_log:
             from registry import logs
 
-            logs.log_request(request, duration, getattr(request, "log_fields", {}))
-        if self.observer is not None and isinstance(request, RegistryRequest):
+            logs.log_request(request, duration, request.log_fields)
+        if self.observer is not None:
             self.observer.request_finished(request, duration)

@@ -75,7 +75,7 @@ def _unsent(transport: Any) -> int | None:
     The one place that reads Twisted's private write buffer (there is no
     public way to ask whether it is empty): ``dataBuffer``/``offset`` (the
     buffer being sent) and ``_tempDataLen`` (what is queued behind it).
-    ``tests/test_sendfile.py`` fails if an upgrade renames them; meanwhile
+    ``tests/api/test_downloads.py`` fails if an upgrade renames them; meanwhile
     None makes every download take the copying path."""
     try:
         pending = len(transport.dataBuffer) - transport.offset + transport._tempDataLen

@@ -324,7 +324,12 @@ class RegistryService(MultiService):
 
 def _log_output(options: usage.Options) -> IO[Any] | None:
     """Where twistd would have written its log, or ``None`` to leave
-    twistd's own observer in charge (syslog, or a ``--logger`` factory)."""
+    twistd's own observer in charge (syslog, or a ``--logger`` factory).
+
+    twistd builds its destination only inside its text observer, which the
+    registry's formats (json, logstash, fields) replace; so its rules are
+    kept here, as twistd's ``UnixAppLogger`` has them, including SIGUSR1
+    rotating a log file (``tests/test_twisted_pins.py`` compares the two)."""
     parent = getattr(options, "parent", None)
     if parent is None:
         return sys.stdout
@@ -333,7 +338,26 @@ def _log_output(options: usage.Options) -> IO[Any] | None:
     logfile = parent.get("logfile") or ""
     if logfile == "-" or (not logfile and parent.get("nodaemon")):
         return sys.stdout
-    return LogFile.fromFullPath(logfile or "twistd.log")
+    log_file = LogFile.fromFullPath(logfile or "twistd.log")
+    _rotate_on_sigusr1(log_file)
+    return log_file
+
+
+def _rotate_on_sigusr1(log_file: LogFile) -> None:
+    """``kill -USR1`` rotates ``log_file``, as it does twistd's own log file
+    (unless something else handles SIGUSR1); without this, SIGUSR1's default
+    action would end the registry."""
+    import signal
+
+    if signal.getsignal(signal.SIGUSR1):
+        return
+
+    def rotate(number: int, frame: Any) -> None:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(log_file.rotate)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGUSR1, rotate)
 
 
 def makeService(

@@ -85,6 +85,7 @@ _NAME_LONG: Final = lib.RH_TARSUM_NAME_LONG
 _EV_NEED_MORE: Final = lib.RH_TARSUM_EV_NEED_MORE
 _EV_HEADER: Final = lib.RH_TARSUM_EV_HEADER
 _EV_META: Final = lib.RH_TARSUM_EV_META
+_EV_SUMS_FULL: Final = lib.RH_TARSUM_EV_SUMS_FULL
 _MODE_HEADER: Final = lib.RH_TARSUM_MODE_HEADER
 _MODE_BODY: Final = lib.RH_TARSUM_MODE_BODY
 _MODE_META: Final = lib.RH_TARSUM_MODE_META
@@ -426,8 +427,10 @@ class TarSum:
                     self._meta_buf += _buffer(view + (pos - c), c)
                     if len(self._meta_buf) == self._meta_expected:
                         self._meta_complete()
-                else:  # SUMS_FULL
+                elif ev == _EV_SUMS_FULL:
                     self._drain()
+                else:  # no such event: an error code (or a core this code does not know)
+                    raise _c_failed("rh_tarsum_feed", ev, int(ctx.offset))
         except TarSumError as e:
             self._failed = e
             raise

@@ -400,7 +400,8 @@ class WorkerSupervisor(Service):
 def _stopped_cleanly(reactor: Any) -> None:
     """Every worker stopped as asked: SIGTERM was handled, so the exit
     status is 0 (twistd would otherwise re-raise the signal it stopped on,
-    reading the reactor's ``_exitSignal`` once the reactor has stopped)."""
+    reading the reactor's ``_exitSignal`` once the reactor has stopped;
+    ``tests/test_twisted_pins.py`` fails if Twisted changes that)."""
     if getattr(reactor, "_exitSignal", None) == signal.SIGTERM:
         reactor._exitSignal = None
 
@@ -588,7 +589,9 @@ class AdoptedEndpoint:
 def _one_accept_per_wakeup(port: Any) -> None:
     """Twisted accepts up to 100+ queued connections per wake-up; with
     several processes on one socket that gives a whole burst to one worker.
-    Accepting one at a time lets the next connection go to another."""
+    Accepting one at a time lets the next connection go to another.
+    ``numberAccepts`` is undeclared Twisted state of ``tcp.Port``;
+    ``tests/test_twisted_pins.py`` fails if Twisted stops reading it."""
     if not hasattr(port, "numberAccepts"):
         return
     read = port.doRead

@@ -24,10 +24,17 @@
 # is missing is reported loudly, and the tests that need it skip with a
 # reason naming it.  Under CI=true (or SYSTEM_DEPS_STRICT=1) a missing
 # package is an error, so a green CI run always means the real clients ran.
+#
+# SYSTEM_DEPS_LOG (default /tmp/install-system-deps.log) is apt's output,
+# SYSTEM_DEPS_RETRY_PAUSE (default 15) the seconds before the retry, and
+# SYSTEM_DEPS_POLICY_RC (default /usr/sbin/policy-rc.d) the policy file
+# (tests/test_install_deps.py runs this script against a stand-in apt-get).
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 LOCK_TIMEOUT=${SYSTEM_DEPS_LOCK_TIMEOUT:-600}
+LOG=${SYSTEM_DEPS_LOG:-/tmp/install-system-deps.log}
+RETRY_PAUSE=${SYSTEM_DEPS_RETRY_PAUSE:-15}
 case "${CI:-}" in
     true | TRUE | True | 1 | yes) : "${SYSTEM_DEPS_STRICT:=1}" ;;
 esac
@@ -106,18 +113,18 @@ wait_for_locks() {
 # (a lock taken between our wait and apt's start, a transient mirror error).
 apt_install() {
     wait_for_locks
-    if apt-get install "${APT_OPTS[@]}" "$@" >>/tmp/install-system-deps.log 2>&1; then
+    if apt-get install "${APT_OPTS[@]}" "$@" >>"$LOG" 2>&1; then
         return 0
     fi
-    log "apt-get install $* failed; retrying once in 15 s (log: /tmp/install-system-deps.log)"
-    sleep 15
+    log "apt-get install $* failed; retrying once in ${RETRY_PAUSE} s (log: $LOG)"
+    sleep "$RETRY_PAUSE"
     wait_for_locks
-    apt-get update -qq -o "DPkg::Lock::Timeout=$LOCK_TIMEOUT" >>/tmp/install-system-deps.log 2>&1 || true
-    apt-get install "${APT_OPTS[@]}" "$@" >>/tmp/install-system-deps.log 2>&1
+    apt-get update -qq -o "DPkg::Lock::Timeout=$LOCK_TIMEOUT" >>"$LOG" 2>&1 || true
+    apt-get install "${APT_OPTS[@]}" "$@" >>"$LOG" 2>&1
 }
 
 # Keep services from starting during configuration; restore whatever was there.
-POLICY=/usr/sbin/policy-rc.d
+POLICY=${SYSTEM_DEPS_POLICY_RC:-/usr/sbin/policy-rc.d}
 policy_backup=""
 if [ -e "$POLICY" ]; then
     policy_backup=$(mktemp)
@@ -135,7 +142,7 @@ trap restore_policy EXIT
 printf '#!/bin/sh\n# written by install-system-deps.sh while it installs\nexit 101\n' >"$POLICY"
 chmod 0755 "$POLICY"
 
-: >/tmp/install-system-deps.log
+: >"$LOG"
 # Finish whatever an earlier interrupted run left half-configured.
 wait_for_locks
 dpkg --configure -a >/dev/null 2>&1 || log "dpkg --configure -a reported a problem (continuing)"
@@ -143,11 +150,11 @@ dpkg --configure -a >/dev/null 2>&1 || log "dpkg --configure -a reported a probl
 start=$(date +%s)
 log "installing: ${missing[*]}"
 wait_for_locks
-apt-get update -qq -o "DPkg::Lock::Timeout=$LOCK_TIMEOUT" >>/tmp/install-system-deps.log 2>&1 \
+apt-get update -qq -o "DPkg::Lock::Timeout=$LOCK_TIMEOUT" >>"$LOG" 2>&1 \
     || log "apt-get update failed (continuing with the lists there are)"
 
 if ! apt_install "${missing[@]}"; then
-    log "installing all at once failed (log: /tmp/install-system-deps.log); trying one by one"
+    log "installing all at once failed (log: $LOG); trying one by one"
     for pkg in "${missing[@]}"; do
         apt_install "$pkg" || log "WARNING: could not install $pkg"
     done
@@ -169,8 +176,8 @@ if [ ${#failed[@]} -ne 0 ]; then
     else
         log "WARNING: NOT INSTALLED: ${failed[*]} -- the real-client tests needing them will be SKIPPED"
     fi
-    log "last lines of /tmp/install-system-deps.log:"
-    tail -n 15 /tmp/install-system-deps.log >&2 || true
+    log "last lines of $LOG:"
+    tail -n 15 "$LOG" >&2 || true
     [ "${SYSTEM_DEPS_STRICT:-0}" = 1 ] && exit 1
 fi
 exit 0

@@ -210,6 +210,12 @@ async def test_index_naming_a_missing_child(server: Server) -> None:
     other_body, other = await image(server, "elsewhere", seed="o")
     assert (await server.put_manifest("elsewhere", other["digest"], other_body, OCI_MANIFEST)).status == 201
     await assert_refused(server, "idx", "all", index_body([desc, other]), OCI_INDEX, 400, "MANIFEST_BLOB_UNKNOWN", other["digest"])
+    # Every missing child is named, in the index's order, each once.
+    second = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "d" * 64, "size": 100}
+    err = await assert_refused(server, "idx", "all", index_body([missing, desc, second, other, missing]), OCI_INDEX, 400,
+                               "MANIFEST_BLOB_UNKNOWN", "push the child manifests")
+    assert err["detail"]["missing"] == [missing["digest"], second["digest"], other["digest"]]
+    assert (await server.request("GET", "/v2/idx/manifests/all")).status == 404  # nothing was stored
 
 
 @pytest_twisted.ensureDeferred

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -647,6 +648,30 @@ def test_expect_error_code_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mod, "_expect", refuse_done)
     with pytest.raises(TarSumError, match=r"rh_tarsum_expect\(DONE\) returned -1"):
         TarSum().update(_tar_two_files())
+
+
+def test_feed_error_code_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    # rh_tarsum_feed answers an event; anything else is an error, not a
+    # full batch of sums to drain.
+    import registry.tarsum as mod
+    from registry._hashing import lib
+
+    real = mod._feed
+    calls = [0]
+
+    def fail_once(ctx: object, data: object, n: int, consumed: Any) -> int:
+        calls[0] += 1
+        if calls[0] == 1:
+            consumed[0] = 0
+            return lib.RH_TARSUM_E_INCONSISTENT
+        return real(ctx, data, n, consumed)
+
+    monkeypatch.setattr(mod, "_feed", fail_once)
+    t = TarSum()
+    with pytest.raises(TarSumError, match=r"rh_tarsum_feed returned -3"):
+        t.update(_tar_two_files())
+    with pytest.raises(TarSumError, match="rh_tarsum_feed"):
+        t.finish()  # the object stays failed
 
 
 def test_build_ext_fails_loudly_on_a_missing_file(tmp_path: Path) -> None:

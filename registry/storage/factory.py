@@ -80,15 +80,14 @@ def _entry_point_factory(name: str) -> DriverFactory | None:
 def _out_of_process_factory(name: str) -> DriverFactory | None:
     """The hook for out-of-process drivers.
 
-    If an executable ``registry-storage-<name>`` is on ``PATH`` and the module
-    ``registry.storage.drivers.outofprocess`` exists, return a factory that
-    calls ``outofprocess.create(executable, name, params, reactor)``; that
-    function starts and supervises the child and returns an ``IStorageDriver``.
+    If an executable ``registry-storage-<name>`` is on ``PATH``, return a
+    factory that calls ``outofprocess.create(executable, name, params,
+    reactor)``; that function starts and supervises the child and returns an
+    ``IStorageDriver``. The module is part of this package and imported
+    lazily (it imports the supervisor); an error importing it is a broken
+    install and propagates, rather than turning into "unknown driver".
     """
-    try:
-        outofprocess = importlib.import_module("registry.storage.drivers.outofprocess")
-    except ImportError:
-        return None
+    outofprocess = importlib.import_module("registry.storage.drivers.outofprocess")
     # On PATH, or next to sys.executable (a venv's bin need not be on PATH).
     executable = outofprocess.find_executable(name)
     if executable is None:

@@ -22,11 +22,9 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-import pytest
-
 from registry.bench.servers import process_tree
-from tests.clients.harness import ManagedProcess, _wait_for_v2, free_port, twistd_path
-from tests.redis.server import RedisServer, available
+from tests.clients.harness import ManagedProcess, MissingTool, _wait_for_v2, free_port, missing_tool, twistd_path
+from tests.redis.server import RedisServer, require_redis_server
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -164,10 +162,9 @@ def storage_for(kind: str, tmp_path: Path) -> dict[str, object]:
 @contextlib.contextmanager
 def running_cluster(tmp_path: Path, kind: str, count: int = 3) -> Iterator[tuple[list[Instance], Balancer, RedisServer]]:
     """``count`` instances on one storage (``kind``) and one Redis, behind nginx."""
-    if not available():
-        pytest.skip("redis-server is not installed (scripts/install-system-deps.sh installs it)")
+    require_redis_server()
     if not os.access(NGINX, os.X_OK):
-        pytest.skip("nginx is not installed (scripts/install-system-deps.sh installs nginx-light)")
+        missing_tool(MissingTool("nginx", "nginx-light"))
     storage = storage_for(kind, tmp_path)
     redis = RedisServer()
     instances: list[Instance] = []

@@ -4,13 +4,12 @@ from typing import Iterator
 
 import pytest
 
-from tests.redis.server import RedisServer, available
+from tests.redis.server import RedisServer, require_redis_server
 
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    if not available():
-        pytest.skip("redis-server is not installed (scripts/install-system-deps.sh installs it)")
+    require_redis_server()
     server = RedisServer()
     try:
         yield server

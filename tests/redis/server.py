@@ -51,3 +51,12 @@ class RedisServer:
 
 def available() -> bool:
     return shutil.which("redis-server") is not None or shutil.which("/usr/bin/redis-server") is not None
+
+
+def require_redis_server() -> None:
+    """Skip the calling test loudly when ``redis-server`` is missing, or, under
+    ``CI=true``, fail it (``tests.clients.harness.missing_tool``)."""
+    if not available():
+        from tests.clients.harness import MissingTool, missing_tool
+
+        missing_tool(MissingTool("redis-server", "redis-server"))

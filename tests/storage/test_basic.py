@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ def test_factory_wraps_inmemory() -> None:
 
 def test_factory_unknown_name() -> None:
     with pytest.raises(ValueError, match="unknown driver 'nosuchdriver'"):
+        create_driver("nosuchdriver", {})
+
+
+def test_a_broken_out_of_process_module_is_not_an_unknown_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A module of this package that fails to import is a broken install: the
+    # error must surface, not read as "unknown driver" (issue 9.2's rule for
+    # the routes, applied to the driver lookup).
+    monkeypatch.setitem(sys.modules, "registry.storage.drivers.outofprocess", None)
+    with pytest.raises(ImportError, match="outofprocess"):
         create_driver("nosuchdriver", {})
 
 

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from registry.storage.driver import DriverError, IFileReader, IFileWriter, IStorageDriver, StorageError
 from registry.storage.remote import wire
-from registry.storage.remote.fastpipe import FrameParsingAMP, tune_pipe_reader
+from registry.storage.remote.fastpipe import FrameParsingAMP, tune_stdio
 from registry.storage.remote.wire import (
     STREAM_BYTES,
     Cancel,
@@ -140,10 +140,10 @@ class DriverServer(FrameParsingAMP):
         ds = [h.queue.run(h.obj.close) for h in handles]
         for d in ds:
             d.addErrback(lambda f: _log.failure("closing a handle after the client left", f))
-        closer = getattr(self.driver, "close", None)
+        driver = self.driver  # None: the client left before Configure
         dl = DeferredList(ds)
-        if closer is not None:
-            dl.addCallback(lambda _: closer())
+        if driver is not None:
+            dl.addCallback(lambda _: driver.close())  # close() is part of IStorageDriver
         dl.addErrback(lambda f: _log.failure("closing the driver", f))
         if self._on_lost is not None:
             on_lost = self._on_lost
@@ -349,9 +349,7 @@ def serve(driver_name: str, make_driver: Callable[[dict[str, Any]], IStorageDriv
     # mypy resolves twisted.internet.stdio to the Windows StandardIO; the POSIX
     # one this runs on takes stdin/stdout descriptors.
     stdio = StandardIO(protocol, stdin=0, stdout=stdout_fd, reactor=reactor)  # type: ignore[call-arg]
-    reader = getattr(stdio, "_reader", None)
-    if reader is not None:
-        tune_pipe_reader(reader)
+    tune_stdio(stdio)
     reactor.run()
 
 

@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 
 from registry.storage.driver import DriverError, StorageError
 from registry.storage.remote import wire
-from registry.storage.remote.fastpipe import FrameParsingAMP, enlarge_pipe, tune_pipe_reader
+from registry.storage.remote.fastpipe import FrameParsingAMP, tune_child_pipes
 
 _log = Logger()
 
@@ -98,11 +98,7 @@ class ChildProtocol(ProcessProtocol):
     def connectionMade(self) -> None:
         assert self.transport is not None  # makeConnection set it
         self.pid = self.transport.pid
-        pipes = getattr(self.transport, "pipes", {})
-        if 1 in pipes:
-            tune_pipe_reader(pipes[1])
-        if 0 in pipes:
-            enlarge_pipe(pipes[0].fileno())
+        tune_child_pipes(self.transport)
         self.amp.makeConnection(_StdinTransport(self.transport))
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:

@@ -488,3 +488,26 @@ async def test_a_refused_mount_source_answers_as_if_it_did_not_exist(token_regis
     assert answers[0] == answers[1] == answers[2]
     r = await treq.head(f"{setup.registry.url}/v2/team/x/blobs/{sha(data)}", headers=auth)
     assert r.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_cannot_be_continued_through_another_repository(token_registry: TokenSetup) -> None:
+    # The writer may push team/*, not "secret": naming secret's upload under
+    # a repository the writer may push does not reach it.
+    setup = token_registry
+    r = await call(setup, "POST", "/v2/secret/blobs/uploads/", "admin", "a-pass")
+    assert r.code == 202
+    location = r.headers.getRawHeaders("location")[0]
+    assert location.startswith("/v2/secret/blobs/uploads/")
+    before = await setup.registry.files()
+    detour = location.replace("/v2/secret/", "/v2/team/app/", 1)
+    for method in ("PATCH", "PUT"):
+        target = detour if method == "PATCH" else f"{detour}{'&' if '?' in detour else '?'}digest={sha(b'intruder')}"
+        r = await call(setup, method, target, "writer", "w-pass", data=b"intruder",
+                       headers={"Content-Type": "application/octet-stream"})
+        assert r.code == 404, (method, await r.text())
+        assert (await r.json())["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+    assert await setup.registry.files() == before
+    r = await call(setup, "PATCH", location, "admin", "a-pass", data=b"owner",
+                   headers={"Content-Type": "application/octet-stream"})
+    assert r.code == 202

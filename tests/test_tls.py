@@ -7,16 +7,20 @@ configuration mistake names its key."""
 from __future__ import annotations
 
 import http.client
+import socket
 import ssl
+import warnings
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
+from twisted.logger import LogEvent, globalLogPublisher
 
 from registry.app import make_root
-from registry.http import RegistrySite
+from registry.http import TLS_PROBE_RESPONSE, RegistrySite
+from registry.logs import ACCESS_NAMESPACE
 from registry.storage.factory import create_driver
 from registry.tls import TLSConfigError, TLSSettings, server_endpoint, server_options
 from tests.tlsutil import PKI, make_pki
@@ -25,6 +29,20 @@ from tests.tlsutil import PKI, make_pki
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def access_events() -> Any:
+    """Access-log events emitted while the test runs."""
+    events: list[LogEvent] = []
+
+    def observer(event: LogEvent) -> None:
+        if event.get("log_namespace") == ACCESS_NAMESPACE:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield events
+    globalLogPublisher.removeObserver(observer)
 
 
 async def listen(settings: TLSSettings) -> Any:
@@ -164,3 +182,187 @@ def test_configuration_errors_name_the_key(pki: PKI, tmp_path: Path, change: dic
 
 def test_tls13_suite_names_are_accepted(pki: PKI) -> None:
     server_options(TLSSettings(str(pki.chain), str(pki.key), ciphersuites=("TLS_AES_128_GCM_SHA256",)))
+
+
+# -- the handshake itself, a plain port's answer to TLS, and --listen ssl: ------
+
+
+def _handshake(port: int, pki: PKI, max_version: ssl.TLSVersion) -> str:
+    """Connect with TLS up to ``max_version``, trusting the root, presenting
+    no client certificate; returns what happened: 'handshake: <error>' when
+    the handshake fails, 'read: <error>' when it completes on the client's
+    side but the first read fails (TLS 1.3 learns of a refused client
+    certificate there), or 'served' when a request is answered."""
+    ctx = ssl.create_default_context(cafile=str(pki.root))
+    ctx.maximum_version = max_version
+    raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+    try:
+        try:
+            conn = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        except ssl.SSLError as e:
+            return f"handshake: {e.reason}"
+        try:
+            conn.sendall(b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            data = conn.recv(65536)
+        except (ssl.SSLError, ConnectionError) as e:
+            return f"read: {getattr(e, 'reason', None) or e}"
+        return "served" if data.startswith(b"HTTP/1.1 ") else f"read: {data[:40]!r}"
+    finally:
+        raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mutual_tls_refuses_a_client_without_certificate_in_the_handshake(
+    pki: PKI, access_events: list[Any]
+) -> None:
+    port = await listen(TLSSettings(str(pki.chain), str(pki.key), clientcas=(str(pki.client_ca),)))
+    try:
+        n = port.getHost().port
+        # TLS 1.2: the server's refusal ends the handshake itself.
+        twelve = await threads.deferToThread(_handshake, n, pki, ssl.TLSVersion.TLSv1_2)
+        assert twelve.startswith("handshake: "), twelve
+        # TLS 1.3: the client finishes first; the server's alert is the first thing it reads.
+        thirteen = await threads.deferToThread(_handshake, n, pki, ssl.TLSVersion.TLSv1_3)
+        assert thirteen == "read: TLSV13_ALERT_CERTIFICATE_REQUIRED", thirteen
+        assert access_events == []  # no request reached the registry
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mutual_tls_control_a_server_without_clientcas_serves_the_same_client(pki: PKI) -> None:
+    port = await listen(TLSSettings(str(pki.chain), str(pki.key)))
+    try:
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            assert await threads.deferToThread(_handshake, port.getHost().port, pki, version) == "served"
+    finally:
+        await port.stopListening()
+
+
+def _old_protocol_client(port: int, pki: PKI) -> str:
+    """A client able to speak TLS 1.0 and 1.1 only (OpenSSL security level
+    0, so its own library does not forbid them)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(pki.root))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+    try:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            return f"connected with {conn.version()}"
+    except ssl.SSLError as e:
+        return f"refused: {e.reason}"
+    finally:
+        raw.close()
+
+
+def _old_protocol_server(pki: PKI) -> tuple[socket.socket, Any]:
+    """A stdlib TLS server that allows TLS 1.0 (the control): accepts one
+    connection in a thread, handshakes, closes."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki.chain), str(pki.key))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            with ctx.wrap_socket(conn, server_side=True):
+                pass
+        except (ssl.SSLError, OSError):
+            pass
+
+    import threading
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_offering_only_tls10_and_tls11_is_refused(pki: PKI, tls_port: int) -> None:
+    # The control: this client does connect to a server that allows TLS 1.1.
+    listener, thread = _old_protocol_server(pki)
+    try:
+        control = await threads.deferToThread(_old_protocol_client, listener.getsockname()[1], pki)
+        assert control == "connected with TLSv1.1", control
+    finally:
+        thread.join(20)
+        listener.close()
+    outcome = await threads.deferToThread(_old_protocol_client, tls_port, pki)
+    assert outcome.startswith("refused: "), outcome
+
+
+def _client_hello() -> bytes:
+    """The first flight of a real TLS client (Python's ssl), as bytes."""
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    assert hello[:1] == b"\x16"  # a TLS handshake record
+    return hello
+
+
+def _send_and_read_all(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_port_answers_a_tls_client_hello_with_http_400() -> None:
+    # docker, skopeo and podman try TLS first on a registry they are told is
+    # insecure; Go's client reads this answer as "server gave HTTP response
+    # to HTTPS client" and falls back to plain HTTP at once.
+    site = RegistrySite(make_root(create_driver("inmemory", {})))
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        n = port.getHost().port
+        answer = await threads.deferToThread(_send_and_read_all, n, _client_hello())
+        assert answer == TLS_PROBE_RESPONSE
+        # The same port still serves plain HTTP.
+        answer = await threads.deferToThread(
+            _send_and_read_all, n, b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 200 ")
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_listen_ssl_endpoint_serves_the_registry_with_its_chain(pki: PKI, tmp_path: Path) -> None:
+    # twistd registry --listen ssl:...: Twisted's own TLS endpoint string
+    # (http.tls is not used then); extraCertChain sends the intermediate.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from registry.tap import Options, makeService
+
+    leaf, intermediate = x509.load_pem_x509_certificates(pki.chain.read_bytes())
+    inter_file = tmp_path / "intermediate.pem"
+    inter_file.write_bytes(intermediate.public_bytes(serialization.Encoding.PEM))
+    options = Options(environ={"REGISTRY_STORAGE": "inmemory"})
+    options.parseOptions([
+        "--listen",
+        f"ssl:0:interface=127.0.0.1:privateKey={pki.key}:certKey={pki.leaf_only}:extraCertChain={inter_file}",
+    ])
+    service = makeService(options)
+    service.startService()
+    try:
+        listening = await service.when_listening()
+        assert await status(listening.getHost().port, pki) == 200
+    finally:
+        await service.stopService()

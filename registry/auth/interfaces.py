@@ -47,14 +47,17 @@ class Credentials:
 
     ``authorization`` is the raw ``Authorization`` header value (None when
     absent); ``peer`` the client's address, for logs; ``host`` the request's
-    ``Host`` header and ``scheme`` its scheme (``X-Forwarded-Proto`` if a
-    proxy set it), used only by the token controller's ``autoredirect``.
+    ``Host`` header, ``scheme`` its scheme (``X-Forwarded-Proto`` if a
+    proxy set it) and ``forwarded_proto`` that header alone (None when
+    absent). The token controller's ``autoredirect`` uses ``host`` and
+    ``forwarded_proto``.
     """
 
     authorization: bytes | None
     peer: str | None = None
     host: str | None = None
     scheme: str = "https"
+    forwarded_proto: str | None = None
 
 
 @dataclass(frozen=True)

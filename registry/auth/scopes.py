@@ -137,11 +137,13 @@ def credentials_from_request(request: object) -> Credentials:
     if client is not None:
         address = client()
         peer = f"{getattr(address, 'host', address)}"
+    forwarded = proto.decode("latin-1").split(",")[0].strip() if proto else None
     return Credentials(
         authorization=authorization,
         peer=peer,
         host=host.decode("latin-1") if host else None,
-        scheme=proto.decode("latin-1").split(",")[0].strip() if proto else ("https" if is_secure else "http"),
+        scheme=forwarded if forwarded else ("https" if is_secure else "http"),
+        forwarded_proto=forwarded or None,
     )
 
 

@@ -157,8 +157,15 @@ class TokenAccessController:
     # -- challenges ----------------------------------------------------------
 
     def _realm_for(self, credentials: Credentials | None) -> str:
+        """``realm``, or with ``autoredirect`` (Distribution's): this
+        request's ``Host`` and ``autoredirectpath`` under ``https``, or the
+        scheme ``X-Forwarded-Proto`` names (never the scheme the connection
+        came in with: behind a TLS-terminating proxy that is plain HTTP, and
+        clients send their password to the realm). A ``Host`` that is not a
+        plain host[:port] gets the configured realm."""
         if self.autoredirect and credentials is not None and credentials.host and _HOST_RE.match(credentials.host):
-            scheme = credentials.scheme if credentials.scheme in ("http", "https") else "https"
+            proto = credentials.forwarded_proto
+            scheme = proto if proto in ("http", "https") else "https"
             return f"{scheme}://{credentials.host}{self.autoredirectpath}"
         return self.realm
 

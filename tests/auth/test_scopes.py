@@ -89,6 +89,8 @@ def test_credentials_from_request() -> None:
     assert creds.authorization == b"Bearer abc"
     assert creds.host == "registry.local:5000"
     assert creds.scheme == "http"
+    assert creds.forwarded_proto is None
     request.requestHeaders.setRawHeaders(b"x-forwarded-proto", [b"https"])
     assert credentials_from_request(request).scheme == "https"
+    assert credentials_from_request(request).forwarded_proto == "https"
     assert credentials_from_request(DummyRequest([b""])).authorization is None

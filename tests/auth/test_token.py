@@ -174,10 +174,30 @@ def test_autoredirect_realm_from_host(bundle: Path) -> None:
     c = TokenAccessController(
         realm="ignored", service=SERVICE, issuer=ISSUER, rootcertbundle=str(bundle), autoredirect=True
     )
-    challenge = refused(c, Credentials(None, host="registry.local:5000", scheme="http"), PULL_AB)  # type: ignore[arg-type]
+    challenge = refused(c, Credentials(None, host="registry.local:5000", forwarded_proto="http"), PULL_AB)  # type: ignore[arg-type]
     assert challenge.www_authenticate.startswith('Bearer realm="http://registry.local:5000/auth/token",')
     challenge = refused(c, Credentials(None, host='evil"host', scheme="http"), PULL_AB)  # type: ignore[arg-type]
     assert challenge.www_authenticate.startswith('Bearer realm="ignored",')
+
+
+def test_autoredirect_is_https_unless_a_proxy_says_otherwise(bundle: Path) -> None:
+    # Distribution: the realm's scheme is https, or X-Forwarded-Proto when a
+    # proxy set it; never the scheme of the connection the registry saw (a
+    # TLS-terminating proxy hands it plain HTTP, and an http realm would send
+    # the user's password to the token server unencrypted).
+    c = TokenAccessController(
+        realm="ignored", service=SERVICE, issuer=ISSUER, rootcertbundle=str(bundle), autoredirect=True,
+        autoredirectpath="registry/token",
+    )
+    for scheme in ("http", "https"):
+        challenge = refused(c, Credentials(None, host="registry.local", scheme=scheme), PULL_AB)
+        assert challenge.www_authenticate.startswith('Bearer realm="https://registry.local/registry/token",')
+    challenge = refused(c, Credentials(None, host="registry.local", forwarded_proto="gopher"), PULL_AB)
+    assert challenge.www_authenticate.startswith('Bearer realm="https://registry.local/registry/token",')
+    # Without autoredirect the configured realm is used whatever the Host.
+    plain = TokenAccessController(realm="https://auth.example/token", service=SERVICE, issuer=ISSUER, rootcertbundle=str(bundle))
+    challenge = refused(plain, Credentials(None, host="registry.local", forwarded_proto="http"), PULL_AB)
+    assert challenge.www_authenticate.startswith('Bearer realm="https://auth.example/token",')
 
 
 # -- hostile tokens -----------------------------------------------------------

@@ -137,3 +137,39 @@ async def test_unreadable_tags_dangling_revisions_and_stale_uploads(tmp_path: Pa
     doc = report.to_json()
     assert json.loads(json.dumps(doc))["problems"][0]["kind"]
     assert len(report.unrepaired) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_repair_quarantines_over_a_stat_coarser_than_the_listing(tmp_path: Path) -> None:
+    """S3's HEAD reports whole seconds, its listing milliseconds: a corrupt
+    blob is still quarantined (its bytes are hashed again to tell it from a
+    rewrite in the same second), and one rewritten with the right bytes is not."""
+    from tests.test_gc import CoarseStatDriver
+
+    driver, _, blobs = await healthy_store(tmp_path)
+    coarse = CoarseStatDriver(driver)
+    corrupt = Digest.parse(str(blobs["a-layer"]["digest"]))
+    on_disk = disk(tmp_path, paths.blob_data(corrupt))
+    data = bytearray(on_disk.read_bytes())
+    data[10] ^= 0xFF
+    on_disk.write_bytes(bytes(data))
+    report = await Checker(coarse, repair=True).run()  # type: ignore[arg-type]
+    assert ("corrupt-blob", f"moved to {quarantine_path(corrupt)}") in [(p.kind, p.repaired) for p in report.problems]
+    assert (await files(driver))[quarantine_path(corrupt)] == bytes(data)
+
+    # Corrupt on disk when hashed, rewritten whole (same size) before the repair looks again.
+    other = Digest.parse(str(blobs["b-layer"]["digest"]))
+    good = disk(tmp_path, paths.blob_data(other)).read_bytes()
+    bad = bytearray(good)
+    bad[0] ^= 0xFF
+    disk(tmp_path, paths.blob_data(other)).write_bytes(bytes(bad))
+
+    class Rewrites(CoarseStatDriver):
+        async def stat(self, path: str) -> object:
+            if path == paths.blob_data(other):
+                disk(tmp_path, path).write_bytes(good)
+            return await super().stat(path)
+
+    report = await Checker(Rewrites(driver), repair=True).run()  # type: ignore[arg-type]
+    assert [(p.kind, p.repaired) for p in report.problems if p.where == paths.blob_data(other)] == [("corrupt-blob", "")]
+    assert disk(tmp_path, paths.blob_data(other)).read_bytes() == good  # healthy again, left in place

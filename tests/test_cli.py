@@ -212,3 +212,63 @@ async def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     shown = b"".join(chunks).decode()
     assert "re-hash blobs: [" in shown and "repositories: [" in shown
     assert b"0 problems" in done.stdout and b"[" not in done.stdout  # the report itself has no bar
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbage_collect_delete_untagged_summary_and_json(tmp_path: Path) -> None:
+    """The summary names the blobs and bytes freed and the manifests removed;
+    ``--json`` gives the same as numbers and lists."""
+    from tests.test_gc import push_image
+
+    config = write_config(tmp_path)
+    driver = create_driver("filesystem", {"rootdirectory": str(tmp_path / "store")})
+    model = DataModel.over(driver)
+    await push_image(model, "app", "kept", tag="v1")
+    untagged = await push_image(model, "app", "untagged")
+    time.sleep(0.05)
+    dry = registry("garbage-collect", "--delete-untagged", "--dry-run", "--grace", "0s", str(config))
+    assert dry.returncode == 0, dry.stderr
+    assert f"would delete manifest app@{untagged}" in dry.stdout
+    assert "would free 4 blobs" in dry.stdout and "would remove 1 manifests" in dry.stdout, dry.stdout
+    real = registry("garbage-collect", "--delete-untagged", "--grace", "0s", "--json", str(config))
+    assert real.returncode == 0, real.stderr
+    doc = json.loads(real.stdout)
+    assert doc["manifests_deleted"] == 1 and doc["manifests"] == [{"repository": "app", "digest": str(untagged)}]
+    assert doc["blobs_deleted"] == 4 and doc["bytes_freed"] == sum(b["size"] for b in doc["blobs"]) > 0
+    assert not await model.manifests.exists("app", untagged)
+    text = registry("garbage-collect", "--delete-untagged", "--grace", "0s", str(config))
+    assert "freed 0 blobs (0 B, 0 bytes); removed 0 manifests" in text.stdout, text.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbage_collect_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    config = write_config(tmp_path)
+    driver = create_driver("filesystem", {"rootdirectory": str(tmp_path / "store")})
+    model = DataModel.over(driver)
+    await push_blob(model, "app", b"layer " * 100)
+    beside = os.path.join(os.path.dirname(sys.executable), "registry")
+    main_fd, child_fd = pty.openpty()
+    try:
+        done = subprocess.run([beside, "garbage-collect", "--delete-untagged", "--grace", "0s", str(config)],
+                              stdout=subprocess.PIPE, stderr=child_fd, timeout=60)
+        os.close(child_fd)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(main_fd)
+    assert done.returncode == 0
+    shown = b"".join(chunks).decode()
+    for phase in ("untagged manifests: [", "mark: [", "sweep links: [", "sweep blobs: ["):
+        assert phase in shown, shown
+    assert b"freed 1 blobs" in done.stdout and b"[" not in done.stdout
+    quiet = registry("garbage-collect", "--grace", "0s", str(config))  # stderr a pipe: no bar
+    assert quiet.returncode == 0 and quiet.stderr == ""

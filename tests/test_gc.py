@@ -434,3 +434,69 @@ async def test_upload_commit_stores_its_own_bytes_when_the_stored_copy_is_swept(
     assert await commit == len(data)
     assert await model.blobs.repo_size("new", d) == len(data)
     assert await model.blobs.get_content(d) == data
+
+
+# --- drivers whose stat is coarser than their listing (S3) ---------------------
+
+
+class CoarseStatDriver:
+    """Delegates to a driver; ``stat`` reports whole seconds, as S3's HEAD
+    does (``Last-Modified``) while its listing has milliseconds."""
+
+    def __init__(self, inner: IStorageDriver) -> None:
+        self._inner = inner
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
+
+    async def stat(self, path: str) -> Any:
+        from dataclasses import replace
+        import math
+
+        info = await self._inner.stat(path)
+        return replace(info, mod_time=float(math.floor(info.mod_time)))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stat_coarser_than_the_listing_still_collects() -> None:
+    """The re-check before deleting compares a listed time with a stat time:
+    whole seconds against milliseconds must not read as "rewritten"."""
+    import math
+
+    driver = create_driver("inmemory", {})
+    model = DataModel.over(driver)
+    await push_image(model, "keep", "k", tag="v1")
+    orphan = await push_blob(model, "r", b"orphan " * 100)
+    written = (await driver.stat(paths.blob_data(Digest.parse(orphan["digest"])))).mod_time
+    # Wait into the next second, so the orphan's second lies before the cutoff's.
+    await deferLater(reactor, math.floor(written) + 1.05 - time.time(), lambda: None)
+    report = await GarbageCollector(CoarseStatDriver(driver), grace_s=0).run()  # type: ignore[arg-type]
+    assert [d for d, _ in report.blobs] == [orphan["digest"]]
+    assert report.links == [("r", orphan["digest"])] and report.kept_in_flight == 0
+    await pulls_completely(model, "keep", "v1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_coarse_stat_in_the_cutoffs_second_keeps_the_object() -> None:
+    """A whole-second stat time cannot tell the listed object from one
+    written again after the run started in the same second: a candidate
+    listed in the cutoff's own second is kept. (With a coarse storage clock
+    the cutoff is a whole second and this cannot happen; a process clock
+    behind the storage's can put the cutoff inside a second, as here.)"""
+    import math
+
+    driver = create_driver("inmemory", {})
+    if time.time() % 1 > 0.8:  # leave room in this second for a cutoff after the blob
+        await deferLater(reactor, 0.25, lambda: None)
+    data = b"blob data, its link not written yet " * 10
+    d = sha256_digest(data)
+    await driver.put_content(paths.blob_data(d), data)
+    written = (await driver.stat(paths.blob_data(d))).mod_time
+    start = written + (math.floor(written) + 1 - written) / 2  # after it, in its second
+    await deferLater(reactor, math.floor(written) + 1.05 - time.time(), lambda: None)  # the storage is a second on
+    report = await GarbageCollector(CoarseStatDriver(driver), grace_s=0, now=lambda: start).run()  # type: ignore[arg-type]
+    assert report.blobs == [] and report.kept_in_flight == 1
+    assert await driver.get_content(paths.blob_data(d)) == data
+    # On a driver whose stat is as fine as its listing the same run collects it.
+    report = await GarbageCollector(driver, grace_s=0, now=lambda: start).run()
+    assert report.blobs == [(str(d), len(data))]

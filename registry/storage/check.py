@@ -11,7 +11,9 @@ With ``repair`` it changes only what is provably broken, and nothing else:
 * a corrupt blob is *quarantined*, moved to
   ``/docker/registry/v2/_quarantine/<alg>/<hex>/data`` (never deleted: the
   bytes may matter to whoever investigates), so clients see it missing and
-  push it again;
+  push it again; only if it was not rewritten since it was hashed (same
+  size and modification time; where ``stat`` reports whole seconds only,
+  as S3's HEAD does, a blob in the same second is hashed again);
 * a layer link or revision link whose blob is missing (after quarantine)
   is removed, after a re-check right before the removal;
 * a manifest's layer link that is missing while the blob's data is stored
@@ -24,6 +26,7 @@ is reported and left alone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -184,8 +187,18 @@ class Checker:
                     now = await self.driver.stat(info.path)
                 except PathNotFoundError:
                     continue
-                if now.mod_time != info.mod_time or now.size != info.size:
+                if now.size != info.size or math.floor(now.mod_time) != math.floor(info.mod_time):
                     continue  # rewritten meanwhile: left for the next check
+                if now.mod_time != info.mod_time:
+                    # ``stat`` is coarser than the walk (S3: whole seconds):
+                    # the time cannot tell a rewrite in the same second, the
+                    # bytes can.
+                    try:
+                        again, _ = await self._hash(info.path)
+                    except PathNotFoundError:
+                        continue
+                    if again == d.hex:
+                        continue
                 await self.driver.move(info.path, quarantine_path(d))
                 p.repaired = f"moved to {quarantine_path(d)}"
         self.progress("re-hash blobs", total, total)

@@ -73,6 +73,13 @@ Choices, and what is left:
 * Clocks: the cutoff is taken from the storage's own clock (the mtime of a
   probe object), so grace compares like with like; fence expiry uses the
   processes' clocks, which must agree to well within the lease.
+* Time precision: a driver may report modification times more coarsely to
+  ``stat`` than to ``walk`` (S3: a HEAD to the second, a listing to the
+  millisecond). The re-check then takes a whole-second ``stat`` time in the
+  listed time's second as unchanged only when that second lies before the
+  cutoff's: anything written since the run started is at or after the
+  cutoff, so it cannot be mistaken for the listed object. A candidate
+  listed in the cutoff's own second is kept (``GarbageCollector._unchanged``).
 
 Cost: each batch of up to ``batch_size`` candidates re-lists the revisions
 (and, for blobs, the layer links) of every repository; the mark phase reads
@@ -82,6 +89,7 @@ every manifest once.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -261,6 +269,14 @@ class GarbageCollector:
                     continue
         return repo
 
+    def _unchanged(self, listed: float, stated: float) -> bool:
+        """Whether the modification time ``stat`` reports now is the one the
+        walk listed for a candidate (see "Time precision" above)."""
+        if listed == stated:
+            return True
+        coarse = stated == math.floor(stated) or listed == math.floor(listed)
+        return coarse and math.floor(listed) == math.floor(stated) and math.floor(listed) < math.floor(self.cutoff)
+
     async def _repositories(self) -> list[str]:
         return await Catalog(self.driver).repositories()
 
@@ -434,7 +450,7 @@ class GarbageCollector:
                         mtime = (await self.driver.stat(paths.layer_link(name, d))).mod_time
                     except PathNotFoundError:
                         continue
-                    if mtime != links[d]:
+                    if not self._unchanged(links[d], mtime):
                         self.report.kept_in_flight += 1
                         continue
                     if not fence.usable():
@@ -496,7 +512,7 @@ class GarbageCollector:
                         info = await self.driver.stat(paths.blob_data(d))
                     except PathNotFoundError:
                         continue
-                    if info.mod_time != blobs[d][0]:
+                    if not self._unchanged(blobs[d][0], info.mod_time):
                         self.report.kept_in_flight += 1
                         continue
                     if not fence.usable():

@@ -33,6 +33,7 @@ from registry.storage.verify import LayerVerifier
 __all__ = [
     "Listener",
     "RegistryApplication",
+    "build_model",
     "endpoint_description",
     "make_application",
     "make_root",
@@ -108,13 +109,7 @@ def make_root(
     ``lock`` (an ``IUploadLock``) replaces the process-local upload lock;
     ``content_cache`` is ``DataModel.over``'s (None: off)."""
     if model is None:
-        from registry.storage.blobs import BlobDescriptors
-        from registry.storage.cache import CachedBlobDescriptors
-
-        descriptors = CachedBlobDescriptors(BlobDescriptors(driver), cache) if cache is not None else None
-        model = DataModel.over(
-            driver, verifier=layer_verifier, descriptors=descriptors, lock=lock, content_cache=content_cache
-        )
+        model = build_model(driver, layer_verifier=layer_verifier, cache=cache, lock=lock, content_cache=content_cache)
     ctx = Context(
         model,
         delete_enabled=delete_enabled,
@@ -134,6 +129,22 @@ def make_root(
 
         page = UIResource(ctx, access, secret=secret.encode("utf-8") if secret else None)
     return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access, ui=page)
+
+
+def build_model(
+    driver: IStorageDriver,
+    *,
+    layer_verifier: LayerVerifier | None = None,
+    cache: Any = None,
+    lock: Any = None,
+    content_cache: Any = "auto",
+) -> DataModel:
+    """The data model over ``driver`` (see :func:`make_root` for the keywords)."""
+    from registry.storage.blobs import BlobDescriptors
+    from registry.storage.cache import CachedBlobDescriptors
+
+    descriptors = CachedBlobDescriptors(BlobDescriptors(driver), cache) if cache is not None else None
+    return DataModel.over(driver, verifier=layer_verifier, descriptors=descriptors, lock=lock, content_cache=content_cache)
 
 
 def make_application(
@@ -180,6 +191,18 @@ def make_application(
         )
         model = pull_through_model(driver, upstream, config.proxy.ttl, reactor)
         upstream_service = UpstreamService(upstream)
+    else:
+        model = build_model(
+            driver,
+            layer_verifier=verifier,
+            cache=cache,
+            lock=lock,
+            # Several hosts may share the storage when Redis is configured: the
+            # in-process content cache only hears of this host's deletions.
+            content_cache=None if config.redis is not None else "auto",
+        )
+        if observe.metrics is not None:
+            observe.metrics.watch_caches(model)
     root = make_root(
         driver,
         delete_enabled=config.storage.delete_enabled,
@@ -195,12 +218,7 @@ def make_application(
         ui=config.ui.active(config.http, listen),
         secret=config.http.secret,
         model=model,
-        pull_through=model is not None,
-        cache=cache,
-        lock=lock,
-        # Several hosts may share the storage when Redis is configured: the
-        # in-process content cache only hears of this host's deletions.
-        content_cache=None if config.redis is not None else "auto",
+        pull_through=upstream_service is not None,
     )
     if observe.health is not None and observe.health.checks:
         root.health = observe.health

@@ -16,6 +16,12 @@ What is measured:
 * ``registry_uploads_in_progress``: upload requests streaming a body now
 * ``registry_storage_operation_duration_seconds{driver,operation}``
   (histogram) and ``registry_storage_operation_errors_total{driver,operation}``
+* ``registry_storage_cache_total{cache,type}``: lookups of the in-process
+  content cache (``cache="content"``) and of the blob-descriptor cache
+  (``cache="blobdescriptor"``, ``storage.cache.blobdescriptor``), by
+  Distribution 2.8's ``type``: ``Request``, ``Hit``, ``Miss``, ``Error``
+  (a store that did not answer); read from the caches' own counters at
+  scrape time, so a lookup costs nothing more
 * ``registry_notifications_*{endpoint}``: queue length, events sent, failed
   deliveries, events dropped when a queue is full
 * the usual ``process_*``, ``python_gc_*`` and ``python_info``.
@@ -46,6 +52,7 @@ from prometheus_client import (
 
 if TYPE_CHECKING:
     from registry.http import RegistryRequest
+    from registry.storage.model import DataModel
 
 __all__ = ["CONTENT_TYPE_LATEST", "RegistryMetrics", "aggregate_expositions"]
 
@@ -114,10 +121,26 @@ class RegistryMetrics:
             ["endpoint"],
             registry=r,
         )
+        #: ``(label, cache)``: objects with ``hits`` and ``misses`` (and
+        #: maybe ``errors``) counters, read at scrape time.
+        self.caches: list[tuple[str, Any]] = []
+        r.register(_CacheCollector(self.caches))
         if process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
+
+    def watch_caches(self, model: DataModel) -> None:
+        """Count ``model``'s caches' lookups: its content cache and its
+        blob-descriptor cache, whichever it has."""
+        from registry.storage.cache import CachedBlobDescriptors
+
+        content = getattr(model.manifests, "cache", None)
+        if content is not None:
+            self.caches.append(("content", content))
+        descriptors = model.blobs.descriptors
+        if isinstance(descriptors, CachedBlobDescriptors):
+            self.caches.append(("blobdescriptor", descriptors))
 
     # -- the Site's RequestObserver --
 
@@ -148,6 +171,30 @@ class RegistryMetrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+class _CacheCollector:
+    """``registry_storage_cache_total{cache,type}`` from the caches' counters."""
+
+    def __init__(self, caches: list[tuple[str, Any]]) -> None:
+        self.caches = caches
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "registry_storage_cache", "Cache lookups by outcome (Request = Hit + Miss + Error)", labels=["cache", "type"]
+        )
+        for name, cache in self.caches:
+            hits, misses, errors = int(cache.hits), int(cache.misses), int(getattr(cache, "errors", 0))
+            family.add_metric([name, "Request"], hits + misses)
+            family.add_metric([name, "Hit"], hits)
+            family.add_metric([name, "Miss"], misses - errors)
+            family.add_metric([name, "Error"], errors)
+        return [family]
+
+    def describe(self) -> Iterable[Any]:
+        return []
 
 
 #: Metric families that describe one process, not the registry: never summed.

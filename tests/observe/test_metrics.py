@@ -5,7 +5,7 @@ driver latency, process metrics; labels bounded."""
 from __future__ import annotations
 
 import socket
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import pytest_twisted
 import treq
@@ -118,3 +118,31 @@ async def test_metrics_disabled_leaves_health_only() -> None:
         health = await treq.get(f"{r.debug_url}/debug/health")
         assert health.code == 200
         assert await health.json() == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_cache_hits_and_misses(tmp_path: Any) -> None:
+    # Both caches: the in-process content cache and, with
+    # storage.cache.blobdescriptor, the blob-descriptor cache; Distribution
+    # 2.8's registry_storage_cache_total{type} plus which cache.
+    yaml_text = (
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}\n  cache:\n    blobdescriptor: inmemory\n"
+        "http:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n    prometheus:\n      enabled: true\n      path: /prom\n"
+    )
+    async with run_registry(yaml_text) as r:
+        digest, manifest = await r.push_manifest("team/cached", "v1", [b"cached layer"])
+        for _ in range(3):
+            got = await treq.get(
+                f"{r.url}/v2/team/cached/manifests/{digest}",
+                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+            )
+            assert await got.content() == manifest
+            head = await treq.head(f"{r.url}/v2/team/cached/blobs/{sha(b'cached layer')}")
+            assert head.code == 200
+        _, samples = await scrape(r)
+        for cache in ("content", "blobdescriptor"):
+            hits = value(samples, "registry_storage_cache_total", cache=cache, type="Hit")
+            misses = value(samples, "registry_storage_cache_total", cache=cache, type="Miss")
+            assert hits >= 2 and misses >= 1, (cache, hits, misses)
+            assert value(samples, "registry_storage_cache_total", cache=cache, type="Request") == hits + misses
+            assert value(samples, "registry_storage_cache_total", cache=cache, type="Error") == 0

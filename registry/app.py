@@ -69,6 +69,8 @@ class RegistryApplication:
     #: The Redis client (``redis`` configured), whose ``status()`` says
     #: whether Redis is reachable (for the health check); else None.
     redis: Any = None
+    #: Every health check (``registry.observe.health.HealthChecks``), or None.
+    health: Any = None
 
     def listener(self, name: str) -> Listener:
         """The listener called ``name``; ``KeyError`` if there is none."""
@@ -171,7 +173,7 @@ def make_application(
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
     redis, cache, lock = _shared_state(config, reactor)
-    observe = Observability.from_config(config, driver, reactor)
+    observe = Observability.from_config(config, driver, reactor, redis)
     validation = config.validation.manifests
     verifier = (
         LayerVerifier(driver, max_uncompressed=validation.maxuncompressedlayersize, reactor=reactor)
@@ -220,8 +222,8 @@ def make_application(
         model=model,
         pull_through=upstream_service is not None,
     )
-    if observe.health is not None and observe.health.checks:
-        root.health = observe.health
+    if observe.health is not None:
+        root.health = observe.health.gate()
     site = RegistrySite(root, observer=observe.metrics)
     site.access_log = not config.log.accesslog_disabled
     listeners = [main_listener(config.http, site, reactor, listen)]
@@ -254,7 +256,9 @@ def make_application(
     if verifier is not None:
         # Its thread pool stops after the listeners, before the driver.
         services.append(VerifierService(verifier))
-    return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver, redis=redis)
+    return RegistryApplication(
+        root=root, listeners=listeners, services=services, driver=driver, redis=redis, health=observe.health
+    )
 
 
 def _collect_for(cache: Any) -> Any:

@@ -224,6 +224,11 @@ def make_application(
     )
     if observe.health is not None:
         root.health = observe.health.gate()
+    if config.health.mainlistener:
+        from registry.observe.health import HealthChecks, HealthResource
+
+        root.health_page = HealthResource(observe.health or HealthChecks())
+        root.health_path = (config.http.prefix + "debug/health").encode()
     site = RegistrySite(root, observer=observe.metrics)
     site.access_log = not config.log.accesslog_disabled
     listeners = [main_listener(config.http, site, reactor, listen)]

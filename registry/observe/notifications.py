@@ -16,8 +16,8 @@ exponential backoff (:data:`FIRST_RETRY` doubling, never longer than
 the endpoint waits ``backoff`` between attempts.  Events are never dropped
 for a failing endpoint -- only when its queue is full: the queue holds
 :data:`DEFAULT_QUEUE_LIMIT` events, further events for that endpoint are
-dropped (counted in ``registry_notifications_events_dropped_total`` and
-logged once per stretch of drops) so a dead endpoint costs bounded memory.
+dropped (counted in ``registry_notifications_events_total{type="Dropped"}``
+and logged once per stretch of drops) so a dead endpoint costs bounded memory.
 Events still queued when the registry stops are lost (logged), as in
 Distribution.
 """
@@ -70,6 +70,16 @@ class IEventSink(Interface):
     def emit(action: str, target: dict[str, Any], request: Any) -> None:
         """Record that ``action`` (``push``, ``pull``, ``mount``, ``delete``)
         happened to ``target`` in ``request`` (a ``RegistryRequest``)."""
+
+
+def _status_text(status: int) -> str:
+    """``"200 OK"``: a status as Distribution's status metric labels it."""
+    from http import HTTPStatus
+
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
 
 
 def _timestamp() -> str:
@@ -146,7 +156,7 @@ class Endpoint:
         if len(self.queue) >= self.queue_limit:
             self.dropped += 1
             if self.metrics is not None:
-                self.metrics.events_dropped.labels(self.name).inc()
+                self.metrics.events.labels("Dropped", self.name).inc()
             if not self._dropping:
                 self._dropping = True
                 _log.warn(
@@ -160,6 +170,8 @@ class Endpoint:
             self._dropping = False
             _log.warn("notification endpoint {endpoint}: queue has room again", endpoint=self.name)
         self.queue.append(event)
+        if self.metrics is not None:
+            self.metrics.events.labels("Events", self.name).inc()
         self._set_queue_gauge()
         if self._wake is not None:
             wake, self._wake = self._wake, None
@@ -167,7 +179,7 @@ class Endpoint:
 
     def _set_queue_gauge(self) -> None:
         if self.metrics is not None:
-            self.metrics.queue_length.labels(self.name).set(len(self.queue))
+            self.metrics.pending.labels(self.name).set(len(self.queue))
 
     # -- the worker --
 
@@ -201,21 +213,22 @@ class Endpoint:
                 await self._wake
                 continue
             batch = [self.queue[i] for i in range(min(BATCH, len(self.queue)))]
-            error = await self._deliver(batch)
+            error, status = await self._deliver(batch)
+            if self.metrics is not None:
+                if status is not None:
+                    self.metrics.statuses.labels(_status_text(status), self.name).inc()
+                outcome = "Successes" if error is None else "Failures" if status is not None else "Errors"
+                self.metrics.events.labels(outcome, self.name).inc(len(batch))
             if error is None:
                 for _ in batch:
                     self.queue.popleft()
                 self._set_queue_gauge()
                 self.sent += len(batch)
-                if self.metrics is not None:
-                    self.metrics.events_sent.labels(self.name).inc(len(batch))
                 if self.consecutive_failures >= max(self.config.threshold, 1):
                     _log.info("notification endpoint {endpoint} delivers again", endpoint=self.name)
                 self.consecutive_failures = 0
                 continue
             self.consecutive_failures += 1
-            if self.metrics is not None:
-                self.metrics.delivery_failures.labels(self.name).inc()
             await deferLater(self.reactor, self._retry_delay(error), lambda: None)
 
     def _retry_delay(self, error: str) -> float:
@@ -233,8 +246,9 @@ class Endpoint:
             return backoff
         return min(FIRST_RETRY * 2 ** (n - 1), backoff)
 
-    async def _deliver(self, batch: list[dict[str, Any]]) -> str | None:
-        """Send one envelope; None when the endpoint took it, else why not."""
+    async def _deliver(self, batch: list[dict[str, Any]]) -> tuple[str | None, int | None]:
+        """Send one envelope: ``(why it failed or None, the answer's status
+        or None when there was no answer)``."""
         body = json.dumps({"events": batch}).encode()
         attempt = Deferred.fromCoroutine(self._post(body))
         attempt.addTimeout(self.config.timeout, self.reactor)
@@ -243,12 +257,12 @@ class Endpoint:
         except CancelledError:
             if self._stopping:
                 raise
-            return f"no answer within {self.config.timeout}s"
+            return f"no answer within {self.config.timeout}s", None
         except Exception as e:  # connection refused, reset, DNS...
-            return f"{type(e).__name__}: {e}"
+            return f"{type(e).__name__}: {e}", None
         if 200 <= status < 300:
-            return None
-        return f"answered {status}"
+            return None, status
+        return f"answered {status}", status
 
     async def _post(self, body: bytes) -> int:
         import treq

@@ -60,18 +60,20 @@ async def test_requests_bytes_and_driver_operations(registry: Running) -> None:
     await (await treq.get(f"{registry.url}/not/an/endpoint")).content()
 
     text, samples = await scrape(registry)
-    assert value(samples, "registry_http_requests_total", route="upload-start", method="POST", status="201") == 1
-    assert value(samples, "registry_http_requests_total", route="blob", method="GET", status="200") == 1
-    assert value(samples, "registry_http_requests_total", route="manifest", method="GET", status="404") == 1
-    assert value(samples, "registry_http_requests_total", route="unknown", method="GET", status="404") == 1
-    assert value(samples, "registry_http_request_duration_seconds_count", route="blob", method="GET") == 1
-    assert value(samples, "registry_http_request_body_bytes_total", route="upload-start") == len(data)
-    assert value(samples, "registry_http_response_body_bytes_total", route="blob") == len(data)
+    # Distribution's names and labels (handler, code, lower-case method).
+    assert value(samples, "registry_http_requests_total", handler="blob_upload", method="post", code="201") == 1
+    assert value(samples, "registry_http_requests_total", handler="blob", method="get", code="200") == 1
+    assert value(samples, "registry_http_requests_total", handler="manifest", method="get", code="404") == 1
+    assert value(samples, "registry_http_requests_total", handler="unknown", method="get", code="404") == 1
+    assert value(samples, "registry_http_request_duration_seconds_count", handler="blob", method="get") == 1
+    assert value(samples, "registry_http_request_size_bytes_sum", handler="blob_upload") == len(data)
+    assert value(samples, "registry_http_response_size_bytes_sum", handler="blob") == len(data)
+    assert value(samples, "registry_http_response_size_bytes_count", handler="blob") == 1
     assert value(samples, "registry_uploads_in_progress") == 0
-    # Storage operations, by driver and operation, with their latency.
-    assert value(samples, "registry_storage_operation_duration_seconds_count", driver="inmemory", operation="writer") >= 1
-    assert value(samples, "registry_storage_operation_duration_seconds_count", driver="inmemory", operation="stat") >= 1
-    assert value(samples, "registry_storage_operation_errors_total", driver="inmemory", operation="get_content") >= 1
+    # Storage operations, by driver and action, with their latency.
+    assert value(samples, "registry_storage_action_seconds_count", driver="inmemory", action="Writer") >= 1
+    assert value(samples, "registry_storage_action_seconds_count", driver="inmemory", action="Stat") >= 1
+    assert value(samples, "registry_storage_action_errors_total", driver="inmemory", action="GetContent") >= 1
     # The usual process metrics.
     assert value(samples, "process_resident_memory_bytes") > 0
     assert any(name == "python_info" for name, _ in samples)

@@ -34,6 +34,12 @@ def notifications_yaml(endpoints: str, include_references: bool = False) -> str:
     )
 
 
+def with_metrics(yaml_text: str) -> str:
+    return yaml_text.replace(
+        "  addr: 127.0.0.1:0\n", "  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n    prometheus: {enabled: true}\n"
+    )
+
+
 def notifier_of(r: Running) -> Notifier:
     for route in r.application.root.routes:  # type: ignore[attr-defined]
         ctx = getattr(route.handler, "ctx", None)
@@ -147,7 +153,7 @@ async def test_request_id_follows_a_push_to_the_webhook(receiver: Receiver) -> N
 async def test_failing_endpoint_is_retried_in_order(receiver: Receiver) -> None:
     receiver.mode = "fail"
     extra = "      threshold: 2\n      backoff: 200ms\n      timeout: 1s\n"
-    async with run_registry(notifications_yaml(endpoint_yaml(receiver.url, extra=extra))) as r:
+    async with run_registry(with_metrics(notifications_yaml(endpoint_yaml(receiver.url, extra=extra)))) as r:
         started = time.monotonic()
         blobs = [f"blob {i}".encode() for i in range(5)]
         for b in blobs:
@@ -165,6 +171,14 @@ async def test_failing_endpoint_is_retried_in_order(receiver: Receiver) -> None:
                 break
             await deferLater(reactor, 0.02, lambda: None)
         assert not endpoint.queue and endpoint.consecutive_failures == 0
+        # Distribution's notification metrics: per event and attempt, answers by status.
+        metrics = await (await treq.get(f"{r.debug_url}/metrics")).text()
+        assert 'registry_notifications_events_total{endpoint="hook",type="Events"} 5.0' in metrics
+        assert 'registry_notifications_events_total{endpoint="hook",type="Successes"} 5.0' in metrics
+        assert 'registry_notifications_events_total{endpoint="hook",type="Failures"}' in metrics
+        assert 'registry_notifications_status_total{code="500 Internal Server Error",endpoint="hook"}' in metrics
+        assert 'registry_notifications_status_total{code="200 OK",endpoint="hook"}' in metrics
+        assert 'registry_notifications_pending{endpoint="hook"} 0.0' in metrics
 
 
 @pytest_twisted.ensureDeferred
@@ -190,9 +204,7 @@ async def test_dead_endpoint_keeps_memory_bounded() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
-    yaml_text = notifications_yaml(endpoint_yaml(dead, extra="      backoff: 1s\n")).replace(
-        "  addr: 127.0.0.1:0\n", "  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n    prometheus: {enabled: true}\n"
-    )
+    yaml_text = with_metrics(notifications_yaml(endpoint_yaml(dead, extra="      backoff: 1s\n")))
     async with run_registry(yaml_text) as r:
         endpoint = notifier_of(r).endpoints[0]
         pushes = DEFAULT_QUEUE_LIMIT + 100
@@ -205,8 +217,10 @@ async def test_dead_endpoint_keeps_memory_bounded() -> None:
         # The queue keeps the oldest events (delivered in order later).
         assert endpoint.queue[0]["target"]["digest"] == sha(b"0")
         metrics = await (await treq.get(f"{r.debug_url}/metrics")).text()
-        assert 'registry_notifications_events_dropped_total{endpoint="hook"} 100.0' in metrics
-        assert f'registry_notifications_queue_length{{endpoint="hook"}} {float(DEFAULT_QUEUE_LIMIT)}' in metrics
+        assert 'registry_notifications_events_total{endpoint="hook",type="Dropped"} 100.0' in metrics
+        assert f'registry_notifications_events_total{{endpoint="hook",type="Events"}} {float(DEFAULT_QUEUE_LIMIT)}' in metrics
+        assert f'registry_notifications_pending{{endpoint="hook"}} {float(DEFAULT_QUEUE_LIMIT)}' in metrics
+        assert 'registry_notifications_events_total{endpoint="hook",type="Errors"}' in metrics  # refused connections
         assert elapsed < 60
 
 

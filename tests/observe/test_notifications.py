@@ -276,3 +276,41 @@ async def test_actor_is_the_authenticated_user(receiver: Receiver, tmp_path: Any
         (event,) = receiver.events
         assert event["actor"] == {"name": "alice"}
         assert event["target"]["repository"] == "alice/app"
+
+
+def test_retry_delays_double_until_threshold_then_back_off() -> None:
+    from registry.config import EndpointConfig
+    from registry.observe.notifications import FIRST_RETRY, Endpoint
+
+    def delays(threshold: int, backoff: float) -> list[float]:
+        endpoint = Endpoint(EndpointConfig(name="x", url="http://127.0.0.1:1/", threshold=threshold, backoff=backoff), reactor)
+        out = []
+        for failures in range(1, 8):
+            endpoint.consecutive_failures = failures
+            out.append(endpoint._retry_delay("answered 500"))
+        return out
+
+    f = FIRST_RETRY
+    assert delays(4, 10.0) == [f, 2 * f, 4 * f, 10.0, 10.0, 10.0, 10.0]
+    assert delays(6, 0.15) == [f, 2 * f, 0.15, 0.15, 0.15, 0.15, 0.15]  # never longer than backoff
+    assert delays(0, 2.0) == [2.0] * 7  # threshold 0: back off at the first failure
+
+
+@pytest_twisted.ensureDeferred
+async def test_retries_back_off_after_threshold_failures_and_disabled_endpoints_get_nothing(receiver: Receiver) -> None:
+    receiver.mode = "fail"
+    extra = "      threshold: 3\n      backoff: 400ms\n      timeout: 1s\n"
+    disabled = endpoint_yaml(receiver.url + "?disabled", "switched-off", "      disabled: true\n")
+    async with run_registry(notifications_yaml(endpoint_yaml(receiver.url, extra=extra) + disabled)) as r:
+        await r.push_blob("x/y", b"retried")
+        await receiver.wait_for(lambda: receiver.attempts >= 6)
+        gaps = [b - a for a, b in zip(receiver.attempt_times, receiver.attempt_times[1:])]
+        # Retries 1 and 2 wait FIRST_RETRY doubling (short); from the third
+        # failure in a row on, the endpoint waits its backoff.
+        assert gaps[0] < 0.35 and gaps[1] < 0.35, gaps
+        assert all(gap >= 0.38 for gap in gaps[2:5]), gaps
+        receiver.mode = "ok"
+        await receiver.wait_for(lambda: len(receiver.events) == 1)
+        await deferLater(reactor, 0.2, lambda: None)
+        assert all(b"disabled" not in request.uri for request in receiver.requests)
+        assert [e.name for e in notifier_of(r).endpoints] == ["hook"]

@@ -72,9 +72,11 @@ async def test_push_pull_mount_delete_events(receiver: Receiver) -> None:
         )
         assert await pulled.content() == manifest
         head = await treq.head(f"{r.url}/v2/team/app/manifests/v1", headers={"Accept": "*/*"})
-        assert head.code == 200  # a HEAD is no pull
+        assert head.code == 200  # a HEAD is a pull too, as in Distribution
         blob = await treq.get(f"{r.url}/v2/team/app/blobs/{sha(layer)}")
         assert await blob.content() == layer
+        blob_head = await treq.head(f"{r.url}/v2/team/app/blobs/{sha(layer)}")
+        assert blob_head.code == 200
         mount = await treq.post(f"{r.url}/v2/other/app/blobs/uploads/?mount={sha(layer)}&from=team/app")
         assert mount.code == 201
         deleted_tag = await treq.delete(f"{r.url}/v2/team/app/manifests/v1")
@@ -84,8 +86,8 @@ async def test_push_pull_mount_delete_events(receiver: Receiver) -> None:
         deleted_blob = await treq.delete(f"{r.url}/v2/other/app/blobs/{sha(layer)}")
         assert deleted_blob.code == 202
 
-        # 8 events for "hook"; "quiet" gets the manifest push and deletes without a media type.
-        await receiver.wait_for(lambda: len([e for e in receiver.events]) >= 8 + 4)
+        # 10 events for "hook"; "quiet" gets the manifest push and deletes without a media type.
+        await receiver.wait_for(lambda: len([e for e in receiver.events]) >= 10 + 4)
         await deferLater(reactor, 0.1, lambda: None)
         by_endpoint: dict[str, list[dict[str, Any]]] = {"hook": [], "quiet": []}
         for request, envelope in zip(receiver.requests, receiver.envelopes):
@@ -101,13 +103,15 @@ async def test_push_pull_mount_delete_events(receiver: Receiver) -> None:
             ("push", "application/octet-stream", None),
             ("push", oci, "v1"),
             ("pull", oci, "v1"),
+            ("pull", oci, "v1"),
+            ("pull", "application/octet-stream", None),
             ("pull", "application/octet-stream", None),
             ("mount", "application/octet-stream", None),
             ("delete", "", "v1"),
             ("delete", "", None),
             ("delete", "", None),
         ][: len(events)]
-        assert len(events) == 9
+        assert len(events) == 11
         assert summary(by_endpoint["quiet"]) == [("push", oci, "v1"), ("delete", "", "v1"), ("delete", "", None), ("delete", "", None)]
 
         push = events[2]
@@ -129,12 +133,14 @@ async def test_push_pull_mount_delete_events(receiver: Receiver) -> None:
         pull = events[3]
         assert pull["request"]["id"] == "pull-1"
         assert pull["request"]["useragent"] == "test-client/1.0"
-        assert events[4]["target"]["digest"] == sha(layer) and events[4]["target"]["size"] == len(layer)
-        assert events[5]["target"]["fromRepository"] == "team/app"
-        assert events[5]["target"]["repository"] == "other/app"
-        assert events[6]["target"] == {"repository": "team/app", "tag": "v1"}
-        assert events[7]["target"] == {"repository": "team/app", "digest": digest}
-        assert events[8]["target"] == {"repository": "other/app", "digest": sha(layer)}
+        assert events[4]["request"]["method"] == "HEAD" and events[4]["target"]["digest"] == digest
+        assert events[5]["target"]["digest"] == sha(layer) and events[5]["target"]["size"] == len(layer)
+        assert events[6]["request"]["method"] == "HEAD" and events[6]["target"] == events[5]["target"]
+        assert events[7]["target"]["fromRepository"] == "team/app"
+        assert events[7]["target"]["repository"] == "other/app"
+        assert events[8]["target"] == {"repository": "team/app", "tag": "v1"}
+        assert events[9]["target"] == {"repository": "team/app", "digest": digest}
+        assert events[10]["target"] == {"repository": "other/app", "digest": sha(layer)}
         assert len({e["id"] for e in events}) == len(events)
 
 

@@ -20,6 +20,14 @@ dropped (counted in ``registry_notifications_events_total{type="Dropped"}``
 and logged once per stretch of drops) so a dead endpoint costs bounded memory.
 Events still queued when the registry stops are lost (logged), as in
 Distribution.
+
+With several worker processes (``http.workers``) each worker sends the
+events of the requests it served from its own queues, and is its own
+``source.instanceID`` (a UUID drawn at start, as each Distribution instance
+draws one); ``source.addr`` (host name and port) is the same for all.  So
+the order holds per endpoint *and instance*: two requests served by two
+workers can reach the endpoint in either order (as with two Distribution
+instances behind one load balancer); the timestamps say which came first.
 """
 
 from __future__ import annotations

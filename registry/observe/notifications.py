@@ -101,11 +101,39 @@ def _text(value: bytes | str | None) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def request_info(request: Any) -> dict[str, str]:
-    """The ``request`` part of an event."""
+def _ip(value: str) -> str | None:
+    import ipaddress
+
+    value = value.strip()
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    return value
+
+
+def client_addr(request: Any) -> str:
+    """The client's address as Distribution's events give it: the first
+    ``X-Forwarded-For`` entry, else ``X-Real-Ip``, when it is an IP address;
+    else the connection's peer as ``host:port``."""
+    forwarded = request.getHeader(b"x-forwarded-for")
+    if forwarded:
+        first = _ip(_text(forwarded).split(",")[0])
+        if first is not None:
+            return first
+    real = request.getHeader(b"x-real-ip")
+    if real:
+        ip = _ip(_text(real))
+        if ip is not None:
+            return ip
     address = request.getClientAddress()
     host, port = getattr(address, "host", None), getattr(address, "port", None)
-    addr = f"{host}:{port}" if host is not None and port is not None else str(address)
+    return f"{host}:{port}" if host is not None and port is not None else str(address)
+
+
+def request_info(request: Any) -> dict[str, str]:
+    """The ``request`` part of an event."""
+    addr = client_addr(request)
     return {
         "id": getattr(request, "request_id", "") or "",
         "addr": addr,

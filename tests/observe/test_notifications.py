@@ -153,6 +153,19 @@ async def test_request_id_follows_a_push_to_the_webhook(receiver: Receiver) -> N
         (event,) = receiver.events
         assert event["request"]["id"] == "trace-42" and event["action"] == "push"
         assert "references" not in event["target"]  # includereferences is off
+        assert event["request"]["addr"].startswith("127.0.0.1:")
+        # Behind a proxy: the client's address from X-Forwarded-For (its
+        # first entry), else X-Real-Ip, when it is an IP, as Distribution does.
+        for headers, addr in [
+            ({"X-Forwarded-For": "203.0.113.7, 10.0.0.1"}, "203.0.113.7"),
+            ({"X-Forwarded-For": "not-an-ip", "X-Real-Ip": "2001:db8::5"}, "2001:db8::5"),
+            ({"X-Real-Ip": "garbage"}, None),
+        ]:
+            before = len(receiver.events)
+            await r.push_blob("a/b", addr.encode() if addr else b"garbage", headers=headers)
+            await receiver.wait_for(lambda: len(receiver.events) == before + 1)
+            got = receiver.events[-1]["request"]["addr"]
+            assert got == addr if addr else got.startswith("127.0.0.1:"), (headers, got)
 
 
 @pytest_twisted.ensureDeferred

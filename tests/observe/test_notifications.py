@@ -223,24 +223,39 @@ async def test_dead_endpoint_keeps_memory_bounded() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
+    from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+    warnings: list[str] = []
+
+    def observer(event: LogEvent) -> None:
+        if event.get("log_namespace") == "registry.notifications":
+            warnings.append(formatEvent(event))
+
     yaml_text = with_metrics(notifications_yaml(endpoint_yaml(dead, extra="      backoff: 1s\n")))
-    async with run_registry(yaml_text) as r:
-        endpoint = notifier_of(r).endpoints[0]
-        pushes = DEFAULT_QUEUE_LIMIT + 100
-        started = time.monotonic()
-        for i in range(pushes):
-            await r.push_blob("dead/end", b"%d" % i)
-        elapsed = time.monotonic() - started
-        assert len(endpoint.queue) == DEFAULT_QUEUE_LIMIT
-        assert endpoint.dropped == 100
-        # The queue keeps the oldest events (delivered in order later).
-        assert endpoint.queue[0]["target"]["digest"] == sha(b"0")
-        metrics = await (await treq.get(f"{r.debug_url}/metrics")).text()
-        assert 'registry_notifications_events_total{endpoint="hook",type="Dropped"} 100.0' in metrics
-        assert f'registry_notifications_events_total{{endpoint="hook",type="Events"}} {float(DEFAULT_QUEUE_LIMIT)}' in metrics
-        assert f'registry_notifications_pending{{endpoint="hook"}} {float(DEFAULT_QUEUE_LIMIT)}' in metrics
-        assert 'registry_notifications_events_total{endpoint="hook",type="Errors"}' in metrics  # refused connections
-        assert elapsed < 60
+    globalLogPublisher.addObserver(observer)
+    try:
+        async with run_registry(yaml_text) as r:
+            endpoint = notifier_of(r).endpoints[0]
+            pushes = DEFAULT_QUEUE_LIMIT + 100
+            started = time.monotonic()
+            for i in range(pushes):
+                await r.push_blob("dead/end", b"%d" % i)
+            elapsed = time.monotonic() - started
+            # Said once in the log when the queue filled (not per dropped event).
+            full = [w for w in warnings if "queue full" in w]
+            assert len(full) == 1 and f"({DEFAULT_QUEUE_LIMIT} events waiting)" in full[0], warnings
+            assert len(endpoint.queue) == DEFAULT_QUEUE_LIMIT
+            assert endpoint.dropped == 100
+            # The queue keeps the oldest events (delivered in order later).
+            assert endpoint.queue[0]["target"]["digest"] == sha(b"0")
+            metrics = await (await treq.get(f"{r.debug_url}/metrics")).text()
+            assert 'registry_notifications_events_total{endpoint="hook",type="Dropped"} 100.0' in metrics
+            assert f'registry_notifications_events_total{{endpoint="hook",type="Events"}} {float(DEFAULT_QUEUE_LIMIT)}' in metrics
+            assert f'registry_notifications_pending{{endpoint="hook"}} {float(DEFAULT_QUEUE_LIMIT)}' in metrics
+            assert 'registry_notifications_events_total{endpoint="hook",type="Errors"}' in metrics  # refused connections
+            assert elapsed < 60
+    finally:
+        globalLogPublisher.removeObserver(observer)
 
 
 def test_notifier_provides_the_event_sink_interface() -> None:

@@ -33,6 +33,7 @@ from registry.storage.verify import LayerVerifier
 __all__ = [
     "Listener",
     "RegistryApplication",
+    "build_model",
     "endpoint_description",
     "make_application",
     "make_root",
@@ -68,6 +69,8 @@ class RegistryApplication:
     #: The Redis client (``redis`` configured), whose ``status()`` says
     #: whether Redis is reachable (for the health check); else None.
     redis: Any = None
+    #: Every health check (``registry.observe.health.HealthChecks``), or None.
+    health: Any = None
 
     def listener(self, name: str) -> Listener:
         """The listener called ``name``; ``KeyError`` if there is none."""
@@ -108,13 +111,7 @@ def make_root(
     ``lock`` (an ``IUploadLock``) replaces the process-local upload lock;
     ``content_cache`` is ``DataModel.over``'s (None: off)."""
     if model is None:
-        from registry.storage.blobs import BlobDescriptors
-        from registry.storage.cache import CachedBlobDescriptors
-
-        descriptors = CachedBlobDescriptors(BlobDescriptors(driver), cache) if cache is not None else None
-        model = DataModel.over(
-            driver, verifier=layer_verifier, descriptors=descriptors, lock=lock, content_cache=content_cache
-        )
+        model = build_model(driver, layer_verifier=layer_verifier, cache=cache, lock=lock, content_cache=content_cache)
     ctx = Context(
         model,
         delete_enabled=delete_enabled,
@@ -134,6 +131,22 @@ def make_root(
 
         page = UIResource(ctx, access, secret=secret.encode("utf-8") if secret else None)
     return RegistryRoot(build_routes(ctx), ctx.extra_headers, access=access, ui=page)
+
+
+def build_model(
+    driver: IStorageDriver,
+    *,
+    layer_verifier: LayerVerifier | None = None,
+    cache: Any = None,
+    lock: Any = None,
+    content_cache: Any = "auto",
+) -> DataModel:
+    """The data model over ``driver`` (see :func:`make_root` for the keywords)."""
+    from registry.storage.blobs import BlobDescriptors
+    from registry.storage.cache import CachedBlobDescriptors
+
+    descriptors = CachedBlobDescriptors(BlobDescriptors(driver), cache) if cache is not None else None
+    return DataModel.over(driver, verifier=layer_verifier, descriptors=descriptors, lock=lock, content_cache=content_cache)
 
 
 def make_application(
@@ -160,7 +173,7 @@ def make_application(
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
     redis, cache, lock = _shared_state(config, reactor)
-    observe = Observability.from_config(config, driver, reactor)
+    observe = Observability.from_config(config, driver, reactor, redis)
     validation = config.validation.manifests
     verifier = (
         LayerVerifier(driver, max_uncompressed=validation.maxuncompressedlayersize, reactor=reactor)
@@ -188,6 +201,18 @@ def make_application(
             flights = HostFlights(host_path(identity, "proxy-flights"))
         model = pull_through_model(driver, upstream, config.proxy.ttl, reactor, flights=flights)
         upstream_service = UpstreamService(upstream)
+    else:
+        model = build_model(
+            driver,
+            layer_verifier=verifier,
+            cache=cache,
+            lock=lock,
+            # Several hosts may share the storage when Redis is configured: the
+            # in-process content cache only hears of this host's deletions.
+            content_cache=None if config.redis is not None else "auto",
+        )
+        if observe.metrics is not None:
+            observe.metrics.watch_caches(model)
     root = make_root(
         driver,
         delete_enabled=config.storage.delete_enabled,
@@ -203,15 +228,15 @@ def make_application(
         ui=config.ui.active(config.http, listen),
         secret=config.http.secret,
         model=model,
-        pull_through=model is not None,
-        cache=cache,
-        lock=lock,
-        # Several hosts may share the storage when Redis is configured: the
-        # in-process content cache only hears of this host's deletions.
-        content_cache=None if config.redis is not None else "auto",
+        pull_through=upstream_service is not None,
     )
-    if observe.health is not None and observe.health.checks:
-        root.health = observe.health
+    if observe.health is not None:
+        root.health = observe.health.gate()
+    if config.health.mainlistener:
+        from registry.observe.health import HealthChecks, HealthResource
+
+        root.health_page = HealthResource(observe.health or HealthChecks())
+        root.health_path = (config.http.prefix + "debug/health").encode()
     site = RegistrySite(root, observer=observe.metrics)
     site.access_log = not config.log.accesslog_disabled
     listeners = [main_listener(config.http, site, reactor, listen)]
@@ -244,7 +269,9 @@ def make_application(
     if verifier is not None:
         # Its thread pool stops after the listeners, before the driver.
         services.append(VerifierService(verifier))
-    return RegistryApplication(root=root, listeners=listeners, services=services, driver=driver, redis=redis)
+    return RegistryApplication(
+        root=root, listeners=listeners, services=services, driver=driver, redis=redis, health=observe.health
+    )
 
 
 def _collect_for(cache: Any) -> Any:

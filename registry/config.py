@@ -777,6 +777,10 @@ class HealthConfig:
     file: tuple[FileHealthConfig, ...] = section_list(FileHealthConfig)
     http: tuple[HTTPHealthConfig, ...] = section_list(HTTPHealthConfig)
     tcp: tuple[TCPHealthConfig, ...] = section_list(TCPHealthConfig)
+    #: This registry's key: also answer ``GET <http.prefix>debug/health`` on
+    #: the main listener (no authentication, as on the debug listener), for
+    #: load balancers that can only probe the port they send traffic to.
+    mainlistener: bool = boolean(False)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 :func:`make_observer` builds the observer the configuration asks for
 (``log.level`` threshold, ``log.formatter`` text / json / logstash,
-``log.fields`` added to every JSON line, ``log.accesslog.disabled``).  Under
+``log.fields`` added to every line -- keys of a JSON line, ``key=value``
+after a text line's message, as Distribution's logrus formatters put them
+--, ``log.accesslog.disabled``).  Under
 ``twistd`` the tap installs it as the application's log observer, replacing
 twistd's own; elsewhere :func:`setup_logging` adds it to a publisher.
 
@@ -145,12 +147,22 @@ def format_json_event(
     return text + "\n"
 
 
-def format_text_event(event: LogEvent) -> str:
-    """``<time> <level> [<namespace>] <message>`` and a newline, then a
-    traceback when the event carries a failure."""
+def _text_field(key: object, value: object) -> str:
+    text = _printable(value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value))
+    if not text or any(c in text for c in ' "=\\'):
+        text = json.dumps(text, ensure_ascii=False)
+    return f" {_printable(str(key))}={text}"
+
+
+def format_text_event(event: LogEvent, static_fields: Mapping[str, Any] | None = None) -> str:
+    """``<time> <level> [<namespace>] <message>``, then `` key=value`` per
+    static field (``log.fields``; a value with a space, quote or ``=`` is
+    quoted) and a newline, then a traceback when the event carries a
+    failure."""
+    fields = "".join(_text_field(k, v) for k, v in (static_fields or {}).items())
     text = (
         f"{_timestamp(event)} {_level_name(event):<5} "
-        f"[{event.get('log_namespace', '-')}] {_message(event)}\n"
+        f"[{event.get('log_namespace', '-')}] {_message(event)}{fields}\n"
     )
     failure = event.get("log_failure")
     if failure is not None:
@@ -172,7 +184,7 @@ def make_observer(log_config: LogConfig, out: IO[Any] | None = None) -> ILogObse
 
     def format_event(event: LogEvent) -> str:
         if formatter == "text":
-            return format_text_event(event)
+            return format_text_event(event, static_fields)
         return format_json_event(event, static_fields, logstash=formatter == "logstash")
 
     @provider(ILogFilterPredicate)

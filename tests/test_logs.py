@@ -85,6 +85,19 @@ def test_text_line_format() -> None:
     assert m and TIME_RE.match(m.group(1)), text
 
 
+def test_text_lines_carry_the_static_fields() -> None:
+    # log.fields go on every line, in text too (Distribution's logrus text
+    # formatter writes them as key=value after the message).
+    publisher, out = capture(fields={"service": "registry", "environment": "staging eu"})
+    log = Logger(namespace="registry.x", observer=publisher)
+    log.info("started")
+    log.warn("disk {state}", state="full")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith('] started service=registry environment="staging eu"'), lines[0]
+    assert lines[1].endswith('] disk full service=registry environment="staging eu"'), lines[1]
+
+
 def test_failures_carry_their_traceback() -> None:
     for formatter in ("text", "json"):
         publisher, out = capture(formatter=formatter)

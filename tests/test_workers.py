@@ -296,7 +296,7 @@ def test_two_workers_serve_one_socket(registry: Registry) -> None:
     assert "registry_workers 2.0" in text, text
     served = sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-        if line.startswith("registry_http_requests_total{") and 'route="blob"' in line and 'method="GET"' in line
+        if line.startswith("registry_http_requests_total{") and 'handler="blob"' in line and 'method="get"' in line
     )
     assert served == 40, text
     assert len({line.split("}")[0] for line in text.splitlines() if line.startswith("process_cpu_seconds_total{")}) == 2

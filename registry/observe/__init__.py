@@ -32,7 +32,8 @@ class Observability:
     notifier: Notifier | None = None
 
     @classmethod
-    def from_config(cls, config: Config, driver: IStorageDriver, reactor: Any) -> Observability:
+    def from_config(cls, config: Config, driver: IStorageDriver, reactor: Any, redis: Any = None) -> Observability:
+        """``redis``: the registry's Redis client, if any (checked too)."""
         from registry.config import parse_addr
         from registry.observe.health import checks_from_config
         from registry.observe.metrics import RegistryMetrics
@@ -52,7 +53,7 @@ class Observability:
             debug_addr=debug.addr,
             metrics_path=debug.prometheus.path,
             metrics=metrics,
-            health=checks_from_config(config.health, driver, reactor),
+            health=checks_from_config(config.health, driver, reactor, redis),
             notifier=notifier_from_config(config.notifications, reactor, metrics, source_addr=source),
         )
 

@@ -12,6 +12,12 @@ The page is Distribution's: a JSON object of the failing checks only (name to
 error message), ``{}`` with 200 when all pass, 503 when any fails.  Names are
 Distribution's too: ``storagedriver_<driver>``, the file path, the URI, the
 address.
+
+With ``redis`` configured there is one more check, ``redis`` (a ``PING``
+every :data:`REDIS_INTERVAL` seconds; Distribution has none).  It is
+reported on the page but does not close the registry (:meth:`HealthChecks.gate`):
+without Redis pulls are still served from storage and uploads are refused
+with 503 on their own, which is better than refusing everything.
 """
 
 from __future__ import annotations
@@ -33,18 +39,23 @@ from registry.config import HealthConfig, parse_addr
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 from registry.storage.paths import ROOT
 
-__all__ = ["HealthCheck", "HealthChecks", "HealthResource", "checks_from_config"]
+__all__ = ["REDIS_INTERVAL", "HealthCheck", "HealthChecks", "HealthResource", "checks_from_config"]
 
 _log = Logger(namespace="registry.health")
 
 Probe = Callable[[], Awaitable[None]]
 
+#: Seconds between two Redis checks (Distribution's default interval).
+REDIS_INTERVAL = 10.0
+
 
 class HealthCheck:
     """One periodic check: ``probe`` raises (any exception) when unhealthy."""
 
-    def __init__(self, name: str, probe: Probe, interval: float, threshold: int = 0) -> None:
+    def __init__(self, name: str, probe: Probe, interval: float, threshold: int = 0, gates: bool = True) -> None:
         self.name = name
+        #: Whether the registry refuses requests while this check fails.
+        self.gates = gates
         self.probe = probe
         # Distribution's default for a zero or missing interval.
         self.interval = interval if interval > 0 else 10.0
@@ -91,6 +102,12 @@ class HealthChecks:
     def failing(self) -> dict[str, str]:
         """Failing checks: name -> error message."""
         return {c.name: c.error for c in self.checks if c.error is not None}
+
+    def gate(self) -> HealthChecks | None:
+        """The checks that close the registry while they fail (the router's
+        ``health``); None when there are none."""
+        gating = [c for c in self.checks if c.gates]
+        return HealthChecks(gating) if gating else None
 
     def service(self) -> IService:
         """Runs every check at its interval (first at start-up)."""
@@ -190,8 +207,18 @@ def tcp_probe(addr: str, timeout: float, reactor: Any) -> Probe:
     return probe
 
 
-def checks_from_config(health: HealthConfig, driver: IStorageDriver, reactor: Any) -> HealthChecks:
-    """The checks ``health`` configures (``storagedriver_<name>`` over ``driver``)."""
+def redis_probe(client: Any) -> Probe:
+    """A ``PING`` through the registry's Redis client must answer."""
+
+    async def probe() -> None:
+        await client.execute("PING")
+
+    return probe
+
+
+def checks_from_config(health: HealthConfig, driver: IStorageDriver, reactor: Any, redis: Any = None) -> HealthChecks:
+    """The checks ``health`` configures (``storagedriver_<name>`` over
+    ``driver``), and ``redis`` when the registry has a Redis client."""
     checks: list[HealthCheck] = []
     sd = health.storagedriver
     if sd.enabled:
@@ -205,4 +232,6 @@ def checks_from_config(health: HealthConfig, driver: IStorageDriver, reactor: An
         )
     for t in health.tcp:
         checks.append(HealthCheck(t.addr, tcp_probe(t.addr, t.timeout, reactor), t.interval, t.threshold))
+    if redis is not None:
+        checks.append(HealthCheck("redis", redis_probe(redis), REDIS_INTERVAL, gates=False))
     return HealthChecks(checks)

@@ -16,10 +16,18 @@ exponential backoff (:data:`FIRST_RETRY` doubling, never longer than
 the endpoint waits ``backoff`` between attempts.  Events are never dropped
 for a failing endpoint -- only when its queue is full: the queue holds
 :data:`DEFAULT_QUEUE_LIMIT` events, further events for that endpoint are
-dropped (counted in ``registry_notifications_events_dropped_total`` and
-logged once per stretch of drops) so a dead endpoint costs bounded memory.
+dropped (counted in ``registry_notifications_events_total{type="Dropped"}``
+and logged once per stretch of drops) so a dead endpoint costs bounded memory.
 Events still queued when the registry stops are lost (logged), as in
 Distribution.
+
+With several worker processes (``http.workers``) each worker sends the
+events of the requests it served from its own queues, and is its own
+``source.instanceID`` (a UUID drawn at start, as each Distribution instance
+draws one); ``source.addr`` (host name and port) is the same for all.  So
+the order holds per endpoint *and instance*: two requests served by two
+workers can reach the endpoint in either order (as with two Distribution
+instances behind one load balancer); the timestamps say which came first.
 """
 
 from __future__ import annotations
@@ -72,6 +80,16 @@ class IEventSink(Interface):
         happened to ``target`` in ``request`` (a ``RegistryRequest``)."""
 
 
+def _status_text(status: int) -> str:
+    """``"200 OK"``: a status as Distribution's status metric labels it."""
+    from http import HTTPStatus
+
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
 def _timestamp() -> str:
     now = datetime.now(timezone.utc)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
@@ -83,11 +101,39 @@ def _text(value: bytes | str | None) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def request_info(request: Any) -> dict[str, str]:
-    """The ``request`` part of an event."""
+def _ip(value: str) -> str | None:
+    import ipaddress
+
+    value = value.strip()
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    return value
+
+
+def client_addr(request: Any) -> str:
+    """The client's address as Distribution's events give it: the first
+    ``X-Forwarded-For`` entry, else ``X-Real-Ip``, when it is an IP address;
+    else the connection's peer as ``host:port``."""
+    forwarded = request.getHeader(b"x-forwarded-for")
+    if forwarded:
+        first = _ip(_text(forwarded).split(",")[0])
+        if first is not None:
+            return first
+    real = request.getHeader(b"x-real-ip")
+    if real:
+        ip = _ip(_text(real))
+        if ip is not None:
+            return ip
     address = request.getClientAddress()
     host, port = getattr(address, "host", None), getattr(address, "port", None)
-    addr = f"{host}:{port}" if host is not None and port is not None else str(address)
+    return f"{host}:{port}" if host is not None and port is not None else str(address)
+
+
+def request_info(request: Any) -> dict[str, str]:
+    """The ``request`` part of an event."""
+    addr = client_addr(request)
     return {
         "id": getattr(request, "request_id", "") or "",
         "addr": addr,
@@ -146,7 +192,7 @@ class Endpoint:
         if len(self.queue) >= self.queue_limit:
             self.dropped += 1
             if self.metrics is not None:
-                self.metrics.events_dropped.labels(self.name).inc()
+                self.metrics.events.labels("Dropped", self.name).inc()
             if not self._dropping:
                 self._dropping = True
                 _log.warn(
@@ -160,6 +206,8 @@ class Endpoint:
             self._dropping = False
             _log.warn("notification endpoint {endpoint}: queue has room again", endpoint=self.name)
         self.queue.append(event)
+        if self.metrics is not None:
+            self.metrics.events.labels("Events", self.name).inc()
         self._set_queue_gauge()
         if self._wake is not None:
             wake, self._wake = self._wake, None
@@ -167,7 +215,7 @@ class Endpoint:
 
     def _set_queue_gauge(self) -> None:
         if self.metrics is not None:
-            self.metrics.queue_length.labels(self.name).set(len(self.queue))
+            self.metrics.pending.labels(self.name).set(len(self.queue))
 
     # -- the worker --
 
@@ -201,21 +249,22 @@ class Endpoint:
                 await self._wake
                 continue
             batch = [self.queue[i] for i in range(min(BATCH, len(self.queue)))]
-            error = await self._deliver(batch)
+            error, status = await self._deliver(batch)
+            if self.metrics is not None:
+                if status is not None:
+                    self.metrics.statuses.labels(_status_text(status), self.name).inc()
+                outcome = "Successes" if error is None else "Failures" if status is not None else "Errors"
+                self.metrics.events.labels(outcome, self.name).inc(len(batch))
             if error is None:
                 for _ in batch:
                     self.queue.popleft()
                 self._set_queue_gauge()
                 self.sent += len(batch)
-                if self.metrics is not None:
-                    self.metrics.events_sent.labels(self.name).inc(len(batch))
                 if self.consecutive_failures >= max(self.config.threshold, 1):
                     _log.info("notification endpoint {endpoint} delivers again", endpoint=self.name)
                 self.consecutive_failures = 0
                 continue
             self.consecutive_failures += 1
-            if self.metrics is not None:
-                self.metrics.delivery_failures.labels(self.name).inc()
             await deferLater(self.reactor, self._retry_delay(error), lambda: None)
 
     def _retry_delay(self, error: str) -> float:
@@ -233,8 +282,9 @@ class Endpoint:
             return backoff
         return min(FIRST_RETRY * 2 ** (n - 1), backoff)
 
-    async def _deliver(self, batch: list[dict[str, Any]]) -> str | None:
-        """Send one envelope; None when the endpoint took it, else why not."""
+    async def _deliver(self, batch: list[dict[str, Any]]) -> tuple[str | None, int | None]:
+        """Send one envelope: ``(why it failed or None, the answer's status
+        or None when there was no answer)``."""
         body = json.dumps({"events": batch}).encode()
         attempt = Deferred.fromCoroutine(self._post(body))
         attempt.addTimeout(self.config.timeout, self.reactor)
@@ -243,12 +293,12 @@ class Endpoint:
         except CancelledError:
             if self._stopping:
                 raise
-            return f"no answer within {self.config.timeout}s"
+            return f"no answer within {self.config.timeout}s", None
         except Exception as e:  # connection refused, reset, DNS...
-            return f"{type(e).__name__}: {e}"
+            return f"{type(e).__name__}: {e}", None
         if 200 <= status < 300:
-            return None
-        return f"answered {status}"
+            return None, status
+        return f"answered {status}", status
 
     async def _post(self, body: bytes) -> int:
         import treq

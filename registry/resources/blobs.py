@@ -138,8 +138,8 @@ class BlobResource:
             ) from None
         except ValueError as e:
             raise RegistryError(errors.RANGE_INVALID, str(e), headers={"Content-Range": f"bytes */{size}"}) from None
-        if request.method == b"GET":
-            self.ctx.notify(request, "pull", _blob_target(self.ctx, name, d, size))
+        # A HEAD is a pull too, as in Distribution's events.
+        self.ctx.notify(request, "pull", _blob_target(self.ctx, name, d, size))
         # HEAD is answered here (never redirected: a round trip for nothing);
         # so are ranged GETs, and everything when storage.redirect.disable.
         if request.method == b"GET" and rng is None and self.ctx.redirect:

@@ -107,9 +107,11 @@ class ManifestResource:
         request.setHeader(b"Content-Length", str(len(body)).encode())
         request.setHeader(b"Docker-Content-Digest", digest_text.encode())
         request.setHeader(b"ETag", f'"{digest_text}"'.encode())
+        if self.ctx.events is not None:
+            # A HEAD is a pull too, as in Distribution: docker resolves a tag
+            # with HEAD, so that event is the one naming the tag pulled.
+            self.ctx.notify(request, "pull", self._target(name, d, body, media_type, tag))
         if request.method != b"HEAD":
-            if self.ctx.events is not None:
-                self.ctx.notify(request, "pull", self._target(name, d, body, media_type, tag))
             request.write(body)
 
     HEAD = GET

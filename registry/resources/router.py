@@ -133,6 +133,11 @@ class RegistryRoot(Resource):
         #: fails, every request is answered 503 UNAVAILABLE, as Distribution
         #: does, so a load balancer takes the instance out.  None: no checks.
         self.health: Any = None
+        #: ``health.mainlistener``: the health page (a Resource) answered at
+        #: ``health_path`` before routing, without authentication or the
+        #: health gate; None: that path is no endpoint.
+        self.health_page: Any = None
+        self.health_path = b"/debug/health"
         #: The web page (``ui.enabled``): serves ``<prefix>ui/...`` itself,
         #: outside the API's routes and JSON errors, asking ``access`` per page.
         self.ui = ui
@@ -180,6 +185,8 @@ class RegistryRoot(Resource):
         time), keep the outcome on the request, and say how its body is
         received.  A request that cannot be served gets a small body buffer
         that is dropped; ``render`` answers it with the error."""
+        if self.health_page is not None and target.partition(b"?")[0] == self.health_path:
+            return LimitedBody(SMALL_BODY)
         if self.ui is not None and self.ui.handles(target.partition(b"?")[0]):
             return LimitedBody(SMALL_BODY)  # the web page's forms are small
         try:
@@ -262,6 +269,8 @@ class RegistryRoot(Resource):
         request.setHeader(*API_VERSION_HEADER)
         for header, values in self.extra_headers.items():
             request.responseHeaders.setRawHeaders(header, values)
+        if self.health_page is not None and request.path == self.health_path:
+            return self.health_page.render(request)
         if self.ui is not None and self.ui.handles(request.path):
             return self.ui.render(request)
         method = request.method.upper()

@@ -276,11 +276,14 @@ class RedisDescriptorCache:
         self.client = client
         self.ttl_s = ttl_s
         self.tombstone_s = tombstone_s
+        #: Lookups Redis did not answer (each also counts as a miss above).
+        self.errors = 0
 
     async def _get(self, d: Digest, field: str) -> bytes | None:
         try:
             value = await self.client.execute("HGET", _blob_key(d), field)
         except RedisError:
+            self.errors += 1
             return None
         return value if isinstance(value, bytes) else None
 
@@ -414,11 +417,22 @@ class CachedBlobDescriptors:
     def __init__(self, inner: IBlobDescriptors, cache: IDescriptorCache) -> None:
         self.inner = inner
         self.cache = cache
+        #: Lookups answered by the cache, and those that went to ``inner``
+        #: (the metrics' ``registry_storage_cache_total``).
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def errors(self) -> int:
+        """Lookups the cache's store did not answer (counted in ``misses`` too)."""
+        return int(getattr(self.cache, "errors", 0))
 
     async def size(self, d: Digest) -> int | None:
         cached = await self.cache.size(d)
         if cached is not None:
+            self.hits += 1
             return int(cached)
+        self.misses += 1
         size: int | None = await self.inner.size(d)
         if size is not None:
             await self.cache.remember_size(d, size)
@@ -426,7 +440,9 @@ class CachedBlobDescriptors:
 
     async def is_linked(self, name: str, d: Digest) -> bool:
         if await self.cache.linked(name, d):
+            self.hits += 1
             return True
+        self.misses += 1
         linked: bool = await self.inner.is_linked(name, d)
         if linked:
             await self.cache.remember_link(name, d)

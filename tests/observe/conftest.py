@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
@@ -99,6 +100,8 @@ class Receiver:
     envelopes: list[dict[str, Any]] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     attempts: int = 0
+    #: ``time.monotonic()`` of each POST's arrival.
+    attempt_times: list[float] = field(default_factory=list)
     hanging: list[Request] = field(default_factory=list)
     waiters: list[tuple[Callable[[], bool], Deferred[None]]] = field(default_factory=list)
 
@@ -133,6 +136,7 @@ class _Hook(Resource):
     def render_POST(self, request: Request) -> Any:
         rec = self.receiver
         rec.attempts += 1
+        rec.attempt_times.append(time.monotonic())
         if rec.mode == "hang":
             rec.hanging.append(request)
             reactor.callLater(0, rec._check)

@@ -162,3 +162,32 @@ async def test_threshold_counts_failures_in_a_row() -> None:
         await check.run()
         seen.append(check.error)
     assert seen == [None, None, None, None, None, "down"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_on_the_main_listener_only_when_configured(tmp_path: Path) -> None:
+    import bcrypt
+
+    flag = tmp_path / "maintenance"
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"alice:{bcrypt.hashpw(b'pw', bcrypt.gensalt(rounds=4)).decode()}\n")
+    checks = f"health:\n  file:\n    - file: {flag}\n      interval: 20ms\n"
+    auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n"
+    # Not configured: the main listener has no such endpoint.
+    async with run_registry(fs_yaml(tmp_path / "store", checks + auth)) as r:
+        absent = await treq.get(f"{r.url}/debug/health")
+        assert absent.code == 404  # no registry endpoint there
+        await absent.content()
+    async with run_registry(fs_yaml(tmp_path / "store", checks + "  mainlistener: true\n" + auth)) as r:
+        assert await until(lambda: health(r.url), (200, {})) == (200, {})  # no credentials needed
+        flag.write_text("down")
+        want = (503, {str(flag): "file exists"})
+        assert await until(lambda: health(r.url), want) == want
+        assert await health(r.debug_url) == want  # the same page as the debug listener's
+        api = await treq.get(f"{r.url}/v2/")
+        assert api.code == 503  # the gate closes the API, not the health page
+        await api.content()
+    async with run_registry(fs_yaml(tmp_path / "store", "health:\n  mainlistener: true\n").replace(
+        "  addr: 127.0.0.1:0\n  debug:", "  addr: 127.0.0.1:0\n  prefix: /reg/\n  debug:"
+    )) as r:
+        assert await health(f"{r.url}/reg") == (200, {})

@@ -5,7 +5,7 @@ driver latency, process metrics; labels bounded."""
 from __future__ import annotations
 
 import socket
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import pytest_twisted
 import treq
@@ -60,18 +60,20 @@ async def test_requests_bytes_and_driver_operations(registry: Running) -> None:
     await (await treq.get(f"{registry.url}/not/an/endpoint")).content()
 
     text, samples = await scrape(registry)
-    assert value(samples, "registry_http_requests_total", route="upload-start", method="POST", status="201") == 1
-    assert value(samples, "registry_http_requests_total", route="blob", method="GET", status="200") == 1
-    assert value(samples, "registry_http_requests_total", route="manifest", method="GET", status="404") == 1
-    assert value(samples, "registry_http_requests_total", route="unknown", method="GET", status="404") == 1
-    assert value(samples, "registry_http_request_duration_seconds_count", route="blob", method="GET") == 1
-    assert value(samples, "registry_http_request_body_bytes_total", route="upload-start") == len(data)
-    assert value(samples, "registry_http_response_body_bytes_total", route="blob") == len(data)
+    # Distribution's names and labels (handler, code, lower-case method).
+    assert value(samples, "registry_http_requests_total", handler="blob_upload", method="post", code="201") == 1
+    assert value(samples, "registry_http_requests_total", handler="blob", method="get", code="200") == 1
+    assert value(samples, "registry_http_requests_total", handler="manifest", method="get", code="404") == 1
+    assert value(samples, "registry_http_requests_total", handler="unknown", method="get", code="404") == 1
+    assert value(samples, "registry_http_request_duration_seconds_count", handler="blob", method="get") == 1
+    assert value(samples, "registry_http_request_size_bytes_sum", handler="blob_upload") == len(data)
+    assert value(samples, "registry_http_response_size_bytes_sum", handler="blob") == len(data)
+    assert value(samples, "registry_http_response_size_bytes_count", handler="blob") == 1
     assert value(samples, "registry_uploads_in_progress") == 0
-    # Storage operations, by driver and operation, with their latency.
-    assert value(samples, "registry_storage_operation_duration_seconds_count", driver="inmemory", operation="writer") >= 1
-    assert value(samples, "registry_storage_operation_duration_seconds_count", driver="inmemory", operation="stat") >= 1
-    assert value(samples, "registry_storage_operation_errors_total", driver="inmemory", operation="get_content") >= 1
+    # Storage operations, by driver and action, with their latency.
+    assert value(samples, "registry_storage_action_seconds_count", driver="inmemory", action="Writer") >= 1
+    assert value(samples, "registry_storage_action_seconds_count", driver="inmemory", action="Stat") >= 1
+    assert value(samples, "registry_storage_action_errors_total", driver="inmemory", action="GetContent") >= 1
     # The usual process metrics.
     assert value(samples, "process_resident_memory_bytes") > 0
     assert any(name == "python_info" for name, _ in samples)
@@ -118,3 +120,31 @@ async def test_metrics_disabled_leaves_health_only() -> None:
         health = await treq.get(f"{r.debug_url}/debug/health")
         assert health.code == 200
         assert await health.json() == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_cache_hits_and_misses(tmp_path: Any) -> None:
+    # Both caches: the in-process content cache and, with
+    # storage.cache.blobdescriptor, the blob-descriptor cache; Distribution
+    # 2.8's registry_storage_cache_total{type} plus which cache.
+    yaml_text = (
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}\n  cache:\n    blobdescriptor: inmemory\n"
+        "http:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n    prometheus:\n      enabled: true\n      path: /prom\n"
+    )
+    async with run_registry(yaml_text) as r:
+        digest, manifest = await r.push_manifest("team/cached", "v1", [b"cached layer"])
+        for _ in range(3):
+            got = await treq.get(
+                f"{r.url}/v2/team/cached/manifests/{digest}",
+                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+            )
+            assert await got.content() == manifest
+            head = await treq.head(f"{r.url}/v2/team/cached/blobs/{sha(b'cached layer')}")
+            assert head.code == 200
+        _, samples = await scrape(r)
+        for cache in ("content", "blobdescriptor"):
+            hits = value(samples, "registry_storage_cache_total", cache=cache, type="Hit")
+            misses = value(samples, "registry_storage_cache_total", cache=cache, type="Miss")
+            assert hits >= 2 and misses >= 1, (cache, hits, misses)
+            assert value(samples, "registry_storage_cache_total", cache=cache, type="Request") == hits + misses
+            assert value(samples, "registry_storage_cache_total", cache=cache, type="Error") == 0

@@ -34,6 +34,12 @@ def notifications_yaml(endpoints: str, include_references: bool = False) -> str:
     )
 
 
+def with_metrics(yaml_text: str) -> str:
+    return yaml_text.replace(
+        "  addr: 127.0.0.1:0\n", "  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n    prometheus: {enabled: true}\n"
+    )
+
+
 def notifier_of(r: Running) -> Notifier:
     for route in r.application.root.routes:  # type: ignore[attr-defined]
         ctx = getattr(route.handler, "ctx", None)
@@ -66,9 +72,11 @@ async def test_push_pull_mount_delete_events(receiver: Receiver) -> None:
         )
         assert await pulled.content() == manifest
         head = await treq.head(f"{r.url}/v2/team/app/manifests/v1", headers={"Accept": "*/*"})
-        assert head.code == 200  # a HEAD is no pull
+        assert head.code == 200  # a HEAD is a pull too, as in Distribution
         blob = await treq.get(f"{r.url}/v2/team/app/blobs/{sha(layer)}")
         assert await blob.content() == layer
+        blob_head = await treq.head(f"{r.url}/v2/team/app/blobs/{sha(layer)}")
+        assert blob_head.code == 200
         mount = await treq.post(f"{r.url}/v2/other/app/blobs/uploads/?mount={sha(layer)}&from=team/app")
         assert mount.code == 201
         deleted_tag = await treq.delete(f"{r.url}/v2/team/app/manifests/v1")
@@ -78,8 +86,8 @@ async def test_push_pull_mount_delete_events(receiver: Receiver) -> None:
         deleted_blob = await treq.delete(f"{r.url}/v2/other/app/blobs/{sha(layer)}")
         assert deleted_blob.code == 202
 
-        # 8 events for "hook"; "quiet" gets the manifest push and deletes without a media type.
-        await receiver.wait_for(lambda: len([e for e in receiver.events]) >= 8 + 4)
+        # 10 events for "hook"; "quiet" gets the manifest push and deletes without a media type.
+        await receiver.wait_for(lambda: len([e for e in receiver.events]) >= 10 + 4)
         await deferLater(reactor, 0.1, lambda: None)
         by_endpoint: dict[str, list[dict[str, Any]]] = {"hook": [], "quiet": []}
         for request, envelope in zip(receiver.requests, receiver.envelopes):
@@ -95,13 +103,15 @@ async def test_push_pull_mount_delete_events(receiver: Receiver) -> None:
             ("push", "application/octet-stream", None),
             ("push", oci, "v1"),
             ("pull", oci, "v1"),
+            ("pull", oci, "v1"),
+            ("pull", "application/octet-stream", None),
             ("pull", "application/octet-stream", None),
             ("mount", "application/octet-stream", None),
             ("delete", "", "v1"),
             ("delete", "", None),
             ("delete", "", None),
         ][: len(events)]
-        assert len(events) == 9
+        assert len(events) == 11
         assert summary(by_endpoint["quiet"]) == [("push", oci, "v1"), ("delete", "", "v1"), ("delete", "", None), ("delete", "", None)]
 
         push = events[2]
@@ -123,12 +133,14 @@ async def test_push_pull_mount_delete_events(receiver: Receiver) -> None:
         pull = events[3]
         assert pull["request"]["id"] == "pull-1"
         assert pull["request"]["useragent"] == "test-client/1.0"
-        assert events[4]["target"]["digest"] == sha(layer) and events[4]["target"]["size"] == len(layer)
-        assert events[5]["target"]["fromRepository"] == "team/app"
-        assert events[5]["target"]["repository"] == "other/app"
-        assert events[6]["target"] == {"repository": "team/app", "tag": "v1"}
-        assert events[7]["target"] == {"repository": "team/app", "digest": digest}
-        assert events[8]["target"] == {"repository": "other/app", "digest": sha(layer)}
+        assert events[4]["request"]["method"] == "HEAD" and events[4]["target"]["digest"] == digest
+        assert events[5]["target"]["digest"] == sha(layer) and events[5]["target"]["size"] == len(layer)
+        assert events[6]["request"]["method"] == "HEAD" and events[6]["target"] == events[5]["target"]
+        assert events[7]["target"]["fromRepository"] == "team/app"
+        assert events[7]["target"]["repository"] == "other/app"
+        assert events[8]["target"] == {"repository": "team/app", "tag": "v1"}
+        assert events[9]["target"] == {"repository": "team/app", "digest": digest}
+        assert events[10]["target"] == {"repository": "other/app", "digest": sha(layer)}
         assert len({e["id"] for e in events}) == len(events)
 
 
@@ -141,13 +153,26 @@ async def test_request_id_follows_a_push_to_the_webhook(receiver: Receiver) -> N
         (event,) = receiver.events
         assert event["request"]["id"] == "trace-42" and event["action"] == "push"
         assert "references" not in event["target"]  # includereferences is off
+        assert event["request"]["addr"].startswith("127.0.0.1:")
+        # Behind a proxy: the client's address from X-Forwarded-For (its
+        # first entry), else X-Real-Ip, when it is an IP, as Distribution does.
+        for headers, addr in [
+            ({"X-Forwarded-For": "203.0.113.7, 10.0.0.1"}, "203.0.113.7"),
+            ({"X-Forwarded-For": "not-an-ip", "X-Real-Ip": "2001:db8::5"}, "2001:db8::5"),
+            ({"X-Real-Ip": "garbage"}, None),
+        ]:
+            before = len(receiver.events)
+            await r.push_blob("a/b", addr.encode() if addr else b"garbage", headers=headers)
+            await receiver.wait_for(lambda: len(receiver.events) == before + 1)
+            got = receiver.events[-1]["request"]["addr"]
+            assert got == addr if addr else got.startswith("127.0.0.1:"), (headers, got)
 
 
 @pytest_twisted.ensureDeferred
 async def test_failing_endpoint_is_retried_in_order(receiver: Receiver) -> None:
     receiver.mode = "fail"
     extra = "      threshold: 2\n      backoff: 200ms\n      timeout: 1s\n"
-    async with run_registry(notifications_yaml(endpoint_yaml(receiver.url, extra=extra))) as r:
+    async with run_registry(with_metrics(notifications_yaml(endpoint_yaml(receiver.url, extra=extra)))) as r:
         started = time.monotonic()
         blobs = [f"blob {i}".encode() for i in range(5)]
         for b in blobs:
@@ -165,6 +190,14 @@ async def test_failing_endpoint_is_retried_in_order(receiver: Receiver) -> None:
                 break
             await deferLater(reactor, 0.02, lambda: None)
         assert not endpoint.queue and endpoint.consecutive_failures == 0
+        # Distribution's notification metrics: per event and attempt, answers by status.
+        metrics = await (await treq.get(f"{r.debug_url}/metrics")).text()
+        assert 'registry_notifications_events_total{endpoint="hook",type="Events"} 5.0' in metrics
+        assert 'registry_notifications_events_total{endpoint="hook",type="Successes"} 5.0' in metrics
+        assert 'registry_notifications_events_total{endpoint="hook",type="Failures"}' in metrics
+        assert 'registry_notifications_status_total{code="500 Internal Server Error",endpoint="hook"}' in metrics
+        assert 'registry_notifications_status_total{code="200 OK",endpoint="hook"}' in metrics
+        assert 'registry_notifications_pending{endpoint="hook"} 0.0' in metrics
 
 
 @pytest_twisted.ensureDeferred
@@ -190,24 +223,39 @@ async def test_dead_endpoint_keeps_memory_bounded() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
-    yaml_text = notifications_yaml(endpoint_yaml(dead, extra="      backoff: 1s\n")).replace(
-        "  addr: 127.0.0.1:0\n", "  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n    prometheus: {enabled: true}\n"
-    )
-    async with run_registry(yaml_text) as r:
-        endpoint = notifier_of(r).endpoints[0]
-        pushes = DEFAULT_QUEUE_LIMIT + 100
-        started = time.monotonic()
-        for i in range(pushes):
-            await r.push_blob("dead/end", b"%d" % i)
-        elapsed = time.monotonic() - started
-        assert len(endpoint.queue) == DEFAULT_QUEUE_LIMIT
-        assert endpoint.dropped == 100
-        # The queue keeps the oldest events (delivered in order later).
-        assert endpoint.queue[0]["target"]["digest"] == sha(b"0")
-        metrics = await (await treq.get(f"{r.debug_url}/metrics")).text()
-        assert 'registry_notifications_events_dropped_total{endpoint="hook"} 100.0' in metrics
-        assert f'registry_notifications_queue_length{{endpoint="hook"}} {float(DEFAULT_QUEUE_LIMIT)}' in metrics
-        assert elapsed < 60
+    from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+    warnings: list[str] = []
+
+    def observer(event: LogEvent) -> None:
+        if event.get("log_namespace") == "registry.notifications":
+            warnings.append(formatEvent(event))
+
+    yaml_text = with_metrics(notifications_yaml(endpoint_yaml(dead, extra="      backoff: 1s\n")))
+    globalLogPublisher.addObserver(observer)
+    try:
+        async with run_registry(yaml_text) as r:
+            endpoint = notifier_of(r).endpoints[0]
+            pushes = DEFAULT_QUEUE_LIMIT + 100
+            started = time.monotonic()
+            for i in range(pushes):
+                await r.push_blob("dead/end", b"%d" % i)
+            elapsed = time.monotonic() - started
+            # Said once in the log when the queue filled (not per dropped event).
+            full = [w for w in warnings if "queue full" in w]
+            assert len(full) == 1 and f"({DEFAULT_QUEUE_LIMIT} events waiting)" in full[0], warnings
+            assert len(endpoint.queue) == DEFAULT_QUEUE_LIMIT
+            assert endpoint.dropped == 100
+            # The queue keeps the oldest events (delivered in order later).
+            assert endpoint.queue[0]["target"]["digest"] == sha(b"0")
+            metrics = await (await treq.get(f"{r.debug_url}/metrics")).text()
+            assert 'registry_notifications_events_total{endpoint="hook",type="Dropped"} 100.0' in metrics
+            assert f'registry_notifications_events_total{{endpoint="hook",type="Events"}} {float(DEFAULT_QUEUE_LIMIT)}' in metrics
+            assert f'registry_notifications_pending{{endpoint="hook"}} {float(DEFAULT_QUEUE_LIMIT)}' in metrics
+            assert 'registry_notifications_events_total{endpoint="hook",type="Errors"}' in metrics  # refused connections
+            assert elapsed < 60
+    finally:
+        globalLogPublisher.removeObserver(observer)
 
 
 def test_notifier_provides_the_event_sink_interface() -> None:
@@ -262,3 +310,41 @@ async def test_actor_is_the_authenticated_user(receiver: Receiver, tmp_path: Any
         (event,) = receiver.events
         assert event["actor"] == {"name": "alice"}
         assert event["target"]["repository"] == "alice/app"
+
+
+def test_retry_delays_double_until_threshold_then_back_off() -> None:
+    from registry.config import EndpointConfig
+    from registry.observe.notifications import FIRST_RETRY, Endpoint
+
+    def delays(threshold: int, backoff: float) -> list[float]:
+        endpoint = Endpoint(EndpointConfig(name="x", url="http://127.0.0.1:1/", threshold=threshold, backoff=backoff), reactor)
+        out = []
+        for failures in range(1, 8):
+            endpoint.consecutive_failures = failures
+            out.append(endpoint._retry_delay("answered 500"))
+        return out
+
+    f = FIRST_RETRY
+    assert delays(4, 10.0) == [f, 2 * f, 4 * f, 10.0, 10.0, 10.0, 10.0]
+    assert delays(6, 0.15) == [f, 2 * f, 0.15, 0.15, 0.15, 0.15, 0.15]  # never longer than backoff
+    assert delays(0, 2.0) == [2.0] * 7  # threshold 0: back off at the first failure
+
+
+@pytest_twisted.ensureDeferred
+async def test_retries_back_off_after_threshold_failures_and_disabled_endpoints_get_nothing(receiver: Receiver) -> None:
+    receiver.mode = "fail"
+    extra = "      threshold: 3\n      backoff: 400ms\n      timeout: 1s\n"
+    disabled = endpoint_yaml(receiver.url + "?disabled", "switched-off", "      disabled: true\n")
+    async with run_registry(notifications_yaml(endpoint_yaml(receiver.url, extra=extra) + disabled)) as r:
+        await r.push_blob("x/y", b"retried")
+        await receiver.wait_for(lambda: receiver.attempts >= 6)
+        gaps = [b - a for a, b in zip(receiver.attempt_times, receiver.attempt_times[1:])]
+        # Retries 1 and 2 wait FIRST_RETRY doubling (short); from the third
+        # failure in a row on, the endpoint waits its backoff.
+        assert gaps[0] < 0.35 and gaps[1] < 0.35, gaps
+        assert all(gap >= 0.38 for gap in gaps[2:5]), gaps
+        receiver.mode = "ok"
+        await receiver.wait_for(lambda: len(receiver.events) == 1)
+        await deferLater(reactor, 0.2, lambda: None)
+        assert all(b"disabled" not in request.uri for request in receiver.requests)
+        assert [e.name for e in notifier_of(r).endpoints] == ["hook"]

@@ -103,3 +103,26 @@ async def test_serves_and_survives_redis_going_away(tmp_path: Path, redis_server
         await port.stopListening()
         await app.driver.close()  # type: ignore[union-attr]
         app.redis.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_debug_health_reports_redis_without_closing_the_registry(tmp_path: Path, redis_server: RedisServer) -> None:
+    from tests.observe.conftest import run_registry
+
+    yaml_text = config_for(tmp_path, redis_server, "redis") + "http:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n"
+    async with run_registry(yaml_text) as r:
+        health = r.application.health
+        (check,) = [c for c in health.checks if c.name == "redis"]
+        await check.run()  # as the timer does, every 10 s (it ran once at start)
+        ok = await treq.get(f"{r.debug_url}/debug/health")
+        assert ok.code == 200 and await ok.json() == {}
+        redis_server.stop()
+        await check.run()
+        down = await treq.get(f"{r.debug_url}/debug/health")
+        assert down.code == 503
+        body = await down.json()
+        assert list(body) == ["redis"] and body["redis"], body
+        # Reported, but the registry stays open: pulls are served from storage.
+        v2 = await treq.get(f"{r.url}/v2/")
+        assert v2.code == 200
+        await v2.content()

@@ -239,6 +239,8 @@ async def test_redis_down_serves_from_storage_and_says_so(tmp_path: Path, redis_
     assert await cached.size(d) == 4
     assert await cached.is_linked("repo", d)
     assert counting.lookups == before + 2  # misses, answered by storage
+    # The metrics' registry_storage_cache_total: both lookups were errors.
+    assert (cached.hits, cached.misses, cached.errors) == (0, 3, 2)
     status = cached.status()
     assert status["ok"] is False and status["cache"] == "redis" and status["error"]
     await cached.unlink("repo", d)  # link changes still work

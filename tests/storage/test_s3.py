@@ -714,3 +714,88 @@ async def test_full_bucket_is_a_clear_error(gateway: RGW) -> None:
         assert await driver.walk("/") == []
     finally:
         await close(driver)
+
+
+# -- TLS: a private CA (cabundle) or no check (skipverify) --------------------------------------
+
+
+def _tls_front(gateway: RGW, directory: Any) -> tuple[Any, Any]:
+    """A TLS-terminating TCP forwarder on 127.0.0.1 in front of the gateway,
+    with a certificate from a private CA (root -> intermediate -> server);
+    returns (listening port, the PKI's files)."""
+    from urllib.parse import urlsplit
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from OpenSSL import crypto
+    from twisted.internet import ssl
+    from twisted.protocols.portforward import ProxyFactory
+
+    from tests.tlsutil import make_pki
+
+    pki = make_pki(directory)
+    chain = x509.load_pem_x509_certificates(pki.chain.read_bytes())
+    options = ssl.CertificateOptions(
+        privateKey=ssl.KeyPair.load(pki.key.read_bytes(), crypto.FILETYPE_PEM).original,
+        certificate=ssl.Certificate.loadPEM(chain[0].public_bytes(Encoding.PEM)).original,
+        extraCertChain=[ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)).original for c in chain[1:]],
+    )
+    target = urlsplit(gateway.endpoint)
+    port = reactor.listenSSL(0, ProxyFactory(target.hostname, target.port), options, interface="127.0.0.1")
+    return port, pki
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_endpoint_with_a_private_ca_or_skipverify(gateway: RGW, root: str, tmp_path: Any) -> None:
+    port, pki = _tls_front(gateway, tmp_path / "pki")
+    endpoint = f"https://127.0.0.1:{port.getHost().port}"
+    drivers: list[IStorageDriver] = []
+    try:
+        # The system's CAs do not know the private CA: a clear error, no data sent.
+        untrusting = create_driver("s3", gateway.params(rootdirectory=root, regionendpoint=endpoint, requesttimeout=5))
+        drivers.append(untrusting)
+        with pytest.raises(DriverError, match=f"cannot reach {endpoint}"):
+            await inner(untrusting).check()
+        data = pattern(6 * MiB + 5, seed=3)  # a multipart upload and a small object, over TLS
+        for extra in ({"cabundle": str(pki.root)}, {"skipverify": True}):
+            driver = create_driver("s3", gateway.params(rootdirectory=root, regionendpoint=endpoint, **extra))
+            drivers.append(driver)
+            assert not inner(driver).config.signpayload  # https: bodies go unsigned ("auto")
+            await inner(driver).check()
+            await write_all(driver, "/tls/data", data)
+            assert await read_all(driver, "/tls/data") == data
+            await driver.put_content("/tls/small", b"small")
+            assert await driver.get_content("/tls/small") == b"small"
+            await driver.delete("/tls")
+        # A bundle holding only another CA is not trusted either.
+        wrong = create_driver("s3", gateway.params(rootdirectory=root, regionendpoint=endpoint, requesttimeout=5,
+                                                   cabundle=str(pki.client_ca)))
+        drivers.append(wrong)
+        with pytest.raises(DriverError, match=f"cannot reach {endpoint}"):
+            await inner(wrong).check()
+    finally:
+        await close(*drivers)
+        await port.stopListening()
+
+
+@pytest.mark.parametrize("value, message", [("/nonexistent/ca.pem", "cannot read"), ("EMPTY", "holds no PEM certificate")])
+def test_cabundle_must_hold_certificates(value: str, message: str, tmp_path: Any) -> None:
+    if value == "EMPTY":
+        value = str(tmp_path / "empty.pem")
+        (tmp_path / "empty.pem").write_text("not a certificate\n")
+    with pytest.raises(ValueError, match=f"^storage.s3.cabundle: .*{message}"):
+        parse_params({"bucket": "b", "region": "r", "cabundle": value})
+
+
+@pytest.mark.parametrize(
+    "endpoint, value, signed",
+    [("http://127.0.0.1:1", None, True), ("https://s3.example", None, False), ("http://127.0.0.1:1", "auto", True),
+     ("http://127.0.0.1:1", False, False), ("https://s3.example", "true", True)],
+)
+def test_signpayload_follows_the_scheme_unless_set(endpoint: str, value: Any, signed: bool) -> None:
+    params: dict[str, Any] = {"bucket": "b", "region": "r", "regionendpoint": endpoint}
+    if value is not None:
+        params["signpayload"] = value
+    assert parse_params(params).signpayload is signed
+    with pytest.raises(ValueError, match="^storage.s3.signpayload: must be auto, true or false"):
+        parse_params({**params, "signpayload": "sometimes"})

@@ -6,9 +6,29 @@ forcepathstyle, bucket, rootdirectory, secure, v4auth, chunksize,
 multipartcopychunksize, multipartcopymaxconcurrency,
 multipartcopythresholdsize, storageclass, encrypt}`` (plus ``keyid``,
 ``sessiontoken``, ``objectacl`` — ``none`` sends no ACL, for buckets with
-ACLs disabled — and this driver's ``requesttimeout``).
+ACLs disabled — ``skipverify`` as in Distribution, and this driver's
+``requesttimeout``, ``uploadconcurrency``, ``signpayload`` and
+``cabundle``).
 Without ``accesskey``/``secretkey`` the credentials come from botocore's
 chain (``AWS_*`` environment variables, ``~/.aws``, instance metadata...).
+
+TLS (an ``https`` ``regionendpoint``)
+  The server's certificate is checked against the system's CAs, or only
+  against the PEM certificates in the file ``cabundle`` (a private CA);
+  ``skipverify: true`` (Distribution's key) checks nothing: for test
+  set-ups only, as anyone on the path can then read and change the data.
+
+Payload signing
+  A SigV4 request signs either the SHA-256 of its body or the words
+  ``UNSIGNED-PAYLOAD``. Hashing a part costs a pass of SHA-256 over every
+  byte here, and the endpoint verifies it with another; the registry has
+  already hashed the blob once for its digest. ``signpayload: auto`` (the
+  default, as botocore and the AWS SDKs do) signs bodies over ``http``,
+  where nothing else protects them in transit, and sends bodies over
+  ``https`` unsigned (TLS protects them); ``true`` or ``false`` force it
+  (``false`` over a trusted network to a plain-http endpoint, as an
+  in-cluster Ceph or MinIO: what a presigned URL does). Bodies up to 256
+  KiB (metadata, hash states, XML) are always signed.
 
 Non-blocking
   Every S3 request goes through treq on the reactor, over the driver's own
@@ -133,7 +153,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from registry.storage.params import warn_unknown_params
@@ -168,7 +189,8 @@ DEFAULT_TIMEOUT = 60.0
 PRESIGN_SECONDS = 20 * 60
 LIST_PAGE = 1000
 DELETE_BATCH = 1000
-HASH_INLINE = 256 * 1024  # bodies above this are hashed in the thread pool
+HASH_INLINE = 256 * 1024  # bodies above this are hashed in the thread pool (or not signed)
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 READ_HIGH_WATER = 2 * MiB  # a reader pauses its GET above this many buffered bytes
 RETRIES = (0.2, 1.0)  # pauses before retrying a request that failed transiently
 
@@ -180,7 +202,7 @@ KNOWN_PARAMS = (
     "accesskey", "secretkey", "region", "regionendpoint", "forcepathstyle", "bucket", "rootdirectory",
     "secure", "v4auth", "chunksize", "multipartcopychunksize", "multipartcopymaxconcurrency",
     "multipartcopythresholdsize", "storageclass", "encrypt", "keyid", "sessiontoken", "objectacl",
-    "requesttimeout", "uploadconcurrency",
+    "requesttimeout", "uploadconcurrency", "signpayload", "skipverify", "cabundle",
 )
 
 T = TypeVar("T")
@@ -212,6 +234,9 @@ class S3Config:
     keyid: str | None = None
     objectacl: str = "private"
     requesttimeout: float = DEFAULT_TIMEOUT
+    signpayload: bool = True  # sign the SHA-256 of bodies over HASH_INLINE (else UNSIGNED-PAYLOAD)
+    skipverify: bool = False  # https: no certificate check at all
+    cabundle: str | None = None  # https: trust only the certificates in this PEM file
 
 
 def _key(name: str) -> str:
@@ -296,6 +321,17 @@ def parse_params(params: Mapping[str, Any]) -> S3Config:
         raise ValueError(f"{_key('requesttimeout')}: must be a number of seconds, got {timeout!r}") from None
     if not 0 < timeout <= 3600:
         raise ValueError(f"{_key('requesttimeout')}: must be between 0 and 3600 seconds, got {timeout}")
+    sign = params.get("signpayload", "auto")
+    if isinstance(sign, str) and sign.strip().lower() == "auto":
+        signpayload = parsed.scheme == "http"
+    else:
+        try:
+            signpayload = _bool(params, "signpayload", True)
+        except ValueError:
+            raise ValueError(f"{_key('signpayload')}: must be auto, true or false, got {sign!r}") from None
+    cabundle = _str(params, "cabundle")
+    if cabundle is not None:
+        _load_ca_bundle(cabundle)  # unreadable or no certificate: refuse to start, naming the key
     return S3Config(
         bucket=bucket,
         region=region,
@@ -316,7 +352,81 @@ def parse_params(params: Mapping[str, Any]) -> S3Config:
         keyid=_str(params, "keyid"),
         objectacl=_str(params, "objectacl") or "private",
         requesttimeout=timeout,
+        signpayload=signpayload,
+        skipverify=_bool(params, "skipverify", False),
+        cabundle=cabundle,
     )
+
+
+def _load_ca_bundle(path: str) -> builtins.list[Any]:
+    """The certificates (``twisted.internet.ssl.Certificate``) in the PEM
+    file ``path``; ``ValueError`` naming ``storage.s3.cabundle`` if it cannot
+    be read or holds none."""
+    from twisted.internet.ssl import Certificate
+
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise ValueError(f"{_key('cabundle')}: cannot read {path!r}: {e.strerror or e}") from None
+    end = b"-----END CERTIFICATE-----"
+    blocks = [b + end for b in text.split(end) if b"-----BEGIN CERTIFICATE-----" in b]
+    certs = []
+    for block in blocks:
+        try:
+            certs.append(Certificate.loadPEM(block[block.index(b"-----BEGIN CERTIFICATE-----"):]))
+        except Exception as e:
+            raise ValueError(f"{_key('cabundle')}: {path!r} holds a certificate that cannot be parsed ({e})") from None
+    if not certs:
+        raise ValueError(f"{_key('cabundle')}: {path!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    return certs
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedTLS:
+    """A TLS client connection that checks no certificate (``skipverify``),
+    still sending the host name (SNI) a virtual-hosted endpoint needs."""
+
+    def __init__(self, hostname: str) -> None:
+        from twisted.internet.ssl import CertificateOptions
+
+        self._context = CertificateOptions().getContext()  # verify=False by default
+        self._hostname = hostname
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        import ipaddress
+
+        from OpenSSL import SSL
+
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        try:
+            ipaddress.ip_address(self._hostname)
+        except ValueError:
+            connection.set_tlsext_host_name(self._hostname.encode("idna"))
+        return connection
+
+
+@implementer(IPolicyForHTTPS)
+class _TLSPolicy:
+    """How the driver's Agent checks an https endpoint: against the
+    ``cabundle`` certificates only, or not at all (``skipverify``)."""
+
+    def __init__(self, config: S3Config) -> None:
+        self._skip = config.skipverify
+        self._trust: Any = None
+        if not self._skip and config.cabundle is not None:
+            from twisted.internet.ssl import trustRootFromCertificates
+
+            self._trust = trustRootFromCertificates(_load_ca_bundle(config.cabundle))
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        host = hostname.decode("ascii")
+        if self._skip:
+            return _UnverifiedTLS(host)
+        from twisted.internet.ssl import optionsForClientTLS
+
+        return optionsForClientTLS(host, trustRoot=self._trust)
 
 
 # --- S3 errors ------------------------------------------------------------------
@@ -407,7 +517,10 @@ class S3Driver:
         # The Agent itself, not treq's client: treq re-parses every URL
         # (hyperlink, IDNA) and runs a cookie jar, a few ms of CPU per
         # request that a PATCH-heavy upload pays ~20 times per request.
-        self._agent = Agent(reactor, pool=self._http_pool, connectTimeout=min(config.requesttimeout, 10))
+        tls: dict[str, Any] = {}
+        if config.skipverify or config.cabundle is not None:
+            tls["contextFactory"] = _TLSPolicy(config)
+        self._agent = Agent(reactor, pool=self._http_pool, connectTimeout=min(config.requesttimeout, 10), **tls)
         self._threads: ThreadPool | None = None
         self._closed = False
         self._credentials: Any = None  # botocore Credentials (maybe refreshable)
@@ -503,6 +616,12 @@ class S3Driver:
         return dict(request.headers.items())
 
     async def _payload_hash(self, pieces: builtins.list[bytes], length: int) -> str:
+        """The ``x-amz-content-sha256`` of a body: its SHA-256 (in the thread
+        pool above ``HASH_INLINE``), or ``UNSIGNED-PAYLOAD`` for a large body
+        when ``signpayload`` is off (see "Payload signing")."""
+        if length > HASH_INLINE and not self.config.signpayload:
+            return UNSIGNED_PAYLOAD
+
         def digest() -> str:
             h = hashlib.sha256()
             for piece in pieces:

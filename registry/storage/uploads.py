@@ -93,6 +93,14 @@ class UploadAppender:
         """Bytes in the upload, including those appended so far."""
         return self._hasher.bytes_hashed
 
+    def expect(self, nbytes: int) -> None:
+        """A hint for the writer: this request brings ``nbytes`` (its
+        ``Content-Length``); a writer that can use it (the S3 driver's,
+        streaming parts as they arrive) takes it, others have no ``expect``."""
+        hint = getattr(self._writer, "expect", None)
+        if hint is not None:
+            hint(nbytes)
+
     def write(self, data: bytes) -> "Deferred[None]":
         """Hash and append ``data``; the Deferred fires when the driver can
         take more (backpressure)."""

@@ -799,3 +799,86 @@ def test_signpayload_follows_the_scheme_unless_set(endpoint: str, value: Any, si
     assert parse_params(params).signpayload is signed
     with pytest.raises(ValueError, match="^storage.s3.signpayload: must be auto, true or false"):
         parse_params({**params, "signpayload": "sometimes"})
+
+
+# -- parts streamed while a session's announced bytes arrive (expect, signpayload off) ----------
+
+
+@pytest_twisted.async_yield_fixture
+async def unsigned_pair(gateway: RGW, root: str) -> AsyncIterator[tuple[IStorageDriver, IStorageDriver]]:
+    """Two instances on one root with 5 MiB parts and unsigned payloads (streaming allowed)."""
+    a = s3_driver(rootdirectory=root, chunksize=5 * MiB, signpayload=False)
+    b = s3_driver(rootdirectory=root, chunksize=5 * MiB, signpayload=False)
+    try:
+        yield a, b
+        assert await a.walk("/") == [], "test left objects behind"
+    finally:
+        await close(a, b)
+
+
+def part_puts(recorder: Recorder) -> list[int]:
+    return [int(q["partNumber"]) for m, _, q, h in recorder.calls
+            if m == "PUT" and "partNumber" in q and "x-amz-copy-source" not in h]
+
+
+@pytest_twisted.ensureDeferred
+async def test_announced_sessions_stream_their_parts(unsigned_pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    a, b = unsigned_pair
+    path = "/repo/_uploads/s/data"
+    # Sessions as PATCHes of several sizes, alternating instances: under 5 MiB
+    # (gathered as the tail), just over a part, several parts with a short
+    # remainder folded into the last, and one carrying an earlier tail.
+    sizes = [3 * MiB + 1, 5 * MiB + 7, 13 * MiB + 3, 2 * MiB, 10 * MiB]
+    expected = b""
+    for i, size in enumerate(sizes):
+        driver = (a, b)[i % 2]
+        piece = pattern(size, seed=20 + i)
+        recorder = Recorder(driver)
+        writer = await driver.writer(path, append=bool(expected))
+        writer.expect(size)  # type: ignore[attr-defined]
+        first_part_seen_at = None
+        for start in range(0, size, 256 * 1024):
+            await writer.write(piece[start : start + 256 * 1024])
+            if first_part_seen_at is None and part_puts(recorder):
+                first_part_seen_at = start + 256 * 1024
+        await writer.close()
+        expected += piece
+        if size >= 5 * MiB:
+            # The part left for S3 before the session's last byte arrived.
+            assert first_part_seen_at is not None and first_part_seen_at < size, recorder.calls
+        assert (await (b if driver is a else a).stat(path)).size == len(expected)
+    writer = await b.writer(path, append=True)
+    await writer.commit()
+    assert await a.get_content(path) == expected
+    await a.delete("/repo")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_ending_short_keeps_every_byte(unsigned_pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    """A client announcing 12 MiB that goes away after 7 MiB: the part being
+    streamed is cancelled, and the 7 MiB are stored all the same."""
+    a, b = unsigned_pair
+    path = "/repo/_uploads/short/data"
+    first = pattern(7 * MiB + 11, seed=30)
+    recorder = Recorder(a)
+    writer = await a.writer(path)
+    writer.expect(12 * MiB)  # type: ignore[attr-defined]
+    for start in range(0, len(first), 256 * 1024):
+        await writer.write(first[start : start + 256 * 1024])
+    await writer.close()
+    # Part 1 (5 MiB) was stored; part 2 (the announced last 7 MiB) started
+    # and was cancelled: its 2 MiB + 11 bytes became the tail.
+    assert part_puts(recorder) == [1, 2], recorder.calls
+    head = await inner(a)._head(inner(a)._k(path))
+    assert head is not None and (head.parts, head.stored, head.size) == (1, 2 * MiB + 11, len(first))
+    assert (await b.stat(path)).size == len(first)
+    # More than announced: streaming stops, the rest is gathered.
+    second = pattern(6 * MiB, seed=31)
+    writer = await b.writer(path, append=True)
+    writer.expect(1 * MiB)  # type: ignore[attr-defined]
+    for start in range(0, len(second), 512 * 1024):
+        await writer.write(second[start : start + 512 * 1024])
+    await writer.commit()
+    assert await a.get_content(path) == first + second
+    assert await uploads_below(a, "/repo") == []
+    await a.delete("/repo")

@@ -638,7 +638,7 @@ class S3Driver:
         key: str | None,
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        body: Body = b"",
+        body: "Body | _StreamSource" = b"",
         ok: tuple[int, ...] = (200,),
         stream: bool = False,
         what: str = "",
@@ -652,9 +652,14 @@ class S3Driver:
         url = self._url(key, query) if key is not None else self._base + "/" + (
             "?" + urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote, safe="~") if query else ""
         )
-        pieces = ([body] if body else []) if isinstance(body, bytes) else [p for p in body if p]
-        length = sum(len(p) for p in pieces)
-        payload_hash = await self._payload_hash(pieces, length) if length else hashlib.sha256(b"").hexdigest()
+        source: _StreamSource | None = None
+        if isinstance(body, _StreamSource):
+            # A part streamed while its bytes arrive: its hash cannot be known first.
+            source, pieces, length, payload_hash = body, [], body.length, UNSIGNED_PAYLOAD
+        else:
+            pieces = ([body] if body else []) if isinstance(body, bytes) else [p for p in body if p]
+            length = sum(len(p) for p in pieces)
+            payload_hash = await self._payload_hash(pieces, length) if length else hashlib.sha256(b"").hexdigest()
         what = what or f"{method} {urllib.parse.unquote(url)}"
         # A CompleteMultipartUpload whose answer was lost may have completed:
         # sending it again would fail with NoSuchUpload. Everything else is
@@ -668,9 +673,16 @@ class S3Driver:
             signed = await self._sign(method, url, all_headers, payload_hash)
             twisted_headers = Headers({k.encode(): [v.encode()] for k, v in signed.items() if k.lower() != "content-length"})
             try:
-                producer = _PiecesProducer(pieces, length) if length or method in ("PUT", "POST") else None
+                producer: Any = None
+                if source is not None:
+                    producer = source.producer()
+                elif length or method in ("PUT", "POST"):
+                    producer = _PiecesProducer(pieces, length)
                 d = self._agent.request(method.encode(), url.encode("ascii"), twisted_headers, producer)
                 deadline = self._reactor.callLater(self.config.requesttimeout, d.cancel)
+                if source is not None:
+                    # The body arrives at the client's pace: the timeout counts from its last byte.
+                    source.on_feed = lambda deadline=deadline: deadline.active() and deadline.reset(self.config.requesttimeout)
 
                 def settled(result: Any, deadline: Any = deadline) -> Any:
                     if deadline.active():
@@ -690,7 +702,9 @@ class S3Driver:
                         NAME, f"{what}: no answer from {self.config.endpoint} within {self.config.requesttimeout:g} s "
                         "(endpoint down, overloaded or full?)",
                     ) from None
-                if attempt < len(RETRIES) and retryable and not isinstance(e, net_error.DNSLookupError):
+                if attempt < len(RETRIES) and retryable and not isinstance(e, net_error.DNSLookupError) and not (
+                    source is not None and source.aborted
+                ):
                     await _sleep(self._reactor, RETRIES[attempt])
                     attempt += 1
                     continue
@@ -991,7 +1005,7 @@ class S3Driver:
             raise DriverError(NAME, f"start upload of {key}: the endpoint returned no UploadId")
         return upload_id
 
-    async def _upload_part(self, key: str, upload_id: str, number: int, data: Body) -> str:
+    async def _upload_part(self, key: str, upload_id: str, number: int, data: "Body | _StreamSource") -> str:
         response = await self._request(
             "PUT", key, {"partNumber": str(number), "uploadId": upload_id}, body=data, what=f"part {number} of {key}"
         )
@@ -1461,10 +1475,27 @@ class S3Writer:
         self._next_part = self._base_parts + 1
         self._inflight: list[Deferred[None]] = []
         self._done = False
+        # Streaming (see ``expect``): bytes the session has announced and not
+        # yet written, and the part being streamed while they arrive.
+        self._expected: int | None = None
+        self._stream: _StreamSource | None = None
 
     @property
     def _chunk(self) -> int:
         return self._driver.config.chunksize
+
+    def expect(self, nbytes: int) -> None:
+        """A hint: this session will write ``nbytes`` more bytes (the
+        request's ``Content-Length``). With ``signpayload`` off, parts are
+        then sent to S3 while their bytes arrive (a part's length must be
+        known when it starts), instead of after each part has been gathered:
+        the session's bytes are planned as parts of ``chunksize`` (the last
+        one up to 5 MiB longer rather than leaving a short remainder), and
+        only under 5 MiB is gathered as the tail. A session that ends
+        short (the client went away) cancels the part it was streaming and
+        falls back to gathering: every byte written is kept, as always."""
+        if nbytes > 0 and not self._driver.config.signpayload and not self._done and self._stream is None:
+            self._expected = nbytes
 
     def write(self, data: bytes) -> "Deferred[None]":
         if not data:
@@ -1480,6 +1511,11 @@ class S3Writer:
             await self._load_tail()
         self._dirty = True
         self.size += len(data)
+        if self._expected is not None:
+            if len(data) <= self._expected:
+                await self._write_streaming(data)
+                return
+            self._unstream()  # more than announced: gather from here on
         chunk = self._chunk
         if len(data) > chunk and not self._pending:
             view = memoryview(data)
@@ -1494,6 +1530,63 @@ class S3Writer:
             # A part of chunksize or a little more: the pieces as written,
             # handed to the socket one by one (never joined into a copy).
             await self._send(self._take())
+
+    async def _write_streaming(self, data: bytes) -> None:
+        assert self._expected is not None
+        self._expected -= len(data)
+        while data:
+            stream = self._stream
+            if stream is None:
+                length = _stream_length(self._pending_len + len(data) + self._expected, self._chunk)
+                if length is None:  # under 5 MiB left in this session: the tail
+                    self._pending.append(data)
+                    self._pending_len += len(data)
+                    return
+                stream = await self._start_stream(length)
+            n = min(len(data), stream.length - stream.fed)
+            stream.feed(data if n == len(data) else data[:n])
+            data = data[n:]
+            if stream.fed == stream.length:
+                self._stream = None
+
+    async def _start_stream(self, length: int) -> "_StreamSource":
+        """Start the next part as a request of ``length`` bytes fed as they
+        arrive (the gathered bytes first), within ``uploadconcurrency``."""
+        upload_id = await self._ensure_upload()
+        number = self._next_part
+        if number >= LAST_PART:
+            raise DriverError(NAME, f"writing {self._path}: more than {LAST_PART - 1} parts: raise storage.s3.chunksize")
+        self._next_part += 1
+        while len(self._inflight) >= self._driver.config.uploadconcurrency:
+            await self._inflight.pop(0)
+        stream = self._stream = _StreamSource(length, number)
+        for piece in self._take():
+            stream.feed(piece)
+        self._inflight.append(ensureDeferred(self._send_stream(upload_id, stream)))
+        return stream
+
+    async def _send_stream(self, upload_id: str, stream: "_StreamSource") -> None:
+        try:
+            etag = await self._driver._upload_part(self._key, upload_id, stream.number, stream)
+        except BaseException:
+            if stream.aborted:
+                return  # cancelled by ``_unstream``: its bytes went back to the gathered ones
+            raise
+        self._parts[stream.number] = etag
+        stream.pieces = []
+
+    def _unstream(self) -> None:
+        """Stop streaming: a part still being fed is cancelled (S3 keeps no
+        part of a request cut short), its bytes go back in front of the
+        gathered ones and its number is free again."""
+        self._expected = None
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        stream.abort()
+        self._next_part = stream.number
+        self._pending = stream.pieces + self._pending
+        self._pending_len += stream.fed
 
     def _take(self) -> builtins.list[bytes]:
         pieces = self._pending
@@ -1563,6 +1656,7 @@ class S3Writer:
     async def _close_session(self) -> None:
         """Make everything written so far durable in the bucket without
         completing: a plain object while it is small, else the append state."""
+        self._unstream()
         await self._wait_inflight()
         if not self._dirty:
             return
@@ -1580,6 +1674,7 @@ class S3Writer:
 
     async def _commit_session(self) -> None:
         """CompleteMultipartUpload: the object at the key becomes every byte."""
+        self._unstream()
         await self._wait_inflight()
         if self._upload_id is None and not self._copy_base:
             if self._dirty:
@@ -1628,6 +1723,7 @@ class S3Writer:
         await self._driver._delete_key(self._key)
 
     async def _abandon(self) -> None:
+        self._unstream()
         await _quietly(self._wait_inflight())
         self._pending, self._pending_len = [], 0
         # An upload an earlier session's state refers to stays: the state
@@ -1635,6 +1731,17 @@ class S3Writer:
         if self._upload_id is not None and self._own_upload:
             upload_id, self._upload_id = self._upload_id, None
             await _quietly(self._driver._abort(self._key, upload_id))
+
+
+def _stream_length(left: int, chunk: int) -> int | None:
+    """The length of the next streamed part when a session still has
+    ``left`` bytes to place: ``chunksize``, or all of them when that leaves
+    no remainder under 5 MiB; None under 5 MiB (gathered as the tail)."""
+    if left < MIN_PART:
+        return None
+    if left <= chunk or left - chunk < MIN_PART:
+        return left
+    return chunk
 
 
 def _check_parts(path: str, listed: dict[int, tuple[str, int]], count: int, size: int) -> None:
@@ -1691,6 +1798,96 @@ class _PiecesProducer:
         # The request was cancelled: its Deferred must not fire any more.
         self._paused = True
         self._pieces.clear()
+        self._done = None
+
+
+class _PartAborted(Exception):
+    """A streamed part was cancelled because its session ended short."""
+
+
+class _StreamSource:
+    """The body of a part streamed while its bytes arrive: ``length`` is
+    announced up front, ``feed`` adds bytes; every piece is kept until the
+    part is stored (a retried request replays them; a cancelled part hands
+    them back to the writer)."""
+
+    def __init__(self, length: int, number: int) -> None:
+        self.length = length
+        self.number = number
+        self.pieces: builtins.list[bytes] = []
+        self.fed = 0
+        self.aborted = False
+        self.on_feed: Callable[[], object] | None = None
+        self._live: _StreamProducer | None = None
+
+    def feed(self, data: bytes) -> None:
+        self.pieces.append(data)
+        self.fed += len(data)
+        if self._live is not None:
+            self._live.more()
+        if self.on_feed is not None:
+            self.on_feed()
+
+    def producer(self) -> "_StreamProducer":
+        """A producer for one attempt of the request: every piece fed so far, then the rest as it comes."""
+        if self._live is not None:
+            self._live.stopProducing()
+        self._live = _StreamProducer(self)
+        return self._live
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self._live is not None:
+            self._live.fail(_PartAborted(f"part {self.number} cancelled after {self.fed} of {self.length} bytes"))
+
+
+@implementer(IBodyProducer)
+class _StreamProducer:
+    def __init__(self, source: _StreamSource) -> None:
+        self._source = source
+        self.length = source.length
+        self._index = 0
+        self._consumer: Any = None
+        self._paused = False
+        self._done: Deferred[None] | None = None
+
+    def startProducing(self, consumer: Any) -> "Deferred[None]":
+        self._consumer = consumer
+        done: Deferred[None] = Deferred()
+        self._done = done
+        if self._source.aborted:
+            self.fail(_PartAborted("part cancelled"))
+        else:
+            self.more()
+        return done
+
+    def more(self) -> None:
+        if self._done is None or self._consumer is None:
+            return
+        pieces = self._source.pieces
+        while self._index < len(pieces) and not self._paused:
+            self._index += 1
+            self._consumer.write(pieces[self._index - 1])  # may pause us
+            if self._done is None:
+                return
+        if self._index == len(pieces) and self._source.fed == self.length and self._done is not None:
+            done, self._done = self._done, None
+            done.callback(None)
+
+    def fail(self, error: Exception) -> None:
+        if self._done is not None:
+            done, self._done = self._done, None
+            done.errback(error)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self.more()
+
+    def stopProducing(self) -> None:
+        self._paused = True
         self._done = None
 
 

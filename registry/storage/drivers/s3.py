@@ -524,6 +524,7 @@ class S3Driver:
         self._threads: ThreadPool | None = None
         self._closed = False
         self._credentials: Any = None  # botocore Credentials (maybe refreshable)
+        self._signer: tuple[Any, Any] | None = None  # (frozen credentials, their signer)
         self._bucket_checked = False
         parsed = urllib.parse.urlsplit(config.endpoint)
         if config.forcepathstyle:
@@ -612,7 +613,10 @@ class S3Driver:
         creds = await self._frozen_credentials()
         request = AWSRequest(method=method, url=url, headers=headers)
         request.context["payload_sha256"] = payload_hash
-        _HeaderSigner(creds, "s3", self.config.region).add_auth(request)
+        signer = self._signer
+        if signer is None or signer[0] != creds:  # one signer per (refreshed) credentials
+            signer = self._signer = (creds, _HeaderSigner(creds, "s3", self.config.region))
+        signer[1].add_auth(request)
         return dict(request.headers.items())
 
     async def _payload_hash(self, pieces: builtins.list[bytes], length: int) -> str:
@@ -1895,15 +1899,19 @@ class _HeaderSigner:
     """botocore's S3 SigV4 header signer, with the payload hash we computed
     (or ``UNSIGNED-PAYLOAD``) instead of botocore reading the body."""
 
+    _class: Any = None  # built once, on first use (botocore is imported lazily)
+
     def __new__(cls, credentials: Any, service: str, region: str) -> Any:
-        from botocore.auth import S3SigV4Auth
+        if cls._class is None:
+            from botocore.auth import S3SigV4Auth
 
-        class Signer(S3SigV4Auth):
-            def payload(self, request: Any) -> str:
-                value: str = request.context["payload_sha256"]
-                return value
+            class Signer(S3SigV4Auth):
+                def payload(self, request: Any) -> str:
+                    value: str = request.context["payload_sha256"]
+                    return value
 
-        return Signer(credentials, service, region)
+            cls._class = Signer
+        return cls._class(credentials, service, region)
 
 
 def _resolve_credentials() -> Any:

@@ -882,3 +882,45 @@ async def test_a_session_ending_short_keeps_every_byte(unsigned_pair: tuple[ISto
     assert await a.get_content(path) == first + second
     assert await uploads_below(a, "/repo") == []
     await a.delete("/repo")
+
+
+@pytest.mark.parametrize("signpayload", [True, False], ids=["gathered", "streamed"])
+@pytest_twisted.ensureDeferred
+async def test_a_failed_part_records_no_state(gateway: RGW, root: str, signpayload: bool) -> None:
+    """A part upload failing while later ones succeed: the session must not
+    record a state counting the missing part; the last close stays good."""
+    a = s3_driver(rootdirectory=root, chunksize=5 * MiB, signpayload=signpayload)
+    b = s3_driver(rootdirectory=root, chunksize=5 * MiB, signpayload=signpayload)
+    try:
+        path = "/repo/_uploads/f/data"
+        first = pattern(6 * MiB, seed=40)
+        await write_closed(a, path, first)
+        s3b = inner(b)
+        original = s3b._upload_part
+        failed: list[int] = []
+
+        async def flaky(key: str, upload_id: str, number: int, data: Any) -> str:
+            if not failed:
+                failed.append(number)
+                raise DriverError("s3", "injected: the gateway refused this part")
+            return await original(key, upload_id, number, data)
+
+        s3b._upload_part = flaky  # type: ignore[method-assign]
+        writer = await b.writer(path, append=True)
+        writer.expect(31 * MiB)  # type: ignore[attr-defined]
+        with pytest.raises(DriverError):  # the 4th part waits for the 1st: the write fails
+            for start in range(0, 31 * MiB, 256 * 1024):
+                await writer.write(pattern(256 * 1024, seed=start))
+            await writer.close()
+        with pytest.raises(DriverError, match="a part upload failed"):
+            await writer.close()  # what the registry does after a failed write: nothing is recorded
+        assert failed
+        assert (await a.stat(path)).size == len(first)
+        second = pattern(5 * MiB + 3, seed=41)
+        writer = await a.writer(path, append=True)
+        await writer.write(second)
+        await writer.commit()
+        assert await a.get_content(path) == first + second
+        await a.delete("/repo")
+    finally:
+        await close(a, b)

@@ -56,7 +56,10 @@ Writers: appends on a store without append
   continues where the last ``close`` left off. New bytes are gathered into
   parts of ``chunksize`` (at least S3's 5 MiB minimum) uploaded with up to
   ``uploadconcurrency`` (this driver's key, default 3) in flight: memory
-  per writer is about ``chunksize`` x (``uploadconcurrency`` + 1).
+  per writer is about ``chunksize`` x (``uploadconcurrency`` + 1). When a
+  session announces its length (``S3Writer.expect``: the registry passes a
+  request's ``Content-Length``) and payloads are unsigned, each part is
+  sent while its bytes arrive instead of after it has been gathered.
 
   One multipart upload stays open across the sessions (PATCH requests) of
   one object, so appending is linear in the bytes appended: no session
@@ -1483,6 +1486,7 @@ class S3Writer:
         # yet written, and the part being streamed while they arrive.
         self._expected: int | None = None
         self._stream: _StreamSource | None = None
+        self._failed: BaseException | None = None  # the first part upload of this session that failed
 
     @property
     def _chunk(self) -> int:
@@ -1572,9 +1576,10 @@ class S3Writer:
     async def _send_stream(self, upload_id: str, stream: "_StreamSource") -> None:
         try:
             etag = await self._driver._upload_part(self._key, upload_id, stream.number, stream)
-        except BaseException:
+        except BaseException as e:
             if stream.aborted:
                 return  # cancelled by ``_unstream``: its bytes went back to the gathered ones
+            self._failed = self._failed or e
             raise
         self._parts[stream.number] = etag
         stream.pieces = []
@@ -1644,7 +1649,17 @@ class S3Writer:
         self._inflight.append(ensureDeferred(self._send_part(upload_id, number, body)))
 
     async def _send_part(self, upload_id: str, number: int, body: Body) -> None:
-        self._parts[number] = await self._driver._upload_part(self._key, upload_id, number, body)
+        try:
+            self._parts[number] = await self._driver._upload_part(self._key, upload_id, number, body)
+        except BaseException as e:
+            self._failed = self._failed or e
+            raise
+
+    def _check_failed(self) -> None:
+        """A part of this session failed (its number is counted but holds
+        nothing): the session must not record a state, whatever came after."""
+        if self._failed is not None:
+            raise DriverError(NAME, f"writing {self._path}: a part upload failed: {_describe(self._failed)}")
 
     async def _wait_inflight(self) -> None:
         inflight, self._inflight = self._inflight, []
@@ -1662,6 +1677,7 @@ class S3Writer:
         completing: a plain object while it is small, else the append state."""
         self._unstream()
         await self._wait_inflight()
+        self._check_failed()
         if not self._dirty:
             return
         if self._upload_id is None and not self._copy_base and self._pending_len < MIN_PART:
@@ -1680,6 +1696,7 @@ class S3Writer:
         """CompleteMultipartUpload: the object at the key becomes every byte."""
         self._unstream()
         await self._wait_inflight()
+        self._check_failed()
         if self._upload_id is None and not self._copy_base:
             if self._dirty:
                 await self._driver._put(self._key, self._take())

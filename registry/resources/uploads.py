@@ -104,6 +104,12 @@ class UploadBody:
     def _opened(self, appender: IUploadAppender) -> None:
         self._appender = appender
         self.upload_id = appender.upload_id
+        # The whole body goes to this appender (what arrived meanwhile waits
+        # in ``_pending``): its length lets the S3 driver stream parts.
+        length = _content_length(self.request)
+        hint = getattr(appender, "expect", None)
+        if hint is not None and length:
+            hint(length)
         self._busy = False
         self._pump()
 

@@ -41,7 +41,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults
 from zope.interface import implementer
 
 from registry.digest import Digest
@@ -93,6 +93,14 @@ class UploadAppender:
         """Bytes in the upload, including those appended so far."""
         return self._hasher.bytes_hashed
 
+    def expect(self, nbytes: int) -> None:
+        """A hint for the writer: this request brings ``nbytes`` (its
+        ``Content-Length``); a writer that can use it (the S3 driver's,
+        streaming parts as they arrive) takes it, others have no ``expect``."""
+        hint = getattr(self._writer, "expect", None)
+        if hint is not None:
+            hint(nbytes)
+
     def write(self, data: bytes) -> "Deferred[None]":
         """Hash and append ``data``; the Deferred fires when the driver can
         take more (backpressure)."""
@@ -101,16 +109,22 @@ class UploadAppender:
 
     async def finish(self) -> int:
         """Close the writer and store the hash state at the new offset, so
-        the upload continues from here. Returns the new offset."""
+        the upload continues from here. Returns the new offset.
+
+        The state is stored while the writer closes (one round trip to the
+        storage instead of two): if the close fails, a state past the
+        data's size is dropped by the next ``resume_point``, as after a
+        crash, so it is never matched against other bytes."""
         try:
-            await self._writer.close()
+            steps: list[Deferred[Any]] = [self._writer.close()]
             if self.offset != self.start_offset:
                 # Scratch: a state lost with the machine is re-derived.
-                await self.store.driver.put_content(
+                steps.append(self.store.driver.put_content(
                     paths.upload_hashstate(self.name, self.upload_id, self.offset),
                     self._hasher.state(),
                     durable=False,
-                )
+                ))
+            await _all(steps)
             self.store._remember(self.name, self.upload_id, self._hasher)
             return self.offset
         finally:
@@ -297,18 +311,36 @@ class UploadStore:
         tail past it and stores the state at the data's size. States above
         the data's size (data lost after its state was stored) are dropped,
         so they can never be matched against different bytes later."""
-        await self.started_at(name, upload_id)
         data_path = paths.upload_data(name, upload_id)
+        states_dir = paths.upload_hashstates_dir(name, upload_id)
+
+        async def data_size() -> int | None:
+            try:
+                return (await self.driver.stat(data_path)).size
+            except PathNotFoundError:
+                return None
+
+        async def state_entries() -> list[str]:
+            try:
+                return await self.driver.list(states_dir)
+            except PathNotFoundError:
+                return []
+
+        # Three independent reads at once (one round trip on a remote
+        # store); an unknown upload is reported as such whatever the others say.
+        started = ensureDeferred(self.started_at(name, upload_id))
+        others = _all([ensureDeferred(data_size()), ensureDeferred(state_entries())])
         try:
-            size = (await self.driver.stat(data_path)).size
-        except PathNotFoundError:
+            await started
+        except BaseException:
+            others.addErrback(lambda _: None)
+            raise
+        found_size, entries = await others
+        if found_size is None:
             await self.driver.put_content(data_path, b"", durable=False)
             size = 0
-        states_dir = paths.upload_hashstates_dir(name, upload_id)
-        try:
-            entries = await self.driver.list(states_dir)
-        except PathNotFoundError:
-            entries = []
+        else:
+            size = found_size
         offsets: list[int] = []
         for entry in entries:
             base = entry.rsplit("/", 1)[-1]
@@ -346,6 +378,18 @@ class UploadStore:
                 paths.upload_hashstate(name, upload_id, hasher.bytes_hashed), hasher.state(), durable=False
             )
         return hasher.bytes_hashed, hasher
+
+
+def _all(steps: list[Deferred[Any]]) -> "Deferred[list[Any]]":
+    """Every step's result once all have finished, or the first failure
+    (after all have finished: nothing is left running behind an error)."""
+    def settle(results: list[tuple[bool, Any]]) -> Any:
+        for ok, value in results:
+            if not ok:
+                return value  # the Failure
+        return [value for _, value in results]
+
+    return DeferredList(steps, consumeErrors=True).addCallback(settle)
 
 
 async def _delete_quietly(driver: IStorageDriver, path: str) -> Any:

@@ -221,6 +221,12 @@ class GuardedWriter:
         self._state = state
         return _call(self._driver, fn)
 
+    def expect(self, nbytes: int) -> None:
+        """Pass a length hint to a driver's writer that takes one (``S3Writer.expect``)."""
+        hint = getattr(self._inner, "expect", None)
+        if hint is not None and self._state is None:
+            hint(nbytes)
+
     def close(self) -> Deferred[None]:
         """Flush and release, keeping the bytes for a later append."""
         return self._finish("close", "closed", self._inner.close)

@@ -714,3 +714,213 @@ async def test_full_bucket_is_a_clear_error(gateway: RGW) -> None:
         assert await driver.walk("/") == []
     finally:
         await close(driver)
+
+
+# -- TLS: a private CA (cabundle) or no check (skipverify) --------------------------------------
+
+
+def _tls_front(gateway: RGW, directory: Any) -> tuple[Any, Any]:
+    """A TLS-terminating TCP forwarder on 127.0.0.1 in front of the gateway,
+    with a certificate from a private CA (root -> intermediate -> server);
+    returns (listening port, the PKI's files)."""
+    from urllib.parse import urlsplit
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from OpenSSL import crypto
+    from twisted.internet import ssl
+    from twisted.protocols.portforward import ProxyFactory
+
+    from tests.tlsutil import make_pki
+
+    pki = make_pki(directory)
+    chain = x509.load_pem_x509_certificates(pki.chain.read_bytes())
+    options = ssl.CertificateOptions(
+        privateKey=ssl.KeyPair.load(pki.key.read_bytes(), crypto.FILETYPE_PEM).original,
+        certificate=ssl.Certificate.loadPEM(chain[0].public_bytes(Encoding.PEM)).original,
+        extraCertChain=[ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)).original for c in chain[1:]],
+    )
+    target = urlsplit(gateway.endpoint)
+    port = reactor.listenSSL(0, ProxyFactory(target.hostname, target.port), options, interface="127.0.0.1")
+    return port, pki
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_endpoint_with_a_private_ca_or_skipverify(gateway: RGW, root: str, tmp_path: Any) -> None:
+    port, pki = _tls_front(gateway, tmp_path / "pki")
+    endpoint = f"https://127.0.0.1:{port.getHost().port}"
+    drivers: list[IStorageDriver] = []
+    try:
+        # The system's CAs do not know the private CA: a clear error, no data sent.
+        untrusting = create_driver("s3", gateway.params(rootdirectory=root, regionendpoint=endpoint, requesttimeout=5))
+        drivers.append(untrusting)
+        with pytest.raises(DriverError, match=f"cannot reach {endpoint}"):
+            await inner(untrusting).check()
+        data = pattern(6 * MiB + 5, seed=3)  # a multipart upload and a small object, over TLS
+        for extra in ({"cabundle": str(pki.root)}, {"skipverify": True}):
+            driver = create_driver("s3", gateway.params(rootdirectory=root, regionendpoint=endpoint, **extra))
+            drivers.append(driver)
+            assert not inner(driver).config.signpayload  # https: bodies go unsigned ("auto")
+            await inner(driver).check()
+            await write_all(driver, "/tls/data", data)
+            assert await read_all(driver, "/tls/data") == data
+            await driver.put_content("/tls/small", b"small")
+            assert await driver.get_content("/tls/small") == b"small"
+            await driver.delete("/tls")
+        # A bundle holding only another CA is not trusted either.
+        wrong = create_driver("s3", gateway.params(rootdirectory=root, regionendpoint=endpoint, requesttimeout=5,
+                                                   cabundle=str(pki.client_ca)))
+        drivers.append(wrong)
+        with pytest.raises(DriverError, match=f"cannot reach {endpoint}"):
+            await inner(wrong).check()
+    finally:
+        await close(*drivers)
+        await port.stopListening()
+
+
+@pytest.mark.parametrize("value, message", [("/nonexistent/ca.pem", "cannot read"), ("EMPTY", "holds no PEM certificate")])
+def test_cabundle_must_hold_certificates(value: str, message: str, tmp_path: Any) -> None:
+    if value == "EMPTY":
+        value = str(tmp_path / "empty.pem")
+        (tmp_path / "empty.pem").write_text("not a certificate\n")
+    with pytest.raises(ValueError, match=f"^storage.s3.cabundle: .*{message}"):
+        parse_params({"bucket": "b", "region": "r", "cabundle": value})
+
+
+@pytest.mark.parametrize(
+    "endpoint, value, signed",
+    [("http://127.0.0.1:1", None, True), ("https://s3.example", None, False), ("http://127.0.0.1:1", "auto", True),
+     ("http://127.0.0.1:1", False, False), ("https://s3.example", "true", True)],
+)
+def test_signpayload_follows_the_scheme_unless_set(endpoint: str, value: Any, signed: bool) -> None:
+    params: dict[str, Any] = {"bucket": "b", "region": "r", "regionendpoint": endpoint}
+    if value is not None:
+        params["signpayload"] = value
+    assert parse_params(params).signpayload is signed
+    with pytest.raises(ValueError, match="^storage.s3.signpayload: must be auto, true or false"):
+        parse_params({**params, "signpayload": "sometimes"})
+
+
+# -- parts streamed while a session's announced bytes arrive (expect, signpayload off) ----------
+
+
+@pytest_twisted.async_yield_fixture
+async def unsigned_pair(gateway: RGW, root: str) -> AsyncIterator[tuple[IStorageDriver, IStorageDriver]]:
+    """Two instances on one root with 5 MiB parts and unsigned payloads (streaming allowed)."""
+    a = s3_driver(rootdirectory=root, chunksize=5 * MiB, signpayload=False)
+    b = s3_driver(rootdirectory=root, chunksize=5 * MiB, signpayload=False)
+    try:
+        yield a, b
+        assert await a.walk("/") == [], "test left objects behind"
+    finally:
+        await close(a, b)
+
+
+def part_puts(recorder: Recorder) -> list[int]:
+    return [int(q["partNumber"]) for m, _, q, h in recorder.calls
+            if m == "PUT" and "partNumber" in q and "x-amz-copy-source" not in h]
+
+
+@pytest_twisted.ensureDeferred
+async def test_announced_sessions_stream_their_parts(unsigned_pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    a, b = unsigned_pair
+    path = "/repo/_uploads/s/data"
+    # Sessions as PATCHes of several sizes, alternating instances: under 5 MiB
+    # (gathered as the tail), just over a part, several parts with a short
+    # remainder folded into the last, and one carrying an earlier tail.
+    sizes = [3 * MiB + 1, 5 * MiB + 7, 13 * MiB + 3, 2 * MiB, 10 * MiB]
+    expected = b""
+    for i, size in enumerate(sizes):
+        driver = (a, b)[i % 2]
+        piece = pattern(size, seed=20 + i)
+        recorder = Recorder(driver)
+        writer = await driver.writer(path, append=bool(expected))
+        writer.expect(size)  # type: ignore[attr-defined]
+        first_part_seen_at = None
+        for start in range(0, size, 256 * 1024):
+            await writer.write(piece[start : start + 256 * 1024])
+            if first_part_seen_at is None and part_puts(recorder):
+                first_part_seen_at = start + 256 * 1024
+        await writer.close()
+        expected += piece
+        if size >= 5 * MiB:
+            # The part left for S3 before the session's last byte arrived.
+            assert first_part_seen_at is not None and first_part_seen_at < size, recorder.calls
+        assert (await (b if driver is a else a).stat(path)).size == len(expected)
+    writer = await b.writer(path, append=True)
+    await writer.commit()
+    assert await a.get_content(path) == expected
+    await a.delete("/repo")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_ending_short_keeps_every_byte(unsigned_pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    """A client announcing 12 MiB that goes away after 7 MiB: the part being
+    streamed is cancelled, and the 7 MiB are stored all the same."""
+    a, b = unsigned_pair
+    path = "/repo/_uploads/short/data"
+    first = pattern(7 * MiB + 11, seed=30)
+    recorder = Recorder(a)
+    writer = await a.writer(path)
+    writer.expect(12 * MiB)  # type: ignore[attr-defined]
+    for start in range(0, len(first), 256 * 1024):
+        await writer.write(first[start : start + 256 * 1024])
+    await writer.close()
+    # Part 1 (5 MiB) was stored; part 2 (the announced last 7 MiB) started
+    # and was cancelled: its 2 MiB + 11 bytes became the tail.
+    assert part_puts(recorder) == [1, 2], recorder.calls
+    head = await inner(a)._head(inner(a)._k(path))
+    assert head is not None and (head.parts, head.stored, head.size) == (1, 2 * MiB + 11, len(first))
+    assert (await b.stat(path)).size == len(first)
+    # More than announced: streaming stops, the rest is gathered.
+    second = pattern(6 * MiB, seed=31)
+    writer = await b.writer(path, append=True)
+    writer.expect(1 * MiB)  # type: ignore[attr-defined]
+    for start in range(0, len(second), 512 * 1024):
+        await writer.write(second[start : start + 512 * 1024])
+    await writer.commit()
+    assert await a.get_content(path) == first + second
+    assert await uploads_below(a, "/repo") == []
+    await a.delete("/repo")
+
+
+@pytest.mark.parametrize("signpayload", [True, False], ids=["gathered", "streamed"])
+@pytest_twisted.ensureDeferred
+async def test_a_failed_part_records_no_state(gateway: RGW, root: str, signpayload: bool) -> None:
+    """A part upload failing while later ones succeed: the session must not
+    record a state counting the missing part; the last close stays good."""
+    a = s3_driver(rootdirectory=root, chunksize=5 * MiB, signpayload=signpayload)
+    b = s3_driver(rootdirectory=root, chunksize=5 * MiB, signpayload=signpayload)
+    try:
+        path = "/repo/_uploads/f/data"
+        first = pattern(6 * MiB, seed=40)
+        await write_closed(a, path, first)
+        s3b = inner(b)
+        original = s3b._upload_part
+        failed: list[int] = []
+
+        async def flaky(key: str, upload_id: str, number: int, data: Any) -> str:
+            if not failed:
+                failed.append(number)
+                raise DriverError("s3", "injected: the gateway refused this part")
+            return await original(key, upload_id, number, data)
+
+        s3b._upload_part = flaky  # type: ignore[method-assign]
+        writer = await b.writer(path, append=True)
+        writer.expect(31 * MiB)  # type: ignore[attr-defined]
+        with pytest.raises(DriverError):  # the 4th part waits for the 1st: the write fails
+            for start in range(0, 31 * MiB, 256 * 1024):
+                await writer.write(pattern(256 * 1024, seed=start))
+            await writer.close()
+        with pytest.raises(DriverError, match="a part upload failed"):
+            await writer.close()  # what the registry does after a failed write: nothing is recorded
+        assert failed
+        assert (await a.stat(path)).size == len(first)
+        second = pattern(5 * MiB + 3, seed=41)
+        writer = await a.writer(path, append=True)
+        await writer.write(second)
+        await writer.commit()
+        assert await a.get_content(path) == first + second
+        await a.delete("/repo")
+    finally:
+        await close(a, b)

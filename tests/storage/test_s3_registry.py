@@ -35,12 +35,14 @@ class Instance:
         await self.driver.close()
 
 
-@pytest_twisted.async_yield_fixture
-async def instances() -> AsyncIterator[tuple[Instance, Instance]]:
+@pytest_twisted.async_yield_fixture(params=["auto", False], ids=["signed", "unsigned-streamed"])
+async def instances(request: Any) -> AsyncIterator[tuple[Instance, Instance]]:
+    """Two instances on one root; with payloads signed (the default over
+    http) or unsigned, when parts are streamed as a request's bytes arrive."""
     gateway: RGW = shared_gateway()
     root = f"t-{uuid.uuid4().hex[:12]}"
-    a = Instance(s3_driver(rootdirectory=root, chunksize=5 * MiB))
-    b = Instance(s3_driver(rootdirectory=root, chunksize=5 * MiB))
+    a = Instance(s3_driver(rootdirectory=root, chunksize=5 * MiB, signpayload=request.param))
+    b = Instance(s3_driver(rootdirectory=root, chunksize=5 * MiB, signpayload=request.param))
     assert gateway.endpoint
     try:
         yield a, b

@@ -6,9 +6,29 @@ forcepathstyle, bucket, rootdirectory, secure, v4auth, chunksize,
 multipartcopychunksize, multipartcopymaxconcurrency,
 multipartcopythresholdsize, storageclass, encrypt}`` (plus ``keyid``,
 ``sessiontoken``, ``objectacl`` — ``none`` sends no ACL, for buckets with
-ACLs disabled — and this driver's ``requesttimeout``).
+ACLs disabled — ``skipverify`` as in Distribution, and this driver's
+``requesttimeout``, ``uploadconcurrency``, ``signpayload`` and
+``cabundle``).
 Without ``accesskey``/``secretkey`` the credentials come from botocore's
 chain (``AWS_*`` environment variables, ``~/.aws``, instance metadata...).
+
+TLS (an ``https`` ``regionendpoint``)
+  The server's certificate is checked against the system's CAs, or only
+  against the PEM certificates in the file ``cabundle`` (a private CA);
+  ``skipverify: true`` (Distribution's key) checks nothing: for test
+  set-ups only, as anyone on the path can then read and change the data.
+
+Payload signing
+  A SigV4 request signs either the SHA-256 of its body or the words
+  ``UNSIGNED-PAYLOAD``. Hashing a part costs a pass of SHA-256 over every
+  byte here, and the endpoint verifies it with another; the registry has
+  already hashed the blob once for its digest. ``signpayload: auto`` (the
+  default, as botocore and the AWS SDKs do) signs bodies over ``http``,
+  where nothing else protects them in transit, and sends bodies over
+  ``https`` unsigned (TLS protects them); ``true`` or ``false`` force it
+  (``false`` over a trusted network to a plain-http endpoint, as an
+  in-cluster Ceph or MinIO: what a presigned URL does). Bodies up to 256
+  KiB (metadata, hash states, XML) are always signed.
 
 Non-blocking
   Every S3 request goes through treq on the reactor, over the driver's own
@@ -36,7 +56,10 @@ Writers: appends on a store without append
   continues where the last ``close`` left off. New bytes are gathered into
   parts of ``chunksize`` (at least S3's 5 MiB minimum) uploaded with up to
   ``uploadconcurrency`` (this driver's key, default 3) in flight: memory
-  per writer is about ``chunksize`` x (``uploadconcurrency`` + 1).
+  per writer is about ``chunksize`` x (``uploadconcurrency`` + 1). When a
+  session announces its length (``S3Writer.expect``: the registry passes a
+  request's ``Content-Length``) and payloads are unsigned, each part is
+  sent while its bytes arrive instead of after it has been gathered.
 
   One multipart upload stays open across the sessions (PATCH requests) of
   one object, so appending is linear in the bytes appended: no session
@@ -133,7 +156,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from registry.storage.params import warn_unknown_params
@@ -168,7 +192,8 @@ DEFAULT_TIMEOUT = 60.0
 PRESIGN_SECONDS = 20 * 60
 LIST_PAGE = 1000
 DELETE_BATCH = 1000
-HASH_INLINE = 256 * 1024  # bodies above this are hashed in the thread pool
+HASH_INLINE = 256 * 1024  # bodies above this are hashed in the thread pool (or not signed)
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 READ_HIGH_WATER = 2 * MiB  # a reader pauses its GET above this many buffered bytes
 RETRIES = (0.2, 1.0)  # pauses before retrying a request that failed transiently
 
@@ -180,7 +205,7 @@ KNOWN_PARAMS = (
     "accesskey", "secretkey", "region", "regionendpoint", "forcepathstyle", "bucket", "rootdirectory",
     "secure", "v4auth", "chunksize", "multipartcopychunksize", "multipartcopymaxconcurrency",
     "multipartcopythresholdsize", "storageclass", "encrypt", "keyid", "sessiontoken", "objectacl",
-    "requesttimeout", "uploadconcurrency",
+    "requesttimeout", "uploadconcurrency", "signpayload", "skipverify", "cabundle",
 )
 
 T = TypeVar("T")
@@ -212,6 +237,9 @@ class S3Config:
     keyid: str | None = None
     objectacl: str = "private"
     requesttimeout: float = DEFAULT_TIMEOUT
+    signpayload: bool = True  # sign the SHA-256 of bodies over HASH_INLINE (else UNSIGNED-PAYLOAD)
+    skipverify: bool = False  # https: no certificate check at all
+    cabundle: str | None = None  # https: trust only the certificates in this PEM file
 
 
 def _key(name: str) -> str:
@@ -296,6 +324,17 @@ def parse_params(params: Mapping[str, Any]) -> S3Config:
         raise ValueError(f"{_key('requesttimeout')}: must be a number of seconds, got {timeout!r}") from None
     if not 0 < timeout <= 3600:
         raise ValueError(f"{_key('requesttimeout')}: must be between 0 and 3600 seconds, got {timeout}")
+    sign = params.get("signpayload", "auto")
+    if isinstance(sign, str) and sign.strip().lower() == "auto":
+        signpayload = parsed.scheme == "http"
+    else:
+        try:
+            signpayload = _bool(params, "signpayload", True)
+        except ValueError:
+            raise ValueError(f"{_key('signpayload')}: must be auto, true or false, got {sign!r}") from None
+    cabundle = _str(params, "cabundle")
+    if cabundle is not None:
+        _load_ca_bundle(cabundle)  # unreadable or no certificate: refuse to start, naming the key
     return S3Config(
         bucket=bucket,
         region=region,
@@ -316,7 +355,81 @@ def parse_params(params: Mapping[str, Any]) -> S3Config:
         keyid=_str(params, "keyid"),
         objectacl=_str(params, "objectacl") or "private",
         requesttimeout=timeout,
+        signpayload=signpayload,
+        skipverify=_bool(params, "skipverify", False),
+        cabundle=cabundle,
     )
+
+
+def _load_ca_bundle(path: str) -> builtins.list[Any]:
+    """The certificates (``twisted.internet.ssl.Certificate``) in the PEM
+    file ``path``; ``ValueError`` naming ``storage.s3.cabundle`` if it cannot
+    be read or holds none."""
+    from twisted.internet.ssl import Certificate
+
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise ValueError(f"{_key('cabundle')}: cannot read {path!r}: {e.strerror or e}") from None
+    end = b"-----END CERTIFICATE-----"
+    blocks = [b + end for b in text.split(end) if b"-----BEGIN CERTIFICATE-----" in b]
+    certs = []
+    for block in blocks:
+        try:
+            certs.append(Certificate.loadPEM(block[block.index(b"-----BEGIN CERTIFICATE-----"):]))
+        except Exception as e:
+            raise ValueError(f"{_key('cabundle')}: {path!r} holds a certificate that cannot be parsed ({e})") from None
+    if not certs:
+        raise ValueError(f"{_key('cabundle')}: {path!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    return certs
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedTLS:
+    """A TLS client connection that checks no certificate (``skipverify``),
+    still sending the host name (SNI) a virtual-hosted endpoint needs."""
+
+    def __init__(self, hostname: str) -> None:
+        from twisted.internet.ssl import CertificateOptions
+
+        self._context = CertificateOptions().getContext()  # verify=False by default
+        self._hostname = hostname
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        import ipaddress
+
+        from OpenSSL import SSL
+
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        try:
+            ipaddress.ip_address(self._hostname)
+        except ValueError:
+            connection.set_tlsext_host_name(self._hostname.encode("idna"))
+        return connection
+
+
+@implementer(IPolicyForHTTPS)
+class _TLSPolicy:
+    """How the driver's Agent checks an https endpoint: against the
+    ``cabundle`` certificates only, or not at all (``skipverify``)."""
+
+    def __init__(self, config: S3Config) -> None:
+        self._skip = config.skipverify
+        self._trust: Any = None
+        if not self._skip and config.cabundle is not None:
+            from twisted.internet.ssl import trustRootFromCertificates
+
+            self._trust = trustRootFromCertificates(_load_ca_bundle(config.cabundle))
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        host = hostname.decode("ascii")
+        if self._skip:
+            return _UnverifiedTLS(host)
+        from twisted.internet.ssl import optionsForClientTLS
+
+        return optionsForClientTLS(host, trustRoot=self._trust)
 
 
 # --- S3 errors ------------------------------------------------------------------
@@ -407,10 +520,14 @@ class S3Driver:
         # The Agent itself, not treq's client: treq re-parses every URL
         # (hyperlink, IDNA) and runs a cookie jar, a few ms of CPU per
         # request that a PATCH-heavy upload pays ~20 times per request.
-        self._agent = Agent(reactor, pool=self._http_pool, connectTimeout=min(config.requesttimeout, 10))
+        tls: dict[str, Any] = {}
+        if config.skipverify or config.cabundle is not None:
+            tls["contextFactory"] = _TLSPolicy(config)
+        self._agent = Agent(reactor, pool=self._http_pool, connectTimeout=min(config.requesttimeout, 10), **tls)
         self._threads: ThreadPool | None = None
         self._closed = False
         self._credentials: Any = None  # botocore Credentials (maybe refreshable)
+        self._signer: tuple[Any, Any] | None = None  # (frozen credentials, their signer)
         self._bucket_checked = False
         parsed = urllib.parse.urlsplit(config.endpoint)
         if config.forcepathstyle:
@@ -499,10 +616,19 @@ class S3Driver:
         creds = await self._frozen_credentials()
         request = AWSRequest(method=method, url=url, headers=headers)
         request.context["payload_sha256"] = payload_hash
-        _HeaderSigner(creds, "s3", self.config.region).add_auth(request)
+        signer = self._signer
+        if signer is None or signer[0] != creds:  # one signer per (refreshed) credentials
+            signer = self._signer = (creds, _HeaderSigner(creds, "s3", self.config.region))
+        signer[1].add_auth(request)
         return dict(request.headers.items())
 
     async def _payload_hash(self, pieces: builtins.list[bytes], length: int) -> str:
+        """The ``x-amz-content-sha256`` of a body: its SHA-256 (in the thread
+        pool above ``HASH_INLINE``), or ``UNSIGNED-PAYLOAD`` for a large body
+        when ``signpayload`` is off (see "Payload signing")."""
+        if length > HASH_INLINE and not self.config.signpayload:
+            return UNSIGNED_PAYLOAD
+
         def digest() -> str:
             h = hashlib.sha256()
             for piece in pieces:
@@ -519,7 +645,7 @@ class S3Driver:
         key: str | None,
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        body: Body = b"",
+        body: "Body | _StreamSource" = b"",
         ok: tuple[int, ...] = (200,),
         stream: bool = False,
         what: str = "",
@@ -533,9 +659,14 @@ class S3Driver:
         url = self._url(key, query) if key is not None else self._base + "/" + (
             "?" + urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote, safe="~") if query else ""
         )
-        pieces = ([body] if body else []) if isinstance(body, bytes) else [p for p in body if p]
-        length = sum(len(p) for p in pieces)
-        payload_hash = await self._payload_hash(pieces, length) if length else hashlib.sha256(b"").hexdigest()
+        source: _StreamSource | None = None
+        if isinstance(body, _StreamSource):
+            # A part streamed while its bytes arrive: its hash cannot be known first.
+            source, pieces, length, payload_hash = body, [], body.length, UNSIGNED_PAYLOAD
+        else:
+            pieces = ([body] if body else []) if isinstance(body, bytes) else [p for p in body if p]
+            length = sum(len(p) for p in pieces)
+            payload_hash = await self._payload_hash(pieces, length) if length else hashlib.sha256(b"").hexdigest()
         what = what or f"{method} {urllib.parse.unquote(url)}"
         # A CompleteMultipartUpload whose answer was lost may have completed:
         # sending it again would fail with NoSuchUpload. Everything else is
@@ -549,9 +680,16 @@ class S3Driver:
             signed = await self._sign(method, url, all_headers, payload_hash)
             twisted_headers = Headers({k.encode(): [v.encode()] for k, v in signed.items() if k.lower() != "content-length"})
             try:
-                producer = _PiecesProducer(pieces, length) if length or method in ("PUT", "POST") else None
+                producer: Any = None
+                if source is not None:
+                    producer = source.producer()
+                elif length or method in ("PUT", "POST"):
+                    producer = _PiecesProducer(pieces, length)
                 d = self._agent.request(method.encode(), url.encode("ascii"), twisted_headers, producer)
                 deadline = self._reactor.callLater(self.config.requesttimeout, d.cancel)
+                if source is not None:
+                    # The body arrives at the client's pace: the timeout counts from its last byte.
+                    source.on_feed = lambda deadline=deadline: deadline.active() and deadline.reset(self.config.requesttimeout)
 
                 def settled(result: Any, deadline: Any = deadline) -> Any:
                     if deadline.active():
@@ -571,7 +709,9 @@ class S3Driver:
                         NAME, f"{what}: no answer from {self.config.endpoint} within {self.config.requesttimeout:g} s "
                         "(endpoint down, overloaded or full?)",
                     ) from None
-                if attempt < len(RETRIES) and retryable and not isinstance(e, net_error.DNSLookupError):
+                if attempt < len(RETRIES) and retryable and not isinstance(e, net_error.DNSLookupError) and not (
+                    source is not None and source.aborted
+                ):
                     await _sleep(self._reactor, RETRIES[attempt])
                     attempt += 1
                     continue
@@ -872,7 +1012,7 @@ class S3Driver:
             raise DriverError(NAME, f"start upload of {key}: the endpoint returned no UploadId")
         return upload_id
 
-    async def _upload_part(self, key: str, upload_id: str, number: int, data: Body) -> str:
+    async def _upload_part(self, key: str, upload_id: str, number: int, data: "Body | _StreamSource") -> str:
         response = await self._request(
             "PUT", key, {"partNumber": str(number), "uploadId": upload_id}, body=data, what=f"part {number} of {key}"
         )
@@ -1342,10 +1482,28 @@ class S3Writer:
         self._next_part = self._base_parts + 1
         self._inflight: list[Deferred[None]] = []
         self._done = False
+        # Streaming (see ``expect``): bytes the session has announced and not
+        # yet written, and the part being streamed while they arrive.
+        self._expected: int | None = None
+        self._stream: _StreamSource | None = None
+        self._failed: BaseException | None = None  # the first part upload of this session that failed
 
     @property
     def _chunk(self) -> int:
         return self._driver.config.chunksize
+
+    def expect(self, nbytes: int) -> None:
+        """A hint: this session will write ``nbytes`` more bytes (the
+        request's ``Content-Length``). With ``signpayload`` off, parts are
+        then sent to S3 while their bytes arrive (a part's length must be
+        known when it starts), instead of after each part has been gathered:
+        the session's bytes are planned as parts of ``chunksize`` (the last
+        one up to 5 MiB longer rather than leaving a short remainder), and
+        only under 5 MiB is gathered as the tail. A session that ends
+        short (the client went away) cancels the part it was streaming and
+        falls back to gathering: every byte written is kept, as always."""
+        if nbytes > 0 and not self._driver.config.signpayload and not self._done and self._stream is None:
+            self._expected = nbytes
 
     def write(self, data: bytes) -> "Deferred[None]":
         if not data:
@@ -1361,6 +1519,11 @@ class S3Writer:
             await self._load_tail()
         self._dirty = True
         self.size += len(data)
+        if self._expected is not None:
+            if len(data) <= self._expected:
+                await self._write_streaming(data)
+                return
+            self._unstream()  # more than announced: gather from here on
         chunk = self._chunk
         if len(data) > chunk and not self._pending:
             view = memoryview(data)
@@ -1375,6 +1538,64 @@ class S3Writer:
             # A part of chunksize or a little more: the pieces as written,
             # handed to the socket one by one (never joined into a copy).
             await self._send(self._take())
+
+    async def _write_streaming(self, data: bytes) -> None:
+        assert self._expected is not None
+        self._expected -= len(data)
+        while data:
+            stream = self._stream
+            if stream is None:
+                length = _stream_length(self._pending_len + len(data) + self._expected, self._chunk)
+                if length is None:  # under 5 MiB left in this session: the tail
+                    self._pending.append(data)
+                    self._pending_len += len(data)
+                    return
+                stream = await self._start_stream(length)
+            n = min(len(data), stream.length - stream.fed)
+            stream.feed(data if n == len(data) else data[:n])
+            data = data[n:]
+            if stream.fed == stream.length:
+                self._stream = None
+
+    async def _start_stream(self, length: int) -> "_StreamSource":
+        """Start the next part as a request of ``length`` bytes fed as they
+        arrive (the gathered bytes first), within ``uploadconcurrency``."""
+        upload_id = await self._ensure_upload()
+        number = self._next_part
+        if number >= LAST_PART:
+            raise DriverError(NAME, f"writing {self._path}: more than {LAST_PART - 1} parts: raise storage.s3.chunksize")
+        self._next_part += 1
+        while len(self._inflight) >= self._driver.config.uploadconcurrency:
+            await self._inflight.pop(0)
+        stream = self._stream = _StreamSource(length, number)
+        for piece in self._take():
+            stream.feed(piece)
+        self._inflight.append(ensureDeferred(self._send_stream(upload_id, stream)))
+        return stream
+
+    async def _send_stream(self, upload_id: str, stream: "_StreamSource") -> None:
+        try:
+            etag = await self._driver._upload_part(self._key, upload_id, stream.number, stream)
+        except BaseException as e:
+            if stream.aborted:
+                return  # cancelled by ``_unstream``: its bytes went back to the gathered ones
+            self._failed = self._failed or e
+            raise
+        self._parts[stream.number] = etag
+        stream.pieces = []
+
+    def _unstream(self) -> None:
+        """Stop streaming: a part still being fed is cancelled (S3 keeps no
+        part of a request cut short), its bytes go back in front of the
+        gathered ones and its number is free again."""
+        self._expected = None
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        stream.abort()
+        self._next_part = stream.number
+        self._pending = stream.pieces + self._pending
+        self._pending_len += stream.fed
 
     def _take(self) -> builtins.list[bytes]:
         pieces = self._pending
@@ -1428,7 +1649,17 @@ class S3Writer:
         self._inflight.append(ensureDeferred(self._send_part(upload_id, number, body)))
 
     async def _send_part(self, upload_id: str, number: int, body: Body) -> None:
-        self._parts[number] = await self._driver._upload_part(self._key, upload_id, number, body)
+        try:
+            self._parts[number] = await self._driver._upload_part(self._key, upload_id, number, body)
+        except BaseException as e:
+            self._failed = self._failed or e
+            raise
+
+    def _check_failed(self) -> None:
+        """A part of this session failed (its number is counted but holds
+        nothing): the session must not record a state, whatever came after."""
+        if self._failed is not None:
+            raise DriverError(NAME, f"writing {self._path}: a part upload failed: {_describe(self._failed)}")
 
     async def _wait_inflight(self) -> None:
         inflight, self._inflight = self._inflight, []
@@ -1444,7 +1675,9 @@ class S3Writer:
     async def _close_session(self) -> None:
         """Make everything written so far durable in the bucket without
         completing: a plain object while it is small, else the append state."""
+        self._unstream()
         await self._wait_inflight()
+        self._check_failed()
         if not self._dirty:
             return
         if self._upload_id is None and not self._copy_base and self._pending_len < MIN_PART:
@@ -1461,7 +1694,9 @@ class S3Writer:
 
     async def _commit_session(self) -> None:
         """CompleteMultipartUpload: the object at the key becomes every byte."""
+        self._unstream()
         await self._wait_inflight()
+        self._check_failed()
         if self._upload_id is None and not self._copy_base:
             if self._dirty:
                 await self._driver._put(self._key, self._take())
@@ -1509,6 +1744,7 @@ class S3Writer:
         await self._driver._delete_key(self._key)
 
     async def _abandon(self) -> None:
+        self._unstream()
         await _quietly(self._wait_inflight())
         self._pending, self._pending_len = [], 0
         # An upload an earlier session's state refers to stays: the state
@@ -1516,6 +1752,17 @@ class S3Writer:
         if self._upload_id is not None and self._own_upload:
             upload_id, self._upload_id = self._upload_id, None
             await _quietly(self._driver._abort(self._key, upload_id))
+
+
+def _stream_length(left: int, chunk: int) -> int | None:
+    """The length of the next streamed part when a session still has
+    ``left`` bytes to place: ``chunksize``, or all of them when that leaves
+    no remainder under 5 MiB; None under 5 MiB (gathered as the tail)."""
+    if left < MIN_PART:
+        return None
+    if left <= chunk or left - chunk < MIN_PART:
+        return left
+    return chunk
 
 
 def _check_parts(path: str, listed: dict[int, tuple[str, int]], count: int, size: int) -> None:
@@ -1575,19 +1822,113 @@ class _PiecesProducer:
         self._done = None
 
 
+class _PartAborted(Exception):
+    """A streamed part was cancelled because its session ended short."""
+
+
+class _StreamSource:
+    """The body of a part streamed while its bytes arrive: ``length`` is
+    announced up front, ``feed`` adds bytes; every piece is kept until the
+    part is stored (a retried request replays them; a cancelled part hands
+    them back to the writer)."""
+
+    def __init__(self, length: int, number: int) -> None:
+        self.length = length
+        self.number = number
+        self.pieces: builtins.list[bytes] = []
+        self.fed = 0
+        self.aborted = False
+        self.on_feed: Callable[[], object] | None = None
+        self._live: _StreamProducer | None = None
+
+    def feed(self, data: bytes) -> None:
+        self.pieces.append(data)
+        self.fed += len(data)
+        if self._live is not None:
+            self._live.more()
+        if self.on_feed is not None:
+            self.on_feed()
+
+    def producer(self) -> "_StreamProducer":
+        """A producer for one attempt of the request: every piece fed so far, then the rest as it comes."""
+        if self._live is not None:
+            self._live.stopProducing()
+        self._live = _StreamProducer(self)
+        return self._live
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self._live is not None:
+            self._live.fail(_PartAborted(f"part {self.number} cancelled after {self.fed} of {self.length} bytes"))
+
+
+@implementer(IBodyProducer)
+class _StreamProducer:
+    def __init__(self, source: _StreamSource) -> None:
+        self._source = source
+        self.length = source.length
+        self._index = 0
+        self._consumer: Any = None
+        self._paused = False
+        self._done: Deferred[None] | None = None
+
+    def startProducing(self, consumer: Any) -> "Deferred[None]":
+        self._consumer = consumer
+        done: Deferred[None] = Deferred()
+        self._done = done
+        if self._source.aborted:
+            self.fail(_PartAborted("part cancelled"))
+        else:
+            self.more()
+        return done
+
+    def more(self) -> None:
+        if self._done is None or self._consumer is None:
+            return
+        pieces = self._source.pieces
+        while self._index < len(pieces) and not self._paused:
+            self._index += 1
+            self._consumer.write(pieces[self._index - 1])  # may pause us
+            if self._done is None:
+                return
+        if self._index == len(pieces) and self._source.fed == self.length and self._done is not None:
+            done, self._done = self._done, None
+            done.callback(None)
+
+    def fail(self, error: Exception) -> None:
+        if self._done is not None:
+            done, self._done = self._done, None
+            done.errback(error)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self.more()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+        self._done = None
+
+
 class _HeaderSigner:
     """botocore's S3 SigV4 header signer, with the payload hash we computed
     (or ``UNSIGNED-PAYLOAD``) instead of botocore reading the body."""
 
+    _class: Any = None  # built once, on first use (botocore is imported lazily)
+
     def __new__(cls, credentials: Any, service: str, region: str) -> Any:
-        from botocore.auth import S3SigV4Auth
+        if cls._class is None:
+            from botocore.auth import S3SigV4Auth
 
-        class Signer(S3SigV4Auth):
-            def payload(self, request: Any) -> str:
-                value: str = request.context["payload_sha256"]
-                return value
+            class Signer(S3SigV4Auth):
+                def payload(self, request: Any) -> str:
+                    value: str = request.context["payload_sha256"]
+                    return value
 
-        return Signer(credentials, service, region)
+            cls._class = Signer
+        return cls._class(credentials, service, region)
 
 
 def _resolve_credentials() -> Any:

@@ -87,6 +87,10 @@ def test_bad_our_config_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         versus._parse(["--ours-config", "http.workers"])
     assert "expected KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        versus._parse(["--docker-pairs", "0"])
+    assert "--docker-pairs must be positive" in capsys.readouterr().err
+    assert versus._parse(["--docker-pairs", "3"])[0].docker_pairs == 3
 
 
 def test_verdict_against_targets() -> None:

@@ -375,6 +375,9 @@ def _parse(extra: list[str]) -> tuple[argparse.Namespace, list[str], dict[str, A
                         help="also soak Distribution (after ours), for comparison")
     parser.add_argument("--docker-layers", type=int, default=5, help="layers of the docker figure's image")
     parser.add_argument("--docker-layer-mib", type=int, default=45, help="MiB of random bytes per layer")
+    parser.add_argument("--docker-pairs", type=int, default=1, metavar="N",
+                        help="A B B A sequences of docker rounds (default 1: two pairs); the docker figure "
+                             "is noisy (docker compresses its layers on the same 2 cores), more pairs steady it")
     parser.add_argument("--docker-warmup", action=argparse.BooleanOptionalAction, default=True,
                         help="one discarded docker push/pull round first (default: on)")
     parser.add_argument("--ours-workers", type=int, default=None, metavar="N",
@@ -384,8 +387,8 @@ def _parse(extra: list[str]) -> tuple[argparse.Namespace, list[str], dict[str, A
     opts = parser.parse_args(extra)
     if opts.soak_minutes < 0:
         parser.error("--soak-minutes must not be negative")
-    if opts.docker_layers <= 0 or opts.docker_layer_mib <= 0:
-        parser.error("--docker-layers and --docker-layer-mib must be positive")
+    if opts.docker_layers <= 0 or opts.docker_layer_mib <= 0 or opts.docker_pairs <= 0:
+        parser.error("--docker-layers, --docker-layer-mib and --docker-pairs must be positive")
     return opts, _selected(opts.only, opts.connections, parser), _our_settings(opts, parser)
 
 
@@ -504,7 +507,7 @@ def _docker_figures(opts: argparse.Namespace, argv_for: dict[str, Callable[[Path
               f"  pull {r.pull_seconds:6.2f} s (registry CPU {r.pull_cpu:5.2f} s)", flush=True)
 
     try:
-        rounds = dockerpush.run_rounds(order, argv_for, opts.docker_layers, opts.docker_layer_mib, progress,
+        rounds = dockerpush.run_rounds(order * opts.docker_pairs, argv_for, opts.docker_layers, opts.docker_layer_mib, progress,
                                        warmup="distribution" if opts.docker_warmup else None)
     except MissingTool as e:
         if running_in_ci():

@@ -124,9 +124,6 @@ CHUNK = 1 << 20  # bytes moved per thread-pool call
 READ_AHEAD = 2
 #: Bytes one ``send_to`` (one thread-pool call) moves at most.
 SEND_SLICE = 8 * CHUNK
-#: A writer asks the kernel to start writing its file to the disk after
-#: this many bytes (see ``_write_and_start_writeback``).
-WRITEBACK_EVERY = 8 * CHUNK
 DEFAULT_MAXTHREADS = 16
 #: Files up to this size may be read on the reactor thread (``get_content``).
 INLINE_MAX = 256 * 1024
@@ -245,21 +242,6 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
         rest = memoryview(b"".join(chunks))[done:]
         while rest:
             rest = rest[os.write(fd, rest) :]
-
-
-def _write_and_start_writeback(fd: int, chunks: list[bytes]) -> None:
-    """``_write_all``, then start the disk writing what the file holds so far.
-
-    An upload's bytes are scratch until its commit ``fsync``s them (``move``).
-    Left to the kernel, a layer's tens of megabytes would all still be dirty
-    then and the commit (the client's final PUT, which it waits for) would
-    pay for writing them all at once. Started as the bytes arrive, the disk
-    works while the client is still sending and the commit's ``fsync`` has
-    only the last few megabytes left. Durability is unchanged: still the
-    ``fsync``, still before the commit answers.
-    """
-    _write_all(fd, chunks)
-    pagecache.start_writeback(fd)
 
 
 class _Tree:
@@ -772,15 +754,9 @@ class _FileSink:
         self._fd = fd
         self._dirfds = dirfds
         self._segments = segments
-        self._unflushed = 0
 
     def send(self, piece: Any) -> Deferred[None]:
-        chunks = list(piece)
-        self._unflushed += sum(len(c) for c in chunks)
-        if self._unflushed < WRITEBACK_EVERY:
-            return self._driver._run(_write_all, self._fd, chunks)
-        self._unflushed = 0
-        return self._driver._run(_write_and_start_writeback, self._fd, chunks)
+        return self._driver._run(_write_all, self._fd, list(piece))
 
     def _release(self, result: T) -> T:
         if self._fd >= 0:

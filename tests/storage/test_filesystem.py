@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
 
 from registry.storage.driver import InvalidPathError, IStorageDriver
 from registry.storage.factory import create_driver
@@ -170,3 +173,73 @@ async def test_parent_pruned_while_creating_below_it(
         expected = b"moved"
     assert pruned == ["_layers"]
     assert await driver.get_content(path) == expected
+
+
+def _dirty_bytes(path: Path) -> int | None:
+    """Bytes of ``path`` the page cache holds dirty (not yet written), if the kernel can say."""
+    import ctypes
+
+    from registry.storage.drivers import pagecache
+
+    if pagecache._syscall is None:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        rng = pagecache._Range(0, 0)
+        stat = pagecache._CacheStat()
+        if pagecache._syscall(pagecache._NR_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(stat), 0) != 0:
+            return None
+        return int(stat.nr_dirty) * pagecache.PAGE
+    finally:
+        os.close(fd)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writer_starts_writeback_as_bytes_arrive(fs: tuple[IStorageDriver, Path]) -> None:
+    """An upload's bytes go to the disk while it is sent, so its commit's
+    fsync has only the tail left (not tens of megabytes at once)."""
+    from registry.storage.drivers import filesystem, pagecache
+
+    driver, root = fs
+    if pagecache._sync_file_range is None:
+        pytest.skip("no sync_file_range here")
+    writer = await driver.writer("/w/data")
+    piece = os.urandom(filesystem.CHUNK)
+    total = 32 << 20
+    for _ in range(total // len(piece)):
+        await writer.write(piece)
+        # As a slowly sending client: below the rate of WRITEBACK_BELOW.
+        await deferLater(reactor, 1.5 * len(piece) / filesystem.WRITEBACK_BELOW, lambda: None)
+    await writer.close()  # not committed: no fsync of ours
+    path = root / "w" / "data"
+    assert path.stat().st_size == total
+    dirty = _dirty_bytes(path)
+    if dirty is None:
+        pytest.skip("this kernel has no cachestat(2) to count dirty pages")
+    deadline = time.monotonic() + 10
+    while dirty > 8 << 20 and time.monotonic() < deadline:
+        await deferLater(reactor, 0.05, lambda: None)
+        dirty = _dirty_bytes(path) or 0
+    # Left to the kernel alone, every byte would stay dirty for ~30 s
+    # (vm.dirty_expire_centisecs) on a machine below its dirty thresholds.
+    assert dirty <= 8 << 20, f"{dirty} of {total} bytes still dirty"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fast_writer_is_left_to_its_commit(fs: tuple[IStorageDriver, Path]) -> None:
+    """Bytes that come faster than the disk writes them are not written back
+    under the writer (that made fast uploads disk-bound): the commit's fsync
+    does it."""
+    from registry.storage.drivers import filesystem, pagecache
+
+    driver, root = fs
+    if pagecache._sync_file_range is None:
+        pytest.skip("no sync_file_range here")
+    started = filesystem._WRITEBACK.started
+    writer = await driver.writer("/w/fast")
+    piece = os.urandom(filesystem.CHUNK)
+    for _ in range(32):
+        await writer.write(piece)
+    await writer.commit()
+    await deferLater(reactor, 0.2, lambda: None)
+    assert filesystem._WRITEBACK.started == started

@@ -94,6 +94,7 @@ import shutil
 import stat as statmod
 import queue
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Callable, TypeVar
 
@@ -124,6 +125,11 @@ CHUNK = 1 << 20  # bytes moved per thread-pool call
 READ_AHEAD = 2
 #: Bytes one ``send_to`` (one thread-pool call) moves at most.
 SEND_SLICE = 8 * CHUNK
+#: A writer asks the kernel to start writing its file to the disk after
+#: every this many bytes, when they came slower than ``WRITEBACK_BELOW``
+#: bytes a second (see ``_Writeback``).
+WRITEBACK_EVERY = 8 * CHUNK
+WRITEBACK_BELOW = 64 * CHUNK
 DEFAULT_MAXTHREADS = 16
 #: Files up to this size may be read on the reactor thread (``get_content``).
 INLINE_MAX = 256 * 1024
@@ -242,6 +248,63 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
         rest = memoryview(b"".join(chunks))[done:]
         while rest:
             rest = rest[os.write(fd, rest) :]
+
+
+class _Writeback:
+    """Starts the disk writing files being written, off the write path.
+
+    An upload's bytes are scratch until its commit ``fsync``s them
+    (``move``). Left to the kernel, a layer's tens of megabytes would all
+    still be dirty then, and the commit (the client's final PUT, which it
+    waits for) would pay for writing them all at once. Asked every
+    ``WRITEBACK_EVERY`` bytes, the kernel writes while the client is still
+    sending, and the commit's ``fsync`` finds little left. Only for bytes
+    that arrive slowly (docker streams a layer as fast as it compresses it,
+    some 25 MB/s): a fast writer fills the page cache faster than the disk
+    empties it, and writing back under it halved its throughput (8 MiB
+    PATCHes: 357 -> 199 MB/s); its commit's ``fsync`` writes at disk speed.
+
+    ``sync_file_range`` may block while the disk's queue is full, so it runs
+    on one thread of its own, never in the writers' pool: a writer never
+    waits for it (a fast upload is not made disk-bound; a request is simply
+    skipped while the file's previous one runs). Durability is unchanged:
+    still the commit's ``fsync``, before it answers.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: "queue.SimpleQueue[tuple[int, _FileSink]]" = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.started = 0
+
+    def request(self, sink: "_FileSink") -> bool:
+        """Start writing ``sink``'s file in the background (through a
+        duplicate of its descriptor, closed there), unless its previous
+        request is still waiting or running. False if not asked."""
+        if pagecache._sync_file_range is None or sink.writeback_pending or sink._fd < 0:
+            return False
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="registry-writeback", daemon=True)
+                self._thread.start()
+        sink.writeback_pending = True
+        self._jobs.put((os.dup(sink._fd), sink))
+        return True
+
+    def _run(self) -> None:
+        while True:
+            fd, sink = self._jobs.get()
+            try:
+                pagecache.start_writeback(fd)
+                self.started += 1
+            except Exception:
+                pass
+            finally:
+                os.close(fd)
+                sink.writeback_pending = False
+
+
+_WRITEBACK = _Writeback()
 
 
 class _Tree:
@@ -754,9 +817,26 @@ class _FileSink:
         self._fd = fd
         self._dirfds = dirfds
         self._segments = segments
+        self._unflushed = 0
+        self._unflushed_since = time.monotonic()
+        #: True while a ``_Writeback`` request for this file waits or runs.
+        self.writeback_pending = False
 
     def send(self, piece: Any) -> Deferred[None]:
-        return self._driver._run(_write_all, self._fd, list(piece))
+        chunks = list(piece)
+        d = self._driver._run(_write_all, self._fd, chunks)
+        self._unflushed += sum(len(c) for c in chunks)
+        if self._unflushed >= WRITEBACK_EVERY:
+            now = time.monotonic()
+            slow = self._unflushed < WRITEBACK_BELOW * (now - self._unflushed_since)
+            self._unflushed, self._unflushed_since = 0, now
+            if slow:
+                d.addCallback(self._written)
+        return d
+
+    def _written(self, result: T) -> T:
+        _WRITEBACK.request(self)
+        return result
 
     def _release(self, result: T) -> T:
         if self._fd >= 0:

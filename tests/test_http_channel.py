@@ -182,6 +182,14 @@ def _paces(clock: Clock) -> list[object]:
 
 def _streaming_channel() -> tuple[RegistryChannel, StringTransport, Clock, RecordingSink]:
     """A channel streaming a chunked PATCH into a sink, ``PACE_AFTER`` bytes in."""
+    channel, transport, clock, sink = _patch_started()
+    channel.dataReceived(chunked([b"x" * (PACE_AFTER - 1)]))
+    assert transport.producerState == "producing"  # one byte short: not paced yet
+    return channel, transport, clock, sink
+
+
+def _patch_started() -> tuple[RegistryChannel, StringTransport, Clock, RecordingSink]:
+    """A channel on a test clock whose chunked PATCH's head is in."""
     sink = RecordingSink()
     channel = RegistrySite(SinkRoot(sink)).buildProtocol(None)
     assert isinstance(channel, RegistryChannel)
@@ -191,9 +199,8 @@ def _streaming_channel() -> tuple[RegistryChannel, StringTransport, Clock, Recor
     channel.makeConnection(transport)
     channel.dataReceived(
         b"PATCH /v2/a/b/blobs/uploads/0123456789abcdef0123456789abcdef HTTP/1.1\r\n"
-        b"Host: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked([b"x" * (PACE_AFTER - 1)])
+        b"Host: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
-    assert transport.producerState == "producing"  # one byte short: not paced yet
     return channel, transport, clock, sink
 
 
@@ -217,17 +224,7 @@ def test_a_large_body_arriving_in_small_reads_is_read_in_paces() -> None:
 
 
 def test_a_small_body_is_never_paced() -> None:
-    sink = RecordingSink()
-    channel = RegistrySite(SinkRoot(sink)).buildProtocol(None)
-    assert isinstance(channel, RegistryChannel)
-    clock = Clock()
-    channel.callLater = clock.callLater  # type: ignore[method-assign]
-    transport = StringTransport()
-    channel.makeConnection(transport)
-    channel.dataReceived(
-        b"PATCH /v2/a/b/blobs/uploads/0123456789abcdef0123456789abcdef HTTP/1.1\r\n"
-        b"Host: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
+    channel, transport, clock, _ = _patch_started()
     for _ in range(50):
         channel.dataReceived(chunked([b"s" * 1000]))
         assert transport.producerState == "producing" and not _paces(clock)

@@ -28,13 +28,12 @@ another process.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import os
 from typing import Callable
 
 from registry.digest import Digest
+from registry.storage.hostlock import try_lock_file, unlock_file
 
 __all__ = ["HostFlights", "POLL_S"]
 
@@ -58,22 +57,9 @@ class HostFlights:
         holder (another process, or another flight of this one) has it.
         Does not wait: a few system calls on a file in ``directory``."""
         path = self._path(d)
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    return None
-                raise
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # its holder unlinked it after we opened it: again
+        fd = try_lock_file(path)
+        if fd is None:
+            return None
         released = False
 
         def release() -> None:
@@ -81,10 +67,6 @@ class HostFlights:
             if released:
                 return
             released = True
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            os.close(fd)
+            unlock_file(path, fd)
 
         return release

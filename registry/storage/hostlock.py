@@ -36,10 +36,43 @@ from zope.interface import implementer
 from registry.storage.interfaces import IUploadLock
 from registry.storage.locks import ProcessLocks
 
-__all__ = ["HostUploadLocks"]
+__all__ = ["HostUploadLocks", "try_lock_file", "unlock_file"]
 
 #: Seconds between two tries of a lock another process holds.
 POLL_S = 0.01
+
+
+def try_lock_file(path: str) -> int | None:
+    """The descriptor holding the ``flock`` of the file at ``path`` (created
+    if need be), or None when another holder has it. Never waits. A file its
+    holder unlinked after we opened it is not the lock any more: try again
+    on the path's new file."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            raise
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def unlock_file(path: str, fd: int) -> None:
+    """Release a lock of ``try_lock_file``: unlink the file, then close it
+    (a contender that opened it meanwhile sees it unlinked and retries)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    os.close(fd)
 
 
 @implementer(IUploadLock)
@@ -62,30 +95,11 @@ class HostUploadLocks:
         key = hashlib.sha256(f"{name}\0{upload_id}".encode()).hexdigest()
         return os.path.join(self.directory, key)
 
-    def _try(self, path: str) -> int | None:
-        """The fd holding the lock of ``path``, or None when another holds it."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return None
-            raise
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:  # its holder unlinked it after we opened it: try again
-            os.close(fd)
-            return self._try(path)
-        return fd
-
     async def acquire(self, name: str, upload_id: str) -> Callable[[], "Deferred[None]"]:
         release_local = await self._local.acquire(name, upload_id)
         path = self._path(name, upload_id)
         try:
-            while (fd := self._try(path)) is None:
+            while (fd := try_lock_file(path)) is None:
                 await deferLater(self._reactor, self._poll_s, lambda: None)
         except BaseException:
             await release_local()
@@ -97,11 +111,7 @@ class HostUploadLocks:
             if released:
                 return succeed(None)
             released = True
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            os.close(fd)
+            unlock_file(path, fd)
             return release_local()
 
         return release

@@ -317,8 +317,12 @@ async def test_256_mib_blob_by_8_clients_is_fetched_once_in_bounded_memory(
             assert out.split()[0].decode() == digest.hex
         assert relay.count("GET", f"/blobs/{digest}") == 1, (dict(relay.requests), proxy.process.output())
         assert _children(proxy.process.pid) == workers  # none died and was restarted
-        # The clients really were spread over the two workers.
-        assert all(served[pid] >= 1 for pid in workers), served
+        # The clients were served, usually by both workers; which worker
+        # accepts a connection is the kernel's choice, so a run where one
+        # worker took all eight proves less but is no failure. That pulls
+        # landing on two workers share one fetch is
+        # tests/proxy/test_proxy.py::test_worker_processes_share_one_upstream_fetch.
+        assert sum(served.values()) >= 1, served
         peaks = {pid: _vm(pid, "VmHWM") for pid in workers}
         # The blob passed through 8 times (2 GiB) and into storage; each
         # worker's memory grew by a small fraction of one copy.

@@ -30,6 +30,41 @@ def registry(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
+def run_with_terminal_stderr(*args: str) -> tuple[subprocess.CompletedProcess[bytes], str]:
+    """Run the ``registry`` command beside this interpreter with stderr on a
+    pseudo-terminal (read while it runs, so a long progress bar cannot fill
+    the terminal's buffer) and stdout on a pipe: (the process, what the
+    terminal showed)."""
+    import pty
+    import threading
+
+    beside = os.path.join(os.path.dirname(sys.executable), "registry")
+    main_fd, child_fd = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # EIO once the last writer has closed it
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        try:
+            done = subprocess.run([beside, *args], stdout=subprocess.PIPE, stderr=child_fd, timeout=60)
+        finally:
+            os.close(child_fd)
+        reader.join(10)
+    finally:
+        os.close(main_fd)
+    return done, b"".join(chunks).decode()
+
+
 def write_config(tmp_path: Path, extra: str = "") -> Path:
     config = tmp_path / "config.yml"
     config.write_text(
@@ -186,30 +221,12 @@ def test_serve_checks_the_workers_before_starting(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
-    import pty
-
     config = write_config(tmp_path)
     driver = create_driver("filesystem", {"rootdirectory": str(tmp_path / "store")})
     model = DataModel.over(driver)
     await push_blob(model, "app", b"layer " * 100)
-    main_fd, child_fd = pty.openpty()
-    beside = os.path.join(os.path.dirname(sys.executable), "registry")
-    try:
-        done = subprocess.run([beside, "check", str(config)], stdout=subprocess.PIPE, stderr=child_fd, timeout=60)
-        os.close(child_fd)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(main_fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(main_fd)
+    done, shown = run_with_terminal_stderr("check", str(config))
     assert done.returncode == 0
-    shown = b"".join(chunks).decode()
     assert "re-hash blobs: [" in shown and "repositories: [" in shown
     assert b"0 problems" in done.stdout and b"[" not in done.stdout  # the report itself has no bar
 
@@ -242,31 +259,12 @@ async def test_garbage_collect_delete_untagged_summary_and_json(tmp_path: Path) 
 
 @pytest_twisted.ensureDeferred
 async def test_garbage_collect_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
-    import pty
-
     config = write_config(tmp_path)
     driver = create_driver("filesystem", {"rootdirectory": str(tmp_path / "store")})
     model = DataModel.over(driver)
     await push_blob(model, "app", b"layer " * 100)
-    beside = os.path.join(os.path.dirname(sys.executable), "registry")
-    main_fd, child_fd = pty.openpty()
-    try:
-        done = subprocess.run([beside, "garbage-collect", "--delete-untagged", "--grace", "0s", str(config)],
-                              stdout=subprocess.PIPE, stderr=child_fd, timeout=60)
-        os.close(child_fd)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(main_fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(main_fd)
+    done, shown = run_with_terminal_stderr("garbage-collect", "--delete-untagged", "--grace", "0s", str(config))
     assert done.returncode == 0
-    shown = b"".join(chunks).decode()
     for phase in ("untagged manifests: [", "mark: [", "sweep links: [", "sweep blobs: ["):
         assert phase in shown, shown
     assert b"freed 1 blobs" in done.stdout and b"[" not in done.stdout

@@ -606,6 +606,12 @@ class HTTPConfig:
             raise check.error("tls.certificate", "required when http.tls.key is set")
         if self.tls_clientcas and not self.tls_certificate:
             raise check.error("tls.clientcas", "needs http.tls.certificate and http.tls.key (mutual TLS is TLS)")
+        if self.tls_certificate and self.tls_minimumtls in ("tls1.0", "tls1.1"):
+            check.warn(
+                "tls.minimumtls",
+                f"{self.tls_minimumtls} lets clients use TLS 1.0/1.1, which are deprecated (RFC 8996) and "
+                "open to known attacks; set tls1.2 (the default) unless a client that cannot do better needs it",
+            )
         from registry.tls import GO_CIPHER_SUITES, TLS13_SUITES
 
         for suite in self.tls_ciphersuites:

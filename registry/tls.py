@@ -11,8 +11,15 @@ the handshake), ``http.tls.minimumtls`` the lowest protocol version
 
 Everything is checked when the options are built, before anything listens,
 and a problem raises :class:`TLSConfigError` naming the key, the file and
-what is wrong.  The result is a Twisted ``CertificateOptions`` for an
-``SSL4ServerEndpoint`` (:func:`server_endpoint`).
+what is wrong.  The result is a Twisted ``CertificateOptions``; the listener
+(:func:`server_endpoint`, or :func:`tls_factory` around a worker's adopted
+socket) speaks TLS through ``TLSMemoryBIOFactory``.
+
+A plain HTTP request sent to the TLS port (``http://`` where ``https://`` was
+meant) is answered ``400`` with a sentence saying so, as Go's servers do,
+instead of a connection closed by a failed handshake that tells the person
+nothing: the first byte of a connection is a handshake record (``0x16``) for
+TLS and a method's capital letter for HTTP.
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.ssl import CertificateOptions
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from zope.interface import implementer
 
 __all__ = [
     "GO_CIPHER_SUITES",
@@ -29,6 +39,7 @@ __all__ = [
     "TLSSettings",
     "server_endpoint",
     "server_options",
+    "tls_factory",
 ]
 
 #: ``http.tls.minimumtls`` values (Distribution's) to Twisted's TLSVersion names.
@@ -218,8 +229,62 @@ class _ServerOptions(CertificateOptions):
         return ctx
 
 
-def server_endpoint(reactor: Any, port: int, settings: TLSSettings, interface: str = "", backlog: int = 50) -> Any:
-    """An ``SSL4ServerEndpoint`` on ``interface:port`` with ``settings``."""
-    from twisted.internet.endpoints import SSL4ServerEndpoint
+#: The answer to a plain HTTP request on the TLS port (what Go's
+#: ``net/http`` says, plus what to do about it).
+PLAIN_HTTP_ANSWER_BODY = (
+    b"Client sent an HTTP request to an HTTPS server: this registry speaks TLS on this port; use https://.\n"
+)
+PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+    b"Content-Length: " + str(len(PLAIN_HTTP_ANSWER_BODY)).encode() + b"\r\n\r\n" + PLAIN_HTTP_ANSWER_BODY
+)
 
-    return SSL4ServerEndpoint(reactor, port, server_options(settings), backlog=backlog, interface=interface)
+
+class _PlainHTTPAwareTLS(TLSMemoryBIOProtocol):
+    """TLS that answers a plain HTTP request (first byte a capital letter,
+    which no TLS record starts with) with ``PLAIN_HTTP_ANSWER``."""
+
+    _first = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._first and data:
+            self._first = False
+            if 0x41 <= data[0] <= 0x5A:  # "A".."Z": GET, HEAD, PUT, POST, ...
+                transport = self.transport
+                assert transport is not None
+                transport.write(PLAIN_HTTP_ANSWER)
+                transport.loseConnection()
+                return
+        super().dataReceived(data)
+
+
+class _PlainHTTPAwareTLSFactory(TLSMemoryBIOFactory):
+    protocol = _PlainHTTPAwareTLS
+
+
+def tls_factory(options: CertificateOptions, wrapped: IProtocolFactory) -> IProtocolFactory:
+    """``wrapped`` (the HTTP site) behind TLS with ``options``, answering
+    plain HTTP on the port with a 400 that says to use https://."""
+    return _PlainHTTPAwareTLSFactory(options, False, wrapped)
+
+
+@implementer(IStreamServerEndpoint)
+class _TLSServerEndpoint:
+    """A TCP server endpoint whose listening factory is wrapped by :func:`tls_factory`."""
+
+    def __init__(self, tcp: IStreamServerEndpoint, options: CertificateOptions) -> None:
+        self._tcp = tcp
+        self._options = options
+
+    def listen(self, factory: IProtocolFactory) -> Any:
+        return self._tcp.listen(tls_factory(self._options, factory))
+
+
+def server_endpoint(reactor: Any, port: int, settings: TLSSettings, interface: str = "", backlog: int = 50) -> Any:
+    """A TCP endpoint on ``interface:port`` speaking TLS with ``settings``
+    (IPv6 when ``interface`` is an IPv6 address)."""
+    from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+
+    options = server_options(settings)
+    tcp_class = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+    return _TLSServerEndpoint(tcp_class(reactor, port, backlog=backlog, interface=interface), options)

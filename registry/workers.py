@@ -9,7 +9,7 @@ supervisor:
   set) and never accepts on it.  Each worker is ``python -m registry.workers``
   started with ``spawnProcess`` and the socket as its file descriptor 3; it
   adopts it (``reactor.adoptStreamPort``) and, when ``http.tls`` is set,
-  wraps its site in TLS itself (``TLSMemoryBIOFactory`` with the same
+  wraps its site in TLS itself (``registry.tls.tls_factory`` with the same
   ``CertificateOptions``, mutual TLS included).  The kernel hands each new
   connection to one of the workers waiting on the socket; a worker accepts
   one connection per wake-up, so a burst of connections spreads over the
@@ -630,7 +630,7 @@ def build_worker_service(spec: dict[str, Any], environ: dict[str, str], reactor:
     unix socket."""
     from registry.app import Listener, RegistryApplication, make_application
     from registry.tap import Options, RegistryService
-    from registry.tls import server_options
+    from registry.tls import server_options, tls_factory
 
     args: list[str] = ["--workers", "1"]
     if spec.get("config"):
@@ -650,11 +650,9 @@ def build_worker_service(spec: dict[str, Any], environ: dict[str, str], reactor:
             factory = listener.factory
             if not isinstance(listener.endpoint, str):
                 # http.tls: the parent's socket is plain TCP; speak TLS here.
-                from twisted.protocols.tls import TLSMemoryBIOFactory
-
                 settings = config.http.tls_settings()
                 assert settings is not None
-                factory = TLSMemoryBIOFactory(server_options(settings), False, factory)
+                factory = tls_factory(server_options(settings), factory)
             listeners.append(
                 Listener("main", AdoptedEndpoint(reactor, int(spec["fd"])), factory, description=f"worker {index}")
             )

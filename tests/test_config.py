@@ -636,6 +636,17 @@ def test_tls_settings() -> None:
     assert env is not None and env.clientcas == ("/a", "/b")
 
 
+
+@pytest.mark.parametrize("version", ["tls1.0", "tls1.1"])
+def test_a_minimum_below_tls12_is_allowed_with_a_warning(version: str) -> None:
+    config = load(MINIMAL + f"http:\n  addr: :5000\n  tls:\n    certificate: /c\n    key: /k\n    minimumtls: {version}\n")
+    assert config.http.tls_minimumtls == version
+    [warning] = config.warnings
+    assert warning.startswith("configuration key http.tls.minimumtls: ")
+    assert "deprecated (RFC 8996)" in warning and "set tls1.2" in warning
+    for fine in ("tls1.2", "tls1.3"):
+        assert load(MINIMAL + f"http:\n  addr: :5000\n  tls:\n    certificate: /c\n    key: /k\n    minimumtls: {fine}\n").warnings == []
+
 def test_redis_and_cache_keys() -> None:
     config = load(
         """\

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import time
 import warnings
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -340,6 +341,40 @@ async def test_plain_port_answers_a_tls_client_hello_with_http_400() -> None:
         assert answer.startswith(b"HTTP/1.1 200 ")
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_http_on_the_tls_port_is_told_to_use_https(pki: PKI, tls_port: int) -> None:
+    # Go's servers answer so; without it the person sees only a closed
+    # connection (curl: "Empty reply from server").
+    for method in (b"GET", b"HEAD", b"PUT", b"POST", b"PATCH", b"DELETE"):
+        answer = await threads.deferToThread(
+            _send_and_read_all, tls_port, method + b" /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+        assert b"content-length: %d" % len(body) in head.lower()
+        assert body == b"Client sent an HTTP request to an HTTPS server: this registry speaks TLS on this port; use https://.\n"
+    # TLS on the same port is unaffected.
+    assert await status(tls_port, pki) == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_client_sending_its_hello_in_pieces_is_served(pki: PKI, tls_port: int) -> None:
+    # Only the first byte decides; a ClientHello split across reads is still TLS.
+    hello = _client_hello()
+
+    def handshake_in_pieces() -> bytes:
+        with socket.create_connection(("127.0.0.1", tls_port), timeout=20) as s:
+            s.sendall(hello[:1])
+            time.sleep(0.2)
+            s.sendall(hello[1:5])
+            time.sleep(0.2)
+            s.sendall(hello[5:])
+            return s.recv(5)
+
+    first = await threads.deferToThread(handshake_in_pieces)
+    assert first[:1] == b"\x16", first  # the server's handshake record, not an HTTP answer
 
 
 @pytest_twisted.ensureDeferred

@@ -214,6 +214,22 @@ async def test_scratch_puts_skip_the_directory_check(pair: tuple[IStorageDriver,
     assert len(recorder.calls) > 1 and any("list-type" in q for _, _, q, _ in recorder.calls)
     with pytest.raises(DriverError):
         await a.put_content("/r/link/below", b"x")
+    # A new subtree next to a directory (a new blob's directory next to
+    # others): the parent is no directory, so one level up: its HEAD and a
+    # listing of the grandparent, which is one. 4 requests, then the PUT.
+    await a.put_content("/r/blobs/aa/one/data", b"1")
+    recorder.calls.clear()
+    await a.put_content("/r/blobs/aa/two/data", b"2")
+    assert sorted((m, "list-type" in q) for m, _, q, _ in recorder.own()) == [
+        ("GET", True), ("GET", True), ("GET", True), ("HEAD", False), ("PUT", False)
+    ]
+    # An object anywhere above refuses, however deep the new subtree.
+    for parent in ("/r/blobs/aa/one/data", "/r/link"):
+        with pytest.raises(DriverError, match=f"{parent} is an object"):
+            await a.put_content(parent + "/b/c/d/e/f", b"x")
+        with pytest.raises(DriverError, match=f"{parent} is an object"):
+            await a.move("/r/blobs/aa/two/data", parent + "/x/y")
+    assert await a.get_content("/r/blobs/aa/two/data") == b"2"
     await a.delete("/r")
 
 

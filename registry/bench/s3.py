@@ -17,7 +17,10 @@ the same gateway, in one run.
   ``signpayload: auto``, which over this plain-http gateway signs every
   part's SHA-256 (the cost of that integrity check);
 * manifest GET requests/s (wrk, 32 connections, 5 s) with
-  ``storage.cache.blobdescriptor: redis`` (a private redis-server) and without.
+  ``storage.cache.blobdescriptor: redis`` (a private redis-server) and without;
+* for every upload, figures load does not distort: the S3 requests it made
+  (``beast:`` access lines in the gateway's log), the CPU seconds of the
+  registry's processes and of the gateway's (radosgw + osd), from ``/proc``.
 
 The gateway comes from the tests' fixture (``tests/storage/rgw.py``), so run
 from the repository root (``make bench`` does). Needs Ceph (ceph-mon,
@@ -46,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from registry.bench.servers import Target, curl, free_port, push_chunked, raw_http
+from registry.bench.servers import Target, curl, free_port, process_cpu_seconds, push_chunked, raw_http
 from registry.bench.servers import start as start_registry
 
 MIB = 1 << 20
@@ -111,6 +114,33 @@ def _plain_multipart_put(signer: _Presigner, key: str, view: memoryview, concurr
         complete.encode(),
     )
     assert status == 200 and b"Error" not in body, (status, body[:300])
+
+
+class _Meter:
+    """What one upload cost: S3 requests (the gateway log's ``beast:``
+    access lines), CPU seconds of the registry and of the gateway."""
+
+    def __init__(self, gateway: Any, server: Target | None) -> None:
+        self._gateway = gateway
+        self._server = server
+        self._start = self._read()
+
+    def _read(self) -> tuple[int, float, float]:
+        requests = 0
+        try:
+            with open(self._gateway.directory / "log" / "client.rgw.log", "rb") as f:
+                requests = sum(1 for line in f if b" beast: " in line and b'"' in line)
+        except OSError:
+            pass
+        gateway_cpu = sum(process_cpu_seconds(p.pid) or 0.0 for n, p in self._gateway.processes.items() if n in ("radosgw", "osd"))
+        return requests, self._server.cpu_seconds() if self._server is not None else 0.0, gateway_cpu
+
+    def record(self, figures: dict[str, Any], label: str) -> None:
+        time.sleep(0.2)  # the gateway writes its access line after answering
+        end = self._read()
+        figures[f"{label}_s3_requests"] = end[0] - self._start[0]
+        figures[f"{label}_registry_cpu_s"] = round(end[1] - self._start[1], 3)
+        figures[f"{label}_gateway_cpu_s"] = round(end[2] - self._start[2], 3)
 
 
 def _config(workdir: Path, port: int, s3: dict[str, object], redis_addr: str | None) -> Path:
@@ -227,9 +257,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             with open(src, "rb") as src_file, mmap.mmap(src_file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 view = memoryview(mm)
+                meter = _Meter(gateway, None)
                 t = time.perf_counter()
                 _plain_multipart_put(signer, key, view, CONCURRENCY)
                 figures["plain_multipart_put_mbps"] = size_mib / (time.perf_counter() - t)
+                meter.record(figures, "plain_multipart_put")
                 t = time.perf_counter()
                 _plain_multipart_put(signer, key + "-sequential", view)
                 figures["plain_multipart_put_sequential_mbps"] = size_mib / (time.perf_counter() - t)
@@ -241,16 +273,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             s3 = gateway.params(rootdirectory=f"bench-{uuid.uuid4().hex[:12]}", signpayload=False)
             server = _ours(work / "server", s3)
             try:
+                meter = _Meter(gateway, server)
                 t = time.perf_counter()
                 curl("-X", "POST", "-T", str(src), "-H", "Content-Type: application/octet-stream",
                       f"{server.url}/v2/bench/mono/blobs/uploads?digest={digest}")
                 figures["upload_monolithic_mbps"] = size_mib / (time.perf_counter() - t)
+                meter.record(figures, "upload_monolithic")
 
                 with open(src, "rb") as src_file, mmap.mmap(src_file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                     view = memoryview(mm)
+                    meter = _Meter(gateway, server)
                     t = time.perf_counter()
                     push_chunked(server.port, "bench/chunked", view, digest, CHUNK)
                     figures["upload_chunked_8mib_mbps"] = size_mib / (time.perf_counter() - t)
+                    meter.record(figures, "upload_chunked_8mib")
                     view.release()
 
                 status, hdrs, _ = raw_http("127.0.0.1", server.port, f"GET /v2/bench/mono/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -265,10 +301,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             server = _ours(work / "server-signed", gateway.params(rootdirectory=f"bench-{uuid.uuid4().hex[:12]}"))
             try:
+                meter = _Meter(gateway, server)
                 t = time.perf_counter()
                 curl("-X", "POST", "-T", str(src), "-H", "Content-Type: application/octet-stream",
                      f"{server.url}/v2/bench/mono/blobs/uploads?digest={digest}")
                 figures["upload_monolithic_signed_mbps"] = size_mib / (time.perf_counter() - t)
+                meter.record(figures, "upload_monolithic_signed")
             finally:
                 server.stop()
 
@@ -298,6 +336,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ratio = figures[key] / ref
         figures[key.replace("_mbps", "_ratio")] = ratio
         print(f"s3: ours {label:37s} {figures[key]:8.0f} MB/s  {ratio:5.2f}x plain (target >= {target}x)")
+    print("s3: per upload: S3 requests, registry CPU s, gateway (radosgw+osd) CPU s")
+    for label in ("plain_multipart_put", "upload_monolithic", "upload_chunked_8mib", "upload_monolithic_signed"):
+        print(f"s3:   {label:28s} {figures[label + '_s3_requests']:6d} {figures[label + '_registry_cpu_s']:8.2f} "
+              f"{figures[label + '_gateway_cpu_s']:8.2f}")
     print(f"s3: manifest GET, no cache                     {figures['manifest_get_rps_no_cache']:8.0f} req/s (wrk, 32 conns, 5 s)")
     print(f"s3: manifest GET, blobdescriptor cache: redis  {figures['manifest_get_rps_redis_cache']:8.0f} req/s")
     return figures

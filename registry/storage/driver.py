@@ -29,7 +29,11 @@ survives a crash of the process and of the machine — except a
 can re-derive (an upload's hash states and bookkeeping). A scratch put is as
 atomic and as visible as any other and survives a crash of the process, but
 a crash of the machine may leave the old content or none at its path. Drivers
-whose every write is durable anyway (object stores) ignore the flag.
+whose every write is durable anyway (object stores) ignore the flag for
+durability. The caller of a scratch put owns the layout of its scratch
+objects: it never puts one where a directory is or below an object, so a
+driver need not check that (one whose check costs requests, as an object
+store's listings, skips it; the rule still holds for every other write).
 """
 
 from __future__ import annotations

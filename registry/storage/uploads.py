@@ -25,6 +25,16 @@ with the client's. What a commit acknowledges is durable before the
 response: ``move`` makes the data durable as the blob, then the link is
 written durably.
 
+Drivers whose writers keep a note with their bytes (``writer_notes``: the
+S3 driver, where every object is a request) get the hash state as that
+note instead of a ``hashstates`` object: it is stored by the same atomic
+write as the data's state (so the two cannot disagree after a crash), and
+any instance opening the upload's writer reads it with the data's size
+(one request where a resume otherwise reads ``startedat``, lists and reads
+the states). A note is used only when it is the state at exactly the
+data's size (the state records how many bytes it hashed); otherwise, and
+for uploads without one, the ``hashstates`` way below is the fallback.
+
 Fewer storage round trips: the store remembers, per upload it served last,
 the offset and hash where the last request left it (``_Resume``). The next
 request of that upload in this process checks only the data's size (which
@@ -116,8 +126,11 @@ class UploadAppender:
         data's size is dropped by the next ``resume_point``, as after a
         crash, so it is never matched against other bytes."""
         try:
+            if self.offset != self.start_offset and self.store._notes:
+                # One write: the data's state carries the hash state.
+                self._writer.set_note(self._hasher.state())  # type: ignore[attr-defined]
             steps: list[Deferred[Any]] = [self._writer.close()]
-            if self.offset != self.start_offset:
+            if self.offset != self.start_offset and not self.store._notes:
                 # Scratch: a state lost with the machine is re-derived.
                 steps.append(self.store.driver.put_content(
                     paths.upload_hashstate(self.name, self.upload_id, self.offset),
@@ -132,8 +145,12 @@ class UploadAppender:
 
     async def fail(self) -> None:
         """The request failed in storage: release without storing a state;
-        the next ``resume_point`` re-derives the state from the data."""
+        the next ``resume_point`` re-derives the state from the data.
+        With writer notes the hash state goes with whatever the close
+        stores: it is used only if it hashed exactly the bytes stored."""
         try:
+            if self.offset != self.start_offset and self.store._notes:
+                self._writer.set_note(self._hasher.state())  # type: ignore[attr-defined]
             await self._writer.close()
         except Exception:
             pass
@@ -164,6 +181,8 @@ class UploadStore:
         self.blobs = blobs
         self.lock: IUploadLock = lock if lock is not None else ProcessLocks()
         self._now = now or (lambda: datetime.now(timezone.utc))
+        #: The driver's writers keep a note: the hash state lives there.
+        self._notes = bool(getattr(driver, "writer_notes", False))
         #: (name, upload id) -> the hash at the end of the upload's last
         #: request here (its ``bytes_hashed`` is the offset), newest last.
         self._resume: dict[tuple[str, str], Sha256] = {}
@@ -212,6 +231,10 @@ class UploadStore:
         """The offset the client can continue from (repairing a torn tail)."""
         release = await self.lock.acquire(name, upload_id)
         try:
+            if self._notes:
+                noted = await self._noted_point(paths.upload_data(name, upload_id))
+                if noted is not None:
+                    return noted.bytes_hashed
             offset, _ = await self._resume_point(name, upload_id)
             return offset
         finally:
@@ -226,20 +249,22 @@ class UploadStore:
         try:
             data_path = paths.upload_data(name, upload_id)
             known = self._recall(name, upload_id)
-            if known is not None:
+            if known is not None or self._notes:
                 # Opening the writer tells the data's size: if it is where
-                # our last request left it, the remembered hash is current.
+                # our last request left it, the remembered hash is current;
+                # else the note stored with the data may be the state there.
                 try:
                     writer = await self.driver.writer(data_path, append=True)
                 except PathNotFoundError:
                     pass  # cancelled, purged or damaged: the careful way says which
                 else:
-                    if writer.size == known.bytes_hashed:
+                    current = known if known is not None and writer.size == known.bytes_hashed else self._noted(writer)
+                    if current is not None:
                         if expect_start is not None and expect_start != writer.size:
                             await writer.close()
-                            self._remember(name, upload_id, known)
+                            self._remember(name, upload_id, current)
                             raise UploadOffsetMismatch(expect_start, writer.size)
-                        return UploadAppender(self, name, upload_id, writer, known, release)
+                        return UploadAppender(self, name, upload_id, writer, current, release)
                     await writer.close()
             offset, hasher = await self._resume_point(name, upload_id)
             if expect_start is not None and expect_start != offset:
@@ -270,6 +295,8 @@ class UploadStore:
                         hasher = known
                 except PathNotFoundError:
                     pass
+            if hasher is None and self._notes:
+                hasher = await self._noted_point(data_path)
             if hasher is None:
                 size, hasher = await self._resume_point(name, upload_id)
             size = hasher.bytes_hashed
@@ -303,6 +330,33 @@ class UploadStore:
             await self.driver.delete(paths.upload_dir(name, upload_id))
         finally:
             await release()
+
+    def _noted(self, writer: IFileWriter) -> Sha256 | None:
+        """The hash state at the end of the data ``writer`` continues, from
+        the note stored with it (None: no usable note, find it the careful way)."""
+        if not self._notes:
+            return None
+        size = writer.size
+        note = getattr(writer, "note", None)
+        if note is None:
+            return Sha256() if size == 0 else None
+        try:
+            hasher = Sha256.from_state(note)
+        except ValueError:
+            return None
+        return hasher if hasher.bytes_hashed == size else None
+
+    async def _noted_point(self, data_path: str) -> Sha256 | None:
+        """``_noted`` of the data at ``data_path`` (a writer opened and closed
+        with nothing written: one read of the data's state)."""
+        try:
+            writer = await self.driver.writer(data_path, append=True)
+        except PathNotFoundError:
+            return None
+        try:
+            return self._noted(writer)
+        finally:
+            await writer.close()
 
     async def _resume_point(self, name: str, upload_id: str) -> tuple[int, Sha256]:
         """(offset, hasher at offset) the upload can be continued from.

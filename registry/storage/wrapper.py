@@ -227,6 +227,20 @@ class GuardedWriter:
         if hint is not None and self._state is None:
             hint(nbytes)
 
+    @property
+    def note(self) -> bytes | None:
+        """The note a driver's writer found stored with the bytes it
+        continues (``S3Writer.note``; None where the driver keeps none)."""
+        note = getattr(self._inner, "note", None)
+        return note if isinstance(note, bytes) else None
+
+    def set_note(self, note: bytes) -> None:
+        """Pass a note to store with the bytes at ``close`` to a driver's
+        writer that keeps one (``S3Writer.set_note``); a no-op elsewhere."""
+        setter = getattr(self._inner, "set_note", None)
+        if setter is not None and self._state is None:
+            setter(note)
+
     def close(self) -> Deferred[None]:
         """Flush and release, keeping the bytes for a later append."""
         return self._finish("close", "closed", self._inner.close)
@@ -261,6 +275,12 @@ class StorageDriverWrapper:
         #: Times every operation (not each read/write of a stream: those are
         #: the hot path); None: nothing is timed.
         self.observer: OperationObserver | None = None
+
+    @property
+    def writer_notes(self) -> bool:
+        """Whether the driver's writers keep a note with their bytes
+        (``GuardedWriter.note``/``set_note``; the S3 driver's do)."""
+        return bool(getattr(self._driver, "writer_notes", False))
 
     @property
     def wrapped(self) -> IStorageDriver:

@@ -38,7 +38,7 @@ class Recorder:
 
     def __init__(self, driver: IStorageDriver) -> None:
         self.calls: list[tuple[str, str | None, dict[str, str], dict[str, str]]] = []
-        s3 = inner(driver)
+        s3 = self._s3 = inner(driver)
         original = s3._request
 
         async def recording(method: str, key: str | None, query: Any = None, headers: Any = None, **kw: Any) -> Any:
@@ -46,6 +46,16 @@ class Recorder:
             return await original(method, key, query, headers, **kw)
 
         s3._request = recording  # type: ignore[method-assign]
+
+    def own(self) -> list[tuple[str, str | None, dict[str, str], dict[str, str]]]:
+        """The calls without those of the driver's start-up check (a HEAD
+        of the bucket and a one-key listing of the root, made when the
+        driver is created, so racing with what a test counts)."""
+        root = self._s3._prefix
+        return [
+            c for c in self.calls
+            if c[1] is not None or not (c[0] == "HEAD" or (c[2].get("prefix") == root and c[2].get("max-keys") == "1"))
+        ]
 
     def copies(self) -> list[dict[str, str]]:
         return [h for m, _, _, h in self.calls if m == "PUT" and "x-amz-copy-source" in h]
@@ -143,6 +153,84 @@ async def test_append_continues_on_another_instance(pair: tuple[IStorageDriver, 
     await writer.commit()  # nothing new: no request rewrites the object
     assert await a.get_content(path) == expected
     await a.delete("/repo")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writers_note_goes_with_its_bytes(pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    """``set_note`` stores a note in the same PUT as the bytes (a small plain
+    object or an append state); the next writer on any instance reads it
+    from the HEAD it opens with. A session storing bytes without a note of
+    its own leaves none (a stale note would describe other bytes), a session
+    storing nothing keeps the old one, a committed object has none, and a
+    note over 1 KiB is refused."""
+    a, b = pair
+    path = "/repo/_uploads/n/data"
+    assert getattr(a, "writer_notes") is True
+    writer: Any = await a.writer(path)
+    assert writer.note is None
+    await writer.write(b"small")
+    writer.set_note(b"\x00note one")
+    recorder = Recorder(a)
+    await writer.close()
+    assert [m for m, *_ in recorder.own()] == ["PUT"]  # bytes and note: one request
+    writer = await b.writer(path, append=True)
+    assert writer.note == b"\x00note one" and writer.size == 5
+    data = pattern(7 * MiB, seed=9)
+    await writer.write(data)
+    writer.set_note(b"note two")
+    await writer.close()  # an append state now (>= 5 MiB)
+    writer = await a.writer(path, append=True)
+    assert writer.note == b"note two" and writer.size == 5 + len(data)
+    await writer.close()  # nothing written: the state and its note stay
+    writer = await b.writer(path, append=True)
+    assert writer.note == b"note two"
+    with pytest.raises(DriverError, match="at most 1024"):
+        writer.set_note(b"x" * 1025)
+    await writer.write(b"more")
+    await writer.close()  # bytes without a note of this session
+    writer = await a.writer(path, append=True)
+    assert writer.note is None and writer.size == 5 + len(data) + 4
+    await writer.write(b"end")
+    writer.set_note(b"three")
+    await writer.commit()
+    writer = await b.writer(path, append=True)
+    assert writer.note is None
+    await writer.close()
+    assert await a.get_content(path) == b"small" + data + b"more" + b"end"
+    await a.delete("/repo")
+
+
+@pytest_twisted.ensureDeferred
+async def test_scratch_puts_skip_the_directory_check(pair: tuple[IStorageDriver, IStorageDriver]) -> None:
+    """A scratch ``put_content`` is one PUT (its caller owns the layout); a
+    durable one still checks (listings, and HEADs of a new subtree's
+    ancestors) and refuses an object below an object."""
+    a, _ = pair
+    recorder = Recorder(a)
+    await a.put_content("/r/_uploads/x/hashstates/sha256/0", b"s", durable=False)
+    assert [(m, q) for m, _, q, _ in recorder.own()] == [("PUT", {})]
+    recorder.calls.clear()
+    await a.put_content("/r/link", b"l")
+    assert len(recorder.calls) > 1 and any("list-type" in q for _, _, q, _ in recorder.calls)
+    with pytest.raises(DriverError):
+        await a.put_content("/r/link/below", b"x")
+    # A new subtree next to a directory (a new blob's directory next to
+    # others): the parent is no directory, so one level up: its HEAD and a
+    # listing of the grandparent, which is one. 4 requests, then the PUT.
+    await a.put_content("/r/blobs/aa/one/data", b"1")
+    recorder.calls.clear()
+    await a.put_content("/r/blobs/aa/two/data", b"2")
+    assert sorted((m, "list-type" in q) for m, _, q, _ in recorder.own()) == [
+        ("GET", True), ("GET", True), ("GET", True), ("HEAD", False), ("PUT", False)
+    ]
+    # An object anywhere above refuses, however deep the new subtree.
+    for parent in ("/r/blobs/aa/one/data", "/r/link"):
+        with pytest.raises(DriverError, match=f"{parent} is an object"):
+            await a.put_content(parent + "/b/c/d/e/f", b"x")
+        with pytest.raises(DriverError, match=f"{parent} is an object"):
+            await a.move("/r/blobs/aa/two/data", parent + "/x/y")
+    assert await a.get_content("/r/blobs/aa/two/data") == b"2"
+    await a.delete("/r")
 
 
 @pytest_twisted.ensureDeferred

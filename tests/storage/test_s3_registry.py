@@ -19,7 +19,7 @@ from registry.http import RegistrySite
 from registry.storage.driver import IStorageDriver
 from tests.storage.conformance import MiB, pattern
 from tests.storage.rgw import RGW, s3_driver, shared_gateway
-from tests.storage.test_s3 import Recorder
+from tests.storage.test_s3 import Recorder, inner
 
 
 class Instance:
@@ -151,3 +151,140 @@ async def test_redirect_disable_serves_blobs_through_the_registry() -> None:
         await driver.delete("/")
         await port.stopListening()
         await driver.close()
+
+
+def _kind(method: str, key: str | None, query: dict[str, str], headers: dict[str, str]) -> str:
+    """A recorded S3 request, named by what it is."""
+    if "partNumber" in query:
+        return "UploadPartCopy" if "x-amz-copy-source" in headers else "UploadPart"
+    if "uploads" in query:
+        return "CreateMultipartUpload" if method == "POST" else "ListMultipartUploads"
+    if "uploadId" in query:
+        return {"GET": "ListParts", "POST": "CompleteMultipartUpload", "DELETE": "AbortMultipartUpload"}[method]
+    if "list-type" in query:
+        return "ListObjects"
+    if "delete" in query:
+        return "DeleteObjects"
+    if method == "PUT" and "x-amz-copy-source" in headers:
+        return "CopyObject"
+    name = (key or "").rsplit("/", 1)[-1]
+    if method == "PUT" and "x-amz-meta-registry-append-upload" in headers:
+        return f"PUT {name} (append state)"
+    return f"{method} {name}"
+
+
+@pytest_twisted.async_yield_fixture(params=["auto", False], ids=["signed", "unsigned-streamed"])
+async def default_instances(request: Any) -> AsyncIterator[tuple[Instance, Instance]]:
+    """Two instances on one root with the default part size (10 MiB)."""
+    shared_gateway()
+    root = f"t-{uuid.uuid4().hex[:12]}"
+    a = Instance(s3_driver(rootdirectory=root, signpayload=request.param))
+    b = Instance(s3_driver(rootdirectory=root, signpayload=request.param))
+    try:
+        yield a, b
+    finally:
+        await a.driver.delete("/")
+        await a.stop()
+        await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_per_patch_are_pinned(default_instances: tuple[Instance, Instance]) -> None:
+    """The S3 requests of a chunked upload, counted at the driver's HTTP
+    layer, with every request on the other instance than the one before
+    (as round robin over instances or worker processes does: nothing
+    remembered in a process helps). An 8 MiB PATCH is one part: the data's
+    state read (HEAD, which carries the hash state), the part, and the new
+    state (which carries the new hash state) -- one more, the start of the
+    multipart upload, for the first. A request added to this path fails here."""
+    a, b = default_instances
+    data = pattern(4 * 8 * MiB, seed=31)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    recorders = (Recorder(a.driver), Recorder(b.driver))
+
+    def taken() -> list[str]:
+        calls = [_kind(*call) for r in recorders for call in r.own()]
+        for r in recorders:
+            r.calls.clear()
+        return sorted(calls)
+
+    r = await treq.post(f"{a.url}/v2/pin/blobs/uploads/")
+    assert r.code == 202
+    await r.content()
+    assert taken() == ["PUT data", "PUT startedat"]  # scratch objects: no object-vs-directory listing
+    path = r.headers.getRawHeaders("location")[0]
+    for i, start in enumerate(range(0, len(data), 8 * MiB)):
+        server = (b, a)[i % 2]
+        end = start + 8 * MiB
+        r = await treq.patch(
+            server.url + path, data=data[start:end],
+            headers={"Content-Type": "application/octet-stream", "Content-Range": f"{start}-{end - 1}"},
+        )
+        assert r.code == 202, await r.text()
+        await r.content()
+        path = r.headers.getRawHeaders("location")[0]
+        expected = ["HEAD data", "PUT data (append state)", "UploadPart"]
+        if i == 0:
+            expected = sorted(expected + ["CreateMultipartUpload"])
+        assert taken() == expected, f"PATCH {i + 1}"
+    # The upload's status on the other instance: one HEAD.
+    r = await treq.get((b, a)[len(data) // (8 * MiB) % 2].url + path)
+    assert r.code == 204 and r.headers.getRawHeaders("range") == [f"0-{len(data) - 1}"]
+    await r.content()
+    assert taken() == ["HEAD data"]
+    sep = "&" if "?" in path else "?"
+    r = await treq.put(f"{a.url}{path}{sep}digest={digest}")
+    assert r.code == 201, await r.text()
+    await r.content()
+    finish = taken()
+    assert not any(k.startswith(("GET startedat", "ListObjects")) and "hashstate" in k for k in finish)
+    r = await treq.get(f"{b.url}/v2/pin/blobs/{digest}")
+    assert r.code == 200
+    assert hashlib.sha256(await r.content()).hexdigest() == digest.split(":")[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploads_continue_across_instances_with_and_without_notes() -> None:
+    """An instance whose driver keeps no writer notes (as one from before
+    notes, during a rolling upgrade) and one that does serve one upload in
+    turns: each finds the hash state the other left (the note at the data's
+    size, else the ``hashstates`` objects, re-hashing the tail they miss),
+    and the blob verifies."""
+    shared_gateway()
+    root = f"t-{uuid.uuid4().hex[:12]}"
+    plain = s3_driver(rootdirectory=root, chunksize=5 * MiB)
+    inner(plain).writer_notes = False  # type: ignore[misc]
+    old = Instance(plain)
+    new = Instance(s3_driver(rootdirectory=root, chunksize=5 * MiB))
+    data = pattern(3 * 6 * MiB + 7, seed=33)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    try:
+        r = await treq.post(f"{new.url}/v2/mixed/blobs/uploads/")
+        assert r.code == 202
+        await r.content()
+        path = r.headers.getRawHeaders("location")[0]
+        bounds = [0, 6 * MiB, 12 * MiB, len(data)]
+        for i, server in enumerate((old, new, old)):
+            start, end = bounds[i], bounds[i + 1]
+            r = await treq.patch(
+                server.url + path, data=data[start:end],
+                headers={"Content-Type": "application/octet-stream", "Content-Range": f"{start}-{end - 1}"},
+            )
+            assert r.code == 202, await r.text()
+            await r.content()
+            path = r.headers.getRawHeaders("location")[0]
+            # Both report the offset.
+            for other in (old, new):
+                r = await treq.get(other.url + path)
+                assert r.headers.getRawHeaders("range") == [f"0-{end - 1}"]
+                await r.content()
+        sep = "&" if "?" in path else "?"
+        r = await treq.put(f"{new.url}{path}{sep}digest={digest}")
+        assert r.code == 201, await r.text()
+        await r.content()
+        r = await treq.get(f"{old.url}/v2/mixed/blobs/{digest}")
+        assert hashlib.sha256(await r.content()).hexdigest() == digest.split(":")[1]
+    finally:
+        await new.driver.delete("/")
+        await old.stop()
+        await new.stop()

@@ -75,6 +75,14 @@ Writers: appends on a store without append
     the last part (under 5 MiB, the minimum size of a part that is not
     the last). Its PUT is the session's atomic durable point.
 
+  A writer's *note* (``set_note``, at most 1 KiB, e.g. the registry's
+  hash state of an upload) is stored in the same PUT as object metadata
+  (``x-amz-meta-registry-note``), of the append state or of the small
+  plain object, and read back by the next ``writer(path, append=True)``
+  from its HEAD as ``note``: state that must match the bytes exactly
+  costs no request of its own and cannot disagree with them after a
+  crash. A session that stores bytes without a note stores none.
+
   A session continuing an append state reads the tail back (bounded by
   5 MiB, ``If-Match`` its ETag) ahead of its new bytes and sends parts
   numbered after the recorded ones; at ``close`` what is left, if 5 MiB
@@ -112,11 +120,17 @@ Objects versus directories
   The contract forbids an object where a directory is or below another
   object. S3 has no such rule, so ``put_content``, ``writer(append=False)``
   and ``move`` check first, concurrently: a one-key listing below the path
-  and one below its parent. A parent that already is a directory has no
+  and one below its parent. A scratch ``put_content`` (``durable=False``)
+  does not: the contract leaves that check to its caller, who owns the
+  layout of its scratch objects (an upload's ``startedat``, data and hash
+  states), so it is one PUT. A parent that already is a directory has no
   object among its ancestors (the rule this check keeps), so that is all
-  for most writes (hash states, links next to others); only a path in a
-  new subtree also needs a HEAD of each ancestor (for a registry link
-  path about ten small requests in parallel, one more round trip).
+  for most writes (links next to others); a path in a new subtree (a new
+  blob's ``data``, a repository's first link of a kind) also HEADs its
+  ancestors up to the deepest directory, walking up a level per round
+  trip (a HEAD and a listing of the next one up) for two levels, then
+  all the rest at once: 4 requests for a new blob or layer link where
+  the old code HEADed all of its 7-10 ancestors.
 
 Moves
   ``move`` is a server-side copy (CopyObject below
@@ -196,6 +210,7 @@ HASH_INLINE = 256 * 1024  # bodies above this are hashed in the thread pool (or 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 READ_HIGH_WATER = 2 * MiB  # a reader pauses its GET above this many buffered bytes
 RETRIES = (0.2, 1.0)  # pauses before retrying a request that failed transiently
+WALK_LEVELS = 2  # ancestors a new path's object-vs-directory check walks up one at a time
 
 _S3NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
@@ -492,12 +507,16 @@ class _Head:
     upload: str = ""  # an append state: the id of its open multipart upload
     parts: int = 0  # ... the parts 1..parts of it that hold the bytes before the tail
     stored: int = 0  # the stored object's own length (for an append state: the tail)
+    note: bytes | None = None  # the writer's note stored with these bytes (``S3Writer.set_note``)
 
 
 # Metadata of an append state (see "Writers" in the module docstring).
 META_UPLOAD = "x-amz-meta-registry-append-upload"
 META_PARTS = "x-amz-meta-registry-append-parts"
 META_SIZE = "x-amz-meta-registry-append-size"
+# A writer's note (``S3Writer.set_note``), base64: stored with the bytes it describes.
+META_NOTE = "x-amz-meta-registry-note"
+MAX_NOTE = 1024  # S3 allows 2 KiB of user metadata in all
 
 
 @implementer(IStorageDriver)
@@ -863,11 +882,14 @@ class S3Driver:
             await _quietly(self._abort(key, upload_id))
             raise
 
-    async def _put_state(self, key: str, upload_id: str, parts: int, size: int, tail: Body) -> None:
+    async def _put_state(self, key: str, upload_id: str, parts: int, size: int, tail: Body, note: bytes | None = None) -> None:
         """Store an append state at ``key`` (one atomic PUT: the writer's
-        durable point): parts 1..parts of the upload, then ``tail``."""
+        durable point): parts 1..parts of the upload, then ``tail``, and
+        the session's note, if any."""
         headers = self._write_headers()
         headers.update({META_UPLOAD: upload_id, META_PARTS: str(parts), META_SIZE: str(size)})
+        if note is not None:
+            headers[META_NOTE] = base64.b64encode(note).decode("ascii")
         response = await self._request("PUT", key, headers=headers, body=tail, what=f"PUT {key} (append state)")
         await self._discard(response)
 
@@ -947,28 +969,47 @@ class S3Driver:
 
         When the parent already is a directory (some key lies below it),
         no ancestor can be an object (the rule this check keeps), so two
-        one-key listings in parallel answer; only a path in a new subtree
-        needs a HEAD of each ancestor (about ten for a registry link)."""
+        one-key listings in parallel answer. A path in a new subtree walks
+        up: a HEAD of the deepest ancestor not known to be a directory
+        and a listing below the one above it, in parallel, until that one
+        is a directory (a new blob's or link's directory is usually one
+        or two levels deep: 4-6 requests); after ``WALK_LEVELS`` levels
+        the ancestors left are HEADed all at once."""
         key = self._k(path)
         segments = path.split("/")[1:]
         ancestors = ["/" + "/".join(segments[:i]) for i in range(1, len(segments))]
         checks: builtins.list[Deferred[Any]] = [ensureDeferred(self._first_below(key))]
         if ancestors:
             checks.append(ensureDeferred(self._first_below(self._k(ancestors[-1]))))
-        results = await gatherResults(checks, consumeErrors=True).addErrback(lambda f: f.value.subFailure)
+        results = await _gather(checks)
         if results[0] is not None:
             raise DriverError(NAME, f"cannot create {path}: it is a directory")
         if not ancestors or results[1] is not None:
             return
-        heads = await gatherResults([ensureDeferred(self._head(self._k(a))) for a in ancestors], consumeErrors=True).addErrback(
-            lambda f: f.value.subFailure
-        )
+        # ancestors[i:] are no directories; HEAD them one level at a time.
+        i = len(ancestors) - 1
+        for _ in range(WALK_LEVELS):
+            if i == 0:
+                break
+            head, below = await _gather([
+                ensureDeferred(self._head(self._k(ancestors[i]))),
+                ensureDeferred(self._first_below(self._k(ancestors[i - 1]))),
+            ])
+            if head is not None:
+                raise DriverError(NAME, f"cannot create {path}: {ancestors[i]} is an object, not a directory")
+            if below is not None:
+                return  # ancestors[i - 1] is a directory: none above it is an object
+            i -= 1
+        heads = await _gather([ensureDeferred(self._head(self._k(a))) for a in ancestors[: i + 1]])
         for ancestor, head in zip(ancestors, heads):
             if head is not None:
                 raise DriverError(NAME, f"cannot create {path}: {ancestor} is an object, not a directory")
 
-    async def _put(self, key: str, data: Body) -> None:
-        response = await self._request("PUT", key, headers=self._write_headers(), body=data, what=f"PUT {key}")
+    async def _put(self, key: str, data: Body, note: bytes | None = None) -> None:
+        headers = self._write_headers()
+        if note is not None:
+            headers[META_NOTE] = base64.b64encode(note).decode("ascii")
+        response = await self._request("PUT", key, headers=headers, body=data, what=f"PUT {key}")
         await self._discard(response)
 
     async def _delete_key(self, key: str) -> None:
@@ -1112,11 +1153,15 @@ class S3Driver:
 
     def put_content(self, path: str, data: bytes, durable: bool = True) -> "Deferred[None]":
         """Check that ``path`` can hold an object, then PUT it (atomic; every
-        PUT is durable, so ``durable`` changes nothing)."""
-        return ensureDeferred(self._put_content(path, bytes(data)))
+        PUT is durable). A scratch put (``durable=False``) is one PUT: its
+        caller owns the layout of its scratch objects, so the contract lets
+        a driver skip the object-versus-directory check (see "Objects versus
+        directories")."""
+        return ensureDeferred(self._put_content(path, bytes(data), durable))
 
-    async def _put_content(self, path: str, data: bytes) -> None:
-        await self._check_can_create(path)
+    async def _put_content(self, path: str, data: bytes, durable: bool = True) -> None:
+        if durable:
+            await self._check_can_create(path)
         await self._put(self._k(path), data)
 
     def reader(self, path: str, offset: int = 0) -> "Deferred[IFileReader]":
@@ -1158,6 +1203,9 @@ class S3Driver:
     def writer(self, path: str, append: bool = False) -> "Deferred[IFileWriter]":
         """Fire with an ``S3Writer`` (see the module docstring)."""
         return ensureDeferred(self._writer(path, append))
+
+    #: Writers keep a note with their bytes (``S3Writer.note``, ``set_note``).
+    writer_notes = True
 
     async def _writer(self, path: str, append: bool) -> IFileWriter:
         key = self._k(path)
@@ -1487,6 +1535,21 @@ class S3Writer:
         self._expected: int | None = None
         self._stream: _StreamSource | None = None
         self._failed: BaseException | None = None  # the first part upload of this session that failed
+        #: The note stored with the bytes this writer continues (None: none).
+        self.note: bytes | None = base.note if base is not None else None
+        self._new_note: bytes | None = None
+
+    def set_note(self, note: bytes) -> None:
+        """Store ``note`` (at most 1 KiB) with the bytes at this session's
+        ``close``, in the same atomic PUT (object metadata), for the next
+        ``writer(path, append=True)`` to read as ``note``: the registry
+        keeps an upload's hash state there, so a PATCH writes one object
+        and a resume on any instance reads one. A session that stores
+        bytes without a note of its own stores none; a ``commit``ted
+        object has none."""
+        if len(note) > MAX_NOTE:
+            raise DriverError(NAME, f"writing {self._path}: a writer's note holds at most {MAX_NOTE} bytes, not {len(note)}")
+        self._new_note = bytes(note)
 
     @property
     def _chunk(self) -> int:
@@ -1680,8 +1743,9 @@ class S3Writer:
         self._check_failed()
         if not self._dirty:
             return
+        note = self._new_note
         if self._upload_id is None and not self._copy_base and self._pending_len < MIN_PART:
-            await self._driver._put(self._key, self._take())
+            await self._driver._put(self._key, self._take(), note)
             return
         if self._pending_len >= MIN_PART:
             await self._send(self._take())  # a part of its own; the tail stays empty
@@ -1690,7 +1754,7 @@ class S3Writer:
         await self._wait_inflight()
         tail = self._take()
         assert self._upload_id is not None
-        await self._driver._put_state(self._key, self._upload_id, self._next_part - 1, self.size, tail)
+        await self._driver._put_state(self._key, self._upload_id, self._next_part - 1, self.size, tail, note)
 
     async def _commit_session(self) -> None:
         """CompleteMultipartUpload: the object at the key becomes every byte."""
@@ -1943,6 +2007,13 @@ def _parse_head(headers: Headers) -> _Head:
     etag = headers.getRawHeaders("etag", [""])[0]
     mod_time = _http_time(headers.getRawHeaders("last-modified", [None])[0])
     upload = headers.getRawHeaders(META_UPLOAD, [""])[0]
+    note: bytes | None = None
+    encoded = headers.getRawHeaders(META_NOTE, [""])[0]
+    if encoded:
+        try:
+            note = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            note = None  # unreadable: as if there were none (its reader re-derives what it held)
     if upload:
         try:
             parts = int(headers.getRawHeaders(META_PARTS, ["0"])[0])
@@ -1951,8 +2022,8 @@ def _parse_head(headers: Headers) -> _Head:
             parts = size = -1
         if parts < 1 or size < length:
             raise DriverError(NAME, f"an object's append state is malformed ({META_PARTS}, {META_SIZE})")
-        return _Head(size, mod_time, etag, upload, parts, length)
-    return _Head(length, mod_time, etag, "", 0, length)
+        return _Head(size, mod_time, etag, upload, parts, length, note)
+    return _Head(length, mod_time, etag, "", 0, length, note)
 
 
 def _is_state(response: IResponse) -> bool:
@@ -1969,6 +2040,11 @@ def _describe(exc: BaseException) -> str:
     if reasons:
         return "; ".join(_describe(r.value) for r in reasons)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _gather(steps: builtins.list[Deferred[Any]]) -> "Deferred[builtins.list[Any]]":
+    """Every step's result, or the first failure (as itself)."""
+    return gatherResults(steps, consumeErrors=True).addErrback(lambda f: f.value.subFailure)
 
 
 def _sleep(reactor: Any, seconds: float) -> "Deferred[None]":

@@ -199,20 +199,33 @@ async def _garbage_collect(
 
     bar = ProgressBar(err)
     invalidate = None
-    if config is not None and config.redis is not None and config.storage.cache_blobdescriptor == "redis":
-        # Instances cache blob descriptors in Redis: forget what is swept
-        # (registry.storage.cache explains the order).
+    generation = None
+    if config is not None and config.redis is not None:
         from twisted.internet import reactor
 
         from registry.redis import RedisClient, settings_from_config
-        from registry.storage.cache import invalidate_digests
+        from registry.storage.generation import Generation, SharedGeneration
 
         client = RedisClient(reactor, settings_from_config(config.redis))
+        # Instances on other hosts keep content caches: every deletion
+        # advances the generation shared in Redis, and the run ends only
+        # once their leases on the old one are over (one wait, not one per
+        # deletion: this process answers no request).
+        generation = getattr(driver, "generation", None)
+        if isinstance(generation, Generation):
+            generation.attach(SharedGeneration(client, reactor))
+            generation.wait_each = False
+        else:
+            generation = None
+        if config.storage.cache_blobdescriptor == "redis":
+            # Instances cache blob descriptors in Redis: forget what is swept
+            # (registry.storage.cache explains the order).
+            from registry.storage.cache import invalidate_digests
 
-        async def invalidate_(digests: list[Any]) -> None:
-            await invalidate_digests(client, digests)
+            async def invalidate_(digests: list[Any]) -> None:
+                await invalidate_digests(client, digests)
 
-        invalidate = invalidate_
+            invalidate = invalidate_
     collector = GarbageCollector(
         driver,
         grace_s=args.grace,
@@ -222,7 +235,11 @@ async def _garbage_collect(
         invalidate=invalidate,
     )
     try:
-        report = await collector.run()
+        try:
+            report = await collector.run()
+        finally:
+            if generation is not None:
+                await generation.settle()
     except GCError as e:
         bar.close()
         err.write(f"registry garbage-collect: {e}\n")

@@ -164,6 +164,29 @@ def _driver(config: Config) -> Any:
         raise UsageError(f"storage: {e}" if not str(e).startswith("storage") else str(e)) from None
 
 
+def _share_generation(config: Config, driver: Any) -> Any:
+    """With ``redis`` configured, instances (on other hosts too) keep
+    in-process content caches: deletions by this command (garbage
+    collection, ``check`` repairs) advance the deletion generation shared
+    in Redis (``registry.storage.generation.SharedGeneration``). They do not
+    wait one by one (this process answers no request); the command waits
+    once before it exits (``Generation.settle``), so when it has exited no
+    instance serves from its cache what it deleted. Returns the generation
+    to settle, or None."""
+    from registry.storage.generation import Generation, SharedGeneration
+
+    generation = getattr(driver, "generation", None)
+    if config.redis is None or not isinstance(generation, Generation):
+        return None
+    from twisted.internet import reactor
+
+    from registry.redis import RedisClient, settings_from_config
+
+    generation.attach(SharedGeneration(RedisClient(reactor, settings_from_config(config.redis)), reactor))
+    generation.wait_each = False
+    return generation
+
+
 def _upload_age(config: Config) -> float:
     """``storage.maintenance.uploadpurging.age`` in seconds."""
     return float(config.storage.uploadpurging.age)
@@ -199,33 +222,20 @@ async def _garbage_collect(
 
     bar = ProgressBar(err)
     invalidate = None
-    generation = None
-    if config is not None and config.redis is not None:
+    if config is not None and config.redis is not None and config.storage.cache_blobdescriptor == "redis":
+        # Instances cache blob descriptors in Redis: forget what is swept
+        # (registry.storage.cache explains the order).
         from twisted.internet import reactor
 
         from registry.redis import RedisClient, settings_from_config
-        from registry.storage.generation import Generation, SharedGeneration
+        from registry.storage.cache import invalidate_digests
 
         client = RedisClient(reactor, settings_from_config(config.redis))
-        # Instances on other hosts keep content caches: every deletion
-        # advances the generation shared in Redis, and the run ends only
-        # once their leases on the old one are over (one wait, not one per
-        # deletion: this process answers no request).
-        generation = getattr(driver, "generation", None)
-        if isinstance(generation, Generation):
-            generation.attach(SharedGeneration(client, reactor))
-            generation.wait_each = False
-        else:
-            generation = None
-        if config.storage.cache_blobdescriptor == "redis":
-            # Instances cache blob descriptors in Redis: forget what is swept
-            # (registry.storage.cache explains the order).
-            from registry.storage.cache import invalidate_digests
 
-            async def invalidate_(digests: list[Any]) -> None:
-                await invalidate_digests(client, digests)
+        async def invalidate_(digests: list[Any]) -> None:
+            await invalidate_digests(client, digests)
 
-            invalidate = invalidate_
+        invalidate = invalidate_
     collector = GarbageCollector(
         driver,
         grace_s=args.grace,
@@ -235,11 +245,7 @@ async def _garbage_collect(
         invalidate=invalidate,
     )
     try:
-        try:
-            report = await collector.run()
-        finally:
-            if generation is not None:
-                await generation.settle()
+        report = await collector.run()
     except GCError as e:
         bar.close()
         err.write(f"registry garbage-collect: {e}\n")
@@ -330,6 +336,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     async def work() -> int:
         from registry.storage.driver import StorageError
 
+        generation = _share_generation(config, driver)
         try:
             if args.command == "garbage-collect":
                 return await _garbage_collect(args, driver, out, err, config)
@@ -343,6 +350,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             err.write(f"registry {args.command}: storage failure: {e}\n")
             return EXIT_FAILED
         finally:
+            if generation is not None:
+                await generation.settle()
             await _close(driver)
 
     return _run(work)

@@ -234,3 +234,52 @@ async def test_application_keeps_the_content_cache_on_with_redis(tmp_path: Path,
     finally:
         await app.driver.close()  # type: ignore[union-attr]
         app.redis.close()
+
+
+class CountingShared(SharedGeneration):
+    """A real shared generation that counts its waits."""
+
+    settles = 0
+
+    def settle(self) -> Any:
+        self.settles += 1
+        return super().settle()
+
+
+@pytest_twisted.ensureDeferred
+async def test_scheduled_collection_waits_once_per_run_not_per_deletion(
+    tmp_path: Path, hosts: tuple[Host, Host], redis_server: RedisServer
+) -> None:
+    import hashlib
+
+    from registry.app import _collect_for
+    from registry.digest import Digest
+    from registry.storage import paths
+    from registry.storage.factory import create_driver
+
+    a, _ = hosts
+    root = tmp_path / "storage"
+    swept = []
+    for i in range(3):  # three unreferenced blobs (no link, no manifest)
+        data = b"orphan %d" % i
+        d = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+        target = root / paths.blob_data(d).lstrip("/")
+        target.parent.mkdir(parents=True)
+        target.write_bytes(data)
+        swept.append(str(d))
+    driver = create_driver("filesystem", {"rootdirectory": str(root)})
+    shared = CountingShared(a.client, reactor)
+    driver.generation.attach(shared)  # type: ignore[attr-defined]
+    key = ("size", swept[0])
+    await warm(a, key, 9)
+    try:
+        report = await _collect_for(None)(driver, grace_s=0.0, delete_untagged=False, dry_run=False)
+    finally:
+        await driver.close()
+    assert sorted(d for d, _ in report.blobs) == sorted(swept)
+    # Every deletion advanced the shared counter, and the run waited once, at
+    # its end (not once per deletion: a batch would outlive its fence) ...
+    assert shared.settles == 1
+    assert int(await a.client.execute("GET", REDIS_KEY)) > 0
+    # ... after which the other host's cache is empty.
+    assert a.cache.get(key) is None

@@ -289,7 +289,9 @@ def _share_generation(driver: IStorageDriver, client: Any, reactor: Any) -> None
     from registry.storage.generation import Generation, SharedGeneration
 
     generation = getattr(driver, "generation", None)
-    if isinstance(generation, Generation) and generation.remote is None:
+    # A generation private to this process (path None: the in-memory
+    # driver, which no other process can reach) has nothing to share.
+    if isinstance(generation, Generation) and generation.path is not None and generation.remote is None:
         generation.attach(SharedGeneration(client, reactor))
 
 

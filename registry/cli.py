@@ -176,7 +176,7 @@ def _share_generation(config: Config, driver: Any) -> Any:
     from registry.storage.generation import Generation, SharedGeneration
 
     generation = getattr(driver, "generation", None)
-    if config.redis is None or not isinstance(generation, Generation):
+    if config.redis is None or not isinstance(generation, Generation) or generation.path is None:
         return None
     from twisted.internet import reactor
 

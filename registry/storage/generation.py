@@ -184,7 +184,7 @@ class Generation:
         self.path = path
         self._fd = -1
         self._map: mmap.mmap | None = None
-        self._local = 0
+        self._local = [0]  # a list: views (without_waiting) share it
         self._broken = itertools.count(1 << 62)
         if path is None:
             return
@@ -251,7 +251,7 @@ class Generation:
         elif not self.available:
             return next(self._broken)
         else:
-            value = self._local
+            value = self._local[0]
         remote = self.remote
         if remote is None:
             return value
@@ -268,8 +268,8 @@ class Generation:
             self.remote.bump()
         m = self._map
         if m is None:
-            self._local += 1
-            return self._local
+            self._local[0] += 1
+            return self._local[0]
         with _Locked(self._fd):
             value = (_FORMAT.unpack_from(m, 0)[0] + 1) & 0xFFFFFFFFFFFFFFFF
             _FORMAT.pack_into(m, 0, value)

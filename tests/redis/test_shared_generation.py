@@ -283,3 +283,13 @@ async def test_scheduled_collection_waits_once_per_run_not_per_deletion(
     assert int(await a.client.execute("GET", REDIS_KEY)) > 0
     # ... after which the other host's cache is empty.
     assert a.cache.get(key) is None
+
+
+def test_a_view_of_a_local_generation_shares_its_counter() -> None:
+    local = Generation.local()
+    view = local.without_waiting()
+    before = local.current()
+    view.bump()
+    assert local.current() == before + 1
+    local.bump()
+    assert view.current() == before + 2

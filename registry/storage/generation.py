@@ -56,6 +56,13 @@ only with ``redis`` configured, and then the news also travels through Redis
   restarted Redis's counter (it starts from zero) meet an old value only by
   a 2**-31 chance.
 
+Each deleted path waits (a manifest DELETE removes its tags' links and its
+revision link one after the other: one lease each). Garbage collection, in
+the registry's schedule and in the CLI, deletes through a view
+``without_waiting`` (a batch waiting a lease per path would outlive its
+fence) and waits once at the end of its run (``settle``): when the run is
+over, no instance serves from its cache what it swept.
+
 What Redis down costs: reads are served from storage (a ``GET`` is tried at
 most once a second; ``RedisClient`` logs the outage once and the health
 check reports it); a deleter that cannot ``INCRBY`` still answers after its

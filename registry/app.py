@@ -143,9 +143,14 @@ def build_model(
 ) -> DataModel:
     """The data model over ``driver`` (see :func:`make_root` for the keywords)."""
     from registry.storage.blobs import BlobDescriptors
-    from registry.storage.cache import CachedBlobDescriptors
+    from registry.storage.cache import CachedBlobDescriptors, ContentCache
+    from registry.storage.generation import Generation
 
-    descriptors = CachedBlobDescriptors(BlobDescriptors(driver), cache) if cache is not None else None
+    if content_cache == "auto":
+        generation = getattr(driver, "generation", None)
+        content_cache = ContentCache(generation) if isinstance(generation, Generation) else None
+    # A descriptor cache's misses go to storage through the content cache too.
+    descriptors = CachedBlobDescriptors(BlobDescriptors(driver, content_cache), cache) if cache is not None else None
     return DataModel.over(driver, verifier=layer_verifier, descriptors=descriptors, lock=lock, content_cache=content_cache)
 
 
@@ -173,6 +178,8 @@ def make_application(
 
     driver = create_driver(config.storage.driver, dict(config.storage.params), reactor=reactor)
     redis, cache, lock = _shared_state(config, reactor)
+    if redis is not None:
+        _share_generation(driver, redis, reactor)
     observe = Observability.from_config(config, driver, reactor, redis)
     validation = config.validation.manifests
     verifier = (
@@ -207,9 +214,10 @@ def make_application(
             layer_verifier=verifier,
             cache=cache,
             lock=lock,
-            # Several hosts may share the storage when Redis is configured: the
-            # in-process content cache only hears of this host's deletions.
-            content_cache=None if config.redis is not None else "auto",
+            # With Redis, several hosts may share the storage: the content
+            # cache hears of their deletions through the generation shared
+            # in Redis (_share_generation).
+            content_cache="auto",
         )
         if observe.metrics is not None:
             observe.metrics.watch_caches(model)
@@ -274,19 +282,45 @@ def make_application(
     )
 
 
+def _share_generation(driver: IStorageDriver, client: Any, reactor: Any) -> None:
+    """Share the storage's deletion generation through Redis
+    (``registry.storage.generation.SharedGeneration``): a deletion on any
+    instance empties every instance's content cache before it answers."""
+    from registry.storage.generation import Generation, SharedGeneration
+
+    generation = getattr(driver, "generation", None)
+    # A generation private to this process (path None: the in-memory
+    # driver, which no other process can reach) has nothing to share.
+    if isinstance(generation, Generation) and generation.path is not None and generation.remote is None:
+        generation.attach(SharedGeneration(client, reactor))
+
+
 def _collect_for(cache: Any) -> Any:
     """A scheduled collection that forgets what it sweeps in ``cache``
-    (either kind: this process's or Redis)."""
+    (either kind: this process's or Redis). With a generation shared through
+    Redis, the collector's deletions do not each wait for every instance
+    (a batch would outlive its fence): the run waits once, at its end."""
     from registry.storage.gc import collect
+    from registry.storage.generation import Generation
+    from registry.storage.wrapper import StorageDriverWrapper
 
-    if cache is None:
-        return collect
-    from registry.storage.cache import collector_invalidate
+    invalidate = None
+    if cache is not None:
+        from registry.storage.cache import collector_invalidate
 
-    invalidate = collector_invalidate(cache)
+        invalidate = collector_invalidate(cache)
 
     async def collect_and_invalidate(driver: IStorageDriver, **kwargs: Any) -> Any:
-        return await collect(driver, invalidate=invalidate, **kwargs)
+        if invalidate is not None:
+            kwargs["invalidate"] = invalidate
+        generation = getattr(driver, "generation", None)
+        if not (isinstance(driver, StorageDriverWrapper) and isinstance(generation, Generation) and generation.remote):
+            return await collect(driver, **kwargs)
+        view = StorageDriverWrapper(driver.wrapped, generation.without_waiting())
+        try:
+            return await collect(view, **kwargs)
+        finally:
+            await generation.settle()
 
     return collect_and_invalidate
 

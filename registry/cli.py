@@ -164,6 +164,29 @@ def _driver(config: Config) -> Any:
         raise UsageError(f"storage: {e}" if not str(e).startswith("storage") else str(e)) from None
 
 
+def _share_generation(config: Config, driver: Any) -> Any:
+    """With ``redis`` configured, instances (on other hosts too) keep
+    in-process content caches: deletions by this command (garbage
+    collection, ``check`` repairs) advance the deletion generation shared
+    in Redis (``registry.storage.generation.SharedGeneration``). They do not
+    wait one by one (this process answers no request); the command waits
+    once before it exits (``Generation.settle``), so when it has exited no
+    instance serves from its cache what it deleted. Returns the generation
+    to settle, or None."""
+    from registry.storage.generation import Generation, SharedGeneration
+
+    generation = getattr(driver, "generation", None)
+    if config.redis is None or not isinstance(generation, Generation) or generation.path is None:
+        return None
+    from twisted.internet import reactor
+
+    from registry.redis import RedisClient, settings_from_config
+
+    generation.attach(SharedGeneration(RedisClient(reactor, settings_from_config(config.redis)), reactor))
+    generation.wait_each = False
+    return generation
+
+
 def _upload_age(config: Config) -> float:
     """``storage.maintenance.uploadpurging.age`` in seconds."""
     return float(config.storage.uploadpurging.age)
@@ -313,6 +336,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     async def work() -> int:
         from registry.storage.driver import StorageError
 
+        generation = _share_generation(config, driver)
         try:
             if args.command == "garbage-collect":
                 return await _garbage_collect(args, driver, out, err, config)
@@ -326,6 +350,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             err.write(f"registry {args.command}: storage failure: {e}\n")
             return EXIT_FAILED
         finally:
+            if generation is not None:
+                await generation.settle()
             await _close(driver)
 
     return _run(work)

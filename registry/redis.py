@@ -1,10 +1,12 @@
 """A small Redis client on Twisted: RESP2 over TCP, a bounded pool, timeouts.
 
 Only what the registry needs (``SET NX PX``, ``EVAL``, ``HGET``/``HSET``,
-``DEL``, ``PING``): every command is ``await client.execute(*args)``, which
-fires with the reply (``bytes``, ``int``, ``None``, a list, or ``"OK"``-like
-simple strings as ``str``) or fails with ``RedisError`` (an error reply) or
-``RedisUnavailable`` (no connection, a timeout, a dropped connection).
+``DEL``, ``PING``, and ``GET``/``INCRBY`` of the shared content generation
+in ``registry.storage.generation``): every command is
+``await client.execute(*args)``, which fires with the reply (``bytes``,
+``int``, ``None``, a list, or ``"OK"``-like simple strings as ``str``) or
+fails with ``RedisError`` (an error reply) or ``RedisUnavailable`` (no
+connection, a timeout, a dropped connection).
 
 Why not a library: txredisapi (the Twisted one) has no type information and
 no per-command timeouts; the protocol subset here is a page.
@@ -298,6 +300,11 @@ class RedisClient:
             conn._fail(RedisUnavailable("closed"))
             raise RedisUnavailable(f"Redis at {s.host}:{s.port} refused the connection setup: {e}") from None
         return conn
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (later commands fail)."""
+        return self._closed
 
     def close(self) -> None:
         """Close every idle connection; later commands fail."""

@@ -65,14 +65,20 @@ storage read and is refused if it moved meanwhile. So no process on the
 host serves a deleted manifest, blob size or link once the deletion
 answered, with no time bound to wait.
 
-The generation is host-wide only. With ``redis`` configured, instances on
-several hosts may share the storage, and a deletion on another host would
-not reach this process: the content cache is then off (``DataModel.over``
-is given ``content_cache=None`` by the application; the Redis descriptor
-cache and its tombstones cover what is shared). Several hosts on one
-storage *without* Redis are not supported; there an entry is still trusted
-at most ``CONTENT_MAX_AGE_S`` (60 s), the bound on what another host's
-deletion can leave behind.
+With ``redis`` configured, instances on several hosts may share the
+storage, and the generation is also shared through Redis
+(``registry.storage.generation.SharedGeneration``, attached by the
+application and by the ``registry garbage-collect`` CLI): a deletion on any
+instance advances a Redis counter and answers only after every instance's
+lease on the old value has ended, so every instance's cache is dropped
+before the deleting request answers; a read costs no Redis round trip while
+its process's lease (0.25 s) holds, and a busy process renews it in the
+background. While Redis cannot be reached, the lease lapses and the content
+cache serves nothing (every read goes to storage) until Redis answers
+again; it then starts empty. Several hosts on one storage *without* Redis
+are not supported; there an entry is still trusted at most
+``CONTENT_MAX_AGE_S`` (60 s), the bound on what another host's deletion can
+leave behind.
 """
 
 from __future__ import annotations
@@ -218,6 +224,7 @@ class ContentCache:
             "misses": self.misses,
             "drops": self.drops,
             "shared": self.generation.path is not None,
+            **({"redis": self.generation.remote.status()} if self.generation.remote is not None else {}),
         }
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -47,7 +47,6 @@ from registry.storage.driver import (
     check_path,
 )
 
-T = TypeVar("T")
 
 #: Told of each driver operation: ``(driver, operation, seconds, succeeded)``
 #: (``registry.observe.metrics`` records latencies from it).
@@ -366,15 +365,20 @@ class StorageDriverWrapper:
     def delete(self, path: str) -> Deferred[None]:
         """See ``IStorageDriver.delete``. Deleting anything but an upload's
         files bumps ``generation`` once the driver is done (succeeded or
-        not: a failed delete may have removed part), before the caller hears."""
+        not: a failed delete may have removed part), before the caller hears
+        (with a generation shared through Redis, the caller hears once every
+        instance has dropped its cache: ``Generation.settled``)."""
         d = self._run("delete", [(path, True)], path)
         if not isinstance(path, str) or "/_uploads/" in path or path.endswith("/_uploads"):
             return d  # refused before the driver saw it, or an upload's files
         return d.addBoth(self._bump)
 
-    def _bump(self, result: T) -> T:
+    def _bump(self, result: Any) -> Any:
         self.generation.bump()
-        return result
+        waiting = self.generation.settled()
+        if waiting is None:
+            return result
+        return waiting.addCallback(lambda _: result)
 
     def walk(self, path: str) -> Deferred[builtins.list[FileInfo]]:
         """See ``IStorageDriver.walk``."""

@@ -364,13 +364,17 @@ class StorageDriverWrapper:
 
     def delete(self, path: str) -> Deferred[None]:
         """See ``IStorageDriver.delete``. Deleting anything but an upload's
-        files bumps ``generation`` once the driver is done (succeeded or
+        files or a tag's bumps ``generation`` once the driver is done (succeeded or
         not: a failed delete may have removed part), before the caller hears
         (with a generation shared through Redis, the caller hears once every
         instance has dropped its cache: ``Generation.settled``)."""
         d = self._run("delete", [(path, True)], path)
         if not isinstance(path, str) or "/_uploads/" in path or path.endswith("/_uploads"):
             return d  # refused before the driver saw it, or an upload's files
+        if "/_manifests/tags/" in path:
+            # Tags are mutable and never cached: no cache can hold what an
+            # untag removes, so it need not wait for every instance's cache.
+            return d
         return d.addBoth(self._bump)
 
     def _bump(self, result: Any) -> Any:

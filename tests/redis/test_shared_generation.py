@@ -293,3 +293,39 @@ def test_a_view_of_a_local_generation_shares_its_counter() -> None:
     assert local.current() == before + 1
     local.bump()
     assert view.current() == before + 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_manifest_delete_waits_once_however_many_tags_it_removes(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # Tags are never cached, so removing a tag's links waits for no cache;
+    # the revision link's deletion waits one lease, once per DELETE.
+    from tests.test_gc import push_image
+
+    app = make_application(load_config(config_for(tmp_path, redis_server, "redis"), {}), reactor)
+    try:
+        model = model_of(app)
+        remote = model.manifests.cache.generation.remote
+        assert isinstance(remote, SharedGeneration)
+        digest = await push_image(model, "app", "tagged", tag="v1")
+        for tag in ("v2", "v3", "latest"):
+            await model.tags.tag("app", tag, digest)
+        settles: list[float] = []
+        real_settle = remote.settle
+
+        def counting_settle() -> Any:
+            settles.append(time.monotonic())
+            return real_settle()
+
+        remote.settle = counting_settle  # type: ignore[method-assign]
+        started = time.monotonic()
+        removed = await model.manifests.delete("app", digest)
+        took = time.monotonic() - started
+        assert sorted(removed) == ["latest", "v1", "v2", "v3"]
+        assert len(settles) == 1
+        assert took < 2 * LEASE_S + 0.5, took
+        assert not await model.manifests.exists("app", digest)
+    finally:
+        await app.driver.close()  # type: ignore[union-attr]
+        app.redis.close()

@@ -74,6 +74,12 @@ class UploadBody:
         self._claimed = True
         return self.done
 
+    @property
+    def committed(self) -> bool:
+        """The appender's ``finish`` already stored and linked the blob
+        (``IUploadStore.open_for_digest``): no ``commit`` follows."""
+        return bool(getattr(self._appender, "committed", False))
+
     def release(self) -> None:
         """The response is decided without the outcome: let an error that
         nobody will read pass silently instead of as an unhandled failure."""
@@ -225,13 +231,14 @@ class UploadStartResource:
             return LimitedBody(SMALL_BODY)  # nothing to append: POST only creates (see POST)
         try:
             self.ctx.check_writable()
-            if digest_values is not None:
-                Digest.parse(digest_values[0])
+            d = Digest.parse(digest_values[0]) if digest_values is not None else None
         except Exception as e:
             return UploadBody(request, None, error=e)
         uploads = self.ctx.model.uploads
 
         async def open_new() -> IUploadAppender:
+            if d is not None:  # may go straight to the blob (``open_for_digest``)
+                return await uploads.open_for_digest(name, None, d)
             upload_id = await uploads.create(name)
             return await uploads.open_appender(name, upload_id)
 
@@ -274,15 +281,20 @@ class UploadStartResource:
             empty_response(request, 202, {**upload_headers(ctx, name, upload_id, 0), **ctx.chunk_headers()})
             return
         offset = await sink.outcome()
-        assert sink.upload_id is not None
-        request.log_fields["upload"] = sink.upload_id
+        if sink.upload_id is not None:
+            request.log_fields["upload"] = sink.upload_id
         if "digest" in q:
             d = Digest.parse(q["digest"][0])
             request.log_fields["digest"] = str(d)
-            size = await ctx.model.uploads.commit(name, sink.upload_id, d)
+            if sink.committed:
+                size = offset
+            else:
+                assert sink.upload_id is not None
+                size = await ctx.model.uploads.commit(name, sink.upload_id, d)
             ctx.notify(request, "push", _blob_target(ctx, name, d, size))
             empty_response(request, 201, blob_created_headers(ctx, name, d))
             return
+        assert sink.upload_id is not None
         empty_response(request, 202, {**upload_headers(ctx, name, sink.upload_id, offset), **ctx.chunk_headers()})
 
 
@@ -298,6 +310,7 @@ class UploadResource:
         name, upload_id = params["name"], params["upload_id"]
         expect_start: int | None = None
         expected_length: int | None = None
+        d: Digest | None = None
         cr = request.requestHeaders.getRawHeaders(b"content-range")
         if method == b"PUT" and length == 0 and not cr:
             return LimitedBody(SMALL_BODY)  # nothing to append: PUT only commits (see PUT)
@@ -305,7 +318,7 @@ class UploadResource:
             self.ctx.check_writable()
             check_upload_id(upload_id)
             if method == b"PUT":
-                finish_digest(query)
+                d = finish_digest(query)
             if cr:
                 start, end = parse_content_range(cr[0].decode("latin-1"))
                 expect_start, expected_length = start, end - start + 1
@@ -320,6 +333,8 @@ class UploadResource:
         uploads = self.ctx.model.uploads
 
         async def open_existing() -> IUploadAppender:
+            if d is not None:  # may go straight to the blob (``open_for_digest``)
+                return await uploads.open_for_digest(name, upload_id, d, expect_start)
             return await uploads.open_appender(name, upload_id, expect_start)
 
         return UploadBody(request, open_existing, expected_length)
@@ -339,8 +354,11 @@ class UploadResource:
 
     async def PUT(self, request: RegistryRequest, name: str, upload_id: str) -> None:
         request.log_fields.update(repository=name, upload=upload_id)
+        committed: int | None = None
         if isinstance(request.body_sink, UploadBody):
-            await self._body_outcome(request, name, upload_id)
+            offset = await self._body_outcome(request, name, upload_id)
+            if request.body_sink.committed:
+                committed = offset
             d = Digest.parse(query_values(request)["digest"][0])
         else:
             # An empty body (``body_handling``): the checks its sink would
@@ -349,7 +367,7 @@ class UploadResource:
             check_upload_id(upload_id)
             d = finish_digest(query_values(request))
         request.log_fields["digest"] = str(d)
-        size = await self.ctx.model.uploads.commit(name, upload_id, d)
+        size = committed if committed is not None else await self.ctx.model.uploads.commit(name, upload_id, d)
         self.ctx.notify(request, "push", _blob_target(self.ctx, name, d, size))
         empty_response(request, 201, blob_created_headers(self.ctx, name, d))
 

@@ -34,6 +34,20 @@ durability. The caller of a scratch put owns the layout of its scratch
 objects: it never puts one where a directory is or below an object, so a
 driver need not check that (one whose check costs requests, as an object
 store's listings, skips it; the rule still holds for every other write).
+
+Staged writes (optional capability)
+-----------------------------------
+A driver that declares ``staged_writes = True`` also provides
+``IStagedWriting.staged_writer(path)``: a writer whose bytes are invisible
+at ``path`` (to ``stat``, readers, ``list`` and ``walk``) until ``commit``,
+which puts them there atomically and durably, replacing whatever is there.
+``cancel`` (and ``close``: a staged object cannot be continued) leaves
+nothing behind and touches nothing at ``path``: an object another writer
+committed there stays as it is. The registry uses it to stream a blob whose
+digest it knows before the bytes arrive straight to the blob's path,
+committing only once the hash verified (S3: a multipart upload at the key,
+completed or aborted). Drivers without it keep the upload-then-``move``
+path; the wrapper reports the capability as ``staged_writes``.
 """
 
 from __future__ import annotations
@@ -195,6 +209,19 @@ class IFileWriter(Interface):
 
     def cancel() -> "Deferred[None]":
         """Discard the object being written; nothing is left at the path."""
+
+
+class IStagedWriting(Interface):
+    """The optional staged-write capability of a driver (see "Staged
+    writes" in the module docstring); such a driver has
+    ``staged_writes = True``."""
+
+    def staged_writer(path: str) -> "Deferred[IFileWriter]":
+        """Fire with a new, empty writer for ``path`` whose bytes nobody sees
+        until ``commit`` (atomic, durable when it fires, replacing what is at
+        ``path``). ``cancel`` or ``close`` discards them and leaves ``path``
+        as it was. ``DriverError`` if ``path`` is a directory or lies below
+        an object (checked when it is opened)."""
 
 
 class IStorageDriver(Interface):

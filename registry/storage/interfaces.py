@@ -232,6 +232,15 @@ class IUploadStore(Interface):
         ``expect_start`` (a ``Content-Range`` start) is not the upload's
         offset; the lock is released on failure."""
 
+    def open_for_digest(
+        name: str, upload_id: str | None, digest: "Digest", expect_start: int | None = None
+    ) -> "Awaitable[IUploadAppender]":
+        """As ``open_appender``, for a body after which the upload is
+        committed as ``digest`` (``upload_id`` None: a new upload). If the
+        appender's ``committed`` is True after ``finish``, ``finish`` already
+        verified, stored and linked the blob (the caller does not
+        ``commit``); otherwise the caller commits as usual."""
+
     def commit(name: str, upload_id: str, expected: "Digest") -> "Awaitable[int]":
         """Verify the upload's content against ``expected`` from its stored
         hash state, make it blob ``expected`` linked into ``name`` and remove

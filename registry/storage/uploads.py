@@ -35,6 +35,19 @@ the states). A note is used only when it is the state at exactly the
 data's size (the state records how many bytes it hashed); otherwise, and
 for uploads without one, the ``hashstates`` way below is the fallback.
 
+Blobs whose digest is known before their bytes (a monolithic ``POST
+?digest=`` with a body, or a ``PUT ?digest=`` bringing every byte of a
+session that holds none): when the driver has staged writes
+(``IStagedWriting``, the S3 driver) the bytes go straight to the blob's
+path through a staged writer, invisible there until the hash computed
+while they streamed equals the digest; then the writer commits (the blob
+is durable), the link is written (durable) and the response may say so.
+A wrong digest cancels the writer: nothing appears at the blob's path and
+nothing committed there is touched. No ``_uploads`` object is written
+(``open_for_digest``, ``StagedBlobAppender``). A blob already stored is
+not written again: the bytes are hashed, verified and dropped, and the
+blob linked. Other drivers keep the upload-then-``commit`` path.
+
 Fewer storage round trips: the store remembers, per upload it served last,
 the offset and hash where the last request left it (``_Resume``). The next
 request of that upload in this process checks only the data's size (which
@@ -51,7 +64,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, succeed
 from zope.interface import implementer
 
 from registry.digest import Digest
@@ -163,6 +176,91 @@ class UploadAppender:
             await release()
 
 
+@implementer(IUploadAppender)
+class StagedBlobAppender:
+    """Streams one request's body to blob ``digest`` through a staged
+    writer (see the module docstring), hashing as it passes; ``finish``
+    verifies the digest, commits the blob, links it into ``name`` and, for
+    a session's ``PUT``, removes the session. ``committed`` is then True:
+    the caller must not ``commit`` again. With no writer (the blob is
+    already stored) the bytes are only hashed."""
+
+    start_offset = 0
+
+    def __init__(
+        self,
+        store: "UploadStore",
+        name: str,
+        digest: Digest,
+        writer: IFileWriter | None,
+        upload_id: str | None = None,
+        release: Release | None = None,
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.digest = digest
+        #: The session this request finishes (a PUT), or None (a POST).
+        self.upload_id = upload_id
+        self.committed = False
+        self._writer = writer
+        self._hasher = Sha256()
+        self._release = release
+
+    @property
+    def offset(self) -> int:
+        return self._hasher.bytes_hashed
+
+    def expect(self, nbytes: int) -> None:
+        """The request's ``Content-Length`` for the writer (S3 streams parts)."""
+        hint = getattr(self._writer, "expect", None)
+        if hint is not None:
+            hint(nbytes)
+
+    def write(self, data: bytes) -> "Deferred[None]":
+        self._hasher.update(data)
+        if self._writer is None:
+            return succeed(None)
+        return self._writer.write(data)
+
+    async def finish(self) -> int:
+        """Verify, commit (the blob is durable), link (durable), remove the
+        session if any; fire with the blob's size. ``DigestMismatch`` (the
+        staged bytes discarded, nothing committed) when the bytes are not
+        ``digest``'s."""
+        store = self.store
+        try:
+            size = self._hasher.bytes_hashed
+            actual = Digest("sha256", self._hasher.hexdigest())
+            if actual != self.digest:
+                raise DigestMismatch(self.digest, actual, size)
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                try:
+                    await writer.commit()
+                except BaseException:
+                    await _quietly(writer.cancel())
+                    raise
+            # A garbage collection sweeping a blob we did not write while we
+            # link it fails the link (``BlobUnknown``): the bytes were not kept.
+            await store.blobs.descriptors.link(self.name, self.digest)
+            if self.upload_id is not None:
+                await store.driver.delete(paths.upload_dir(self.name, self.upload_id))
+            self.committed = True
+            return size
+        finally:
+            await self.fail()
+
+    async def fail(self) -> None:
+        """Discard the staged bytes (nothing is left at the blob's path) and
+        release the session's lock, if held. Never fails."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await _quietly(writer.cancel())
+        if self._release is not None:
+            release, self._release = self._release, None
+            await release()
+
+
 @implementer(IUploadStore)
 class UploadStore:
     """Starts, appends to, inspects, finishes and cancels uploads through a
@@ -183,6 +281,8 @@ class UploadStore:
         self._now = now or (lambda: datetime.now(timezone.utc))
         #: The driver's writers keep a note: the hash state lives there.
         self._notes = bool(getattr(driver, "writer_notes", False))
+        #: The driver has staged writes: known digests go straight to the blob.
+        self._staged = bool(getattr(driver, "staged_writes", False))
         #: (name, upload id) -> the hash at the end of the upload's last
         #: request here (its ``bytes_hashed`` is the offset), newest last.
         self._resume: dict[tuple[str, str], Sha256] = {}
@@ -240,11 +340,45 @@ class UploadStore:
         finally:
             await release()
 
-    async def open_appender(self, name: str, upload_id: str, expect_start: int | None = None) -> UploadAppender:
+    async def open_for_digest(
+        self, name: str, upload_id: str | None, digest: Digest, expect_start: int | None = None
+    ) -> IUploadAppender:
+        """An appender for a request whose body ends with ``digest``'s blob
+        complete: ``upload_id`` None starts one (a monolithic ``POST
+        ?digest=``), else the session a ``PUT ?digest=`` finishes. A
+        ``StagedBlobAppender`` (``committed`` after ``finish``) when the
+        driver has staged writes and the body is all of the blob (a new
+        upload, or a session holding no bytes yet); otherwise the usual
+        ``UploadAppender``, and the caller commits."""
+        staged = self._staged and digest.algorithm == "sha256" and expect_start in (None, 0)
+        if upload_id is None:
+            if staged:
+                return await self._staged_appender(name, digest)
+            upload_id = await self.create(name)
+            return await self.open_appender(name, upload_id)
+        return await self.open_appender(name, upload_id, expect_start, digest if staged else None)
+
+    async def _staged_appender(
+        self, name: str, digest: Digest, upload_id: str | None = None, release: Release | None = None
+    ) -> StagedBlobAppender:
+        """A ``StagedBlobAppender``: with a staged writer at the blob's path,
+        or none when the blob is already stored (one stat, as ``commit``).
+        On failure the caller still holds ``release``."""
+        writer: IFileWriter | None = None
+        if await self.blobs.descriptors.size(digest) is None:
+            writer = await self.driver.staged_writer(paths.blob_data(digest))  # type: ignore[attr-defined]
+        return StagedBlobAppender(self, name, digest, writer, upload_id, release)
+
+    async def open_appender(
+        self, name: str, upload_id: str, expect_start: int | None = None, staged: Digest | None = None
+    ) -> IUploadAppender:
         """Lock the upload and return an appender positioned at its end.
 
         ``expect_start`` is the first byte of a client's ``Content-Range``;
-        if it is not the upload's offset, raises ``UploadOffsetMismatch``."""
+        if it is not the upload's offset, raises ``UploadOffsetMismatch``.
+        ``staged`` (``open_for_digest``): the blob's digest, when the body
+        brings all of it; if the upload holds no bytes yet, the appender is
+        a ``StagedBlobAppender`` instead."""
         release = await self.lock.acquire(name, upload_id)
         try:
             data_path = paths.upload_data(name, upload_id)
@@ -264,6 +398,9 @@ class UploadStore:
                             await writer.close()
                             self._remember(name, upload_id, current)
                             raise UploadOffsetMismatch(expect_start, writer.size)
+                        if staged is not None and writer.size == 0:
+                            await writer.close()  # nothing written: no request
+                            return await self._staged_appender(name, staged, upload_id, release)
                         return UploadAppender(self, name, upload_id, writer, current, release)
                     await writer.close()
             offset, hasher = await self._resume_point(name, upload_id)
@@ -273,6 +410,9 @@ class UploadStore:
             if writer.size != offset:
                 await writer.close()
                 raise UploadOffsetMismatch(writer.size, offset)
+            if staged is not None and offset == 0:
+                await writer.close()
+                return await self._staged_appender(name, staged, upload_id, release)
             return UploadAppender(self, name, upload_id, writer, hasher, release)
         except BaseException:
             await release()
@@ -444,6 +584,13 @@ def _all(steps: list[Deferred[Any]]) -> "Deferred[list[Any]]":
         return [value for _, value in results]
 
     return DeferredList(steps, consumeErrors=True).addCallback(settle)
+
+
+async def _quietly(d: "Deferred[Any]") -> None:
+    try:
+        await d
+    except Exception:
+        pass
 
 
 async def _delete_quietly(driver: IStorageDriver, path: str) -> Any:

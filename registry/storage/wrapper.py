@@ -282,6 +282,21 @@ class StorageDriverWrapper:
         return bool(getattr(self._driver, "writer_notes", False))
 
     @property
+    def staged_writes(self) -> bool:
+        """Whether the driver provides ``staged_writer`` (``IStagedWriting``:
+        bytes invisible at the path until ``commit``; the S3 driver's)."""
+        return bool(getattr(self._driver, "staged_writes", False))
+
+    def staged_writer(self, path: str) -> Deferred[IFileWriter]:
+        """See ``IStagedWriting.staged_writer``; the writer is a
+        ``GuardedWriter``. ``DriverError`` if the driver has no staged writes."""
+        if not self.staged_writes:
+            return fail(DriverError(self.name, "this driver has no staged writes"))
+        d = self._run("staged_writer", [(path, False)], path)
+        d.addCallback(lambda w: GuardedWriter(self.name, w))
+        return d
+
+    @property
     def wrapped(self) -> IStorageDriver:
         """The driver inside (for driver-specific tests and tools)."""
         return self._driver

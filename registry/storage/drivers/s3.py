@@ -139,6 +139,15 @@ Moves
   ``multipartcopychunksize`` parts with ``multipartcopymaxconcurrency``
   requests in flight above it) followed by a delete of the source.
 
+Staged writes
+  ``staged_writer(path)`` (the contract's optional ``IStagedWriting``)
+  streams a new object as parts of a multipart upload at its own key,
+  invisible until ``commit`` completes it (from the ETags the session
+  holds: no ListParts, no HEAD); an object under 5 MiB is one PUT at
+  ``commit``. ``cancel`` aborts the upload and leaves the key alone. The
+  registry writes a blob whose digest is known up front this way (a
+  monolithic upload): no upload directory, no server-side copy.
+
 Redirects
   ``redirect_url(path, "GET")`` is a SigV4-presigned URL valid for 20
   minutes (as Distribution's); other methods get ``None``.
@@ -1217,6 +1226,18 @@ class S3Driver:
         await self._check_can_create(path)
         return S3Writer(self, path, key, None)
 
+    #: ``IStagedWriting``: ``staged_writer`` (a multipart upload at the key).
+    staged_writes = True
+
+    def staged_writer(self, path: str) -> "Deferred[IFileWriter]":
+        """Fire with an ``S3StagedWriter`` for ``path`` (see "Staged
+        writes"), after the object-versus-directory check."""
+        return ensureDeferred(self._staged_writer(path))
+
+    async def _staged_writer(self, path: str) -> IFileWriter:
+        await self._check_can_create(path)
+        return S3StagedWriter(self, path, self._k(path))
+
     def stat(self, path: str) -> "Deferred[FileInfo]":
         """HEAD the object; else look for a key below (a directory)."""
         return ensureDeferred(self._stat(path))
@@ -1816,6 +1837,57 @@ class S3Writer:
         if self._upload_id is not None and self._own_upload:
             upload_id, self._upload_id = self._upload_id, None
             await _quietly(self._driver._abort(self._key, upload_id))
+
+
+@implementer(IFileWriter)
+class S3StagedWriter(S3Writer):
+    """A new object whose bytes nobody sees until ``commit`` (see "Staged
+    writes" in the module docstring): parts of a multipart upload at the
+    key (streamed while they arrive, as ``S3Writer``), completed by
+    ``commit`` from the ETags this session holds (no ListParts); under
+    5 MiB in all, one PUT at ``commit``. ``cancel`` and ``close`` abort the
+    upload and never touch the object at the key."""
+
+    def __init__(self, driver: S3Driver, path: str, key: str) -> None:
+        super().__init__(driver, path, key, None)
+
+    def set_note(self, note: bytes) -> None:
+        raise DriverError(NAME, f"writing {self._path}: a staged writer keeps no note")
+
+    def close(self) -> "Deferred[None]":
+        """A staged object cannot be continued: discard it (as ``cancel``)."""
+        return self.cancel()
+
+    def cancel(self) -> "Deferred[None]":
+        """Abort the multipart upload, if any; the key is left as it is."""
+        return ensureDeferred(self._cancel_staged())
+
+    async def _cancel_staged(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        await self._abandon()
+
+    def commit(self) -> "Deferred[None]":
+        """Complete the upload (or PUT a small object): the object appears
+        at the key, atomically, as every byte written."""
+        return ensureDeferred(self._end(self._commit_staged))
+
+    async def _commit_staged(self) -> None:
+        self._unstream()
+        await self._wait_inflight()
+        self._check_failed()
+        if self._upload_id is None:
+            await self._driver._put(self._key, self._take())
+            return
+        if self._pending_len:
+            await self._send(self._take())  # the last part may be short
+            await self._wait_inflight()
+            self._check_failed()
+        parts = sorted(self._parts.items())
+        if [n for n, _ in parts] != builtins.list(range(1, self._next_part)):
+            raise DriverError(NAME, f"writing {self._path}: parts {[n for n, _ in parts]} sent, not 1..{self._next_part - 1}")
+        await self._driver._complete(self._key, self._upload_id, parts)
 
 
 def _stream_length(left: int, chunk: int) -> int | None:

@@ -16,7 +16,6 @@ body is complete and reads the sink's outcome), a bounded buffer
 from __future__ import annotations
 
 import io
-import socket
 import time
 from typing import IO, TYPE_CHECKING, Any, Protocol, Union, cast
 
@@ -387,15 +386,14 @@ class RegistryRequest(server.Request):
 #: bytes, never longer than ``PACE_MAX`` (``RegistryRequest.next_pace``). A
 #: sender faster than ``PACE_BELOW / PACE_DELAY`` (48 MiB/s) fills a read
 #: within the first pause and is never paced twice in a row; a slower one is
-#: read every pause with all it sent meanwhile (its socket's receive buffer
-#: is raised to ``PACE_RCVBUF`` when pacing starts, so what it sends during
-#: a pause fits). Small bodies (manifests, small blobs) never pace.
+#: read every pause with all it sent meanwhile (the kernel's receive-buffer
+#: autotuning grows the socket's buffer as the reads grow). Small bodies
+#: (manifests, small blobs) never pace.
 PACE_BELOW = 192 * 1024
 PACE_AFTER = 1024 * 1024
 PACE_DELAY = 0.004
 PACE_TARGET = 160 * 1024
 PACE_MAX = 0.05
-PACE_RCVBUF = 1024 * 1024
 
 
 class RegistryChannel(http.HTTPChannel):
@@ -414,8 +412,6 @@ class RegistryChannel(http.HTTPChannel):
     #: True while a network read is being decoded (``dataReceived``).
     reading = False
     _holding: RegistryRequest | None = None
-    #: True once a pace asked for a larger socket receive buffer.
-    _rcvbuf_raised = False
     #: Set by ``Site.buildProtocol`` (Twisted does not declare it).
     site: server.Site | None = None
     # Bytes per socket read: Twisted's default 64 KiB costs a trip through the
@@ -501,23 +497,9 @@ class RegistryChannel(http.HTTPChannel):
                 holder.flush_body()
                 if holder.received_bytes >= PACE_AFTER:
                     if len(data) < PACE_BELOW:
-                        if not self._rcvbuf_raised:
-                            self._raise_rcvbuf()
                         holder.pace_body(holder.next_pace(len(data)))
                     else:
                         holder.full_read()
-
-    def _raise_rcvbuf(self) -> None:
-        """Let the socket hold what a slow sender sends during a pace."""
-        self._rcvbuf_raised = True
-        get_handle = getattr(self.transport, "getHandle", None)
-        sock = get_handle() if get_handle is not None else None
-        if isinstance(sock, socket.socket):
-            try:
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < PACE_RCVBUF:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PACE_RCVBUF)
-            except OSError:
-                pass
 
     def hold(self, request: RegistryRequest) -> None:
         """``request`` holds body pieces until this read is decoded."""

@@ -6,7 +6,6 @@ losing their streaming body handling."""
 from __future__ import annotations
 
 import hashlib
-import socket
 
 import pytest
 import pytest_twisted
@@ -20,7 +19,7 @@ from registry.errors import RegistryError
 
 from registry.app import make_root
 from registry.http import (
-    PACE_AFTER, PACE_BELOW, PACE_DELAY, PACE_MAX, PACE_RCVBUF, PACE_TARGET, BodyHandling, RegistryChannel, RegistryRequest, RegistrySite,
+    PACE_AFTER, PACE_BELOW, PACE_DELAY, PACE_MAX, PACE_TARGET, BodyHandling, RegistryChannel, RegistryRequest, RegistrySite,
 )
 from registry.resources.router import RegistryRoot, RouteMatch
 from registry.storage.factory import create_driver
@@ -271,46 +270,6 @@ def test_a_slow_senders_paces_grow_until_a_read_brings_the_target() -> None:
     clock.advance(PACE_DELAY)
     channel.dataReceived(b"0\r\n\r\n")
     assert [e for e, _ in sink.events][-1] == "complete"
-
-
-class _SocketTransport(StringTransport):
-    """A test transport whose handle is a real connected TCP socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self.sock = sock
-
-    def getHandle(self) -> socket.socket:
-        return self.sock
-
-
-def test_pacing_raises_the_sockets_receive_buffer_once() -> None:
-    """What a sender sends during a pause waits in the socket: when pacing
-    starts, the receive buffer is raised to ``PACE_RCVBUF`` (if smaller), so
-    a longer pause does not stop the sender."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        client = socket.create_connection(server.getsockname())
-        accepted, _ = server.accept()
-        with client, accepted:
-            accepted.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-            before = accepted.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            assert before < PACE_RCVBUF
-            sink = RecordingSink()
-            channel = RegistrySite(SinkRoot(sink)).buildProtocol(None)
-            assert isinstance(channel, RegistryChannel)
-            clock = Clock()
-            channel.callLater = clock.callLater  # type: ignore[method-assign]
-            channel.makeConnection(_SocketTransport(accepted))
-            channel.dataReceived(
-                b"PATCH /v2/a/b/blobs/uploads/0123456789abcdef0123456789abcdef HTTP/1.1\r\n"
-                b"Host: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-            )
-            channel.dataReceived(chunked([b"x" * (PACE_AFTER - 1)]))
-            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == before  # not paced yet
-            channel.dataReceived(chunked([b"y" * 100]))
-            assert _paces(clock)
-            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= PACE_RCVBUF
-            channel.connectionLost(Exception("done"))
 
 
 def test_a_small_body_is_never_paced() -> None:

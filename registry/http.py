@@ -294,8 +294,9 @@ class RegistryRequest(server.Request):
         A client that sends a large body slowly, in small writes (docker
         streams a layer as it compresses it, some 20 KiB at a time), would
         otherwise cost a wake-up, a trip through the HTTP parser, the sink
-        and the hasher per write; paused a few milliseconds, the kernel
-        gathers its writes in the socket buffer and one read takes them all.
+        and the hasher per write; paused a few milliseconds (``next_pace``
+        says how many), the kernel gathers its writes in the socket buffer
+        and one read takes them all.
         The sender is not slowed: the buffer holds what it sends meanwhile.
         Independent of ``pause_body``: the connection reads again only when
         neither holds it.

@@ -18,7 +18,9 @@ from registry import errors
 from registry.errors import RegistryError
 
 from registry.app import make_root
-from registry.http import PACE_AFTER, PACE_BELOW, PACE_DELAY, BodyHandling, RegistryChannel, RegistryRequest, RegistrySite
+from registry.http import (
+    PACE_AFTER, PACE_BELOW, PACE_DELAY, PACE_MAX, PACE_TARGET, BodyHandling, RegistryChannel, RegistryRequest, RegistrySite,
+)
 from registry.resources.router import RegistryRoot, RouteMatch
 from registry.storage.factory import create_driver
 
@@ -221,6 +223,53 @@ def test_a_large_body_arriving_in_small_reads_is_read_in_paces() -> None:
     assert not _paces(clock)
     assert [e for e, _ in sink.events][-1] == "complete"
     assert sum(len(d) for e, d in sink.events if e == "data") == PACE_AFTER - 1 + 100 + PACE_BELOW + 10
+
+
+def _pace_length(clock: Clock) -> float:
+    (pace,) = _paces(clock)
+    return round(float(pace.getTime() - clock.seconds()), 4)  # type: ignore[attr-defined]
+
+
+def test_a_slow_senders_paces_grow_until_a_read_brings_the_target() -> None:
+    """Each read after a pause tells how much the sender sent during it: the
+    next pause doubles at most while reads bring less than ``PACE_TARGET``
+    (docker's ~25 KiB per 4 ms), never past ``PACE_MAX``; a read of about
+    the target keeps the pause; a full read (a faster sender) halves it."""
+    channel, transport, clock, sink = _streaming_channel()
+    channel.dataReceived(chunked([b"y" * 100]))
+    assert _pace_length(clock) == pytest.approx(PACE_DELAY)
+    lengths = []
+    for _ in range(8):
+        clock.advance(_pace_length(clock))
+        assert transport.producerState == "producing"
+        channel.dataReceived(chunked([b"y" * (PACE_TARGET // 8)]))
+        lengths.append(_pace_length(clock))
+    assert lengths[0] == pytest.approx(2 * PACE_DELAY)
+    assert all(b >= a - 1e-9 for a, b in zip(lengths, lengths[1:]))
+    assert lengths[-1] == pytest.approx(PACE_MAX)
+    # A read of the target's size after a pause: the pause stays.
+    clock.advance(_pace_length(clock))
+    channel.dataReceived(chunked([b"t" * PACE_TARGET]))
+    assert _pace_length(clock) == pytest.approx(PACE_MAX)
+    # A small read that did not follow a pause (nothing to learn from) neither.
+    request = channel.requests[-1]
+    assert isinstance(request, RegistryRequest)
+    assert request.next_pace(10) == pytest.approx(PACE_MAX, rel=1e-3)
+    # A full read: no pause, and the next one is half as long.
+    clock.advance(_pace_length(clock))
+    channel.dataReceived(chunked([b"z" * PACE_BELOW]))
+    assert transport.producerState == "producing" and not _paces(clock)
+    channel.dataReceived(chunked([b"w" * 10]))
+    assert _pace_length(clock) == pytest.approx(PACE_MAX / 2)
+    # Never shorter than the first pause, however much a read brings.
+    clock.advance(_pace_length(clock))
+    for _ in range(8):
+        channel.dataReceived(chunked([b"z" * PACE_BELOW]))
+    channel.dataReceived(chunked([b"w" * 10]))
+    assert _pace_length(clock) == pytest.approx(PACE_DELAY)
+    clock.advance(PACE_DELAY)
+    channel.dataReceived(b"0\r\n\r\n")
+    assert [e for e, _ in sink.events][-1] == "complete"
 
 
 def test_a_small_body_is_never_paced() -> None:

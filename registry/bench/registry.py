@@ -9,7 +9,6 @@ Client side: curl streams the monolithic upload (``-T``) and the download
 from __future__ import annotations
 
 import argparse
-import hashlib
 import mmap
 import os
 import shutil
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from registry.bench.servers import curl, our_argv, push_chunked
+from registry.bench.servers import curl, our_argv, push_chunked, write_blob
 from registry.bench.servers import start as start_registry
 
 MIB = 1 << 20
@@ -35,14 +34,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="registry-bench-") as tmp:
         work = Path(tmp)
         src = work / "blob"
-        h = hashlib.sha256()
-        with open(src, "wb") as f:
-            block = os.urandom(16 * MIB)
-            for i in range(size // len(block)):
-                piece = block[i:] + block[:i]  # distinct blocks, cheaply
-                h.update(piece)
-                f.write(piece)
-        digest = "sha256:" + h.hexdigest()
+        digest = write_blob(src, size // (16 * MIB) * (16 * MIB))
 
         t = time.perf_counter()
         shutil.copyfile(src, work / "copy")

@@ -24,7 +24,7 @@ import yaml
 
 __all__ = [
     "Target", "curl", "distribution_argv", "free_port", "merge_settings", "sha256_of", "our_argv", "our_argv_with", "process_cpu_seconds", "process_rss", "process_tree",
-    "push_chunked", "raw_http", "start",
+    "push_chunked", "raw_http", "start", "write_blob",
 ]
 
 
@@ -253,3 +253,18 @@ def push_chunked(port: int, name: str, view: memoryview, digest: str, chunk: int
     sep = "&" if "?" in location else "?"
     status, _, _ = raw_http("127.0.0.1", port, f"PUT {location}{sep}digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
     assert status == 201, status
+
+
+def write_blob(path: Path, size: int) -> str:
+    """Write ``size`` incompressible bytes to ``path`` (16 MiB of random
+    bytes, each further 16 MiB block the same rotated by one more byte, so
+    no two blocks are alike); returns their ``sha256:`` digest."""
+    block_size = 16 << 20
+    h = hashlib.sha256()
+    block = os.urandom(block_size)
+    with open(path, "wb") as f:
+        for i, start in enumerate(range(0, size, block_size)):
+            piece = (block[i:] + block[:i])[: size - start]
+            h.update(piece)
+            f.write(piece)
+    return "sha256:" + h.hexdigest()

@@ -20,7 +20,6 @@ processes during the uploads; at the end the median and range per revision.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import mmap
 import os
 import shutil
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.bench.servers import our_argv_with, push_chunked, start
+from registry.bench.servers import our_argv_with, push_chunked, start, write_blob
 
 MIB = 1 << 20
 CHUNK = 8 * MIB
@@ -64,21 +63,6 @@ def _checkout(spec: str, into: Path) -> Tree:
     for so in built.glob("_hashing*.so"):
         shutil.copy(so, target / "registry" / so.name)
     return Tree(spec, target, count)
-
-
-def _blob(path: Path, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "wb") as f:
-        block = os.urandom(16 * MIB)
-        written = 0
-        i = 0
-        while written < size:
-            piece = (block[i:] + block[:i])[: size - written]  # distinct blocks, cheaply
-            h.update(piece)
-            f.write(piece)
-            written += len(piece)
-            i += 1
-    return "sha256:" + h.hexdigest()
 
 
 def _run_once(tree: Tree, work: Path, src: Path, digest: str, size_mib: int) -> tuple[float, float]:
@@ -121,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             for spec in args.trees:
                 trees.append(_checkout(spec, root / "trees"))
             src = root / "blob"
-            digest = _blob(src, args.mib * MIB)
+            digest = write_blob(src, args.mib * MIB)
             n = 0
             for r in range(args.rounds):
                 for tree in trees if r % 2 == 0 else trees[::-1]:

@@ -61,7 +61,7 @@ import yaml
 
 from registry.bench import dockerpush, soak
 from registry.bench.daemons import MissingTool
-from registry.bench.servers import Target, curl, distribution_argv, our_argv_with, sha256_of, start
+from registry.bench.servers import Target, curl, distribution_argv, our_argv_with, sha256_of, start, write_blob
 
 MIB = 1 << 20
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -431,14 +431,7 @@ def _paired_figures(work: Path, selected: list[str], argv_for: dict[str, Callabl
     digest = ""
     needs_blob = any(k in selected for k in ("download", "upload_monolithic", "upload_chunked", "upload_streamed"))
     if needs_blob:
-        h = hashlib.sha256()
-        with open(src, "wb") as f:
-            block = os.urandom(16 * MIB)
-            for i in range(max(1, size_mib // 16)):
-                piece = block[i:] + block[:i]
-                h.update(piece)
-                f.write(piece)
-        digest = "sha256:" + h.hexdigest()
+        digest = write_blob(src, max(1, size_mib // 16) * 16 * MIB)
 
     targets: dict[str, Target] = {}
     try:

@@ -282,9 +282,9 @@ class _TLSServerEndpoint:
 
 def server_endpoint(reactor: Any, port: int, settings: TLSSettings, interface: str = "", backlog: int = 50) -> Any:
     """A TCP endpoint on ``interface:port`` speaking TLS with ``settings``
-    (IPv6 when ``interface`` is an IPv6 address)."""
-    from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+    (``listenTCP`` listens on IPv6 when ``interface`` is an IPv6 address,
+    as ``SSL4ServerEndpoint`` did)."""
+    from twisted.internet.endpoints import TCP4ServerEndpoint
 
-    options = server_options(settings)
-    tcp_class = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
-    return _TLSServerEndpoint(tcp_class(reactor, port, backlog=backlog, interface=interface), options)
+    tcp = TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
+    return _TLSServerEndpoint(tcp, server_options(settings))

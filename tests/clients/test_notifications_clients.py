@@ -200,12 +200,15 @@ def test_docker_push_and_pull_produce_distributions_events(
         assert request["method"] in ("GET", "PUT", "POST", "HEAD")
         uuid.UUID(event["source"]["instanceID"])
         assert event["source"]["addr"]
-    # One worker's (one instance's) events arrive in the order they happened.
+    # One worker's events arrive in the order they happened (ours: stamped and
+    # queued on the reactor thread together; Distribution stamps an event
+    # before its goroutine queues it, so two concurrent requests' events can
+    # arrive a few ms out of order, as a clean-clone run saw once).
     by_instance: dict[str, list[datetime]] = {}
     for event in events:
         by_instance.setdefault(event["source"]["instanceID"], []).append(when(event["timestamp"]))
-    for stamps in by_instance.values():
-        assert stamps == sorted(stamps), stamps
     if kind == "ours":
+        for stamps in by_instance.values():
+            assert stamps == sorted(stamps), stamps
         assert len(by_instance) <= 2  # one instance id per worker process
         assert {e["source"]["addr"] for e in events} == {e["source"]["addr"] for e in events[:1]}

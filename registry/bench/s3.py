@@ -1,31 +1,47 @@
 """S3 benchmark: our registry on a throwaway Ceph RGW next to plain S3 on
-the same gateway, in one run.
+the same gateway, and next to CNCF Distribution on it, in one run.
+
+Every transfer is made ``--rounds`` times (default 3) with plain, ours and
+Distribution interleaved, so a slower minute of the machine weighs on both
+sides of a ratio; the figures are medians (the range is printed too). Each
+upload is of new bytes (the buffer's first 8 bytes change), and the uploaded
+blob is deleted from the bucket afterwards (the gateway keeps objects in
+memory). MB = 2**20 bytes.
 
 * plain S3: a multipart PUT of N MiB (``--mib``, default 256) in 10 MiB parts
   (the driver's default ``chunksize``) with 3 parts in flight (its default
-  ``uploadconcurrency``): the fair reference, the same requests the driver
-  makes; the same one part at a time (the figure earlier runs reported);
-  and a GET of it. Each request is a SigV4-presigned URL (botocore signs;
-  the payload is not signed, ``UNSIGNED-PAYLOAD``; the bytes go over raw
-  sockets from a memory map, the GET through curl);
-* ours (``twistd registry`` with ``storage: s3`` on the same bucket, with
-  ``signpayload: false`` as the reference): the same bytes uploaded
-  monolithically (curl ``-T``) and in 8 MiB PATCH chunks, and downloaded
-  through the 307 redirect to the presigned URL (``curl -L``); ratios
-  against the plain PUT with 3 parts in flight (target >= 0.8x) and GET
-  (target >= 0.95x); and once more monolithically with the default
-  ``signpayload: auto``, which over this plain-http gateway signs every
-  part's SHA-256 (the cost of that integrity check);
+  ``uploadconcurrency``): the reference of every upload, the same requests
+  the driver makes; the same in 8 MiB parts one at a time (what a client
+  that sends 8 MiB PATCHes one after another could get from S3 itself); and
+  a GET. Each request is a SigV4-presigned URL (botocore signs; the payload
+  is not signed, ``UNSIGNED-PAYLOAD``); the bytes go over raw sockets from
+  memory, the GET through curl;
+* ours (``twistd registry`` with ``storage: s3``, ``signpayload: false`` as
+  the reference): the bytes uploaded monolithically (POST ``?digest=``), in
+  one PATCH of unknown length (chunked transfer encoding: what docker and
+  containerd send), and in 8 MiB PATCH chunks; downloaded through the 307
+  redirect to the presigned URL (``curl -L``); ratios against the plain PUT
+  with 3 parts in flight (target >= 0.8x) and GET (target >= 0.95x); and
+  monolithically with the default ``signpayload: auto``, which over this
+  plain-http gateway signs every part's SHA-256;
+* Distribution 2.8.2 (``docker-registry``, when installed) with the same
+  ``storage.s3`` keys: the same uploads (monolithic as POST then PUT, the
+  one it has) and the download, for comparison;
 * manifest GET requests/s (wrk, 32 connections, 5 s) with
   ``storage.cache.blobdescriptor: redis`` (a private redis-server) and without;
 * for every upload, figures load does not distort: the S3 requests it made
   (``beast:`` access lines in the gateway's log), the CPU seconds of the
   registry's processes and of the gateway's (radosgw + osd), from ``/proc``.
 
+``--pin`` puts the gateway's processes on one CPU and the registry's and the
+clients' on another: on a small machine the registry's own work (hashing each
+byte, receiving and sending it again) otherwise comes out of the gateway's
+CPU time, which a deployment with S3 elsewhere does not have.
+
 The gateway comes from the tests' fixture (``tests/storage/rgw.py``), so run
 from the repository root (``make bench`` does). Needs Ceph (ceph-mon,
 ceph-osd, radosgw), curl, wrk and redis-server; a missing one skips the
-section with the reason. MB = 2**20 bytes.
+section with the reason.
 """
 
 from __future__ import annotations
@@ -33,7 +49,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import mmap
 import os
 import re
 import shutil
@@ -49,7 +64,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from registry.bench.servers import Target, curl, free_port, process_cpu_seconds, push_chunked, raw_http
+from registry.bench.servers import Target, curl, free_port, process_cpu_seconds, push_chunked, push_streamed, raw_http
 from registry.bench.servers import start as start_registry
 
 MIB = 1 << 20
@@ -84,15 +99,15 @@ def _request_target(url: str) -> tuple[str, int, str]:
     return parts.hostname or "127.0.0.1", parts.port or 80, parts.path + ("?" + parts.query if parts.query else "")
 
 
-def _plain_multipart_put(signer: _Presigner, key: str, view: memoryview, concurrency: int = 1) -> None:
+def _plain_multipart_put(signer: _Presigner, key: str, view: memoryview, concurrency: int = 1, part_size: int = PART) -> None:
     host, port, target = _request_target(signer.url("POST", key + "?uploads"))
     status, _, body = raw_http(host, port, f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\n\r\n".encode())
     assert status == 200, (status, body[:300])
     upload_id = next(e.text for e in ET.fromstring(body).iter() if e.tag.endswith("UploadId"))
 
     def put_part(number: int) -> str:
-        start = (number - 1) * PART
-        part = view[start : start + PART]
+        start = (number - 1) * part_size
+        part = view[start : start + part_size]
         host, port, target = _request_target(signer.url("PUT", f"{key}?partNumber={number}&uploadId={upload_id}"))
         status, headers, body = raw_http(
             host, port, f"PUT {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(part)}\r\n\r\n".encode(), part
@@ -101,7 +116,7 @@ def _plain_multipart_put(signer: _Presigner, key: str, view: memoryview, concurr
         assert status == 200, (status, body[:300])
         return headers["etag"]
 
-    numbers = range(1, (len(view) + PART - 1) // PART + 1)
+    numbers = range(1, (len(view) + part_size - 1) // part_size + 1)
     with ThreadPoolExecutor(concurrency) as pool:  # raw_http blocks in sendall/recv, the GIL released
         etags = list(pool.map(put_part, numbers))
     complete = "<CompleteMultipartUpload>" + "".join(
@@ -168,6 +183,17 @@ def _ours(workdir: Path, s3: dict[str, object], redis_addr: str | None = None) -
     return start_registry("registry-on-s3", argv, workdir)
 
 
+def _distribution(workdir: Path, s3: dict[str, object]) -> Target:
+    """CNCF Distribution (Debian's ``docker-registry``) on the same gateway,
+    with the same ``storage.s3`` keys (it ignores the ones it lacks)."""
+    def argv(directory: Path, port: int) -> list[str]:
+        return ["docker-registry", "serve", str(_config(directory, port, s3, None))]
+
+    # Its AWS SDK panics when AWS_CA_BUNDLE is set (as on some machines)
+    # and the transport is not its default one, even over plain http.
+    return start_registry("distribution-on-s3", argv, workdir, unset=("AWS_CA_BUNDLE",))
+
+
 def _redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
@@ -223,8 +249,55 @@ def _wrk(url: str, workdir: Path) -> float:
     return float(rate.group(1))
 
 
+def _options(args: argparse.Namespace) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m registry.bench s3", add_help=False)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of every transfer, plain and ours interleaved (figures are medians)")
+    parser.add_argument("--pin", action="store_true",
+                        help="run the gateway (radosgw, OSD, monitor) on CPU 0 and the registry and the clients on "
+                             "CPU 1: S3 on a machine of its own, as in a deployment, instead of the two sharing CPUs")
+    known, _ = parser.parse_known_args(getattr(args, "extra", None) or [])
+    if known.rounds < 1:
+        raise SystemExit("s3: --rounds must be at least 1")
+    return known
+
+
+#: (figure, label, reference figure, target ratio) of every transfer through the registry.
+RATIOS = (
+    ("upload_monolithic", "upload, monolithic POST", "plain_multipart_put", 0.8),
+    ("upload_streamed", "upload, one streamed PATCH (as docker)", "plain_multipart_put", 0.8),
+    ("upload_chunked_8mib", "upload, 8 MiB PATCH chunks", "plain_multipart_put", 0.8),
+    ("upload_monolithic_signed", "upload, monolithic, payload signed", "plain_multipart_put", 0.8),
+    ("download_redirect", "download via 307 redirect", "plain_get", 0.95),
+)
+#: The same transfers through Distribution on the same gateway (no target: for comparison).
+DISTRIBUTION = (
+    ("distribution_upload_monolithic", "upload, monolithic (POST, PUT)", "plain_multipart_put"),
+    ("distribution_upload_streamed", "upload, one streamed PATCH (as docker)", "plain_multipart_put"),
+    ("distribution_upload_chunked_8mib", "upload, 8 MiB PATCH chunks", "plain_multipart_put"),
+    ("distribution_download_redirect", "download via 307 redirect", "plain_get"),
+)
+
+
+def _pin(pids: "list[int]", cpu: int) -> None:
+    """Every thread of ``pids`` onto CPU ``cpu`` (threads made later inherit it)."""
+    for pid in pids:
+        subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, stdout=subprocess.DEVNULL)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     size_mib = getattr(args, "mib", None) or 256
+    options = _options(args)
+    rounds = options.rounds
+    if options.pin and (len(os.sched_getaffinity(0)) < 2 or shutil.which("taskset") is None):
+        print("s3: --pin needs two CPUs and taskset; skipped")
+        return {"skipped": "--pin needs two CPUs and taskset"}
     missing = [c for c in ("ceph-mon", "ceph-osd", "radosgw", "curl", "wrk", "redis-server") if shutil.which(c) is None]
     if missing:
         print(f"s3: {', '.join(missing)} not installed (scripts/install-system-deps.sh installs them); skipped")
@@ -243,71 +316,151 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except RGWStartupFailed as e:
         print(f"s3: Ceph RGW did not start: {e}; skipped")
         return {"skipped": f"RGW did not start: {e}"}
-    figures: dict[str, Any] = {"size_mib": size_mib, "rgw_startup_s": gateway.startup_seconds}
+    figures: dict[str, Any] = {"size_mib": size_mib, "rounds": rounds, "pinned": options.pin, "rgw_startup_s": gateway.startup_seconds}
+    affinity = os.sched_getaffinity(0)
+    if options.pin:
+        cpus = sorted(affinity)
+        _pin([p.pid for p in gateway.processes.values()], cpus[0])
+        os.sched_setaffinity(0, {cpus[1]})
+    samples: dict[str, list[float]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="registry-bench-s3-") as tmp:
             work = Path(tmp)
-            src = work / "blob.bin"
-            with open(src, "wb") as f:
-                for _ in range(size_mib):
-                    f.write(os.urandom(MIB))
-            digest = "sha256:" + hashlib.file_digest(open(src, "rb"), "sha256").hexdigest()
             signer = _Presigner(gateway.endpoint, gateway.access_key, gateway.secret_key, gateway.region)
-            key = f"/{gateway.bucket}/plain/{uuid.uuid4().hex}"
+            plain_key = f"/{gateway.bucket}/plain/{uuid.uuid4().hex}"
+            # One buffer; every upload first changes its first 8 bytes, so each
+            # is a new blob (no upload finds its blob already there).
+            data = bytearray(os.urandom(size_mib * MIB))
+            view = memoryview(data)
+            serial = iter(range(1, 1 << 62))
 
-            with open(src, "rb") as src_file, mmap.mmap(src_file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                view = memoryview(mm)
-                meter = _Meter(gateway, None)
-                t = time.perf_counter()
-                _plain_multipart_put(signer, key, view, CONCURRENCY)
-                figures["plain_multipart_put_mbps"] = size_mib / (time.perf_counter() - t)
-                meter.record(figures, "plain_multipart_put")
-                t = time.perf_counter()
-                _plain_multipart_put(signer, key + "-sequential", view)
-                figures["plain_multipart_put_sequential_mbps"] = size_mib / (time.perf_counter() - t)
-                view.release()
-            t = time.perf_counter()
-            curl(signer.url("GET", key))
-            figures["plain_get_mbps"] = size_mib / (time.perf_counter() - t)
+            def fresh() -> str:
+                data[:8] = next(serial).to_bytes(8, "big")
+                return "sha256:" + hashlib.sha256(view).hexdigest()
 
-            def upload_monolithic(server: Target, figure: str) -> None:
-                """POST ``src`` with its digest; ``figure``'s MB/s, requests and CPU."""
-                meter = _Meter(gateway, server)
+            def timed(figure: str, transfer: Callable[[], object], server: Target | None = None) -> None:
+                meter = _Meter(gateway, server) if figure.startswith(("upload", "plain_multipart_put")) else None
                 t = time.perf_counter()
-                curl("-X", "POST", "-T", str(src), "-H", "Content-Type: application/octet-stream",
-                     f"{server.url}/v2/bench/mono/blobs/uploads?digest={digest}")
-                figures[f"{figure}_mbps"] = size_mib / (time.perf_counter() - t)
-                meter.record(figures, figure)
+                transfer()
+                samples.setdefault(figure, []).append(size_mib / (time.perf_counter() - t))
+                if meter is not None:
+                    meter.record(figures, figure)
+                    for what in ("s3_requests", "registry_cpu_s", "gateway_cpu_s"):
+                        samples.setdefault(f"{figure}_{what}", []).append(figures.pop(f"{figure}_{what}"))
 
-            s3 = gateway.params(rootdirectory=f"bench-{uuid.uuid4().hex[:12]}", signpayload=False)
-            server = _ours(work / "server", s3)
+            def forget(server: Target, digest: str) -> None:
+                """Delete an uploaded blob's bytes from the bucket behind the
+                registry's back: the gateway (memstore) holds a few GiB."""
+                hexpart = digest.split(":", 1)[1]
+                root = server.workdir.name
+                key = f"/{gateway.bucket}/{roots[root]}/docker/registry/v2/blobs/sha256/{hexpart[:2]}/{hexpart}/data"
+                host, port, target = _request_target(signer.url("DELETE", key))
+                status, _, body = raw_http(host, port, f"DELETE {target} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+                assert status == 204, (status, body[:300])
+
+            roots = {name: f"bench-{uuid.uuid4().hex[:12]}" for name in ("server", "server-signed", "distribution")}
+            server = _ours(work / "server", gateway.params(rootdirectory=roots["server"], signpayload=False))
+            signed = _ours(work / "server-signed", gateway.params(rootdirectory=roots["server-signed"]))
+            distribution: Target | None = None
+            if shutil.which("docker-registry") is not None:
+                distribution = _distribution(work / "distribution", gateway.params(rootdirectory=roots["distribution"]))
+            else:
+                print("s3: docker-registry (Distribution) not installed: its figures are left out")
+            if options.pin:
+                _pin(server.processes() + signed.processes() + (distribution.processes() if distribution else []), cpus[1])
             try:
-                upload_monolithic(server, "upload_monolithic")
-
-                with open(src, "rb") as src_file, mmap.mmap(src_file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                    view = memoryview(mm)
-                    meter = _Meter(gateway, server)
-                    t = time.perf_counter()
-                    push_chunked(server.port, "bench/chunked", view, digest, CHUNK)
-                    figures["upload_chunked_8mib_mbps"] = size_mib / (time.perf_counter() - t)
-                    meter.record(figures, "upload_chunked_8mib")
-                    view.release()
-
-                status, hdrs, _ = raw_http("127.0.0.1", server.port, f"GET /v2/bench/mono/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                # The blob the downloads fetch, and the plain object: once.
+                get_digest = fresh()
+                status, _, _ = raw_http("127.0.0.1", server.port, (
+                    f"POST /v2/bench/get/blobs/uploads/?digest={get_digest} HTTP/1.1\r\nHost: x\r\n"
+                    f"Content-Type: application/octet-stream\r\nContent-Length: {len(view)}\r\n\r\n").encode(), view)
+                assert status == 201, status
+                _plain_multipart_put(signer, plain_key + "-get", view, CONCURRENCY)
+                status, _, _ = raw_http("127.0.0.1", server.port, f"GET /v2/bench/get/blobs/{get_digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 if status != 307:
                     raise RuntimeError(f"blob GET answered {status}, not a 307 redirect to the gateway")
-                t = time.perf_counter()
-                curl("-L", f"{server.url}/v2/bench/mono/blobs/{digest}")
-                figures["download_redirect_mbps"] = size_mib / (time.perf_counter() - t)
+
+
+                def post_then_put(target: Target, name: str, digest: str) -> None:
+                    """The monolithic upload Distribution 2.8 has: POST, then one PUT ``?digest=`` with the bytes
+                    (it answers a POST ``?digest=`` with a body by starting an empty upload)."""
+                    status, hdrs, _ = raw_http("127.0.0.1", target.port, (
+                        f"POST /v2/{name}/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").encode())
+                    assert status == 202, status
+                    location = hdrs["location"]
+                    sep = "&" if "?" in location else "?"
+                    status, _, _ = raw_http("127.0.0.1", target.port, (
+                        f"PUT {location}{sep}digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                        f"Content-Length: {len(view)}\r\n\r\n").encode(), view)
+                    assert status == 201, status
+
+                if distribution is not None:
+                    post_then_put(distribution, "bench/get", get_digest)
+                failed: dict[str, str] = {}
+
+                def measure_distribution(figure: str, transfer: Callable[[], object], digest: str | None) -> None:
+                    """Distribution's figure, or why it has none (it fails some of these on S3)."""
+                    assert distribution is not None
+                    if figure in failed:
+                        return
+                    try:
+                        timed(figure, transfer, distribution)
+                    except Exception as e:
+                        failed[figure] = repr(e)[:300]
+                        figures[figure + "_failed"] = failed[figure]
+                    if digest is not None:
+                        try:
+                            forget(distribution, digest)
+                        except AssertionError:
+                            pass  # nothing stored
+
+                def monolithic(target: Target, digest: str) -> None:
+                    status, _, _ = raw_http("127.0.0.1", target.port, (
+                        f"POST /v2/bench/mono/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n"
+                        f"Content-Type: application/octet-stream\r\nContent-Length: {len(view)}\r\n\r\n").encode(), view)
+                    assert status == 201, status
+
+                for n in range(rounds):
+                    # Plain and ours alternate, so a minute of a slower
+                    # machine weighs on both sides of a ratio alike.
+                    fresh()
+                    timed("plain_multipart_put", lambda: _plain_multipart_put(signer, plain_key, view, CONCURRENCY))
+                    digest = fresh()
+                    timed("upload_monolithic", lambda: monolithic(server, digest), server)
+                    forget(server, digest)
+                    digest = fresh()
+                    timed("upload_streamed", lambda: push_streamed(server.port, "bench/streamed", view, digest), server)
+                    forget(server, digest)
+                    fresh()
+                    timed("plain_multipart_put_8mib_sequential",
+                          lambda: _plain_multipart_put(signer, plain_key + "-8", view, 1, CHUNK))
+                    digest = fresh()
+                    timed("upload_chunked_8mib", lambda: push_chunked(server.port, "bench/chunked", view, digest, CHUNK), server)
+                    forget(server, digest)
+                    digest = fresh()
+                    timed("upload_monolithic_signed", lambda: monolithic(signed, digest), signed)
+                    forget(signed, digest)
+                    timed("plain_get", lambda: curl(signer.url("GET", plain_key + "-get")))
+                    timed("download_redirect", lambda: curl("-L", f"{server.url}/v2/bench/get/blobs/{get_digest}"))
+                    if distribution is not None:
+                        dist = distribution
+                        digest = fresh()
+                        measure_distribution("distribution_upload_monolithic",
+                                             lambda: post_then_put(dist, "bench/mono", digest), digest)
+                        digest = fresh()
+                        measure_distribution("distribution_upload_streamed",
+                                             lambda: push_streamed(dist.port, "bench/streamed", view, digest), digest)
+                        digest = fresh()
+                        measure_distribution("distribution_upload_chunked_8mib",
+                                             lambda: push_chunked(dist.port, "bench/chunked", view, digest, CHUNK), digest)
+                        measure_distribution("distribution_download_redirect",
+                                             lambda: curl("-L", f"{dist.url}/v2/bench/get/blobs/{get_digest}"), None)
                 figures["manifest_get_rps_no_cache"] = _wrk(server.url + _push_manifest(server, "bench/manifest"), work)
             finally:
                 server.stop()
-
-            server = _ours(work / "server-signed", gateway.params(rootdirectory=f"bench-{uuid.uuid4().hex[:12]}"))
-            try:
-                upload_monolithic(server, "upload_monolithic_signed")
-            finally:
-                server.stop()
+                signed.stop()
+                if distribution is not None:
+                    distribution.stop()
 
             redis_proc, redis_addr = _redis(work)
             try:
@@ -321,23 +474,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 redis_proc.wait(10)
     finally:
         gateway.stop()
+        os.sched_setaffinity(0, affinity)
 
-    put, get = figures["plain_multipart_put_mbps"], figures["plain_get_mbps"]
-    print(f"s3: plain multipart PUT (10 MiB parts, {CONCURRENCY} in flight) {put:8.0f} MB/s")
-    print(f"s3: plain multipart PUT (one part at a time)   {figures['plain_multipart_put_sequential_mbps']:8.0f} MB/s")
-    print(f"s3: plain GET                                  {get:8.0f} MB/s")
-    for key, label, ref, target in (
-        ("upload_monolithic_mbps", "upload, monolithic POST", put, 0.8),
-        ("upload_chunked_8mib_mbps", "upload, 8 MiB PATCH chunks", put, 0.8),
-        ("upload_monolithic_signed_mbps", "upload, monolithic, payload signed", put, 0.8),
-        ("download_redirect_mbps", "download via 307 redirect", get, 0.95),
-    ):
-        ratio = figures[key] / ref
-        figures[key.replace("_mbps", "_ratio")] = ratio
-        print(f"s3: ours {label:37s} {figures[key]:8.0f} MB/s  {ratio:5.2f}x plain (target >= {target}x)")
-    print("s3: per upload: S3 requests, registry CPU s, gateway (radosgw+osd) CPU s")
-    for label in ("plain_multipart_put", "upload_monolithic", "upload_chunked_8mib", "upload_monolithic_signed"):
-        print(f"s3:   {label:28s} {figures[label + '_s3_requests']:6d} {figures[label + '_registry_cpu_s']:8.2f} "
+    for figure, values in samples.items():
+        key = figure if figure.endswith(("_s3_requests", "_cpu_s")) else figure + "_mbps"
+        figures[key] = _median(values)
+        if not figure.endswith(("_s3_requests", "_cpu_s")):
+            figures[figure + "_mbps_all"] = [round(v, 1) for v in values]
+
+    def line(label: str, figure: str) -> str:
+        values = samples[figure]
+        return f"s3: {label:46s} {figures[figure + '_mbps']:6.0f} MB/s  ({min(values):.0f}-{max(values):.0f})"
+
+    print(f"s3: {size_mib} MiB per transfer, {rounds} rounds, plain and ours interleaved; median (range) MB/s"
+          + ("; gateway on one CPU, registry and clients on the other" if options.pin else ""))
+    print(line(f"plain multipart PUT (10 MiB parts, {CONCURRENCY} in flight)", "plain_multipart_put"))
+    print(line("plain multipart PUT (8 MiB parts, one at a time)", "plain_multipart_put_8mib_sequential"))
+    print(line("plain GET", "plain_get"))
+    for figure, label, reference, target in RATIOS:
+        ratio = figures[figure + "_mbps"] / figures[reference + "_mbps"]
+        figures[figure + "_ratio"] = ratio
+        print(f"{line('ours ' + label, figure)}  {ratio:5.2f}x plain (target >= {target}x)")
+    for figure, label, reference in DISTRIBUTION:
+        if figure in samples:
+            ratio = figures[figure + "_mbps"] / figures[reference + "_mbps"]
+            figures[figure + "_ratio"] = ratio
+            print(f"{line('Distribution ' + label, figure)}  {ratio:5.2f}x plain")
+        elif figure + "_failed" in figures:
+            print(f"s3: Distribution {label}: failed: {figures[figure + '_failed']}")
+    chunked = figures["upload_chunked_8mib_mbps"] / figures["plain_multipart_put_8mib_sequential_mbps"]
+    figures["upload_chunked_8mib_vs_sequential_ratio"] = chunked
+    print(f"s3:   8 MiB PATCH chunks against plain 8 MiB parts one at a time (the client's own pattern): {chunked:5.2f}x")
+    print("s3: per upload (median): S3 requests, registry CPU s, gateway (radosgw+osd) CPU s")
+    for label in ("plain_multipart_put", "plain_multipart_put_8mib_sequential", "upload_monolithic", "upload_streamed",
+                  "upload_chunked_8mib", "upload_monolithic_signed", "distribution_upload_monolithic",
+                  "distribution_upload_streamed", "distribution_upload_chunked_8mib"):
+        if label + "_s3_requests" not in figures:
+            continue
+        print(f"s3:   {label:36s} {figures[label + '_s3_requests']:6.0f} {figures[label + '_registry_cpu_s']:8.2f} "
               f"{figures[label + '_gateway_cpu_s']:8.2f}")
     print(f"s3: manifest GET, no cache                     {figures['manifest_get_rps_no_cache']:8.0f} req/s (wrk, 32 conns, 5 s)")
     print(f"s3: manifest GET, blobdescriptor cache: redis  {figures['manifest_get_rps_redis_cache']:8.0f} req/s")

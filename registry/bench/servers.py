@@ -24,7 +24,7 @@ import yaml
 
 __all__ = [
     "Target", "curl", "distribution_argv", "free_port", "merge_settings", "sha256_of", "our_argv", "our_argv_with", "process_cpu_seconds", "process_rss", "process_tree",
-    "push_chunked", "raw_http", "start", "write_blob",
+    "push_chunked", "push_streamed", "raw_http", "start", "write_blob",
 ]
 
 
@@ -145,11 +145,13 @@ def _wait_ready(target: Target) -> None:
             time.sleep(0.1)
 
 
-def start(label: str, argv_for: Callable[[Path, int], list[str]], workdir: Path) -> Target:
+def start(label: str, argv_for: Callable[[Path, int], list[str]], workdir: Path, unset: tuple[str, ...] = ()) -> Target:
+    """Start a server (``argv_for(workdir, port)``) without this process's
+    ``REGISTRY_*`` variables nor those in ``unset``; ready when it answers."""
     workdir.mkdir(parents=True)
     port = free_port()
     log = open(workdir / "server.log", "wb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_") and k not in unset}
     proc = subprocess.Popen(argv_for(workdir, port), stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
                             start_new_session=True)
     target = Target(label, port, proc, log, workdir)
@@ -214,24 +216,28 @@ def raw_http(host: str, port: int, head: bytes, body: memoryview | bytes = b"") 
         s.sendall(head)
         if body:
             s.sendall(body)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = s.recv(65536)
-            if not more:
-                break
-            data += more
-        top, _, rest = data.partition(b"\r\n\r\n")
-        lines = top.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        length = int(headers.get("content-length", "0") or 0)
-        while len(rest) < length:
-            more = s.recv(65536)
-            if not more:
-                break
-            rest += more
+        return _read_response(s)
+
+
+def _read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = s.recv(65536)
+        if not more:
+            break
+        data += more
+    top, _, rest = data.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    length = int(headers.get("content-length", "0") or 0)
+    while len(rest) < length:
+        more = s.recv(65536)
+        if not more:
+            break
+        rest += more
     return int(lines[0].split()[1]), headers, rest
 
 
@@ -250,6 +256,31 @@ def push_chunked(port: int, name: str, view: memoryview, digest: str, chunk: int
         part.release()
         assert status == 202, status
         location = hdrs["location"]
+    sep = "&" if "?" in location else "?"
+    status, _, _ = raw_http("127.0.0.1", port, f"PUT {location}{sep}digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    assert status == 201, status
+
+
+def push_streamed(port: int, name: str, view: memoryview, digest: str, piece: int = 1 << 20) -> None:
+    """Upload ``view`` to repository ``name`` as docker does: one PATCH
+    with no length and no Content-Range, its body in chunked transfer
+    encoding (pieces of ``piece`` bytes), then PUT ``?digest=``."""
+    status, hdrs, _ = raw_http("127.0.0.1", port, f"POST /v2/{name}/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    assert status == 202, status
+    location = hdrs["location"]
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                  "Transfer-Encoding: chunked\r\n\r\n".encode())
+        for start in range(0, len(view), piece):
+            part = view[start : start + piece]
+            s.sendall(b"%x\r\n" % len(part))
+            s.sendall(part)
+            s.sendall(b"\r\n")
+            part.release()
+        s.sendall(b"0\r\n\r\n")
+        status, hdrs, _ = _read_response(s)
+    assert status == 202, status
+    location = hdrs["location"]
     sep = "&" if "?" in location else "?"
     status, _, _ = raw_http("127.0.0.1", port, f"PUT {location}{sep}digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
     assert status == 201, status

@@ -1,0 +1,60 @@
+"""The ``s3`` benchmark (``python -m registry.bench s3``): runs it once with
+tiny settings on its own throwaway Ceph RGW and checks the figures' shape and
+the invariants that do not depend on timing, never the timings themselves."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from registry.bench import s3
+from tests.clients.harness import MissingTool, missing_tool
+
+
+def test_median_and_rounds_option() -> None:
+    assert s3._median([3.0, 1.0, 2.0]) == 2.0
+    assert s3._median([4.0, 1.0, 2.0, 3.0]) == 2.5
+
+    class Args:
+        extra = ["--rounds", "5", "--pin"]
+
+    options = s3._options(Args())  # type: ignore[arg-type]
+    assert (options.rounds, options.pin) == (5, True)
+    Args.extra = ["--rounds", "0"]
+    with pytest.raises(SystemExit):
+        s3._options(Args())  # type: ignore[arg-type]
+
+
+@pytest.mark.slow  # a gateway start (20-40 s) and 2 rounds of 16 MiB transfers
+def test_two_rounds_report_every_transfer() -> None:
+    for command in ("ceph-mon", "ceph-osd", "radosgw", "curl", "wrk", "redis-server", "docker-registry"):
+        if shutil.which(command) is None:
+            missing_tool(MissingTool(command, {"ceph-mon": "ceph-mon", "ceph-osd": "ceph-osd"}.get(command, command)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "registry.bench", "s3", "--json", "--mib", "16", "--rounds", "2"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    figures: dict[str, Any] = json.loads("\n".join(lines[lines.index("{"):]))["s3"]
+    assert "skipped" not in figures, figures
+    assert figures["rounds"] == 2 and figures["size_mib"] == 16
+    for figure, _, reference, _ in s3.RATIOS:
+        assert len(figures[figure + "_mbps_all"]) == 2, figure  # one sample per round
+        assert figures[figure + "_ratio"] == pytest.approx(figures[figure + "_mbps"] / figures[reference + "_mbps"])
+    for figure, _, _ in s3.DISTRIBUTION:
+        assert figure + "_mbps" in figures or figure + "_failed" in figures, figure
+    # Every upload through a registry made S3 requests and cost it CPU; the plain ones cost it none.
+    for upload in ("upload_monolithic", "upload_streamed", "upload_chunked_8mib", "upload_monolithic_signed"):
+        assert figures[upload + "_s3_requests"] > figures["plain_multipart_put_s3_requests"] > 0, upload
+        assert figures[upload + "_registry_cpu_s"] > 0, upload
+    assert figures["plain_multipart_put_registry_cpu_s"] == 0
+    # 16 MiB in 8 MiB PATCHes: at least a part per PATCH, more requests than one streamed PATCH.
+    assert figures["upload_chunked_8mib_s3_requests"] > figures["upload_streamed_s3_requests"]
+    assert figures["manifest_get_rps_no_cache"] > 0 and figures["manifest_get_rps_redis_cache"] > 0
+    assert "8 MiB PATCH chunks against plain 8 MiB parts" in proc.stdout

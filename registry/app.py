@@ -286,13 +286,16 @@ def _share_generation(driver: IStorageDriver, client: Any, reactor: Any) -> None
     """Share the storage's deletion generation through Redis
     (``registry.storage.generation.SharedGeneration``): a deletion on any
     instance empties every instance's content cache before it answers."""
-    from registry.storage.generation import Generation, SharedGeneration
+    from registry.storage.generation import TAG_REDIS_KEY, Generation, SharedGeneration
 
     generation = getattr(driver, "generation", None)
     # A generation private to this process (path None: the in-memory
     # driver, which no other process can reach) has nothing to share.
     if isinstance(generation, Generation) and generation.path is not None and generation.remote is None:
         generation.attach(SharedGeneration(client, reactor))
+        # The tag cache's generation (``CachedTagStore``): every tag write
+        # empties every instance's tag cache before it answers.
+        generation.companion("tags").attach(SharedGeneration(client, reactor, key=TAG_REDIS_KEY))
 
 
 def _collect_for(cache: Any) -> Any:

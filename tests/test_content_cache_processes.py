@@ -121,6 +121,24 @@ def test_deletes_in_one_server_are_seen_by_the_other_at_once(servers: tuple[Serv
     assert b.status("GET", f"/v2/repo/manifests/{other_manifest}") == 404
 
 
+def test_retags_in_one_server_are_seen_by_the_other_at_once(servers: tuple[Server, Server]) -> None:
+    """Tags are cached too (``CachedTagStore``), over a generation of their
+    own: a push that moves a tag, or a tag's delete, is seen at once."""
+    a, b = servers
+    previous = None
+    for seed in (b"one", b"two", b"three"):
+        manifest, _ = a.push_image("repo", "latest", seed)
+        assert manifest != previous
+        for _ in range(3):  # b reads the tag, from its cache after the first time
+            status, headers, _ = b.request("GET", "/v2/repo/manifests/latest", headers={"Accept": OCI_MANIFEST})
+            assert (status, headers["docker-content-digest"]) == (200, manifest)
+        previous = manifest
+    assert a.status("DELETE", "/v2/repo/manifests/latest") == 202
+    assert b.status("GET", "/v2/repo/manifests/latest") == 404
+    # The manifest stays, by digest (an untag deletes no manifest).
+    assert b.status("GET", f"/v2/repo/manifests/{previous}") == 200
+
+
 def test_garbage_collection_by_the_cli_is_seen_by_a_server_at_once(servers: tuple[Server, Server]) -> None:
     a, b = servers
     manifest, layer = a.push_image("gc", "v1", b"three")

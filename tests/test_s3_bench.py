@@ -56,5 +56,6 @@ def test_two_rounds_report_every_transfer() -> None:
     assert figures["plain_multipart_put_registry_cpu_s"] == 0
     # 16 MiB in 8 MiB PATCHes: at least a part per PATCH, more requests than one streamed PATCH.
     assert figures["upload_chunked_8mib_s3_requests"] > figures["upload_streamed_s3_requests"]
-    assert figures["manifest_get_rps_no_cache"] > 0 and figures["manifest_get_rps_redis_cache"] > 0
+    for cache in ("no_cache", "redis_cache"):
+        assert figures[f"manifest_get_rps_{cache}"] > 0 and figures[f"manifest_get_digest_rps_{cache}"] > 0
     assert "8 MiB PATCH chunks against plain 8 MiB parts" in proc.stdout

@@ -47,6 +47,7 @@ section with the reason.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -213,8 +214,9 @@ def _redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.05)
 
 
-def _push_manifest(server: Target, repo: str) -> str:
-    """A small image (config + one layer) and its manifest; returns the manifest path."""
+def _push_manifest(server: Target, repo: str) -> tuple[str, str]:
+    """A small image (config + one layer) and its manifest tagged ``v1``;
+    returns the manifest's paths by tag and by digest."""
     blobs = []
     for content in (b'{"architecture":"amd64","os":"linux"}', os.urandom(4096)):
         digest = "sha256:" + hashlib.sha256(content).hexdigest()
@@ -232,7 +234,7 @@ def _push_manifest(server: Target, repo: str) -> str:
         f"PUT /v2/{repo}/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: {OCI_MANIFEST}\r\n"
         f"Content-Length: {len(manifest)}\r\n\r\n").encode(), manifest)
     assert status == 201, status
-    return f"/v2/{repo}/manifests/v1"
+    return f"/v2/{repo}/manifests/v1", f"/v2/{repo}/manifests/sha256:{hashlib.sha256(manifest).hexdigest()}"
 
 
 def _wrk(url: str, workdir: Path) -> float:
@@ -339,7 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 return "sha256:" + hashlib.sha256(view).hexdigest()
 
             def timed(figure: str, transfer: Callable[[], object], server: Target | None = None) -> None:
-                meter = _Meter(gateway, server) if figure.startswith(("upload", "plain_multipart_put")) else None
+                meter = _Meter(gateway, server) if "upload" in figure or figure.startswith("plain_multipart_put") else None
                 t = time.perf_counter()
                 transfer()
                 samples.setdefault(figure, []).append(size_mib / (time.perf_counter() - t))
@@ -357,6 +359,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 host, port, target = _request_target(signer.url("DELETE", key))
                 status, _, body = raw_http(host, port, f"DELETE {target} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
                 assert status == 204, (status, body[:300])
+
+            def manifest_gets(target: Target, cache: str) -> None:
+                by_tag, by_digest = _push_manifest(target, "bench/manifest")
+                figures[f"manifest_get_rps_{cache}"] = _wrk(target.url + by_tag, work)
+                figures[f"manifest_get_digest_rps_{cache}"] = _wrk(target.url + by_digest, work)
 
             roots = {name: f"bench-{uuid.uuid4().hex[:12]}" for name in ("server", "server-signed", "distribution")}
             server = _ours(work / "server", gateway.params(rootdirectory=roots["server"], signpayload=False))
@@ -398,21 +405,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     post_then_put(distribution, "bench/get", get_digest)
                 failed: dict[str, str] = {}
 
-                def measure_distribution(figure: str, transfer: Callable[[], object], digest: str | None) -> None:
+                def measure_distribution(figure: str, step: Callable[[], None]) -> None:
                     """Distribution's figure, or why it has none (it fails some of these on S3)."""
-                    assert distribution is not None
                     if figure in failed:
                         return
                     try:
-                        timed(figure, transfer, distribution)
+                        step()
                     except Exception as e:
                         failed[figure] = repr(e)[:300]
                         figures[figure + "_failed"] = failed[figure]
-                    if digest is not None:
-                        try:
-                            forget(distribution, digest)
-                        except AssertionError:
-                            pass  # nothing stored
 
                 def monolithic(target: Target, digest: str) -> None:
                     status, _, _ = raw_http("127.0.0.1", target.port, (
@@ -420,42 +421,56 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"Content-Type: application/octet-stream\r\nContent-Length: {len(view)}\r\n\r\n").encode(), view)
                     assert status == 201, status
 
+                def plain_put(figure: str, key: str, concurrency: int, part_size: int) -> Callable[[], None]:
+                    def step() -> None:
+                        fresh()
+                        timed(figure, lambda: _plain_multipart_put(signer, key, view, concurrency, part_size))
+                    return step
+
+                def upload(figure: str, target: Target, send: Callable[[Target, str], object]) -> Callable[[], None]:
+                    def step() -> None:
+                        digest = fresh()
+                        timed(figure, lambda: send(target, digest), target)
+                        forget(target, digest)
+                    return step
+
+                def download(figure: str, url: str) -> Callable[[], None]:
+                    return lambda: timed(figure, lambda: curl("-L", url))
+
+                steps = [
+                    plain_put("plain_multipart_put", plain_key, CONCURRENCY, PART),
+                    upload("upload_monolithic", server, monolithic),
+                    upload("upload_streamed", server, lambda t, d: push_streamed(t.port, "bench/streamed", view, d)),
+                    plain_put("plain_multipart_put_8mib_sequential", plain_key + "-8", 1, CHUNK),
+                    upload("upload_chunked_8mib", server, lambda t, d: push_chunked(t.port, "bench/chunked", view, d, CHUNK)),
+                    upload("upload_monolithic_signed", signed, monolithic),
+                    download("plain_get", signer.url("GET", plain_key + "-get")),
+                    download("download_redirect", f"{server.url}/v2/bench/get/blobs/{get_digest}"),
+                ]
+                if distribution is not None:
+                    dist = distribution
+                    for figure, step in (
+                        ("distribution_upload_monolithic",
+                         upload("distribution_upload_monolithic", dist, lambda t, d: post_then_put(t, "bench/mono", d))),
+                        ("distribution_upload_streamed",
+                         upload("distribution_upload_streamed", dist, lambda t, d: push_streamed(t.port, "bench/streamed", view, d))),
+                        ("distribution_upload_chunked_8mib",
+                         upload("distribution_upload_chunked_8mib", dist,
+                                lambda t, d: push_chunked(t.port, "bench/chunked", view, d, CHUNK))),
+                        ("distribution_download_redirect",
+                         download("distribution_download_redirect", f"{dist.url}/v2/bench/get/blobs/{get_digest}")),
+                    ):
+                        steps.append(functools.partial(measure_distribution, figure, step))
                 for n in range(rounds):
-                    # Plain and ours alternate, so a minute of a slower
-                    # machine weighs on both sides of a ratio alike.
-                    fresh()
-                    timed("plain_multipart_put", lambda: _plain_multipart_put(signer, plain_key, view, CONCURRENCY))
-                    digest = fresh()
-                    timed("upload_monolithic", lambda: monolithic(server, digest), server)
-                    forget(server, digest)
-                    digest = fresh()
-                    timed("upload_streamed", lambda: push_streamed(server.port, "bench/streamed", view, digest), server)
-                    forget(server, digest)
-                    fresh()
-                    timed("plain_multipart_put_8mib_sequential",
-                          lambda: _plain_multipart_put(signer, plain_key + "-8", view, 1, CHUNK))
-                    digest = fresh()
-                    timed("upload_chunked_8mib", lambda: push_chunked(server.port, "bench/chunked", view, digest, CHUNK), server)
-                    forget(server, digest)
-                    digest = fresh()
-                    timed("upload_monolithic_signed", lambda: monolithic(signed, digest), signed)
-                    forget(signed, digest)
-                    timed("plain_get", lambda: curl(signer.url("GET", plain_key + "-get")))
-                    timed("download_redirect", lambda: curl("-L", f"{server.url}/v2/bench/get/blobs/{get_digest}"))
-                    if distribution is not None:
-                        dist = distribution
-                        digest = fresh()
-                        measure_distribution("distribution_upload_monolithic",
-                                             lambda: post_then_put(dist, "bench/mono", digest), digest)
-                        digest = fresh()
-                        measure_distribution("distribution_upload_streamed",
-                                             lambda: push_streamed(dist.port, "bench/streamed", view, digest), digest)
-                        digest = fresh()
-                        measure_distribution("distribution_upload_chunked_8mib",
-                                             lambda: push_chunked(dist.port, "bench/chunked", view, digest, CHUNK), digest)
-                        measure_distribution("distribution_download_redirect",
-                                             lambda: curl("-L", f"{dist.url}/v2/bench/get/blobs/{get_digest}"), None)
-                figures["manifest_get_rps_no_cache"] = _wrk(server.url + _push_manifest(server, "bench/manifest"), work)
+                    # Plain, ours and Distribution alternate, forwards then
+                    # backwards, so a slower minute of the machine weighs on
+                    # both sides of a ratio alike. The gateway's garbage
+                    # collection (of what the last transfer deleted or
+                    # replaced) runs between transfers, not during the next.
+                    for step in steps if n % 2 == 0 else steps[::-1]:
+                        step()
+                        gateway.admin("gc", "process", "--include-all")
+                manifest_gets(server, "no_cache")
             finally:
                 server.stop()
                 signed.stop()
@@ -466,7 +481,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 server = _ours(work / "server-redis", gateway.params(rootdirectory=f"bench-{uuid.uuid4().hex[:12]}"), redis_addr)
                 try:
-                    figures["manifest_get_rps_redis_cache"] = _wrk(server.url + _push_manifest(server, "bench/manifest"), work)
+                    manifest_gets(server, "redis_cache")
                 finally:
                     server.stop()
             finally:
@@ -513,6 +528,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             continue
         print(f"s3:   {label:36s} {figures[label + '_s3_requests']:6.0f} {figures[label + '_registry_cpu_s']:8.2f} "
               f"{figures[label + '_gateway_cpu_s']:8.2f}")
-    print(f"s3: manifest GET, no cache                     {figures['manifest_get_rps_no_cache']:8.0f} req/s (wrk, 32 conns, 5 s)")
-    print(f"s3: manifest GET, blobdescriptor cache: redis  {figures['manifest_get_rps_redis_cache']:8.0f} req/s")
+    print("s3: manifest GET req/s (wrk, 32 connections, 5 s)     by tag  by digest")
+    for cache, label in (("no_cache", "no cache"), ("redis_cache", "blobdescriptor cache: redis")):
+        print(f"s3:   {label:46s} {figures[f'manifest_get_rps_{cache}']:8.0f} {figures[f'manifest_get_digest_rps_{cache}']:8.0f}")
     return figures

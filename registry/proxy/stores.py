@@ -304,6 +304,10 @@ class ProxyTagStore:
     async def untag(self, name: str, tag: str) -> None:
         await self.local.untag(name, tag)
 
+    async def untag_each(self, name: str, tags: list[str]) -> list[str]:
+        removed: list[str] = await self.local.untag_each(name, tags)
+        return removed
+
     async def all(self, name: str) -> list[str] | None:
         try:
             upstream = await self.upstream.tags(name)

@@ -98,6 +98,7 @@ __all__ = [
     "LEASE_S",
     "REDIS_KEY",
     "SHARED_DIR_ENV",
+    "TAG_REDIS_KEY",
     "Generation",
     "SharedGeneration",
     "host_path",
@@ -115,6 +116,9 @@ LEASE_S = 0.25
 #: often; a per-storage key could differ between hosts that mount one
 #: filesystem at different paths, and then miss deletions).
 REDIS_KEY = "registry:content-generation"
+#: The Redis key of the tag generation (``Generation.companion("tags")``):
+#: bumped by every tag write, which a tag cache must never outlive.
+TAG_REDIS_KEY = "registry:tag-generation"
 #: Seconds between attempts to reach Redis after a failure (reads and the
 #: retried ``INCRBY`` of a deletion).
 RETRY_S = 1.0
@@ -224,6 +228,7 @@ class Generation:
     #: ``without_waiting``).
     wait_each = True
     _view = False
+    _companions: dict[str, Generation] | None = None
 
     @classmethod
     def shared(cls, identity: str, directory: str | None = None) -> Generation:
@@ -234,6 +239,26 @@ class Generation:
     def local(cls) -> Generation:
         """A generation only this process sees."""
         return cls(None)
+
+    def companion(self, kind: str) -> Generation:
+        """A second counter of the same storage and scope, for changes of
+        another ``kind`` than deletions (``"tags"``: tag writes, which a tag
+        cache must see, but which must not empty the content cache). Its
+        file sits next to this one's; it is private to this process when
+        this one is, and never available when this one is not. One object
+        per kind (``attach`` its Redis view separately)."""
+        companions = self._companions
+        if companions is None:
+            companions = self._companions = {}
+        found = companions.get(kind)
+        if found is None:
+            if self.path is not None:
+                found = Generation(f"{self.path}-{kind}")
+            else:
+                found = Generation(None)
+                found.available = self.available
+            companions[kind] = found
+        return found
 
     def attach(self, remote: SharedGeneration) -> None:
         """Share the generation through Redis too (``redis`` configured)."""
@@ -301,6 +326,8 @@ class Generation:
     def close(self) -> None:
         if self._view:
             return
+        for companion in (self._companions or {}).values():
+            companion.close()
         if self._map is not None:
             self._map.close()
             self._map = None

@@ -114,6 +114,12 @@ class ITagStore(Interface):
         """Remove ``tag`` from ``name``. Fails with ``ManifestUnknown`` if it
         does not exist."""
 
+    def untag_each(name: str, tags: "list[str]") -> "Awaitable[list[str]]":
+        """Remove each of ``tags`` from ``name``; fire with those that
+        existed. Where tags are cached across instances, one wait for every
+        instance's cache, not one per tag (a manifest DELETE removes all its
+        tags)."""
+
     def all(name: str) -> "Awaitable[list[str] | None]":
         """Fire with every tag of ``name``, sorted by code point; ``None``
         when the repository has no tags at all (no tags directory)."""

@@ -245,11 +245,7 @@ class ManifestStore:
         except (BlobUnknown, ManifestError):
             pass
         removed = await self.tags.tags_of(name, d)
-        for tag in removed:
-            try:
-                await self.tags.untag(name, tag)
-            except ManifestUnknown:
-                pass
+        await self.tags.untag_each(name, removed)
         if subject is not None:
             try:
                 await self.driver.delete(paths.referrer_link(name, subject, d))

@@ -32,7 +32,7 @@ from registry.storage.interfaces import (
 )
 from registry.storage.locks import ProcessLocks
 from registry.storage.manifests import ManifestStore
-from registry.storage.tags import TagStore
+from registry.storage.tags import CachedTagStore, TagStore
 from registry.storage.verify import ILayerVerifier
 from registry.storage.uploads import UploadStore
 
@@ -77,7 +77,9 @@ class DataModel:
         immutable content in this process (manifest bytes, blob sizes,
         links); ``"auto"`` (default) makes one over the driver's deletion
         generation when the driver has one (``StorageDriverWrapper``), None
-        turns it off (several hosts on one storage, see the cache module)."""
+        turns it off (several hosts on one storage, see the cache module).
+        With a content cache, the default tag store is a ``CachedTagStore``
+        over the generation's ``tags`` companion."""
         cache: ContentCache | None
         if content_cache == "auto":
             generation = getattr(driver, "generation", None)
@@ -86,7 +88,14 @@ class DataModel:
             assert content_cache is None or isinstance(content_cache, ContentCache)
             cache = content_cache
         blobs = BlobStore(driver, descriptors if descriptors is not None else BlobDescriptors(driver, cache))
-        tag_store = tags if tags is not None else TagStore(driver)
+        tag_store: ITagStore
+        if tags is not None:
+            tag_store = tags
+        elif cache is not None:
+            # Where content is cached, tags are too, over their own generation.
+            tag_store = CachedTagStore(TagStore(driver), cache.generation.companion("tags"))
+        else:
+            tag_store = TagStore(driver)
         return cls(
             blobs=blobs,
             uploads=UploadStore(driver, blobs, lock if lock is not None else ProcessLocks()),

@@ -8,6 +8,10 @@ removes the tag's whole directory, as Distribution does.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from typing import Any, Callable
+
 from zope.interface import implementer
 
 from registry.digest import Digest, DigestError
@@ -15,6 +19,7 @@ from registry.storage import paths
 from registry.storage.blobs import link_content, parse_link
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 from registry.storage.errors import ManifestUnknown
+from registry.storage.generation import Generation
 from registry.storage.interfaces import ITagStore
 
 
@@ -47,6 +52,16 @@ class TagStore:
         except PathNotFoundError:
             raise ManifestUnknown(name, tag) from None
 
+    async def untag_each(self, name: str, tags: list[str]) -> list[str]:
+        removed = []
+        for tag in tags:
+            try:
+                await self.untag(name, tag)
+            except ManifestUnknown:
+                continue
+            removed.append(tag)
+        return removed
+
     async def all(self, name: str) -> list[str] | None:
         """Every tag of ``name``, sorted; None when the repository has no tags
         directory. One ``list`` call, no per-tag reads."""
@@ -67,3 +82,111 @@ class TagStore:
             except ManifestUnknown:
                 continue
         return found
+
+
+#: Tags a ``CachedTagStore`` keeps (the most recently filled ones) and for
+#: how long at most: a tag written by a process outside this registry's
+#: instances (which bump no generation) is seen after that long.
+TAG_CACHE_ENTRIES = 10000
+TAG_CACHE_MAX_AGE_S = 60.0
+
+
+@implementer(ITagStore)
+class CachedTagStore:
+    """``inner`` with its ``resolve`` answers kept in this process, exact
+    across processes and instances through a tag ``generation``
+    (``Generation.companion("tags")``, shared on the host and, with Redis,
+    between instances):
+
+    * every ``tag`` and ``untag`` bumps the generation after the storage
+      write and answers once every instance's cache has dropped what it held
+      (``Generation.settled``: one Redis lease, 0.25 s, with several hosts;
+      nothing to wait for on one host);
+    * a ``resolve`` notes the generation before its storage read and keeps
+      the answer only if the generation has not moved meanwhile, and the
+      cache is emptied whenever it has moved (tag writes are rarer than
+      reads by orders of magnitude).
+
+    So a pull on any instance sees a tag as it was when the last push or
+    delete of it answered, as without the cache, and a manifest GET by tag
+    costs no storage read while nothing was retagged. An unknown tag is not
+    cached. ``all`` and ``tags_of`` read storage."""
+
+    def __init__(
+        self,
+        inner: ITagStore,
+        generation: Generation,
+        *,
+        max_entries: int = TAG_CACHE_ENTRIES,
+        max_age_s: float = TAG_CACHE_MAX_AGE_S,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self.generation = generation
+        self.max_entries = max_entries
+        self.max_age_s = max_age_s
+        self.now = now
+        self._entries: OrderedDict[tuple[str, str], tuple[Digest, float]] = OrderedDict()
+        self._seen = generation.current()
+        self.hits = 0
+        self.misses = 0
+        self.drops = 0
+
+    def _token(self) -> int:
+        g = self.generation.current()
+        if g != self._seen:
+            self._seen = g
+            if self._entries:
+                self._entries.clear()
+                self.drops += 1
+        return g
+
+    async def resolve(self, name: str, tag: str) -> Digest:
+        token = self._token()
+        key = (name, tag)
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] > self.now():
+            self.hits += 1
+            return entry[0]
+        self.misses += 1
+        d = await self.inner.resolve(name, tag)
+        if self._token() == token:
+            entries = self._entries
+            entries.pop(key, None)
+            entries[key] = (d, self.now() + self.max_age_s)
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
+        return d
+
+    async def _changed(self) -> None:
+        self.generation.bump()
+        waiting = self.generation.settled()
+        if waiting is not None:
+            await waiting
+
+    async def tag(self, name: str, tag: str, d: Digest) -> None:
+        try:
+            await self.inner.tag(name, tag, d)
+        finally:
+            await self._changed()  # a failed write may have changed the tag too
+
+    async def untag(self, name: str, tag: str) -> None:
+        try:
+            await self.inner.untag(name, tag)
+        finally:
+            await self._changed()
+
+    async def untag_each(self, name: str, tags: list[str]) -> list[str]:
+        try:
+            return await self.inner.untag_each(name, tags)
+        finally:
+            await self._changed()
+
+    async def all(self, name: str) -> list[str] | None:
+        return await self.inner.all(name)
+
+    async def tags_of(self, name: str, d: Digest) -> list[str]:
+        return await self.inner.tags_of(name, d)
+
+    def status(self) -> dict[str, Any]:
+        return {"entries": len(self._entries), "hits": self.hits, "misses": self.misses, "drops": self.drops}

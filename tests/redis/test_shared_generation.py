@@ -299,8 +299,9 @@ def test_a_view_of_a_local_generation_shares_its_counter() -> None:
 async def test_a_manifest_delete_waits_once_however_many_tags_it_removes(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    # Tags are never cached, so removing a tag's links waits for no cache;
-    # the revision link's deletion waits one lease, once per DELETE.
+    # Removing the tags waits one lease of the tag generation (once, however
+    # many tags: ``untag_each``); the revision link's deletion waits one
+    # lease of the content generation, once per DELETE.
     from tests.test_gc import push_image
 
     app = make_application(load_config(config_for(tmp_path, redis_server, "redis"), {}), reactor)
@@ -319,11 +320,21 @@ async def test_a_manifest_delete_waits_once_however_many_tags_it_removes(
             return real_settle()
 
         remote.settle = counting_settle  # type: ignore[method-assign]
+        tag_remote = model.tags.generation.remote  # type: ignore[attr-defined]
+        assert isinstance(tag_remote, SharedGeneration) and tag_remote is not remote
+        tag_settles: list[float] = []
+        real_tag_settle = tag_remote.settle
+
+        def counting_tag_settle() -> Any:
+            tag_settles.append(time.monotonic())
+            return real_tag_settle()
+
+        tag_remote.settle = counting_tag_settle  # type: ignore[method-assign]
         started = time.monotonic()
         removed = await model.manifests.delete("app", digest)
         took = time.monotonic() - started
         assert sorted(removed) == ["latest", "v1", "v2", "v3"]
-        assert len(settles) == 1
+        assert len(settles) == 1 and len(tag_settles) == 1
         assert took < 2 * LEASE_S + 0.5, took
         assert not await model.manifests.exists("app", digest)
     finally:

@@ -19,7 +19,7 @@ import pytest
 
 from tests.clients.harness import ManagedProcess, _wait_for_v2, free_port, twistd_path
 from tests.redis.server import RedisServer
-from tests.test_content_cache_processes import Server
+from tests.test_content_cache_processes import OCI_MANIFEST, Server
 
 
 def _config(path: Path, root: Path, port: int, redis: RedisServer) -> Path:
@@ -108,6 +108,22 @@ def test_deletes_through_one_instance_are_404_through_the_other_at_once(instance
     assert b.status("HEAD", f"/v2/repo/blobs/{other_layer}") == 404
     assert a.status("DELETE", f"/v2/repo/manifests/{other_manifest}") == 202
     assert b.status("GET", f"/v2/repo/manifests/{other_manifest}") == 404
+
+
+def test_retags_through_one_instance_are_seen_through_the_other_at_once(instances: tuple[Instance, Instance]) -> None:
+    """The tag cache's generation travels through Redis too: a push that
+    moves a tag answers once the other instance's cached tag is dropped."""
+    a, b = instances
+    for seed in (b"one", b"two", b"three"):
+        started = time.monotonic()
+        manifest, _ = b.push_image("repo", "latest", seed)
+        pushed = time.monotonic() - started
+        for _ in range(3):
+            status, headers, _ = a.request("GET", "/v2/repo/manifests/latest", headers={"Accept": OCI_MANIFEST})
+            assert (status, headers["docker-content-digest"]) == (200, manifest)
+        assert pushed >= 0.25, pushed  # the tag write waited one lease
+    assert b.status("DELETE", "/v2/repo/manifests/latest") == 202
+    assert a.status("GET", "/v2/repo/manifests/latest") == 404
 
 
 def test_garbage_collection_by_the_cli_is_404_through_both_at_once(instances: tuple[Instance, Instance]) -> None:

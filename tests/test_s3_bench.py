@@ -30,13 +30,14 @@ def test_median_and_rounds_option() -> None:
         s3._options(Args())  # type: ignore[arg-type]
 
 
-@pytest.mark.slow  # a gateway start (20-40 s) and 2 rounds of 16 MiB transfers
+@pytest.mark.slow  # a gateway start, 2 rounds of 16 MiB transfers, a docker push+pull through each registry
 def test_two_rounds_report_every_transfer() -> None:
-    for command in ("ceph-mon", "ceph-osd", "radosgw", "curl", "wrk", "redis-server", "docker-registry"):
+    for command in ("ceph-mon", "ceph-osd", "radosgw", "curl", "wrk", "redis-server", "docker-registry", "dockerd"):
         if shutil.which(command) is None:
-            missing_tool(MissingTool(command, {"ceph-mon": "ceph-mon", "ceph-osd": "ceph-osd"}.get(command, command)))
+            missing_tool(MissingTool(command, {"dockerd": "docker.io"}.get(command, command)))
     proc = subprocess.run(
-        [sys.executable, "-m", "registry.bench", "s3", "--json", "--mib", "16", "--rounds", "2"],
+        [sys.executable, "-m", "registry.bench", "s3", "--json", "--mib", "16", "--rounds", "2",
+         "--docker-pairs", "1", "--docker-layer-mib", "1"],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -59,3 +60,9 @@ def test_two_rounds_report_every_transfer() -> None:
     for cache in ("no_cache", "redis_cache"):
         assert figures[f"manifest_get_rps_{cache}"] > 0 and figures[f"manifest_get_digest_rps_{cache}"] > 0
     assert "8 MiB PATCH chunks against plain 8 MiB parts" in proc.stdout
+    # docker pushed and pulled through both (a round each), on the gateway.
+    assert figures["docker_layer_mib"] == 1
+    for label in ("ours", "distribution"):
+        assert figures[f"docker_push_s_{label}"] > 0 and figures[f"docker_pull_s_{label}"] > 0
+        assert figures[f"docker_push_cpu_s_{label}"] > 0
+    assert figures["docker_push_speed_ratio"] > 0 and "docker push of a 5-layer 5 MiB image" in proc.stdout

@@ -72,6 +72,8 @@ MIB = 1 << 20
 PART = 10 * MIB
 CONCURRENCY = 3  # the driver's default uploadconcurrency
 CHUNK = 8 * MIB
+DOCKER_LAYERS = 5
+DOCKER_LAYER_MIB = 45
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 _WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
 _WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
@@ -175,24 +177,62 @@ def _config(workdir: Path, port: int, s3: dict[str, object], redis_addr: str | N
     return config
 
 
-def _ours(workdir: Path, s3: dict[str, object], redis_addr: str | None = None) -> Target:
+def _ours_argv(s3: Callable[[], dict[str, object]], redis_addr: str | None = None) -> Callable[[Path, int], list[str]]:
+    """The command line of ours over ``s3()`` (called per start)."""
     def argv(directory: Path, port: int) -> list[str]:
         twistd = Path(sys.executable).with_name("twistd")
         return [str(twistd) if twistd.exists() else "twistd", "-n", "--pidfile=", "registry",
-                "--config", str(_config(directory, port, s3, redis_addr))]
+                "--config", str(_config(directory, port, s3(), redis_addr))]
 
-    return start_registry("registry-on-s3", argv, workdir)
+    return argv
+
+
+def _distribution_argv(s3: Callable[[], dict[str, object]]) -> Callable[[Path, int], list[str]]:
+    """The command line of CNCF Distribution (Debian's ``docker-registry``)
+    over ``s3()``, the same ``storage.s3`` keys (it ignores those it lacks).
+    Its AWS SDK panics when AWS_CA_BUNDLE is set (as on some machines) and
+    its transport is not the default one, even over plain http: unset."""
+    def argv(directory: Path, port: int) -> list[str]:
+        return ["env", "-u", "AWS_CA_BUNDLE", "docker-registry", "serve", str(_config(directory, port, s3(), None))]
+
+    return argv
+
+
+def _ours(workdir: Path, s3: dict[str, object], redis_addr: str | None = None) -> Target:
+    return start_registry("registry-on-s3", _ours_argv(lambda: s3, redis_addr), workdir)
 
 
 def _distribution(workdir: Path, s3: dict[str, object]) -> Target:
-    """CNCF Distribution (Debian's ``docker-registry``) on the same gateway,
-    with the same ``storage.s3`` keys (it ignores the ones it lacks)."""
-    def argv(directory: Path, port: int) -> list[str]:
-        return ["docker-registry", "serve", str(_config(directory, port, s3, None))]
+    return start_registry("distribution-on-s3", _distribution_argv(lambda: s3), workdir)
 
-    # Its AWS SDK panics when AWS_CA_BUNDLE is set (as on some machines)
-    # and the transport is not its default one, even over plain http.
-    return start_registry("distribution-on-s3", argv, workdir, unset=("AWS_CA_BUNDLE",))
+
+def _docker_rounds(gateway: Any, pairs: int, layer_mib: int, figures: dict[str, Any]) -> None:
+    """``docker push`` then ``docker pull`` of a 5-layer image (``layer_mib``
+    MiB of random bytes a layer) through ours and Distribution on the gateway, each
+    round a fresh registry over a fresh root directory (so every layer is
+    uploaded), in ``pairs`` A B / B A pairs (``registry.bench.dockerpush``)."""
+    from registry.bench import dockerpush
+    from registry.bench.daemons import MissingTool as NoDocker
+
+    def fresh_root() -> dict[str, object]:
+        return dict(gateway.params(rootdirectory=f"bench-docker-{uuid.uuid4().hex[:12]}"))
+
+    argv_for = {"ours": _ours_argv(fresh_root), "distribution": _distribution_argv(fresh_root)}
+    order = (["ours", "distribution", "distribution", "ours"] * pairs)[: 2 * pairs]
+    try:
+        rounds = dockerpush.run_rounds(order, argv_for, DOCKER_LAYERS, layer_mib, lambda r: print(
+            f"s3: docker round {r.label:12s} push {r.push_seconds:6.2f} s (registry CPU {r.push_cpu:5.2f} s)"
+            f"  pull {r.pull_seconds:6.2f} s (registry CPU {r.pull_cpu:5.2f} s)", flush=True))
+    except NoDocker as e:
+        print(f"s3: docker push/pull skipped: {e}")
+        figures["docker_skipped"] = str(e)
+        return
+    for label in ("ours", "distribution"):
+        mine = [r for r in rounds if r.label == label]
+        figures[f"docker_push_s_{label}"] = _median([r.push_seconds for r in mine])
+        figures[f"docker_pull_s_{label}"] = _median([r.pull_seconds for r in mine])
+        figures[f"docker_push_cpu_s_{label}"] = _median([r.push_cpu for r in mine])
+        figures[f"docker_pull_cpu_s_{label}"] = _median([r.pull_cpu for r in mine])
 
 
 def _redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -258,6 +298,10 @@ def _options(args: argparse.Namespace) -> argparse.Namespace:
     parser.add_argument("--pin", action="store_true",
                         help="run the gateway (radosgw, OSD, monitor) on CPU 0 and the registry and the clients on "
                              "CPU 1: S3 on a machine of its own, as in a deployment, instead of the two sharing CPUs")
+    parser.add_argument("--docker-pairs", type=int, default=1,
+                        help="pairs of docker push+pull rounds, ours and Distribution (0: none)")
+    parser.add_argument("--docker-layer-mib", type=int, default=DOCKER_LAYER_MIB,
+                        help=f"MiB of each of the image's {DOCKER_LAYERS} layers (default {DOCKER_LAYER_MIB})")
     known, _ = parser.parse_known_args(getattr(args, "extra", None) or [])
     if known.rounds < 1:
         raise SystemExit("s3: --rounds must be at least 1")
@@ -477,6 +521,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if distribution is not None:
                     distribution.stop()
 
+            if options.docker_pairs > 0:
+                _docker_rounds(gateway, options.docker_pairs, options.docker_layer_mib, figures)
+                figures["docker_layer_mib"] = options.docker_layer_mib
+
             redis_proc, redis_addr = _redis(work)
             try:
                 server = _ours(work / "server-redis", gateway.params(rootdirectory=f"bench-{uuid.uuid4().hex[:12]}"), redis_addr)
@@ -528,6 +576,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             continue
         print(f"s3:   {label:36s} {figures[label + '_s3_requests']:6.0f} {figures[label + '_registry_cpu_s']:8.2f} "
               f"{figures[label + '_gateway_cpu_s']:8.2f}")
+    if "docker_push_s_ours" in figures:
+        what = f"{DOCKER_LAYERS}-layer {DOCKER_LAYERS * figures['docker_layer_mib']} MiB image"
+        for verb in ("push", "pull"):
+            ours, theirs = figures[f"docker_{verb}_s_ours"], figures[f"docker_{verb}_s_distribution"]
+            figures[f"docker_{verb}_speed_ratio"] = theirs / ours
+            print(f"s3: docker {verb} of a {what}: ours {ours:6.2f} s (CPU {figures[f'docker_{verb}_cpu_s_ours']:5.2f} s), "
+                  f"Distribution {theirs:6.2f} s (CPU {figures[f'docker_{verb}_cpu_s_distribution']:5.2f} s): "
+                  f"{theirs / ours:4.2f}x as fast")
     print("s3: manifest GET req/s (wrk, 32 connections, 5 s)     by tag  by digest")
     for cache, label in (("no_cache", "no cache"), ("redis_cache", "blobdescriptor cache: redis")):
         print(f"s3:   {label:46s} {figures[f'manifest_get_rps_{cache}']:8.0f} {figures[f'manifest_get_digest_rps_{cache}']:8.0f}")

@@ -8,8 +8,9 @@ lookup and every link change."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import DeferredList
 from zope.interface import implementer
 
 from registry.digest import Digest
@@ -86,16 +87,20 @@ class BlobDescriptors:
         for _ in range(LINK_ATTEMPTS):
             await self.driver.put_content(path, link_content(d))
             await wait_clear(self.driver, [d])
-            try:
-                await self.driver.stat(paths.blob_data(d))
-            except PathNotFoundError:
+            # Both checks at once (an object store's round trip each).
+            checks: list[tuple[bool, Any]] = await DeferredList(
+                [self.driver.stat(paths.blob_data(d)), self.driver.stat(path)], consumeErrors=True
+            )
+            data, link = checks
+            for ok, result in checks:
+                if not ok and not result.check(PathNotFoundError):
+                    result.raiseException()
+            if not data[0]:
                 await self._unlink_quietly(name, d)
-                raise BlobUnknown(d, name) from None
-            try:
-                await self.driver.stat(path)
+                raise BlobUnknown(d, name)
+            if link[0]:
                 return
-            except PathNotFoundError:
-                continue  # swept while we waited: write it again
+            # swept while we waited: write it again
         raise BlobUnknown(d, name)
 
     async def _unlink_quietly(self, name: str, d: Digest) -> None:

@@ -444,20 +444,30 @@ class UploadStore:
             if actual != expected:
                 raise DigestMismatch(expected, actual, size)
             moved = False
-            for attempt in range(3):
-                if await self.blobs.descriptors.size(expected) is None:
-                    # ``move`` makes the bytes durable, then the blob's name.
-                    await self.driver.move(data_path, paths.blob_data(expected))
-                    moved = True
-                try:
-                    await self.blobs.descriptors.link(name, expected)
-                    break
-                except BlobUnknown:
-                    # A garbage collection swept the stored copy while we
-                    # linked it: ours is still here, store it instead.
-                    if moved or attempt == 2:
-                        raise
-            await self.driver.delete(paths.upload_dir(name, upload_id))
+            cleanup: Deferred[None] | None = None
+            try:
+                for attempt in range(3):
+                    if await self.blobs.descriptors.size(expected) is None:
+                        # ``move`` makes the bytes durable, then the blob's name.
+                        await self.driver.move(data_path, paths.blob_data(expected))
+                        moved = True
+                        # The upload's bytes are the blob's now: what is left
+                        # of it goes while the blob is linked (on an object
+                        # store, a few round trips less before the answer).
+                        cleanup = self.driver.delete(paths.upload_dir(name, upload_id))
+                    try:
+                        await self.blobs.descriptors.link(name, expected)
+                        break
+                    except BlobUnknown:
+                        # A garbage collection swept the stored copy while we
+                        # linked it: ours is still here, store it instead.
+                        if moved or attempt == 2:
+                            raise
+            except BaseException:
+                if cleanup is not None:
+                    await DeferredList([cleanup], consumeErrors=True)
+                raise
+            await (cleanup if cleanup is not None else self.driver.delete(paths.upload_dir(name, upload_id)))
             return size
         finally:
             await release()

@@ -1284,9 +1284,12 @@ class S3Driver:
             raise PathNotFoundError(source, NAME)
         if source == dest:
             return
+        # The destination's check and the source's completion at once.
+        check = ensureDeferred(self._check_can_create(dest))
         if head.upload:
-            head = await self._materialize(source, head)
-        await self._check_can_create(dest)
+            head = (await _gather([ensureDeferred(self._materialize(source, head)), check]))[0]
+        else:
+            await check
         await self._server_copy(src_key, self._k(dest), head)
         await self._delete_key(src_key)
 

@@ -295,6 +295,19 @@ def test_a_view_of_a_local_generation_shares_its_counter() -> None:
     assert view.current() == before + 2
 
 
+def _count_settles(remote: SharedGeneration) -> list[float]:
+    """The times of ``remote``'s waits from now on (it still waits)."""
+    settles: list[float] = []
+    real_settle = remote.settle
+
+    def counting_settle() -> Any:
+        settles.append(time.monotonic())
+        return real_settle()
+
+    remote.settle = counting_settle  # type: ignore[method-assign]
+    return settles
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_manifest_delete_waits_once_however_many_tags_it_removes(
     tmp_path: Path, redis_server: RedisServer
@@ -312,24 +325,9 @@ async def test_a_manifest_delete_waits_once_however_many_tags_it_removes(
         digest = await push_image(model, "app", "tagged", tag="v1")
         for tag in ("v2", "v3", "latest"):
             await model.tags.tag("app", tag, digest)
-        settles: list[float] = []
-        real_settle = remote.settle
-
-        def counting_settle() -> Any:
-            settles.append(time.monotonic())
-            return real_settle()
-
-        remote.settle = counting_settle  # type: ignore[method-assign]
         tag_remote = model.tags.generation.remote  # type: ignore[attr-defined]
         assert isinstance(tag_remote, SharedGeneration) and tag_remote is not remote
-        tag_settles: list[float] = []
-        real_tag_settle = tag_remote.settle
-
-        def counting_tag_settle() -> Any:
-            tag_settles.append(time.monotonic())
-            return real_tag_settle()
-
-        tag_remote.settle = counting_tag_settle  # type: ignore[method-assign]
+        settles, tag_settles = _count_settles(remote), _count_settles(tag_remote)
         started = time.monotonic()
         removed = await model.manifests.delete("app", digest)
         took = time.monotonic() - started

@@ -25,7 +25,8 @@ and alert rules written for it keep working:
   is Distribution's name of the driver call: ``GetContent``, ``Stat``,
   ``Writer``...) and ``registry_storage_action_errors_total{driver,action}``
 * ``registry_storage_cache_total{cache,type}``: lookups of the in-process
-  content cache (``cache="content"``) and of the blob-descriptor cache
+  content cache (``cache="content"``), of the in-process tag cache
+  (``cache="tags"``: manifest references by tag) and of the blob-descriptor cache
   (``cache="blobdescriptor"``, ``storage.cache.blobdescriptor``), by
   Distribution 2.8's ``type``: ``Request``, ``Hit``, ``Miss``, ``Error``
   (a store that did not answer); read from the caches' own counters at
@@ -153,13 +154,17 @@ class RegistryMetrics:
             GCCollector(registry=r)
 
     def watch_caches(self, model: DataModel) -> None:
-        """Count ``model``'s caches' lookups: its content cache and its
-        blob-descriptor cache, whichever it has."""
+        """Count ``model``'s caches' lookups: its content cache, its tag
+        cache and its blob-descriptor cache, whichever it has."""
         from registry.storage.cache import CachedBlobDescriptors
+
+        from registry.storage.tags import CachedTagStore
 
         content = getattr(model.manifests, "cache", None)
         if content is not None:
             self.caches.append(("content", content))
+        if isinstance(model.tags, CachedTagStore):
+            self.caches.append(("tags", model.tags))
         descriptors = model.blobs.descriptors
         if isinstance(descriptors, CachedBlobDescriptors):
             self.caches.append(("blobdescriptor", descriptors))

@@ -124,7 +124,7 @@ async def test_metrics_disabled_leaves_health_only() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_cache_hits_and_misses(tmp_path: Any) -> None:
-    # Both caches: the in-process content cache and, with
+    # Every cache: the in-process content and tag caches and, with
     # storage.cache.blobdescriptor, the blob-descriptor cache; Distribution
     # 2.8's registry_storage_cache_total{type} plus which cache.
     yaml_text = (
@@ -141,8 +141,12 @@ async def test_cache_hits_and_misses(tmp_path: Any) -> None:
             assert await got.content() == manifest
             head = await treq.head(f"{r.url}/v2/team/cached/blobs/{sha(b'cached layer')}")
             assert head.code == 200
+            by_tag = await treq.get(
+                f"{r.url}/v2/team/cached/manifests/v1", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+            )
+            assert await by_tag.content() == manifest
         _, samples = await scrape(r)
-        for cache in ("content", "blobdescriptor"):
+        for cache in ("content", "tags", "blobdescriptor"):
             hits = value(samples, "registry_storage_cache_total", cache=cache, type="Hit")
             misses = value(samples, "registry_storage_cache_total", cache=cache, type="Miss")
             assert hits >= 2 and misses >= 1, (cache, hits, misses)

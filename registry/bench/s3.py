@@ -410,16 +410,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 figures[f"manifest_get_digest_rps_{cache}"] = _wrk(target.url + by_digest, work)
 
             roots = {name: f"bench-{uuid.uuid4().hex[:12]}" for name in ("server", "server-signed", "distribution")}
-            server = _ours(work / "server", gateway.params(rootdirectory=roots["server"], signpayload=False))
-            signed = _ours(work / "server-signed", gateway.params(rootdirectory=roots["server-signed"]))
-            distribution: Target | None = None
-            if shutil.which("docker-registry") is not None:
-                distribution = _distribution(work / "distribution", gateway.params(rootdirectory=roots["distribution"]))
-            else:
-                print("s3: docker-registry (Distribution) not installed: its figures are left out")
-            if options.pin:
-                _pin(server.processes() + signed.processes() + (distribution.processes() if distribution else []), cpus[1])
+            started: list[Target] = []  # stopped at the end, whatever fails
             try:
+                server = _ours(work / "server", gateway.params(rootdirectory=roots["server"], signpayload=False))
+                started.append(server)
+                signed = _ours(work / "server-signed", gateway.params(rootdirectory=roots["server-signed"]))
+                started.append(signed)
+                distribution: Target | None = None
+                if shutil.which("docker-registry") is not None:
+                    distribution = _distribution(work / "distribution", gateway.params(rootdirectory=roots["distribution"]))
+                    started.append(distribution)
+                else:
+                    print("s3: docker-registry (Distribution) not installed: its figures are left out")
+                if options.pin:
+                    _pin([pid for running in started for pid in running.processes()], cpus[1])
                 # The blob the downloads fetch, and the plain object: once.
                 get_digest = fresh()
                 status, _, _ = raw_http("127.0.0.1", server.port, (
@@ -516,10 +520,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         gateway.admin("gc", "process", "--include-all")
                 manifest_gets(server, "no_cache")
             finally:
-                server.stop()
-                signed.stop()
-                if distribution is not None:
-                    distribution.stop()
+                for running in started:
+                    running.stop()
 
             if options.docker_pairs > 0:
                 _docker_rounds(gateway, options.docker_pairs, options.docker_layer_mib, figures)
@@ -554,10 +556,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(line(f"plain multipart PUT (10 MiB parts, {CONCURRENCY} in flight)", "plain_multipart_put"))
     print(line("plain multipart PUT (8 MiB parts, one at a time)", "plain_multipart_put_8mib_sequential"))
     print(line("plain GET", "plain_get"))
-    for figure, label, reference, target in RATIOS:
+    for figure, label, reference, goal in RATIOS:
         ratio = figures[figure + "_mbps"] / figures[reference + "_mbps"]
         figures[figure + "_ratio"] = ratio
-        print(f"{line('ours ' + label, figure)}  {ratio:5.2f}x plain (target >= {target}x)")
+        print(f"{line('ours ' + label, figure)}  {ratio:5.2f}x plain (target >= {goal}x)")
     for figure, label, reference in DISTRIBUTION:
         if figure in samples:
             ratio = figures[figure + "_mbps"] / figures[reference + "_mbps"]

@@ -157,7 +157,6 @@ class RegistryMetrics:
         """Count ``model``'s caches' lookups: its content cache, its tag
         cache and its blob-descriptor cache, whichever it has."""
         from registry.storage.cache import CachedBlobDescriptors
-
         from registry.storage.tags import CachedTagStore
 
         content = getattr(model.manifests, "cache", None)

@@ -307,6 +307,12 @@ class Generation:
             _FORMAT.pack_into(m, 0, value)
         return int(value)
 
+    def changed(self) -> Deferred[None] | None:
+        """``bump()`` after a change, then ``settled()``: what the changer
+        waits for before it answers (None: nothing to wait for)."""
+        self.bump()
+        return self.settled()
+
     def settled(self) -> Deferred[None] | None:
         """After ``bump()``: a Deferred firing once no instance can serve
         from its cache what the bump covers (``SharedGeneration.settle``),

@@ -9,7 +9,6 @@ removes the tag's whole directory, as Distribution does.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from typing import Any, Callable
 
 from zope.interface import implementer
@@ -17,6 +16,7 @@ from zope.interface import implementer
 from registry.digest import Digest, DigestError
 from registry.storage import paths
 from registry.storage.blobs import link_content, parse_link
+from registry.storage.cache import ContentCache
 from registry.storage.driver import IStorageDriver, PathNotFoundError
 from registry.storage.errors import ManifestUnknown
 from registry.storage.generation import Generation
@@ -100,12 +100,13 @@ class CachedTagStore:
 
     * every ``tag`` and ``untag`` bumps the generation after the storage
       write and answers once every instance's cache has dropped what it held
-      (``Generation.settled``: one Redis lease, 0.25 s, with several hosts;
+      (``Generation.changed``: one Redis lease, 0.25 s, with several hosts;
       nothing to wait for on one host);
-    * a ``resolve`` notes the generation before its storage read and keeps
-      the answer only if the generation has not moved meanwhile, and the
-      cache is emptied whenever it has moved (tag writes are rarer than
-      reads by orders of magnitude).
+    * a ``resolve`` keeps its answer the way the content cache keeps
+      content (a ``ContentCache`` over the tag generation: the fill is
+      refused if the generation moved during the storage read, and
+      everything is dropped whenever it has moved; tag writes are rarer
+      than reads by orders of magnitude).
 
     So a pull on any instance sees a tag as it was when the last push or
     delete of it answered, as without the cache, and a manifest GET by tag
@@ -123,44 +124,28 @@ class CachedTagStore:
     ) -> None:
         self.inner = inner
         self.generation = generation
-        self.max_entries = max_entries
-        self.max_age_s = max_age_s
-        self.now = now
-        self._entries: OrderedDict[tuple[str, str], tuple[Digest, float]] = OrderedDict()
-        self._seen = generation.current()
-        self.hits = 0
-        self.misses = 0
-        self.drops = 0
+        self.cache = ContentCache(generation, max_entries=max_entries, max_age_s=max_age_s, now=now)
 
-    def _token(self) -> int:
-        g = self.generation.current()
-        if g != self._seen:
-            self._seen = g
-            if self._entries:
-                self._entries.clear()
-                self.drops += 1
-        return g
+    @property
+    def hits(self) -> int:
+        return self.cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self.cache.misses
 
     async def resolve(self, name: str, tag: str) -> Digest:
-        token = self._token()
-        key = (name, tag)
-        entry = self._entries.get(key)
-        if entry is not None and entry[1] > self.now():
-            self.hits += 1
-            return entry[0]
-        self.misses += 1
+        key = ("tag", name, tag)
+        hit: Digest | None = self.cache.get(key)
+        if hit is not None:
+            return hit
+        token = self.cache.token()
         d = await self.inner.resolve(name, tag)
-        if self._token() == token:
-            entries = self._entries
-            entries.pop(key, None)
-            entries[key] = (d, self.now() + self.max_age_s)
-            while len(entries) > self.max_entries:
-                entries.popitem(last=False)
+        self.cache.put(key, d, token)
         return d
 
     async def _changed(self) -> None:
-        self.generation.bump()
-        waiting = self.generation.settled()
+        waiting = self.generation.changed()
         if waiting is not None:
             await waiting
 
@@ -189,4 +174,4 @@ class CachedTagStore:
         return await self.inner.tags_of(name, d)
 
     def status(self) -> dict[str, Any]:
-        return {"entries": len(self._entries), "hits": self.hits, "misses": self.misses, "drops": self.drops}
+        return self.cache.status()

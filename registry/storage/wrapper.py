@@ -387,14 +387,14 @@ class StorageDriverWrapper:
         if not isinstance(path, str) or "/_uploads/" in path or path.endswith("/_uploads"):
             return d  # refused before the driver saw it, or an upload's files
         if "/_manifests/tags/" in path:
-            # Tags are mutable and never cached: no cache can hold what an
-            # untag removes, so it need not wait for every instance's cache.
+            # The content cache holds no tags, so an untag need not empty it
+            # nor wait for it; the tag cache has a generation of its own,
+            # which the tag store bumps (``CachedTagStore``).
             return d
         return d.addBoth(self._bump)
 
     def _bump(self, result: Any) -> Any:
-        self.generation.bump()
-        waiting = self.generation.settled()
+        waiting = self.generation.changed()
         if waiting is None:
             return result
         return waiting.addCallback(lambda _: result)

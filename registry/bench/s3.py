@@ -54,6 +54,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,9 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from registry.bench.servers import Target, curl, free_port, process_cpu_seconds, push_chunked, push_streamed, raw_http
+from registry.bench.servers import (
+    Target, curl, finish_upload, free_port, process_cpu_seconds, push_chunked, push_streamed, raw_http, start_upload,
+)
 from registry.bench.servers import start as start_registry
 
 MIB = 1 << 20
@@ -153,12 +156,16 @@ class _Meter:
         gateway_cpu = sum(process_cpu_seconds(p.pid) or 0.0 for n, p in self._gateway.processes.items() if n in ("radosgw", "osd"))
         return requests, self._server.cpu_seconds() if self._server is not None else 0.0, gateway_cpu
 
-    def record(self, figures: dict[str, Any], label: str) -> None:
+    def record(self) -> dict[str, float]:
+        """What the upload cost since the meter was made: ``s3_requests``,
+        ``registry_cpu_s``, ``gateway_cpu_s``."""
         time.sleep(0.2)  # the gateway writes its access line after answering
         end = self._read()
-        figures[f"{label}_s3_requests"] = end[0] - self._start[0]
-        figures[f"{label}_registry_cpu_s"] = round(end[1] - self._start[1], 3)
-        figures[f"{label}_gateway_cpu_s"] = round(end[2] - self._start[2], 3)
+        return {
+            "s3_requests": end[0] - self._start[0],
+            "registry_cpu_s": round(end[1] - self._start[1], 3),
+            "gateway_cpu_s": round(end[2] - self._start[2], 3),
+        }
 
 
 def _config(workdir: Path, port: int, s3: dict[str, object], redis_addr: str | None) -> Path:
@@ -229,10 +236,10 @@ def _docker_rounds(gateway: Any, pairs: int, layer_mib: int, figures: dict[str, 
         return
     for label in ("ours", "distribution"):
         mine = [r for r in rounds if r.label == label]
-        figures[f"docker_push_s_{label}"] = _median([r.push_seconds for r in mine])
-        figures[f"docker_pull_s_{label}"] = _median([r.pull_seconds for r in mine])
-        figures[f"docker_push_cpu_s_{label}"] = _median([r.push_cpu for r in mine])
-        figures[f"docker_pull_cpu_s_{label}"] = _median([r.pull_cpu for r in mine])
+        figures[f"docker_push_s_{label}"] = statistics.median([r.push_seconds for r in mine])
+        figures[f"docker_pull_s_{label}"] = statistics.median([r.pull_seconds for r in mine])
+        figures[f"docker_push_cpu_s_{label}"] = statistics.median([r.push_cpu for r in mine])
+        figures[f"docker_pull_cpu_s_{label}"] = statistics.median([r.pull_cpu for r in mine])
 
 
 def _redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -254,16 +261,21 @@ def _redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.05)
 
 
+def _post_blob(port: int, name: str, body: memoryview | bytes, digest: str) -> None:
+    """A monolithic upload as one request: POST ``?digest=`` with the bytes."""
+    status, _, _ = raw_http("127.0.0.1", port, (
+        f"POST /v2/{name}/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n").encode(), body)
+    assert status == 201, status
+
+
 def _push_manifest(server: Target, repo: str) -> tuple[str, str]:
     """A small image (config + one layer) and its manifest tagged ``v1``;
     returns the manifest's paths by tag and by digest."""
     blobs = []
     for content in (b'{"architecture":"amd64","os":"linux"}', os.urandom(4096)):
         digest = "sha256:" + hashlib.sha256(content).hexdigest()
-        status, _, _ = raw_http("127.0.0.1", server.port, (
-            f"POST /v2/{repo}/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n"
-            f"Content-Type: application/octet-stream\r\nContent-Length: {len(content)}\r\n\r\n").encode(), content)
-        assert status == 201, status
+        _post_blob(server.port, repo, content, digest)
         blobs.append((digest, len(content)))
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
@@ -331,12 +343,6 @@ def _pin(pids: "list[int]", cpu: int) -> None:
         subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, stdout=subprocess.DEVNULL)
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     size_mib = getattr(args, "mib", None) or 256
     options = _options(args)
@@ -390,9 +396,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 transfer()
                 samples.setdefault(figure, []).append(size_mib / (time.perf_counter() - t))
                 if meter is not None:
-                    meter.record(figures, figure)
-                    for what in ("s3_requests", "registry_cpu_s", "gateway_cpu_s"):
-                        samples.setdefault(f"{figure}_{what}", []).append(figures.pop(f"{figure}_{what}"))
+                    for what, value in meter.record().items():
+                        samples.setdefault(f"{figure}_{what}", []).append(value)
 
             def forget(server: Target, digest: str) -> None:
                 """Delete an uploaded blob's bytes from the bucket behind the
@@ -426,28 +431,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     _pin([pid for running in started for pid in running.processes()], cpus[1])
                 # The blob the downloads fetch, and the plain object: once.
                 get_digest = fresh()
-                status, _, _ = raw_http("127.0.0.1", server.port, (
-                    f"POST /v2/bench/get/blobs/uploads/?digest={get_digest} HTTP/1.1\r\nHost: x\r\n"
-                    f"Content-Type: application/octet-stream\r\nContent-Length: {len(view)}\r\n\r\n").encode(), view)
-                assert status == 201, status
+                _post_blob(server.port, "bench/get", view, get_digest)
                 _plain_multipart_put(signer, plain_key + "-get", view, CONCURRENCY)
                 status, _, _ = raw_http("127.0.0.1", server.port, f"GET /v2/bench/get/blobs/{get_digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 if status != 307:
                     raise RuntimeError(f"blob GET answered {status}, not a 307 redirect to the gateway")
 
-
                 def post_then_put(target: Target, name: str, digest: str) -> None:
                     """The monolithic upload Distribution 2.8 has: POST, then one PUT ``?digest=`` with the bytes
                     (it answers a POST ``?digest=`` with a body by starting an empty upload)."""
-                    status, hdrs, _ = raw_http("127.0.0.1", target.port, (
-                        f"POST /v2/{name}/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").encode())
-                    assert status == 202, status
-                    location = hdrs["location"]
-                    sep = "&" if "?" in location else "?"
-                    status, _, _ = raw_http("127.0.0.1", target.port, (
-                        f"PUT {location}{sep}digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-                        f"Content-Length: {len(view)}\r\n\r\n").encode(), view)
-                    assert status == 201, status
+                    finish_upload(target.port, start_upload(target.port, name), digest, view)
 
                 if distribution is not None:
                     post_then_put(distribution, "bench/get", get_digest)
@@ -464,26 +457,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         figures[figure + "_failed"] = failed[figure]
 
                 def monolithic(target: Target, digest: str) -> None:
-                    status, _, _ = raw_http("127.0.0.1", target.port, (
-                        f"POST /v2/bench/mono/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n"
-                        f"Content-Type: application/octet-stream\r\nContent-Length: {len(view)}\r\n\r\n").encode(), view)
-                    assert status == 201, status
+                    _post_blob(target.port, "bench/mono", view, digest)
 
-                def plain_put(figure: str, key: str, concurrency: int, part_size: int) -> Callable[[], None]:
+                Step = tuple[str, Callable[[], None]]  # a figure and what measures it once
+
+                def plain_put(figure: str, key: str, concurrency: int, part_size: int) -> Step:
                     def step() -> None:
                         fresh()
                         timed(figure, lambda: _plain_multipart_put(signer, key, view, concurrency, part_size))
-                    return step
+                    return figure, step
 
-                def upload(figure: str, target: Target, send: Callable[[Target, str], object]) -> Callable[[], None]:
+                def upload(figure: str, target: Target, send: Callable[[Target, str], object]) -> Step:
                     def step() -> None:
                         digest = fresh()
                         timed(figure, lambda: send(target, digest), target)
                         forget(target, digest)
-                    return step
+                    return figure, step
 
-                def download(figure: str, url: str) -> Callable[[], None]:
-                    return lambda: timed(figure, lambda: curl("-L", url))
+                def download(figure: str, url: str) -> Step:
+                    return figure, lambda: timed(figure, lambda: curl("-L", url))
 
                 steps = [
                     plain_put("plain_multipart_put", plain_key, CONCURRENCY, PART),
@@ -498,24 +490,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if distribution is not None:
                     dist = distribution
                     for figure, step in (
-                        ("distribution_upload_monolithic",
-                         upload("distribution_upload_monolithic", dist, lambda t, d: post_then_put(t, "bench/mono", d))),
-                        ("distribution_upload_streamed",
-                         upload("distribution_upload_streamed", dist, lambda t, d: push_streamed(t.port, "bench/streamed", view, d))),
-                        ("distribution_upload_chunked_8mib",
-                         upload("distribution_upload_chunked_8mib", dist,
-                                lambda t, d: push_chunked(t.port, "bench/chunked", view, d, CHUNK))),
-                        ("distribution_download_redirect",
-                         download("distribution_download_redirect", f"{dist.url}/v2/bench/get/blobs/{get_digest}")),
+                        upload("distribution_upload_monolithic", dist, lambda t, d: post_then_put(t, "bench/mono", d)),
+                        upload("distribution_upload_streamed", dist, lambda t, d: push_streamed(t.port, "bench/streamed", view, d)),
+                        upload("distribution_upload_chunked_8mib", dist,
+                               lambda t, d: push_chunked(t.port, "bench/chunked", view, d, CHUNK)),
+                        download("distribution_download_redirect", f"{dist.url}/v2/bench/get/blobs/{get_digest}"),
                     ):
-                        steps.append(functools.partial(measure_distribution, figure, step))
+                        steps.append((figure, functools.partial(measure_distribution, figure, step)))
                 for n in range(rounds):
                     # Plain, ours and Distribution alternate, forwards then
                     # backwards, so a slower minute of the machine weighs on
                     # both sides of a ratio alike. The gateway's garbage
                     # collection (of what the last transfer deleted or
                     # replaced) runs between transfers, not during the next.
-                    for step in steps if n % 2 == 0 else steps[::-1]:
+                    for _, step in steps if n % 2 == 0 else steps[::-1]:
                         step()
                         gateway.admin("gc", "process", "--include-all")
                 manifest_gets(server, "no_cache")
@@ -543,7 +531,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     for figure, values in samples.items():
         key = figure if figure.endswith(("_s3_requests", "_cpu_s")) else figure + "_mbps"
-        figures[key] = _median(values)
+        figures[key] = statistics.median(values)
         if not figure.endswith(("_s3_requests", "_cpu_s")):
             figures[figure + "_mbps_all"] = [round(v, 1) for v in values]
 

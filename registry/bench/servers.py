@@ -24,7 +24,7 @@ import yaml
 
 __all__ = [
     "Target", "curl", "distribution_argv", "free_port", "merge_settings", "sha256_of", "our_argv", "our_argv_with", "process_cpu_seconds", "process_rss", "process_tree",
-    "push_chunked", "push_streamed", "raw_http", "start", "write_blob",
+    "finish_upload", "push_chunked", "push_streamed", "raw_http", "start", "start_upload", "write_blob",
 ]
 
 
@@ -241,13 +241,28 @@ def _read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, rest
 
 
+def start_upload(port: int, name: str) -> str:
+    """POST a new upload session to repository ``name``; its ``Location``."""
+    status, hdrs, _ = raw_http("127.0.0.1", port, f"POST /v2/{name}/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    assert status == 202, status
+    return hdrs["location"]
+
+
+def finish_upload(port: int, location: str, digest: str, body: memoryview | bytes = b"") -> None:
+    """PUT ``?digest=`` to the session at ``location``, with ``body`` (the
+    whole blob, a monolithic upload) or without (after PATCHes)."""
+    sep = "&" if "?" in location else "?"
+    status, _, _ = raw_http("127.0.0.1", port, (
+        f"PUT {location}{sep}digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n").encode(), body)
+    assert status == 201, status
+
+
 def push_chunked(port: int, name: str, view: memoryview, digest: str, chunk: int) -> None:
     """Upload ``view`` to repository ``name`` in PATCHes of ``chunk`` bytes
     (with Content-Range), then PUT ``?digest=``; raw sockets, so the bytes
     go from the caller's buffer (a memory map) without a copy."""
-    status, hdrs, _ = raw_http("127.0.0.1", port, f"POST /v2/{name}/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
-    assert status == 202, status
-    location = hdrs["location"]
+    location = start_upload(port, name)
     for start in range(0, len(view), chunk):
         part = view[start : start + chunk]
         head = (f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
@@ -256,18 +271,14 @@ def push_chunked(port: int, name: str, view: memoryview, digest: str, chunk: int
         part.release()
         assert status == 202, status
         location = hdrs["location"]
-    sep = "&" if "?" in location else "?"
-    status, _, _ = raw_http("127.0.0.1", port, f"PUT {location}{sep}digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
-    assert status == 201, status
+    finish_upload(port, location, digest)
 
 
 def push_streamed(port: int, name: str, view: memoryview, digest: str, piece: int = 1 << 20) -> None:
     """Upload ``view`` to repository ``name`` as docker does: one PATCH
     with no length and no Content-Range, its body in chunked transfer
     encoding (pieces of ``piece`` bytes), then PUT ``?digest=``."""
-    status, hdrs, _ = raw_http("127.0.0.1", port, f"POST /v2/{name}/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
-    assert status == 202, status
-    location = hdrs["location"]
+    location = start_upload(port, name)
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
                   "Transfer-Encoding: chunked\r\n\r\n".encode())
@@ -280,10 +291,7 @@ def push_streamed(port: int, name: str, view: memoryview, digest: str, piece: in
         s.sendall(b"0\r\n\r\n")
         status, hdrs, _ = _read_response(s)
     assert status == 202, status
-    location = hdrs["location"]
-    sep = "&" if "?" in location else "?"
-    status, _, _ = raw_http("127.0.0.1", port, f"PUT {location}{sep}digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
-    assert status == 201, status
+    finish_upload(port, hdrs["location"], digest)
 
 
 def write_blob(path: Path, size: int) -> str:

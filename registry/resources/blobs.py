@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
@@ -19,12 +18,9 @@ from registry.resources.base import empty_response
 from registry.resources.context import Context
 from registry.sendfile import PausableProducer, SendfileProducer, zero_copy_transport
 from registry.storage.driver import IFileReader, IZeroCopyReader
+from registry.transport import widen_sends
 
 READ_CHUNK = 1 << 20  # drivers read 1 MiB pieces; smaller reads cost a Deferred each
-#: Bytes a TCP transport hands to one ``send`` while a body is copied.
-#: Twisted's default (128 KiB) costs a reactor turn per 128 KiB; 1 MiB (one
-#: ``READ_CHUNK``) cut the server's CPU per downloaded GiB by a quarter.
-SEND_LIMIT = 1 << 20
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -79,7 +75,7 @@ class ReaderProducer(PausableProducer):
         super().__init__()
 
     async def run(self) -> None:
-        _widen_sends(self.request)
+        widen_sends(self.request.channel.transport if self.request.channel is not None else None)
         self.request.registerProducer(self, True)
         try:
             while self.remaining > 0 and not self._stopped:
@@ -97,17 +93,6 @@ class ReaderProducer(PausableProducer):
         finally:
             if not self.request.gone:
                 self.request.unregisterProducer()
-
-
-def _widen_sends(request: RegistryRequest) -> None:
-    """Let the connection's TCP transport send ``SEND_LIMIT`` bytes at a
-    time (under TLS: the TCP transport below it, which carries the
-    encrypted bytes). ``SEND_LIMIT`` is a public class attribute of
-    ``twisted.internet.abstract.FileDescriptor``; set here per connection."""
-    transport = request.channel.transport if request.channel is not None else None
-    for t in (transport, getattr(transport, "transport", None)):
-        if isinstance(t, FileDescriptor) and t.SEND_LIMIT < SEND_LIMIT:
-            t.SEND_LIMIT = SEND_LIMIT
 
 
 class BlobResource:

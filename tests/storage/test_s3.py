@@ -1012,3 +1012,28 @@ async def test_a_failed_part_records_no_state(gateway: RGW, root: str, signpaylo
         await a.delete("/repo")
     finally:
         await close(a, b)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_connections_to_the_store_send_a_mib_at_a_time(scheme: str) -> None:
+    """Parts go to the store in sends of ``SEND_LIMIT`` (Twisted's default is
+    128 KiB, a reactor turn each): under TLS, on the TCP connection below."""
+    from hyperlink import URL
+    from twisted.internet.abstract import FileDescriptor
+    from twisted.web.client import URI, BrowserLikePolicyForHTTPS
+
+    from registry.storage.drivers.s3 import _Endpoints
+    from registry.transport import SEND_LIMIT
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        url = URL(scheme=scheme, host="127.0.0.1", port=port.getHost().port, path=("bucket",))
+        endpoint = _Endpoints(reactor, BrowserLikePolicyForHTTPS(), 5).endpointForURI(URI.fromBytes(url.to_text().encode()))
+        protocol = await endpoint.connect(Factory.forProtocol(Protocol))
+        tcp = protocol.transport if scheme == "http" else protocol.transport.transport
+        assert isinstance(tcp, FileDescriptor) and tcp.SEND_LIMIT == SEND_LIMIT == 1 << 20
+        assert FileDescriptor.SEND_LIMIT < SEND_LIMIT  # only these connections
+        protocol.transport.abortConnection()
+    finally:
+        await port.stopListening()

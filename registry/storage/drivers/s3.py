@@ -176,14 +176,17 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from registry.storage.params import warn_unknown_params
+from registry.transport import widen_sends
 from registry.storage.driver import (
     DriverError,
     FileInfo,
@@ -459,6 +462,42 @@ class _TLSPolicy:
 # --- S3 errors ------------------------------------------------------------------
 
 
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """The Agent's connections, as its own factory makes them (TCP for
+    ``http``, TCP + TLS for ``https``), each sending up to
+    ``registry.transport.SEND_LIMIT`` at a time: a part goes to the store
+    in a reactor turn per MiB instead of per 128 KiB (about a tenth of the
+    registry's CPU per uploaded byte)."""
+
+    def __init__(self, reactor: Any, tls: IPolicyForHTTPS, timeout: float) -> None:
+        self._reactor = reactor
+        self._tls = tls
+        self._timeout = timeout
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, uri.host.decode("ascii"), uri.port, timeout=self._timeout)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        elif uri.scheme != b"http":
+            raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
+        return _WideSends(endpoint)
+
+
+@implementer(IStreamClientEndpoint)
+class _WideSends:
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, factory: Any) -> "Deferred[Any]":
+        def widen(protocol: Any) -> Any:
+            widen_sends(protocol.transport)
+            return protocol
+
+        return self._endpoint.connect(factory).addCallback(widen)
+
+
 class S3Error(DriverError):
     """An S3 request failed: HTTP status, S3 error code and a message that
     says what to check."""
@@ -548,10 +587,11 @@ class S3Driver:
         # The Agent itself, not treq's client: treq re-parses every URL
         # (hyperlink, IDNA) and runs a cookie jar, a few ms of CPU per
         # request that a PATCH-heavy upload pays ~20 times per request.
-        tls: dict[str, Any] = {}
+        tls: IPolicyForHTTPS = BrowserLikePolicyForHTTPS()
         if config.skipverify or config.cabundle is not None:
-            tls["contextFactory"] = _TLSPolicy(config)
-        self._agent = Agent(reactor, pool=self._http_pool, connectTimeout=min(config.requesttimeout, 10), **tls)
+            tls = _TLSPolicy(config)
+        endpoints = _Endpoints(reactor, tls, min(config.requesttimeout, 10))
+        self._agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._http_pool)
         self._threads: ThreadPool | None = None
         self._closed = False
         self._credentials: Any = None  # botocore Credentials (maybe refreshable)

@@ -1637,7 +1637,21 @@ class S3Writer:
             return succeed(None)
         if self._done:
             raise DriverError(NAME, f"writing {self._path}: the writer was closed")
-        return ensureDeferred(self._write(data if isinstance(data, bytes) else bytes(data)))
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        stream = self._stream
+        if stream is not None and self._expected is not None and len(data) <= min(self._expected, stream.length - stream.fed):
+            # The hot path of a streamed upload: the bytes belong to the part
+            # being streamed (no earlier bytes to load first, no part to
+            # start): fed at once, without a coroutine per write.
+            self._dirty = True
+            self.size += len(data)
+            self._expected -= len(data)
+            stream.feed(data)
+            if stream.fed == stream.length:
+                self._stream = None
+            return succeed(None)
+        return ensureDeferred(self._write(data))
 
     async def _write(self, data: bytes) -> None:
         if self._small_base:

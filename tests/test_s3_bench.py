@@ -23,9 +23,11 @@ def test_rounds_option() -> None:
 
     options = s3._options(Args())  # type: ignore[arg-type]
     assert (options.rounds, options.pin) == (5, True)
-    Args.extra = ["--rounds", "0"]
-    with pytest.raises(SystemExit):
-        s3._options(Args())  # type: ignore[arg-type]
+    assert s3._options(Args()).download_repeats == 5  # type: ignore[arg-type]
+    for bad in (["--rounds", "0"], ["--download-repeats", "0"]):
+        Args.extra = bad
+        with pytest.raises(SystemExit):
+            s3._options(Args())  # type: ignore[arg-type]
 
 
 @pytest.mark.slow  # a gateway start, 2 rounds of 16 MiB transfers, a docker push+pull through each registry
@@ -35,7 +37,7 @@ def test_two_rounds_report_every_transfer() -> None:
             missing_tool(MissingTool(command, {"dockerd": "docker.io"}.get(command, command)))
     proc = subprocess.run(
         [sys.executable, "-m", "registry.bench", "s3", "--json", "--mib", "16", "--rounds", "2",
-         "--docker-pairs", "1", "--docker-layer-mib", "1"],
+         "--download-repeats", "3", "--docker-pairs", "1", "--docker-layer-mib", "1"],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -44,12 +46,14 @@ def test_two_rounds_report_every_transfer() -> None:
     assert "skipped" not in figures, figures
     assert figures["rounds"] == 2 and figures["size_mib"] == 16
     for figure, _, reference, _ in s3.RATIOS:
-        assert len(figures[figure + "_mbps_all"]) == 2, figure  # one sample per round
+        # One sample per round; downloads --download-repeats per round.
+        assert len(figures[figure + "_mbps_all"]) == (6 if figure.startswith("download") else 2), figure
         # The figure is the samples' median (they are printed rounded to 0.1).
         assert figures[figure + "_mbps"] == pytest.approx(statistics.median(figures[figure + "_mbps_all"]), abs=0.1)
         assert figures[figure + "_ratio"] == pytest.approx(figures[figure + "_mbps"] / figures[reference + "_mbps"])
     for figure, _, _ in s3.DISTRIBUTION:
         assert figure + "_mbps" in figures or figure + "_failed" in figures, figure
+    assert len(figures["plain_get_mbps_all"]) == 6 and len(figures["plain_multipart_put_mbps_all"]) == 2
     # Every upload through a registry made S3 requests and cost it CPU; the plain ones cost it none.
     for upload in ("upload_monolithic", "upload_streamed", "upload_chunked_8mib", "upload_monolithic_signed"):
         assert figures[upload + "_s3_requests"] > figures["plain_multipart_put_s3_requests"] > 0, upload

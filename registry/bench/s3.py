@@ -6,7 +6,8 @@ Distribution interleaved, so a slower minute of the machine weighs on both
 sides of a ratio; the figures are medians (the range is printed too). Each
 upload is of new bytes (the buffer's first 8 bytes change), and the uploaded
 blob is deleted from the bucket afterwards (the gateway keeps objects in
-memory). MB = 2**20 bytes.
+memory). Downloads, a third of a second each, are made ``--download-repeats``
+times per round (default 5), plain and ours alternating. MB = 2**20 bytes.
 
 * plain S3: a multipart PUT of N MiB (``--mib``, default 256) in 10 MiB parts
   (the driver's default ``chunksize``) with 3 parts in flight (its default
@@ -310,6 +311,8 @@ def _options(args: argparse.Namespace) -> argparse.Namespace:
     parser.add_argument("--pin", action="store_true",
                         help="run the gateway (radosgw, OSD, monitor) on CPU 0 and the registry and the clients on "
                              "CPU 1: S3 on a machine of its own, as in a deployment, instead of the two sharing CPUs")
+    parser.add_argument("--download-repeats", type=int, default=5,
+                        help="downloads of each kind per round (they are short: more samples for their medians)")
     parser.add_argument("--docker-pairs", type=int, default=1,
                         help="pairs of docker push+pull rounds, ours and Distribution (0: none)")
     parser.add_argument("--docker-layer-mib", type=int, default=DOCKER_LAYER_MIB,
@@ -317,6 +320,8 @@ def _options(args: argparse.Namespace) -> argparse.Namespace:
     known, _ = parser.parse_known_args(getattr(args, "extra", None) or [])
     if known.rounds < 1:
         raise SystemExit("s3: --rounds must be at least 1")
+    if known.download_repeats < 1:
+        raise SystemExit("s3: --download-repeats must be at least 1")
     return known
 
 
@@ -474,8 +479,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         forget(target, digest)
                     return figure, step
 
-                def download(figure: str, url: str) -> Step:
-                    return figure, lambda: timed(figure, lambda: curl("-L", url))
+                def download(*pairs: tuple[str, str]) -> Step:
+                    """Downloads take a third of a second: ``--download-repeats``
+                    of each per round, the figures alternating, so the
+                    medians are not two single noisy samples."""
+                    def step() -> None:
+                        for i in range(options.download_repeats):
+                            for figure, url in pairs if i % 2 == 0 else pairs[::-1]:
+                                timed(figure, lambda: curl("-L", url))
+                    return pairs[0][0], step
 
                 steps = [
                     plain_put("plain_multipart_put", plain_key, CONCURRENCY, PART),
@@ -484,8 +496,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     plain_put("plain_multipart_put_8mib_sequential", plain_key + "-8", 1, CHUNK),
                     upload("upload_chunked_8mib", server, lambda t, d: push_chunked(t.port, "bench/chunked", view, d, CHUNK)),
                     upload("upload_monolithic_signed", signed, monolithic),
-                    download("plain_get", signer.url("GET", plain_key + "-get")),
-                    download("download_redirect", f"{server.url}/v2/bench/get/blobs/{get_digest}"),
+                    download(("plain_get", signer.url("GET", plain_key + "-get")),
+                             ("download_redirect", f"{server.url}/v2/bench/get/blobs/{get_digest}")),
                 ]
                 if distribution is not None:
                     dist = distribution
@@ -494,7 +506,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         upload("distribution_upload_streamed", dist, lambda t, d: push_streamed(t.port, "bench/streamed", view, d)),
                         upload("distribution_upload_chunked_8mib", dist,
                                lambda t, d: push_chunked(t.port, "bench/chunked", view, d, CHUNK)),
-                        download("distribution_download_redirect", f"{dist.url}/v2/bench/get/blobs/{get_digest}"),
+                        download(("distribution_download_redirect", f"{dist.url}/v2/bench/get/blobs/{get_digest}")),
                     ):
                         steps.append((figure, functools.partial(measure_distribution, figure, step)))
                 for n in range(rounds):

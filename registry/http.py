@@ -528,6 +528,14 @@ class RegistryChannel(http.HTTPChannel):
             raise RuntimeError("twisted.web.http.HTTPChannel's _command/_path are no longer bytes")
         return command, target
 
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        ok: bool = super()._maybeChooseTransferDecoder(header, data)
+        decoder = getattr(self, "_transferDecoder", None)
+        if type(decoder) is http._ChunkedTransferDecoder:
+            # The same decoder, delivering chunk data without copying it.
+            self._transferDecoder = ChunkedBodyDecoder(decoder.dataCallback, decoder.finishCallback)
+        return ok
+
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
         site = self.site
@@ -537,6 +545,49 @@ class RegistryChannel(http.HTTPChannel):
             request.observer = site.observer
             request.assign_request_id()
         super().allHeadersReceived()
+
+
+class ChunkedBodyDecoder(http._ChunkedTransferDecoder):
+    """Twisted's decoder of a ``Transfer-Encoding: chunked`` body, without its
+    copies of the body bytes: Twisted appends every read to a buffer and cuts
+    each piece of chunk data back out of it (two or three copies of every
+    byte, 10 % of the CPU of a docker push, which always sends chunked).
+    Here Twisted's own parser reads only the framing (a chunk-size line, the
+    CRLF after the data, the trailer: its checks and limits unchanged),
+    while chunk data goes to ``dataCallback`` straight from the read: the
+    read itself when it is all data of one chunk, else one slice."""
+
+    def dataReceived(self, data: bytes) -> None:
+        end = len(data)
+        pos = 0
+        view: memoryview | None = None
+        while pos < end:
+            state = self.state
+            if state == "BODY" and not self._buffer:
+                n = min(self.length, end - pos)
+                if n == end:
+                    piece = data
+                else:
+                    if view is None:
+                        view = memoryview(data)
+                    piece = view[pos : pos + n].tobytes()
+                pos += n
+                self.length -= n
+                if self.length == 0:
+                    self.state = "CRLF"
+                self.dataCallback(piece)
+                continue
+            if state == "CHUNK_LENGTH":
+                # Up to the end of the line: the parser then stops in BODY
+                # with nothing buffered, and the data that follows comes here.
+                lf = data.find(b"\n", pos)
+                stop = end if lf == -1 else lf + 1
+            elif state == "CRLF":
+                stop = min(end, pos + 2 - len(self._buffer))
+            else:  # the trailer and what follows the body: all to the parser
+                stop = end
+            super().dataReceived(data[pos:stop] if pos or stop != end else data)
+            pos = stop
 
 
 class RegistrySite(server.Site):

@@ -221,7 +221,9 @@ class IStagedWriting(Interface):
         until ``commit`` (atomic, durable when it fires, replacing what is at
         ``path``). ``cancel`` or ``close`` discards them and leaves ``path``
         as it was. ``DriverError`` if ``path`` is a directory or lies below
-        an object (checked when it is opened)."""
+        an object: when it is opened, or (a driver may check while the bytes
+        arrive) from a ``write`` or ``commit`` at the latest, nothing left
+        behind."""
 
 
 class IStorageDriver(Interface):

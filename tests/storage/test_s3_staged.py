@@ -82,10 +82,22 @@ async def test_a_cancelled_staged_writer_leaves_the_path_as_it_was(driver: IStor
 @pytest_twisted.ensureDeferred
 async def test_a_staged_writer_keeps_the_object_versus_directory_rule(driver: IStorageDriver) -> None:
     await driver.put_content("/a/b/c", b"x")
-    with pytest.raises(DriverError):
-        await driver.staged_writer("/a/b")  # type: ignore[attr-defined]
-    with pytest.raises(DriverError):
-        await driver.staged_writer("/a/b/c/d")  # type: ignore[attr-defined]
+    # The check runs while the bytes arrive (no round trips before the
+    # first byte): a writer of a path that cannot be an object fails by its
+    # commit at the latest, and leaves nothing behind.
+    for path, size in (("/a/b", 3), ("/a/b/c/d", 3), ("/a/b", 6 * MiB + 1)):
+        writer = await driver.staged_writer(path)  # type: ignore[attr-defined]
+        try:
+            await writer.write(pattern(size, seed=1))
+        except DriverError as e:  # the check had answered: no more parts
+            assert "cannot create" in str(e)
+            await writer.cancel()
+        else:
+            with pytest.raises(DriverError, match="cannot create"):
+                await writer.commit()
+        assert await driver.get_content("/a/b/c") == b"x"
+        assert await driver.list("/a/b") == ["/a/b/c"]
+        assert await uploads_below(driver, "/a") == []
 
 
 # -- monolithic uploads through the registry -------------------------------------------

@@ -171,7 +171,7 @@ from typing import Any, NoReturn, TypeVar
 
 import treq
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout, DeferredSemaphore, ensureDeferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout, DeferredSemaphore, ensureDeferred, fail, gatherResults, succeed
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -1271,12 +1271,11 @@ class S3Driver:
 
     def staged_writer(self, path: str) -> "Deferred[IFileWriter]":
         """Fire with an ``S3StagedWriter`` for ``path`` (see "Staged
-        writes"), after the object-versus-directory check."""
-        return ensureDeferred(self._staged_writer(path))
-
-    async def _staged_writer(self, path: str) -> IFileWriter:
-        await self._check_can_create(path)
-        return S3StagedWriter(self, path, self._k(path))
+        writes") at once: the object-versus-directory check (2-6 requests
+        for a new blob's path) runs while the bytes arrive, and ``commit``
+        waits for it."""
+        check = ensureDeferred(self._check_can_create(path))
+        return succeed(S3StagedWriter(self, path, self._k(path), check))
 
     def stat(self, path: str) -> "Deferred[FileInfo]":
         """HEAD the object; else look for a key below (a directory)."""
@@ -1905,8 +1904,19 @@ class S3StagedWriter(S3Writer):
     5 MiB in all, one PUT at ``commit``. ``cancel`` and ``close`` abort the
     upload and never touch the object at the key."""
 
-    def __init__(self, driver: S3Driver, path: str, key: str) -> None:
+    def __init__(self, driver: S3Driver, path: str, key: str, check: "Deferred[None] | None" = None) -> None:
         super().__init__(driver, path, key, None)
+        #: Why ``path`` cannot be created (the check made at open), once known.
+        self._refused: BaseException | None = None
+        self._checked: Deferred[None] = succeed(None) if check is None else check.addErrback(self._refuse)
+
+    def _refuse(self, failure: Failure) -> None:
+        self._refused = failure.value
+
+    def write(self, data: bytes) -> "Deferred[None]":
+        if self._refused is not None:
+            return fail(self._refused)  # no more parts for an object that cannot be
+        return super().write(data)
 
     def set_note(self, note: bytes) -> None:
         raise DriverError(NAME, f"writing {self._path}: a staged writer keeps no note")
@@ -1934,6 +1944,9 @@ class S3StagedWriter(S3Writer):
         self._unstream()
         await self._wait_inflight()
         self._check_failed()
+        await self._checked
+        if self._refused is not None:
+            raise self._refused
         if self._upload_id is None:
             await self._driver._put(self._key, self._take())
             return

@@ -120,3 +120,20 @@ def test_the_channel_uses_it_for_chunked_requests() -> None:
     assert type(channel._transferDecoder) is ChunkedBodyDecoder
     channel.dataReceived(encode([b"hello ", b"world"]))
     assert seen == [b"hello world"]
+
+
+def test_the_chunks_of_one_read_are_delivered_at_once() -> None:
+    """docker sends 32 KiB chunks: one delivery per read, not per chunk."""
+    chunks = [bytes([i]) * (32 * 1024) for i in range(32)]
+    wire = encode(chunks)
+    reads = [wire[i : i + (1 << 20)] for i in range(0, len(wire), 1 << 20)]
+    data, finished, error, got = run(ChunkedBodyDecoder, reads)
+    assert error is None and finished == b"" and data == b"".join(chunks)
+    assert len(got) == len(reads) == 2
+    # Twisted's own: a delivery per chunk (or piece of one).
+    assert len(run(http._ChunkedTransferDecoder, reads)[3]) >= len(chunks)
+
+
+def test_data_before_refused_framing_is_still_delivered() -> None:
+    data, _, error, got = run(ChunkedBodyDecoder, [b"3\r\nabc\r\n3\r\ndef\r\nzz\r\n"])
+    assert data == b"abcdef" and error is not None and "MalformedChunkedData" in error

@@ -549,6 +549,12 @@ class RegistryChannel(http.HTTPChannel):
         super().allHeadersReceived()
 
 
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+#: The longest chunk-size line read without Twisted's parser (16 hex digits
+#: already exceed any body; Twisted's own limit is 1024).
+_SIZE_LINE = 18
+
+
 class ChunkedBodyDecoder(http._ChunkedTransferDecoder):
     """Twisted's decoder of a ``Transfer-Encoding: chunked`` body, without its
     copies of the body bytes and with one delivery per read: Twisted appends
@@ -556,8 +562,10 @@ class ChunkedBodyDecoder(http._ChunkedTransferDecoder):
     three copies of every byte), and calls ``dataCallback`` once per chunk,
     and docker's chunks are 32 KiB (Go's ``io.Copy``), so a trip through the
     body sink, the hasher and the storage writer per 32 KiB. Here Twisted's
-    own parser reads only the framing (a chunk-size line, the CRLF after the
-    data, the trailer: its checks and limits unchanged), and the chunk data
+    own parser reads the framing (a chunk-size line, the CRLF after the
+    data, the trailer: its checks and limits unchanged) except the two
+    common forms read here, a whole line of hex digits alone and a whole
+    CRLF, which it would accept the same way; and the chunk data
     of one read goes to ``dataCallback`` at once: the read itself when it is
     all data of one chunk, else the pieces joined (one copy)."""
 
@@ -586,6 +594,20 @@ class ChunkedBodyDecoder(http._ChunkedTransferDecoder):
                     if self.length == 0:
                         self.state = "CRLF"
                     continue
+                if state == "CRLF" and not self._buffer and data.startswith(b"\r\n", pos):
+                    self.state = "CHUNK_LENGTH"  # the CRLF after a chunk's data, whole
+                    pos += 2
+                    continue
+                if state == "CHUNK_LENGTH" and not self._buffer:
+                    # A whole size line of hex digits alone (docker's, Go's):
+                    # read here. Anything else (an extension, a line split
+                    # across reads, a bad one) goes to Twisted's parser.
+                    eol = data.find(b"\r\n", pos, pos + _SIZE_LINE)
+                    if eol > pos and not data[pos:eol].translate(None, _HEX_DIGITS):
+                        self.length = int(data[pos:eol], 16)
+                        self.state = "BODY" if self.length else "TRAILER"
+                        pos = eol + 2
+                        continue
                 if state == "CHUNK_LENGTH":
                     # Up to the end of the line: the parser then stops in BODY
                     # with nothing buffered, and the data that follows comes here.

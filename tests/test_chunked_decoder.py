@@ -137,3 +137,13 @@ def test_the_chunks_of_one_read_are_delivered_at_once() -> None:
 def test_data_before_refused_framing_is_still_delivered() -> None:
     data, _, error, got = run(ChunkedBodyDecoder, [b"3\r\nabc\r\n3\r\ndef\r\nzz\r\n"])
     assert data == b"abcdef" and error is not None and "MalformedChunkedData" in error
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_a_corrupted_byte_anywhere_is_taken_as_twisted_takes_it(seed: int) -> None:
+    rng = random.Random(seed)
+    chunks = [rng.randbytes(rng.choice([1, 5, 100, 4096, 50000])) for _ in range(rng.randint(1, 5))]
+    wire = bytearray(encode(chunks, ext=seed % 3 == 0) + b"GET / HTTP/1.1\r\n\r\n")
+    wire[rng.randrange(len(wire))] = rng.choice(b"0123456789abcdefxX\r\n;- \t")
+    reads = splits(bytes(wire), rng)
+    assert run(ChunkedBodyDecoder, reads)[:3] == run(http._ChunkedTransferDecoder, reads)[:3]

@@ -579,20 +579,16 @@ class ChunkedBodyDecoder(http._ChunkedTransferDecoder):
                 state = self.state
                 if state == "BODY" and not self._buffer:
                     n = min(self.length, end - pos)
-                    if n == end:
-                        pos = end
-                        self.length -= n
-                        if self.length == 0:
-                            self.state = "CRLF"
+                    self.length -= n
+                    if self.length == 0:
+                        self.state = "CRLF"
+                    if n == end:  # the whole read is data of one chunk: passed on as it is
                         self.dataCallback(data)
                         return
                     if view is None:
                         view = memoryview(data)
                     pieces.append(view[pos : pos + n])
                     pos += n
-                    self.length -= n
-                    if self.length == 0:
-                        self.state = "CRLF"
                     continue
                 if state == "CRLF" and not self._buffer and data.startswith(b"\r\n", pos):
                     self.state = "CHUNK_LENGTH"  # the CRLF after a chunk's data, whole

@@ -1636,21 +1636,7 @@ class S3Writer:
             return succeed(None)
         if self._done:
             raise DriverError(NAME, f"writing {self._path}: the writer was closed")
-        if not isinstance(data, bytes):
-            data = bytes(data)
-        stream = self._stream
-        if stream is not None and self._expected is not None and len(data) <= min(self._expected, stream.length - stream.fed):
-            # The hot path of a streamed upload: the bytes belong to the part
-            # being streamed (no earlier bytes to load first, no part to
-            # start): fed at once, without a coroutine per write.
-            self._dirty = True
-            self.size += len(data)
-            self._expected -= len(data)
-            stream.feed(data)
-            if stream.fed == stream.length:
-                self._stream = None
-            return succeed(None)
-        return ensureDeferred(self._write(data))
+        return ensureDeferred(self._write(data if isinstance(data, bytes) else bytes(data)))
 
     async def _write(self, data: bytes) -> None:
         if self._small_base:
@@ -1904,11 +1890,11 @@ class S3StagedWriter(S3Writer):
     5 MiB in all, one PUT at ``commit``. ``cancel`` and ``close`` abort the
     upload and never touch the object at the key."""
 
-    def __init__(self, driver: S3Driver, path: str, key: str, check: "Deferred[None] | None" = None) -> None:
+    def __init__(self, driver: S3Driver, path: str, key: str, check: "Deferred[None]") -> None:
         super().__init__(driver, path, key, None)
-        #: Why ``path`` cannot be created (the check made at open), once known.
+        #: Why ``path`` cannot be created (``check``, made at open), once known.
         self._refused: BaseException | None = None
-        self._checked: Deferred[None] = succeed(None) if check is None else check.addErrback(self._refuse)
+        self._checked: Deferred[None] = check.addErrback(self._refuse)
 
     def _refuse(self, failure: Failure) -> None:
         self._refused = failure.value
